@@ -1,0 +1,8 @@
+"""Bring the MLflow tracking server to its settings (host data `mlflow`, defaults in
+group_data/all.py `mlflow_defaults`): drift-aware, version-aware, verified, rolled back on failure.
+
+    pyinfra inventories/lab.py deploys/fix_mlflow.py
+"""
+from tasks.mlflow_deploy import fix_mlflow
+
+fix_mlflow()

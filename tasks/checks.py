@@ -1,0 +1,108 @@
+"""Retried checks (tenacity): each one a sentence, a bounded retry policy, and evidence.
+
+A probe returns its evidence when the check holds, raises `NotYet` when it may hold after a wait
+(service still starting), and `Broken` when waiting cannot help (container exited, OOM-killed):
+that stops the retries at once. Every attempt's reason is kept, so a failure says why.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import tenacity
+
+
+class NotYet(Exception):
+    """The check does not hold yet; retry."""
+
+
+class Broken(Exception):
+    """The check cannot hold; do not retry."""
+
+
+@dataclass
+class CheckResult:
+    name: str
+    target: str
+    status: str  # pass | fail | warn | skip
+    attempts: int = 0
+    elapsed: float = 0.0
+    evidence: str = ""
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.status in ("pass", "warn", "skip")
+
+
+class ChecksFailed(Exception):
+    def __init__(self, results: list[CheckResult]):
+        self.results = results
+        failed = [r for r in results if not r.passed]
+        super().__init__("; ".join(f"{r.name} ({r.target}): {r.evidence}" for r in failed))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 30
+    seconds: float = 60.0
+    wait: float = 1.0
+
+
+def run_check(name: str, target: str, probe: Callable[[], str],
+              policy: RetryPolicy = RetryPolicy()) -> CheckResult:
+    """Run `probe` until it holds, is Broken, or the policy's attempts or time run out."""
+    result = CheckResult(name, target, "fail")
+    started = time.monotonic()
+
+    def attempt():
+        result.attempts += 1
+        try:
+            return probe()
+        except (NotYet, Broken) as exc:
+            result.reasons.append(str(exc))
+            raise
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(policy.attempts) | tenacity.stop_after_delay(policy.seconds),
+        wait=tenacity.wait_fixed(policy.wait),
+        retry=tenacity.retry_if_exception_type(NotYet),
+        reraise=True,
+    )
+    try:
+        result.evidence = retrying(attempt) or ""
+        result.status = "pass"
+    except (NotYet, Broken) as exc:
+        result.evidence = str(exc)
+    except Exception as exc:  # a probe bug or a transport error is a failed check, with its reason
+        result.evidence = f"{type(exc).__name__}: {exc}"
+        result.reasons.append(result.evidence)
+    result.elapsed = time.monotonic() - started
+    return result
+
+
+def run_checks(checks: list[tuple[str, str, Callable[[], str], RetryPolicy]],
+               stop_on_failure: bool = True) -> list[CheckResult]:
+    """Run checks in order; after a failure the rest are reported as skipped (they would only
+    repeat it) unless `stop_on_failure` is False."""
+    results = []
+    for name, target, probe, policy in checks:
+        if stop_on_failure and results and not results[-1].passed:
+            results.append(CheckResult(name, target, "skip", evidence="skipped: an earlier check failed"))
+            continue
+        results.append(run_check(name, target, probe, policy))
+    return results
+
+
+def format_table(results: list[CheckResult]) -> str:
+    columns = ("check", "target", "result", "attempts", "elapsed", "evidence")
+    rows = [(r.name, r.target, r.status.upper(), str(r.attempts), f"{r.elapsed:.1f}s",
+             r.evidence.replace("\n", " ")[:90]) for r in results]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c)
+              for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
+    passed = sum(1 for r in results if r.status == "pass")
+    lines.append(f"{passed}/{len(results)} checks passed")
+    return "\n".join(lines)

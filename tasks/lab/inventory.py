@@ -1,0 +1,50 @@
+"""Host data for the lab, read from the state `scripts/lab up` writes (ports, names, secret files)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .stack import ARTIFACT_BUCKET, S3_ACCESS_KEY, Lab
+
+
+def lab_state(prefix: str | None = None) -> dict:
+    lab = Lab(prefix=prefix or os.environ.get("QUANTLAB_PREFIX", "quant"))
+    if not lab.state_file.exists():
+        raise SystemExit(f"the lab {lab.prefix!r} is not up ({lab.state_file} is missing): "
+                         f"run `scripts/lab --prefix {lab.prefix} up` first")
+    return json.loads(lab.state_file.read_text())
+
+
+def lab_host_data(prefix: str | None = None, mlflow_image: str = "mlflow2") -> dict:
+    """Where this host's services are and where their secrets live; never a secret itself."""
+    state = lab_state(prefix)
+    names, ports, secret_files = state["containers"], state["ports"], state["secret_files"]
+    return {
+        "lab_prefix": state["prefix"],
+        "mlflow": {
+            "container_name": names["mlflow"],
+            "image": state["images"][mlflow_image],
+            "ports": [f"127.0.0.1:{ports['mlflow']}:5000"],
+            "network": state["network"],
+            "backend_store_uri": f"postgresql://mlflow@{names['postgres']}:5432/mlflow",
+            "artifacts_destination": f"s3://{ARTIFACT_BUCKET}",
+            "env": {"MLFLOW_S3_ENDPOINT_URL": f"http://{names['minio']}:9000",
+                    "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY},
+            "secret_env": {"PGPASSWORD": {"file": secret_files["mlflow_db_password"]},
+                           "AWS_SECRET_ACCESS_KEY": {"file": secret_files["s3_secret_key"]}},
+            "labels": {"com.docker.compose.project": state["prefix"],
+                       "com.docker.compose.service": "mlflow"},
+            "compose_file": state["compose_file"],
+        },
+        "postgres": {
+            "container": names["postgres"],
+            "host": "127.0.0.1",
+            "port": ports["postgres"],
+            "superuser": "postgres",
+            "superuser_password": {"file": secret_files["postgres_password"]},
+        },
+        "lab_secret_files": secret_files,
+        "lab_ports": ports,
+        "lab_containers": names,
+    }

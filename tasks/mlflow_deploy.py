@@ -1,0 +1,112 @@
+"""Packaged deploy: the MLflow tracking server brought to its settings, verified, compose kept in sync."""
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+from pyinfra import host, logger
+from pyinfra.api import FileUploadCommand, OperationError, deploy, operation
+from pyinfra.facts.files import FileContents
+
+from tasks import docker
+from tasks.compose import ComposeError, patch_compose_service
+from tasks.container_spec import spec_from_inspect
+from tasks.mlflow import desired_container, server_spec
+from tasks.mlflow_checks import verify_mlflow
+from tasks.settings import MlflowSettings, mlflow_settings_from_host_data, resolve_secret_env
+
+VERSION_LABEL = "io.quantlab.mlflow-version"
+
+
+def host_mlflow_settings() -> MlflowSettings:
+    """Group defaults (`mlflow_defaults`) overridden key by key by the host's `mlflow` mapping."""
+    merged = {**(host.data.get("mlflow_defaults") or {}), **(host.data.get("mlflow") or {})}
+    return mlflow_settings_from_host_data(host.name, merged)
+
+
+def _image_mlflow_version(settings: MlflowSettings) -> str:
+    """The MLflow version in the image: from our label on the running container when it runs
+    that very image (no extra round trip), else from a throwaway container of the image."""
+    facts = host.get_fact(docker.ContainerInspect, container=settings.container_name, image=settings.image)
+    if facts is None:
+        raise OperationError("docker is not installed on this host")
+    if facts["image"] is None:
+        raise OperationError(f"image {settings.image} is not on this host: pull or build it first "
+                             f"(`docker pull {settings.image}`); nothing was changed")
+    current = facts["container"]
+    if current and current.get("Image") == facts["image"]["Id"]:
+        label = (current.get("Config", {}).get("Labels") or {}).get(VERSION_LABEL)
+        if label:
+            return label
+    version = host.get_fact(docker.ImageVersion, image=settings.image, distribution="mlflow")
+    if not version:
+        raise OperationError(f"image {settings.image} has no `mlflow` Python package; nothing was changed")
+    return version
+
+
+@operation()
+def server(settings: MlflowSettings, secret_values: dict):
+    """
+    The MLflow server container for these settings and the MLflow version in its image.
+
+    + settings: validated ``MlflowSettings``
+    + secret_values: env values read on the controller (``resolve_secret_env``)
+
+    **Example:**
+
+    .. code:: python
+
+        mlflow_deploy.server(settings=host_mlflow_settings(), secret_values={})
+    """
+    version = _image_mlflow_version(settings)
+    spec_ = server_spec(settings, version)
+    for note in spec_.notes:
+        logger.info(f"{host.print_prefix}note (MLflow {version}, {spec_.kind}): {note}")
+    desired = desired_container(settings, spec_, secret_values)
+    desired = replace(desired, labels={**desired.labels, VERSION_LABEL: version})
+
+    def verify(run):
+        return verify_mlflow(run, settings.container_name, settings.port, spec_.kind, spec_.workers)
+
+    yield from docker.container._inner(spec=desired, verify=verify)
+
+
+@operation()
+def compose_service(settings: MlflowSettings, secret_values: dict):
+    """
+    Patch the MLflow service in the host's compose file to the same settings, so a later
+    `docker compose up` does not undo the fix. Secret env values are not written to the file.
+
+    **Example:**
+
+    .. code:: python
+
+        mlflow_deploy.compose_service(settings=host_mlflow_settings(), secret_values={})
+    """
+    lines = host.get_fact(FileContents, path=settings.compose_file)
+    if lines is None:
+        raise OperationError(f"compose file {settings.compose_file} does not exist on this host")
+    version = _image_mlflow_version(settings)
+    spec_ = server_spec(settings, version)
+    environment = {**settings.env, **spec_.env}
+    try:
+        text, changed = patch_compose_service("\n".join(lines) + "\n", settings.compose_service,
+                                              list(spec_.command), environment,
+                                              settings.memory_limit, settings.memory_reservation)
+    except ComposeError as exc:
+        raise OperationError(f"{settings.compose_file}: {exc}") from exc
+    if not changed:
+        host.noop(f"{settings.compose_file}: service {settings.compose_service} matches the settings")
+        return
+    yield FileUploadCommand(io.BytesIO(text.encode()), settings.compose_file)
+
+
+@deploy("Fix the MLflow tracking server")
+def fix_mlflow():
+    settings = host_mlflow_settings()
+    secret_values = resolve_secret_env(host.name, settings)
+    server(name=f"MLflow container {settings.container_name}", settings=settings,
+           secret_values=secret_values)
+    if settings.compose_file:
+        compose_service(name=f"Compose service {settings.compose_service} in {settings.compose_file}",
+                        settings=settings, secret_values=secret_values)
