@@ -43,7 +43,29 @@ def lab_host_data(prefix: str | None = None, mlflow_image: str = "mlflow2") -> d
             "port": ports["postgres"],
             "superuser": "postgres",
             "superuser_password": {"file": secret_files["postgres_password"]},
+            "access": "docker",  # or "psql": host-side psql to host:port (see tasks/db_users.py)
         },
+        # deploys/db_users.py: the role the backend logs in as (missing in the incident), with
+        # its password read from the lab's secret file, and what it may do in `quant`.
+        "db_roles": [
+            {"name": "quant_user", "password": {"file": secret_files["quant_user_password"]},
+             "login": True},
+        ],
+        "db_databases": [{"name": "quant", "owner": "postgres"}],
+        "db_grants": [
+            {"role": "quant_user", "database": "quant", "privileges": ["CONNECT"]},
+            {"role": "quant_user", "database": "quant", "schema": "public", "privileges": ["USAGE"]},
+            {"role": "quant_user", "database": "quant", "schema": "public", "on": "tables",
+             "privileges": ["SELECT", "INSERT", "UPDATE", "DELETE"]},
+            {"role": "quant_user", "database": "quant", "schema": "public", "on": "sequences",
+             "privileges": ["USAGE", "SELECT"]},
+        ],
+        "db_default_privileges": [
+            {"owner": "postgres", "role": "quant_user", "database": "quant", "schema": "public",
+             "on": "tables", "privileges": ["SELECT", "INSERT", "UPDATE", "DELETE"]},
+            {"owner": "postgres", "role": "quant_user", "database": "quant", "schema": "public",
+             "on": "sequences", "privileges": ["USAGE", "SELECT"]},
+        ],
         "lab_secret_files": secret_files,
         "lab_ports": ports,
         "lab_containers": names,

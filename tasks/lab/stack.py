@@ -22,6 +22,9 @@ from pathlib import Path
 import docker.errors
 import yaml
 
+from tasks.mlflow import server_spec
+from tasks.settings import MlflowSettings
+
 from . import images as lab_images
 from .images import Progress
 
@@ -40,13 +43,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # MLflow settings per scenario. `healthy` is the seed's fix; `incident` is what the seed ran when
 # gunicorn's workers were SIGKILLed: 4 workers under a limit they cannot fit in (measured: 420 MiB).
 MLFLOW_SCENARIOS = {
-    "healthy": {"workers": 2, "memory": "1g", "reservation": "512m", "restart": "unless-stopped",
-                "gunicorn_opts": "--timeout 60 --max-requests 100 --max-requests-jitter 10 "
-                                 "--worker-class sync"},
-    "incident": {"workers": 4, "memory": "420m", "reservation": None, "restart": "on-failure:3",
-                 "gunicorn_opts": None},
+    "healthy": {"workers": 2, "memory": "1g", "reservation": "512m", "restart": "unless-stopped"},
+    "incident": {"workers": 4, "memory": "420m", "reservation": None, "restart": "on-failure:3"},
 }
 SIGKILL_LINE = "was sent SIGKILL! Perhaps out of memory?"
+VERSION_LABEL = "io.quantlab.mlflow-version"  # as tasks.mlflow_deploy writes it
 
 
 def default_home(prefix: str) -> Path:
@@ -117,17 +118,30 @@ class Lab:
 
 # container specs ---------------------------------------------------------------------------------
 
+LAB_MLFLOW_VERSION = "2.9.2"  # what recipes/mlflow2 installs
+
+
 def mlflow_command(lab: Lab, scenario: str) -> list[str]:
     settings = MLFLOW_SCENARIOS[scenario]
+    if scenario == "healthy":
+        # Exactly what deploys/fix_mlflow.py makes of the default settings, so a healthy lab is
+        # already fixed: the deploy finds nothing to change there.
+        return list(healthy_server_spec(lab).command)
     command = [
         "mlflow", "server", "--host", "0.0.0.0", "--port", "5000",
         "--backend-store-uri", f"postgresql://mlflow@{lab.name('postgres')}:5432/mlflow",
         "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}",
         "--workers", str(settings["workers"]),
     ]
-    if settings["gunicorn_opts"]:
-        command += ["--gunicorn-opts", settings["gunicorn_opts"]]
     return command
+
+
+def healthy_server_spec(lab: Lab):
+    fixed = MlflowSettings(
+        container_name=lab.name("mlflow"),
+        backend_store_uri=f"postgresql://mlflow@{lab.name('postgres')}:5432/mlflow",
+        artifacts_destination=f"s3://{ARTIFACT_BUCKET}")
+    return server_spec(fixed, LAB_MLFLOW_VERSION)
 
 
 def mlflow_env(lab: Lab, values: dict) -> dict:
@@ -160,6 +174,10 @@ def container_specs(lab: Lab, scenario: str, refs: dict, values: dict) -> dict[s
     }
     if mlflow["reservation"]:
         specs["mlflow"]["mem_reservation"] = mlflow["reservation"]
+    if scenario == "healthy":
+        specs["mlflow"]["environment"].update(healthy_server_spec(lab).env)
+    else:
+        specs["mlflow"]["environment"]["GUNICORN_CMD_ARGS"] = "-c /etc/quantlab/gunicorn_incident.py"
     for service, spec in specs.items():
         spec["image"] = refs[SERVICE_IMAGES[service]]
         spec.setdefault("restart", "unless-stopped")
@@ -167,6 +185,8 @@ def container_specs(lab: Lab, scenario: str, refs: dict, values: dict) -> dict[s
             **lab.labels, "quantlab.service": service,
             "com.docker.compose.project": lab.prefix, "com.docker.compose.service": service,
         }
+        if service == "mlflow":
+            spec["labels"][VERSION_LABEL] = LAB_MLFLOW_VERSION
         # A fingerprint of the spec, so `up` can tell a container made for another scenario.
         spec["labels"]["quantlab.spec"] = hashlib.sha256(
             json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -346,6 +366,30 @@ class Stack:
         container = self.container("mlflow")
         return container.logs().decode(errors="replace") if container else ""
 
+    def _reproduce_oom(self, spec: dict, tries: int = 3):
+        """Wait for gunicorn's SIGKILL line. The kernel picks the OOM victim; should the container
+        die without a worker being the one killed, start it again (bounded)."""
+        def probe():
+            if SIGKILL_LINE in self._mlflow_logs():
+                return True
+            container = self.container("mlflow")
+            container.reload()
+            if container.status == "exited" and not container.attrs["State"].get("Restarting"):
+                raise _Exhausted(container.attrs["State"].get("ExitCode"))
+            return False
+
+        for attempt in range(1, tries + 1):
+            try:
+                self._wait(f"reproducing the OOM in {self.lab.name('mlflow')}", probe,
+                           "gunicorn's SIGKILL line in the logs", timeout=180)
+                return
+            except _Exhausted as exc:
+                self.log(f"lab: {self.lab.name('mlflow')} exited (code {exc}) before a worker was "
+                         f"SIGKILLed; starting it again ({attempt}/{tries})")
+                self.container("mlflow").remove(force=True)
+                self._ensure_container("mlflow", spec)
+        raise SystemExit(f"lab: no SIGKILL line from {self.lab.name('mlflow')} after {tries} starts")
+
     # public
     def up(self, scenario: str = "healthy"):
         if scenario not in SCENARIOS:
@@ -377,12 +421,9 @@ class Stack:
             self._wait(f"starting {self.lab.name('backend')}", lambda: self._health("backend"),
                        "the backend's /health")
 
-        _, created = self._ensure_container("mlflow", specs["mlflow"])
+        self._ensure_container("mlflow", specs["mlflow"])
         if scenario == "incident":
-            if created or SIGKILL_LINE not in self._mlflow_logs():
-                self._wait(f"reproducing the OOM in {self.lab.name('mlflow')}",
-                           lambda: SIGKILL_LINE in self._mlflow_logs(),
-                           "gunicorn's SIGKILL line in the logs", timeout=240)
+            self._reproduce_oom(specs["mlflow"])
         else:
             self._wait(f"starting {self.lab.name('mlflow')}", lambda: self._health("mlflow"),
                        "MLflow's /health", timeout=180)
@@ -494,6 +535,10 @@ class Stack:
             "compose_file": str(self.lab.compose_file),
         }
         self.lab.state_file.write_text(json.dumps(state, indent=2) + "\n")
+
+
+class _Exhausted(Exception):
+    """The incident's MLflow container stopped for good."""
 
 
 def _mib(value) -> str:

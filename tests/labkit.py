@@ -1,0 +1,138 @@
+"""Shared pieces for tests that run against the real lab: bring a private stack up, run pyinfra."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+
+from tasks.lab.stack import SERVICES
+
+REPO = Path(__file__).resolve().parents[1]
+PYINFRA = Path(sys.executable).parent / "pyinfra"
+GROUP_DATA = REPO / "inventories" / "group_data"
+
+
+def free_port_base(start: int, span: int = 10) -> int:
+    """A base port whose next `span` ports on 127.0.0.1 are free right now."""
+    for _ in range(200):
+        base = start + random.randrange(0, 200) * span
+        sockets = []
+        try:
+            for port in range(base, base + span):
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", port))
+                sockets.append(sock)
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no free port range found")
+
+
+@dataclass
+class LabHandle:
+    prefix: str
+    port_base: int
+
+    def cli(self, *args, check=True, timeout=900) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(REPO / "scripts" / "lab"), "--prefix", self.prefix,
+                               "--port-base", str(self.port_base), *args],
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"scripts/lab {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def up(self, scenario: str):
+        return self.cli("up", "--scenario", scenario)
+
+    def down(self):
+        # A deploy that recreates a service container gives it the deploy's labels, not the lab's
+        # `quantlab.prefix`, so `scripts/lab down` (which selects containers by that label) misses
+        # it and then fails on the network it is still attached to, leaking network, volume and
+        # .lab/<prefix>. Remove this prefix's service containers (and kept `-previous` copies) by
+        # exact name first.
+        client = docker.from_env()
+        for service in SERVICES:
+            for name in (f"{self.prefix}-{service}", f"{self.prefix}-{service}-previous"):
+                try:
+                    container = client.containers.get(name)
+                except docker.errors.NotFound:
+                    continue
+                if container.name == name:
+                    container.remove(force=True, v=True)
+        return self.cli("down", check=False)
+
+    @property
+    def state(self) -> dict:
+        return json.loads((REPO / ".lab" / self.prefix / "state.json").read_text())
+
+    def container(self, service: str):
+        return docker.from_env().containers.get(f"{self.prefix}-{service}")
+
+    def psql(self, sql: str, database: str = "quant") -> str:
+        proc = subprocess.run(["docker", "exec", "-i", "-u", "postgres", f"{self.prefix}-postgres",
+                               "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", database],
+                              input=sql, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+
+def new_lab(tag: str, port_start: int) -> LabHandle:
+    return LabHandle(prefix=f"{tag}{random.randrange(16**4):04x}", port_base=free_port_base(port_start))
+
+
+@dataclass
+class PyinfraRun:
+    returncode: int
+    results: dict | None
+    stdout: str
+    stderr: str
+
+    @property
+    def changed(self) -> int:
+        return self.results["results"]["totals"]["success"] if self.results else -1
+
+    @property
+    def errors(self) -> int:
+        return self.results["results"]["totals"]["error"] if self.results else -1
+
+    def changed_ops(self) -> list[str]:
+        return [op["name"] for op in self.results["results"]["operations"] if op["success"]]
+
+
+def run_pyinfra(inventory: str | Path, deploy: str | Path, *args: str, env: dict | None = None,
+                timeout: int = 900) -> PyinfraRun:
+    """`pyinfra -y --json`, as a user would run it; results parsed from the JSON on stdout."""
+    command = [str(PYINFRA), "-y", "--json", "--group-data", str(GROUP_DATA), *args,
+               str(inventory), str(deploy)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+    results = None
+    start = proc.stdout.find("{")
+    if start >= 0:
+        try:
+            results = json.loads(proc.stdout[start:])
+        except json.JSONDecodeError:
+            results = None
+    return PyinfraRun(proc.returncode, results, proc.stdout, proc.stderr)
+
+
+def write_inventory(path: Path, prefix: str, mlflow_overrides: dict | None = None,
+                    mlflow_image: str = "mlflow2", host: str = "@local", host_data: dict | None = None) -> Path:
+    """An inventory for one lab host, the lab's own host data with `mlflow` overrides merged in."""
+    path.write_text(
+        "from tasks.lab.inventory import lab_host_data\n"
+        f"data = lab_host_data({prefix!r}, mlflow_image={mlflow_image!r})\n"
+        f"data['mlflow'].update({mlflow_overrides or {}!r})\n"
+        f"data.update({host_data or {}!r})\n"
+        f"hosts = [({host!r}, data)]\n")
+    return path
