@@ -8,6 +8,7 @@ so it works over any connector.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import shlex
@@ -122,6 +123,24 @@ def _verify(target, verify: Verifier | None) -> list[CheckResult]:
     return results
 
 
+def _fail(host, message: str) -> bool:
+    """Report a failed step without a traceback; False makes pyinfra count the operation failed."""
+    host.log_styled(message, fg="red", log_func=logger.error)
+    return False
+
+
+def _reported(step):
+    """A callback's OperationError becomes a clean red line and a failed operation."""
+    @functools.wraps(step)
+    def run(state, host, *args, **kwargs):
+        try:
+            return step(state, host, *args, **kwargs)
+        except OperationError as exc:
+            return _fail(host, str(exc))
+    return run
+
+
+@_reported
 def _recreate(state, host, spec: ContainerSpec, had_current: bool, verify: Verifier | None):
     name, previous = spec.name, spec.name + PREVIOUS_SUFFIX
     q_name, q_prev = shlex.quote(name), shlex.quote(previous)
@@ -143,7 +162,7 @@ def _recreate(state, host, spec: ContainerSpec, had_current: bool, verify: Verif
     if not reasons:
         if have_backup:
             _shell(host, f"docker rm -f {q_prev}")
-        return
+        return True
     # Roll back: keep the failed container's last lines as evidence, then restore the previous one.
     _, tail = _shell(host, f"docker logs --tail 15 {q_name} 2>&1")
     _shell(host, f"docker rm -f {q_name}")
@@ -152,17 +171,19 @@ def _recreate(state, host, spec: ContainerSpec, had_current: bool, verify: Verif
         _must(host, f"docker rename {q_prev} {q_name}", f"restoring {name}")
         ok, out = _shell(host, f"docker start {q_name}")
         restored = "previous container restored and started" if ok else f"restart failed: {out.strip()}"
-    raise OperationError(
-        f"{name}: new container failed verification, {restored}. Reasons: " + "; ".join(reasons)
-        + ("\nLast log lines of the failed container:\n" + tail.strip() if tail.strip() else ""))
+    return _fail(host, f"{name}: the new container failed verification; {restored}.\nReasons:\n  "
+                 + "\n  ".join(reasons)
+                 + ("\nLast log lines of the failed container:\n" + tail.strip() if tail.strip() else ""))
 
 
+@_reported
 def _update(state, host, spec: ContainerSpec, verify: Verifier | None):
     _must(host, shlex.join(docker_update_args(spec)), f"docker update {spec.name}")
     failed = [r for r in _verify(host, verify) if not r.passed]
     if failed:
-        raise OperationError(f"{spec.name}: updated in place but verification failed: "
-                             + "; ".join(f"{r.name}: {r.evidence}" for r in failed))
+        return _fail(host, f"{spec.name}: updated in place but verification failed: "
+                     + "; ".join(f"{r.name}: {r.evidence}" for r in failed))
+    return True
 
 
 def plan_container(spec: ContainerSpec) -> Plan:
