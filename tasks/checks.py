@@ -88,7 +88,7 @@ def run_checks(checks: list[tuple[str, str, Callable[[], str], RetryPolicy]],
     repeat it) unless `stop_on_failure` is False."""
     results = []
     for name, target, probe, policy in checks:
-        if stop_on_failure and results and not results[-1].passed:
+        if stop_on_failure and any(r.status == "fail" for r in results):
             results.append(CheckResult(name, target, "skip", evidence="skipped: an earlier check failed"))
             continue
         results.append(run_check(name, target, probe, policy))

@@ -12,6 +12,7 @@ import functools
 import io
 import json
 import shlex
+import time
 from typing import Callable
 
 from pyinfra import host, logger
@@ -140,6 +141,19 @@ def _reported(step):
     return run
 
 
+def _restored_state(host, name: str, seconds: int = 8) -> str:
+    """Whether the restored container stays up for a few seconds (it may have been broken too)."""
+    for _ in range(seconds):
+        ok, out = _shell(host, "docker inspect --type container -f "
+                               f"'{{{{.State.Status}}}} {{{{.State.Restarting}}}} {{{{.State.ExitCode}}}}' "
+                               f"{shlex.quote(name)}")
+        status, restarting, code = (out.split() + ["?", "?", "?"])[:3]
+        if not ok or status != "running" or restarting == "true":
+            return f", but it is not staying up (state {status}, exit code {code})"
+        time.sleep(1)
+    return ", and it is running"
+
+
 @_reported
 def _recreate(state, host, spec: ContainerSpec, had_current: bool, verify: Verifier | None):
     name, previous = spec.name, spec.name + PREVIOUS_SUFFIX
@@ -170,7 +184,10 @@ def _recreate(state, host, spec: ContainerSpec, had_current: bool, verify: Verif
     if have_backup:
         _must(host, f"docker rename {q_prev} {q_name}", f"restoring {name}")
         ok, out = _shell(host, f"docker start {q_name}")
-        restored = "previous container restored and started" if ok else f"restart failed: {out.strip()}"
+        restored = ("previous container restored and started" if ok
+                    else f"previous container restored but did not start: {out.strip()}")
+        if ok:
+            restored += _restored_state(host, name)
     return _fail(host, f"{name}: the new container failed verification; {restored}.\nReasons:\n  "
                  + "\n  ".join(reasons)
                  + ("\nLast log lines of the failed container:\n" + tail.strip() if tail.strip() else ""))

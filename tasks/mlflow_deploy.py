@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import replace
 
 from pyinfra import host, logger
@@ -44,6 +45,27 @@ def _image_mlflow_version(settings: MlflowSettings) -> str:
     return version
 
 
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def _refuse_downgrade_on_same_store(settings: MlflowSettings, version: str):
+    """MLflow upgrades its database schema when it starts, and an older MLflow then refuses to
+    start on it ("Can't locate revision ..."): moving down on the same backend store is refused."""
+    facts = host.get_fact(docker.ContainerInspect, container=settings.container_name, image=settings.image)
+    current = (facts or {}).get("container")
+    if not current:
+        return
+    running = (current.get("Config", {}).get("Labels") or {}).get(VERSION_LABEL)
+    command = current.get("Config", {}).get("Cmd") or []
+    store = command[command.index("--backend-store-uri") + 1] if "--backend-store-uri" in command[:-1] else None
+    if running and store == settings.backend_store_uri and _version_tuple(version) < _version_tuple(running):
+        raise OperationError(
+            f"{settings.container_name} runs MLflow {running} and {settings.image} has MLflow {version}: "
+            f"MLflow {running} has migrated the backend store's schema, which {version} cannot open. "
+            "Nothing was changed. Restore the database from before the upgrade, or use another store.")
+
+
 @operation()
 def server(settings: MlflowSettings, secret_values: dict):
     """
@@ -59,6 +81,7 @@ def server(settings: MlflowSettings, secret_values: dict):
         mlflow_deploy.server(settings=host_mlflow_settings(), secret_values={})
     """
     version = _image_mlflow_version(settings)
+    _refuse_downgrade_on_same_store(settings, version)
     spec_ = server_spec(settings, version)
     for note in spec_.notes:
         logger.info(f"{host.print_prefix}note (MLflow {version}, {spec_.kind}): {note}")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import docker
 
-from tasks.lab.stack import SERVICES
 
 REPO = Path(__file__).resolve().parents[1]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
@@ -55,20 +54,6 @@ class LabHandle:
         return self.cli("up", "--scenario", scenario)
 
     def down(self):
-        # A deploy that recreates a service container gives it the deploy's labels, not the lab's
-        # `quantlab.prefix`, so `scripts/lab down` (which selects containers by that label) misses
-        # it and then fails on the network it is still attached to, leaking network, volume and
-        # .lab/<prefix>. Remove this prefix's service containers (and kept `-previous` copies) by
-        # exact name first.
-        client = docker.from_env()
-        for service in SERVICES:
-            for name in (f"{self.prefix}-{service}", f"{self.prefix}-{service}-previous"):
-                try:
-                    container = client.containers.get(name)
-                except docker.errors.NotFound:
-                    continue
-                if container.name == name:
-                    container.remove(force=True, v=True)
         return self.cli("down", check=False)
 
     @property

@@ -33,8 +33,10 @@ def lab_host_data(prefix: str | None = None, mlflow_image: str = "mlflow2") -> d
                     "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY},
             "secret_env": {"PGPASSWORD": {"file": secret_files["mlflow_db_password"]},
                            "AWS_SECRET_ACCESS_KEY": {"file": secret_files["s3_secret_key"]}},
+            # quantlab.prefix: a container the deploy recreates still belongs to this lab.
             "labels": {"com.docker.compose.project": state["prefix"],
-                       "com.docker.compose.service": "mlflow"},
+                       "com.docker.compose.service": "mlflow",
+                       "quantlab.prefix": state["prefix"]},
             "compose_file": state["compose_file"],
         },
         "postgres": {
@@ -66,6 +68,19 @@ def lab_host_data(prefix: str | None = None, mlflow_image: str = "mlflow2") -> d
             {"owner": "postgres", "role": "quant_user", "database": "quant", "schema": "public",
              "on": "sequences", "privileges": ["USAGE", "SELECT"]},
         ],
+        # deploys/verify_stack.py: which services to expect here (tasks/stack_checks.py). The
+        # postgres entry takes access and roles from `postgres` and `db_roles` above.
+        "stack": {
+            "services": {
+                "postgres": {"container": names["postgres"]},
+                "mlflow": {"container": names["mlflow"], "url": f"http://127.0.0.1:{ports['mlflow']}"},
+                "redis": {"container": names["redis"]},
+                "s3": {"container": names["minio"], "url": f"http://127.0.0.1:{ports['minio']}",
+                       "bucket": ARTIFACT_BUCKET},
+                "backend": {"container": names["backend"],
+                            "url": f"http://127.0.0.1:{ports['backend']}"},
+            },
+        },
         "lab_secret_files": secret_files,
         "lab_ports": ports,
         "lab_containers": names,

@@ -434,7 +434,11 @@ class Stack:
 
     def down(self):
         removed = []
-        for container in self.client.containers.list(all=True, filters={"label": f"quantlab.prefix={self.lab.prefix}"}):
+        labelled = self.client.containers.list(all=True, filters={"label": f"quantlab.prefix={self.lab.prefix}"})
+        # Also by name: a deploy may have recreated a service without the lab's label.
+        named = [c for s in SERVICES for n in (self.lab.name(s), self.lab.name(s) + "-previous")
+                 for c in self.client.containers.list(all=True, filters={"name": f"^/{n}$"})]
+        for container in {c.id: c for c in labelled + named}.values():
             container.remove(force=True, v=True)
             removed.append(container.name)
         for network in self.client.networks.list(filters={"label": f"quantlab.prefix={self.lab.prefix}"}):

@@ -63,7 +63,7 @@ def test_mlflow_3_3_defaults_to_uvicorn_and_names_dropped_settings():
     assert cmd[cmd.index("--uvicorn-opts") + 1] == "--limit-max-requests 100"
     assert "--gunicorn-opts" not in cmd
     # Both server-option env vars blanked: a stale MLFLOW_GUNICORN_OPTS would switch servers.
-    assert spec.env == NEUTRALIZED_ENV
+    assert spec.env == {**NEUTRALIZED_ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     notes = " ".join(spec.notes)
     for dropped in ("timeout=60", "max_requests_jitter=10", "worker_class=sync"):
         assert dropped in notes
@@ -208,3 +208,9 @@ def test_process_list_command_runs_without_ps(tmp_path):
 def test_gunicorn_opts_survive_shell_quoting():
     spec = server_spec(MlflowSettings(), (2, 9, 2))
     assert shlex.split(shlex.join(spec.command)) == list(spec.command)
+
+
+def test_mlflow_3_job_runner_off_unless_settings_turn_it_on():
+    assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION" not in server_spec(MlflowSettings(), (2, 9, 2)).env
+    on = MlflowSettings(env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"})
+    assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION" not in server_spec(on, (3, 17, 2)).env
