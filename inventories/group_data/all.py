@@ -57,3 +57,79 @@ stack_defaults = {
                            # password authentication failed, WatchfilesRustInternalError
     "report_path": None,  # write a JSON report here (env QUANTLAB_VERIFY_REPORT overrides)
 }
+
+# Database cleanup (deploys/cleanup_database.py; rules in tasks/cleanup.py). A host's `cleanup`
+# mapping overrides these key by key. Patterns are SQL LIKE (`_` is one character: `\\_` for a
+# literal underscore); empty patterns and wildcard-only ones (`%`, `_%`) are refused, as is a match
+# of every row. Deletion is one transaction; VACUUM runs per table outside it.
+cleanup_defaults = {
+    "database": "quant",
+    "schema": "public",
+    "table": "users",
+    "column": "username",
+    "patterns": ["concurrent\\_%", "test\\_%"],  # the load tests' leftovers
+    "min_age": None,  # e.g. "1 hour": only rows older than this by age_column
+    "age_column": "created_at",
+    "max_rows": 1000,  # more matches: refuse and change nothing...
+    "allow_over_max": False,  # ...unless this says otherwise
+    "foreign_keys": "refuse",  # dependents behind an FK without ON DELETE CASCADE:
+                               # "refuse" (nothing deleted) or "delete_dependents"
+    "sample_size": 10,  # names listed in the plan and with --dry
+    "vacuum": True,
+    "vacuum_tables": None,  # None: every table of the database
+    "lock_timeout": "5s",
+    "statement_timeout": "15min",
+    "lock_wait": 60,  # seconds to wait for another cleanup run's advisory lock, then stop (exit 75
+                      # from the scheduled job)
+    "largest_tables": 5,
+    "report_path": None,  # JSON report on the controller (env QUANT_CLEANUP_REPORT overrides)
+}
+
+# Scheduling the cleanup (deploys/schedule_cleanup.py; tasks/schedule.py) on the ops host that
+# runs pyinfra. A host's `cleanup_schedule` mapping overrides these key by key. The crontab line is
+# the job script's path only; the script holds no secret (env names like *PASSWORD* are refused).
+cleanup_schedule_defaults = {
+    "present": True,  # False: remove the entry/timer and the job script (logs stay)
+    "name": "quant-db-cleanup",
+    "project_dir": None,  # the checkout holding deploys/ (None: the one running pyinfra)
+    "pyinfra": None,  # None: <project_dir>/.venv/bin/pyinfra
+    "inventory": "inventories/lab.py",  # relative to project_dir, or absolute
+    "deploy": "deploys/cleanup_database.py",
+    "group_data": "inventories/group_data",
+    "env": {},  # non-secret variables for the job, e.g. {"QUANTLAB_PREFIX": "quant"}
+    "minute": 17, "hour": 3, "day_of_month": "*", "month": "*", "day_of_week": "*",
+    "on_calendar": None,  # systemd OnCalendar (None: derived from minute/hour)
+    "scheduler": "auto",  # auto: systemd timer where systemd is PID 1, else cron; cron|systemd|both
+    "user": "root",
+    "script_path": None,  # None: /usr/local/lib/quant-remediation/<name>.sh
+    "log_file": None,  # None: /var/log/quant-remediation/<name>.log
+    "log_max_bytes": 5 * 1024 * 1024,  # rotated by size at the start of a run...
+    "log_keep": 5,  # ...keeping this many old logs
+    "lock_file": None,  # None: /run/lock/<name>.lock (flock -n: a run still going -> exit 75)
+    "report_path": None,  # JSON statistics report of each run
+    "install_cron": True,  # install the cron package when `crontab` is missing
+}
+
+# Log-signature remediation (deploys/remediate.py; tasks/diagnose.py, tasks/remediate.py). A
+# host's `remediate` mapping overrides these key by key. Container roles come from the host's
+# mlflow / postgres / backend / stack data; `containers` adds or overrides {role: name}.
+remediate_defaults = {
+    "catalog": None,  # path to a signature catalog on the controller; None: tasks/signatures.yml
+    "since": "2h",  # docker logs --since (duration or RFC 3339 time)...
+    "tail": 2000,  # ...and at most this many lines per container
+    "record_path": "/var/lib/quantlab/remediation-runs.json",  # last runs, on the host (throttle)
+    "report_dir": "remediation-reports",  # run records <host>.json on the controller
+    "containers": {},
+    "verify": True,  # verify each remediation after it ran
+}
+
+# The backend's uvicorn --reload fix (deploys/fix_backend_reload.py; tasks/backend_reload.py).
+# A host's `backend` mapping names the container and, optionally, the Dockerfile and compose
+# file to patch; only the files named are touched.
+backend_defaults = {
+    "compose_service": "backend",
+    "reload_delay": 2,  # seconds: `--reload-delay 2`, added once after `--reload`
+    "force_polling": True,  # WATCHFILES_FORCE_POLLING=true: what actually makes watchfiles poll
+    "port": 8000,  # inside the container, for the health check
+    "health_path": "/health",
+}

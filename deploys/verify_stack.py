@@ -1,0 +1,13 @@
+"""
+Verify the whole stack on every host: containers, PostgreSQL and its login roles, MLflow (health,
+REST API, an artifact round trip, workers), Redis, S3 and the backend, and the logs since a time.
+
+    pyinfra -y inventories/lab.py deploys/verify_stack.py
+    QUANTLAB_VERIFY_REPORT=verify.json QUANTLAB_VERIFY_SINCE=30m pyinfra -y ... deploys/verify_stack.py
+
+Read-only: a passing run reports no changes; a failing check fails the host (non-zero exit).
+Settings: the host's `stack` data, defaults in group_data/all.py `stack_defaults`.
+"""
+from tasks.stack_checks import verify
+
+verify(name="Verify the stack")  # settings from host data `stack`, validated before any check
