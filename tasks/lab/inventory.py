@@ -81,6 +81,15 @@ def lab_host_data(prefix: str | None = None, mlflow_image: str = "mlflow2") -> d
                             "url": f"http://127.0.0.1:{ports['backend']}"},
             },
         },
+        # deploys/cleanup_database.py (tasks/cleanup.py): the load test gave some test users a
+        # portfolio (FK without ON DELETE CASCADE); in the lab those go with their users.
+        "cleanup": {"foreign_keys": "delete_dependents"},
+        # deploys/fix_backend_reload.py and deploys/remediate.py: the backend container and the
+        # compose file to keep in step (no Dockerfile: the lab's recipe is not the user's file).
+        "backend": {"container": names["backend"], "compose_file": state["compose_file"]},
+        # deploys/remediate.py: this lab's last-run record and run records stay in its folder.
+        "remediate": {"record_path": f"{state['home']}/remediation-runs.json",
+                      "report_dir": f"{state['home']}/remediation-reports"},
         "lab_secret_files": secret_files,
         "lab_ports": ports,
         "lab_containers": names,

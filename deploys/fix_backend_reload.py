@@ -1,0 +1,12 @@
+"""
+The backend's uvicorn --reload fix: WATCHFILES_FORCE_POLLING=true and `--reload-delay 2`, in the
+Dockerfile CMD (JSON-array form) and/or the compose service, and in the running container
+(recreated only when it differs, verified, rolled back on failure). Idempotent.
+
+    pyinfra -y inventories/lab.py deploys/fix_backend_reload.py
+
+Settings: host data `backend`, defaults in group_data/all.py `backend_defaults`.
+"""
+from tasks.backend_reload import fix_backend_reload
+
+fix_backend_reload()

@@ -1,0 +1,14 @@
+"""
+Diagnose each host's container logs against the signature catalog and run only the remediations
+they call for, on that host only; then verify them and record the run.
+
+    pyinfra inventories/lab.py deploys/remediate.py --dry   # findings, evidence, what would run
+    pyinfra -y inventories/lab.py deploys/remediate.py
+
+Catalog: tasks/signatures.yml (or host data `remediate.catalog`). Settings: host data `remediate`,
+defaults in group_data/all.py `remediate_defaults`. A second run right after a fix reports no
+changes; a signature still present within its throttle window is reported "throttled".
+"""
+from tasks.remediate import remediate
+
+remediate()

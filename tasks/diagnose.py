@@ -1,0 +1,529 @@
+"""
+Log signatures: the catalog (tasks/signatures.yml), matching, throttling, and the one read-only
+fact that gathers what they need from a host.
+
+The pure half (no I/O, unit-tested): :func:`load_catalog` validates the YAML and names the entry
+of every problem; :func:`match_lines` / :func:`match_state` turn ``docker logs --timestamps``
+lines and ``docker inspect`` state into :class:`Finding` s with masked evidence; :func:`decide`
+groups findings into one :class:`Action` per (remediation, target) and says, from the host's
+last-run record, whether it runs, is throttled, was already handled, or is only reported.
+
+Old lines after a fix: a line (or an OOM/restart state) dated at or before the last recorded run
+of the remediation it calls for was *handled* by that run and never triggers anything again. A
+line dated after it is fresh: inside the signature's throttle window it is reported "throttled",
+after the window the remediation runs again. The record is written on the host only when a
+remediation ran, stamped with the host's clock after it finished, the same clock ``docker logs``
+uses, so a second run right after a successful fix finds nothing to do. Informational signatures
+have no record: they are reported on every run while their lines are inside ``since``.
+
+The I/O half is :class:`HostDiagnosis`: for the containers the catalog needs, ``docker inspect``
+state and ``docker logs --timestamps --since S --tail N``, the last-run record and the host's
+clock, all in one shell command (one round trip, any connector).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+from pyinfra.api import FactBase
+from pyinfra.api.exceptions import PyinfraError
+
+CATALOG = Path(__file__).with_name("signatures.yml")
+REMEDIATIONS = ("fix_mlflow", "db_users", "backend_reload", "none")
+SEVERITIES = ("info", "warning", "error", "critical")
+STATES = ("oom_killed", "restart_loop")
+REQUIRED = ("id", "containers", "severity", "remediation")
+OPTIONAL = ("description", "pattern", "state", "min_restarts", "throttle")
+DEFAULT_THROTTLE = 1800
+RECORD_VERSION = 1
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_ROLE = re.compile(r"[a-z][a-z0-9_-]*\Z")
+_DURATION = re.compile(r"(\d+)\s*([smhd]?)\Z")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class CatalogError(PyinfraError, ValueError):
+    """A bad catalog: every problem at once, each naming the entry. A PyinfraError, so the CLI
+    shows it as one clear message before any change, not as a traceback."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source, self.problems = source, problems
+        super().__init__(f"signature catalog {source}:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class Signature:
+    id: str
+    containers: tuple[str, ...]
+    severity: str
+    remediation: str
+    pattern: str | None = None
+    state: str | None = None
+    min_restarts: int = 3
+    throttle: int = DEFAULT_THROTTLE  # seconds
+    description: str = ""
+
+    @property
+    def regex(self) -> re.Pattern:
+        return _compiled(self.pattern)
+
+
+def _compiled(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds from ``90``, ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"``; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, int) and value >= 0:
+        return value
+    match = _DURATION.fullmatch(str(value).strip()) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (seconds, or a number with s/m/h/d)")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+def _entry_problems(where: str, item: Any, known_remediations: Iterable[str]) -> tuple[list[str], dict]:
+    problems: list[str] = []
+    if not isinstance(item, Mapping):
+        return [f"{where}: must be a mapping, not {type(item).__name__}"], {}
+    for key in sorted(set(item) - set(REQUIRED) - set(OPTIONAL), key=str):
+        problems.append(f"{where}: unknown key {key!r} (known: {', '.join(REQUIRED + OPTIONAL)})")
+    for key in REQUIRED:
+        if item.get(key) in (None, "", []):
+            problems.append(f"{where}: missing {key!r}")
+    out: dict[str, Any] = {}
+    sid = item.get("id")
+    if sid is not None:
+        if not isinstance(sid, str) or not _ID.match(sid):
+            problems.append(f"{where}: id {sid!r} must be letters, digits, '-', '_' or '.'")
+        else:
+            out["id"] = sid
+    containers = item.get("containers")
+    if isinstance(containers, str):
+        containers = [containers]
+    if containers not in (None, "", []):
+        if not isinstance(containers, list) or not all(isinstance(c, str) and _ROLE.match(c)
+                                                       for c in containers):
+            problems.append(f"{where}: containers must be a list of service roles "
+                            "(e.g. [mlflow, postgres])")
+        else:
+            out["containers"] = tuple(containers)
+    severity = item.get("severity")
+    if severity not in (None, "") and severity not in SEVERITIES:
+        problems.append(f"{where}: severity {severity!r} is not one of {', '.join(SEVERITIES)}")
+    else:
+        out["severity"] = severity
+    remediation = item.get("remediation")
+    known = tuple(known_remediations)
+    if remediation not in (None, "") and remediation not in known:
+        problems.append(f"{where}: unknown remediation {remediation!r} "
+                        f"(known: {', '.join(known)})")
+    else:
+        out["remediation"] = remediation
+    pattern, state = item.get("pattern"), item.get("state")
+    if (pattern is None) == (state is None):
+        problems.append(f"{where}: give exactly one of 'pattern' (a regex) or 'state' "
+                        f"({' | '.join(STATES)})")
+    if pattern is not None:
+        if not isinstance(pattern, str) or not pattern.strip():
+            problems.append(f"{where}: pattern must be a non-empty regex")
+        else:
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                problems.append(f"{where}: bad regex {pattern!r}: {exc}")
+            else:
+                if compiled.search(""):
+                    problems.append(f"{where}: pattern {pattern!r} matches every line")
+                elif remediation == "db_users" and "role" not in compiled.groupindex:
+                    problems.append(f"{where}: remediation db_users needs a (?P<role>...) group "
+                                    "naming the role in the pattern")
+                else:
+                    out["pattern"] = pattern
+    if state is not None:
+        if state not in STATES:
+            problems.append(f"{where}: state {state!r} is not one of {', '.join(STATES)}")
+        elif remediation == "db_users":
+            problems.append(f"{where}: remediation db_users needs a pattern naming the role")
+        else:
+            out["state"] = state
+    if "min_restarts" in item:
+        value = item["min_restarts"]
+        if state != "restart_loop":
+            problems.append(f"{where}: min_restarts only applies to state restart_loop")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"{where}: min_restarts must be a whole number >= 1")
+        else:
+            out["min_restarts"] = value
+    if item.get("throttle") is not None:
+        try:
+            out["throttle"] = parse_duration(item["throttle"])
+        except ValueError as exc:
+            problems.append(f"{where}: throttle {exc}")
+    description = item.get("description")
+    if description is not None and not isinstance(description, str):
+        problems.append(f"{where}: description must be text")
+    elif description:
+        out["description"] = description
+    return problems, out
+
+
+def load_catalog(path: str | Path | None = None, text: str | None = None,
+                 known_remediations: Iterable[str] = REMEDIATIONS) -> tuple[Signature, ...]:
+    """Read and validate a catalog (the packaged one by default). Raises :class:`CatalogError`
+    listing every problem, each naming its entry (``signatures[2] 'my-id'``)."""
+    source = "(text)" if text is not None else str(path or CATALOG)
+    if text is None:
+        try:
+            text = Path(path or CATALOG).read_text()
+        except OSError as exc:
+            raise CatalogError(source, [f"cannot read it: {exc.strerror or exc}"]) from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogError(source, [f"not valid YAML: {exc}"]) from exc
+    entries = doc.get("signatures") if isinstance(doc, Mapping) else None
+    if not isinstance(entries, list) or not entries:
+        raise CatalogError(source, ["expected a top-level 'signatures:' list with at least one entry"])
+    problems: list[str] = []
+    if isinstance(doc, Mapping):
+        for key in sorted(set(doc) - {"signatures"}, key=str):
+            problems.append(f"unknown top-level key {key!r} (known: signatures)")
+    signatures: list[Signature] = []
+    seen: set[str] = set()
+    for index, item in enumerate(entries):
+        name = item.get("id") if isinstance(item, Mapping) else None
+        where = f"signatures[{index}]" + (f" {name!r}" if isinstance(name, str) else "")
+        entry_problems, fields = _entry_problems(where, item, known_remediations)
+        if isinstance(name, str) and name in seen:
+            entry_problems.append(f"{where}: id {name!r} is used twice")
+        if isinstance(name, str):
+            seen.add(name)
+        if entry_problems:
+            problems += entry_problems
+            continue
+        signatures.append(Signature(**fields))
+    if problems:
+        raise CatalogError(source, problems)
+    return tuple(signatures)
+
+
+# -- secrets in evidence -------------------------------------------------------------------------
+
+MASK = "***"
+_MASKS = (
+    # scheme://user:password@host
+    (re.compile(r"(?P<k>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+(?P<v>@)"), r"\g<k>***\g<v>"),
+    # Authorization: Bearer xxx / Basic xxx
+    (re.compile(r"(?i)(?P<k>\b(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\g<k>***"),
+    # password=..., "token": "...", AWS_SECRET_ACCESS_KEY=..., X-Amz-Signature=...
+    (re.compile(r"""(?ix)(?P<k>\b[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key
+                     |private[_-]?key|credential|signature|session[_-]?key)[\w.-]*["']?\s*[=:]\s*["']?)
+                     (?!\*\*\*)[^\s"'&,;)}\]]+"""), r"\g<k>***"),
+    # JSON Web Tokens anywhere
+    (re.compile(r"\beyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]+"), MASK),
+)
+
+
+def mask_secrets(text: str) -> str:
+    """Evidence as it may be shown: passwords in connection strings, tokens and key=value
+    secrets replaced by ``***``."""
+    for pattern, replacement in _MASKS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+# -- time ------------------------------------------------------------------------------------------
+
+_TS = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:[.,](\d+))?(Z|[+-]\d\d:?\d\d)?")
+
+
+def parse_time(text: str | None) -> _dt.datetime | None:
+    """Docker's RFC 3339 times (nanoseconds, ``Z``) as aware datetimes; None when unset/unreadable
+    (Docker's zero time ``0001-01-01T00:00:00Z`` is unset)."""
+    if not text:
+        return None
+    match = _TS.match(text.strip())
+    if not match:
+        return None
+    fraction = (match[2] or "0")[:6].ljust(6, "0")
+    zone = match[3] or "Z"
+    zone = "+00:00" if zone == "Z" else (zone if ":" in zone else zone[:3] + ":" + zone[3:])
+    try:
+        value = _dt.datetime.fromisoformat(f"{match[1]}.{fraction}{zone}")
+    except ValueError:
+        return None
+    return None if value.year < 1970 else value.astimezone(_dt.timezone.utc)
+
+
+def _iso(value: _dt.datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
+
+
+# -- matching ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Finding:
+    signature: str
+    severity: str
+    remediation: str
+    role: str  # the service role (mlflow, postgres, ...)
+    container: str  # its container on this host
+    timestamp: str | None  # RFC 3339, host clock
+    evidence: str  # the matched line or state, secrets masked
+    params: dict = field(default_factory=dict)  # named groups of the pattern (e.g. role)
+    source: str = "log"  # log | state
+
+    @property
+    def time(self) -> _dt.datetime | None:
+        return parse_time(self.timestamp)
+
+
+def split_log_line(line: str) -> tuple[str | None, str]:
+    """``2026-01-02T03:04:05.123456789Z message`` -> (timestamp, message)."""
+    stamp, _, rest = line.partition(" ")
+    if parse_time(stamp) is not None:
+        return stamp, rest
+    return None, line
+
+
+def match_lines(signatures: Iterable[Signature], role: str, container: str,
+                lines: Iterable[str]) -> list[Finding]:
+    """Findings for the pattern signatures that read ``role``'s container."""
+    wanted = [s for s in signatures if s.pattern and role in s.containers]
+    findings: list[Finding] = []
+    if not wanted:
+        return findings
+    for line in lines:
+        stamp, message = split_log_line(line.rstrip("\r\n"))
+        for sig in wanted:
+            match = sig.regex.search(message)
+            if match:
+                params = {k: v for k, v in match.groupdict().items() if v is not None}
+                findings.append(Finding(sig.id, sig.severity, sig.remediation, role, container,
+                                        stamp, mask_secrets(message.strip())[:500], params))
+    return findings
+
+
+def match_state(signatures: Iterable[Signature], role: str, container: str,
+                state: Mapping | None, restart_count: int) -> list[Finding]:
+    """Findings for the state signatures: OOM-killed (dated when it ended), restart loop
+    (dated at its latest start)."""
+    findings: list[Finding] = []
+    if not state:
+        return findings
+    for sig in signatures:
+        if not sig.state or role not in sig.containers:
+            continue
+        if sig.state == "oom_killed" and state.get("OOMKilled"):
+            stamp = state.get("FinishedAt") if parse_time(state.get("FinishedAt")) else state.get("StartedAt")
+            findings.append(Finding(sig.id, sig.severity, sig.remediation, role, container, stamp,
+                                    f"docker inspect: OOMKilled=true, status {state.get('Status')}, "
+                                    f"exit code {state.get('ExitCode')}", source="state"))
+        elif sig.state == "restart_loop" and restart_count >= sig.min_restarts:
+            findings.append(Finding(sig.id, sig.severity, sig.remediation, role, container,
+                                    state.get("StartedAt"),
+                                    f"docker inspect: restarted {restart_count} times "
+                                    f"(status {state.get('Status')}, exit code {state.get('ExitCode')})",
+                                    source="state"))
+    return findings
+
+
+# -- decisions ---------------------------------------------------------------------------------------
+
+STATUS_RUN = "run"  # the remediation runs on this run
+STATUS_THROTTLED = "throttled"  # fresh evidence, but the same remediation ran within the window
+STATUS_HANDLED = "handled"  # all evidence predates the last run of its remediation
+STATUS_INFO = "informational"  # severity info, no remediation
+STATUS_REPORTED = "reported"  # no remediation for it (or unknown role): reported, nothing done
+
+
+@dataclass
+class Action:
+    key: str  # "<remediation>:<target>" (the record's key)
+    remediation: str
+    target: str  # container name, or the role for db_users
+    status: str
+    severity: str
+    signatures: list[str]
+    reason: str
+    throttle: int = 0
+    last_run: str | None = None
+    throttled_until: str | None = None
+    findings: list[Finding] = field(default_factory=list)  # fresh ones
+    handled: int = 0  # findings at or before the last run
+
+    def to_dict(self, evidence_limit: int = 20) -> dict:
+        data = asdict(self)
+        data["findings"] = [asdict(f) for f in self.findings[-evidence_limit:]]
+        data["findings_total"] = len(self.findings)
+        return data
+
+
+def _target(finding: Finding) -> str:
+    if finding.remediation == "db_users":
+        return finding.params.get("role", "?")
+    if finding.remediation == "none":
+        return f"{finding.signature}@{finding.container}"
+    return finding.container
+
+
+def decide(findings: Iterable[Finding], catalog: Iterable[Signature], record: Mapping | None,
+           now: _dt.datetime, configured_roles: Iterable[str] = ()) -> list[Action]:
+    """One Action per (remediation, target): run, throttled, handled, informational or reported."""
+    by_id = {s.id: s for s in catalog}
+    runs = (record or {}).get("runs") or {}
+    roles = set(configured_roles)
+    order = {name: i for i, name in enumerate(SEVERITIES)}
+    groups: dict[str, list[Finding]] = {}
+    for finding in findings:
+        groups.setdefault(f"{finding.remediation}:{_target(finding)}", []).append(finding)
+    actions = []
+    for key, group in groups.items():
+        group.sort(key=lambda f: f.timestamp or "")
+        first = group[0]
+        remediation, target = first.remediation, _target(first)
+        severity = max((f.severity for f in group), key=lambda s: order.get(s, 0))
+        sig_ids = sorted({f.signature for f in group})
+        throttle = max(by_id[s].throttle if s in by_id else DEFAULT_THROTTLE for s in sig_ids)
+        action = Action(key, remediation, target, STATUS_RUN, severity, sig_ids, "", throttle)
+        if remediation == "none":
+            action.status = STATUS_INFO if severity == "info" else STATUS_REPORTED
+            action.reason = ("no action" if severity == "info"
+                             else "no packaged fix for this: reported, nothing changed")
+            action.findings = group
+            actions.append(action)
+            continue
+        if remediation == "db_users" and target not in roles:
+            action.status = STATUS_REPORTED
+            action.reason = (f"user {target!r} is not a configured role (db_roles): reported, "
+                             "never created")
+            action.findings = group
+            actions.append(action)
+            continue
+        last = parse_time((runs.get(key) or {}).get("ran_at"))
+        action.last_run = _iso(last)
+        fresh = [f for f in group if last is None or f.time is None or f.time > last]
+        action.handled = len(group) - len(fresh)
+        action.findings = fresh
+        if not fresh:
+            action.status = STATUS_HANDLED
+            action.reason = f"all {len(group)} finding(s) predate its last run at {_iso(last)}"
+        elif last is not None and (now - last).total_seconds() < throttle:
+            until = last + _dt.timedelta(seconds=throttle)
+            action.status = STATUS_THROTTLED
+            action.throttled_until = _iso(until)
+            action.reason = (f"throttled: {remediation} ran for {target} at {_iso(last)}; "
+                             f"not again before {_iso(until)} ({len(fresh)} new finding(s) since)")
+        else:
+            action.reason = (f"{len(fresh)} finding(s)"
+                             + (f" since its last run at {_iso(last)}" if last else ""))
+        actions.append(action)
+    rank = {STATUS_RUN: 0, STATUS_THROTTLED: 1, STATUS_REPORTED: 2, STATUS_INFO: 3, STATUS_HANDLED: 4}
+    actions.sort(key=lambda a: (rank[a.status], -order.get(a.severity, 0), a.key))
+    return actions
+
+
+def updated_record(record: Mapping | None, ran: Iterable[Action], ran_at: str, result: str) -> dict:
+    """The host's last-run record with these actions stamped at ``ran_at`` (host clock)."""
+    data = dict(record or {})
+    runs = dict(data.get("runs") or {})
+    for action in ran:
+        runs[action.key] = {"ran_at": ran_at, "remediation": action.remediation,
+                            "target": action.target, "signatures": action.signatures,
+                            "result": result}
+    return {"version": RECORD_VERSION, "runs": runs}
+
+
+def format_actions(actions: Iterable[Action], evidence: int = 3) -> list[str]:
+    """Lines for the log: each action with its reason and its latest evidence lines."""
+    lines = []
+    for a in actions:
+        label = {"run": f"-> {a.remediation}", "throttled": "throttled", "handled": "nothing to do",
+                 "informational": "informational", "reported": "reported"}[a.status]
+        lines.append(f"[{a.severity}] {', '.join(a.signatures)} ({a.target}): {label}; {a.reason}")
+        shown = a.findings[-evidence:]
+        for f in shown:
+            lines.append(f"    {f.timestamp or '-'} {f.container}: {f.evidence[:220]}")
+        if len(a.findings) > len(shown):
+            lines.append(f"    ... and {len(a.findings) - len(shown)} earlier line(s)")
+    return lines
+
+
+# -- the fact ------------------------------------------------------------------------------------------
+
+SECTION = "### quantlab-diagnose "
+
+
+class HostDiagnosis(FactBase):
+    """
+    Everything diagnosis needs from a host, read-only, in one command: for each container its
+    ``docker inspect`` state and restart count and ``docker logs --timestamps --since --tail``
+    (stdout and stderr), the last-run record, and the host's clock.
+
+    Returns ``{"now": str, "record": dict | None, "record_error": str | None,
+    "containers": {name: {"exists": bool, "state": dict, "restart_count": int, "lines": [str]}}}``.
+    """
+
+    requires_command = "docker"
+
+    def command(self, containers: tuple, since: str, tail: int, record_path: str):
+        parts = []
+        for name in containers:
+            q = shlex.quote(name)
+            parts.append(f"echo '{SECTION}state {name}'; docker inspect --type container "
+                         f"-f '{{{{json .State}}}} {{{{.RestartCount}}}}' {q} 2>/dev/null || echo missing")
+            parts.append(f"echo '{SECTION}logs {name}'; docker logs --timestamps "
+                         f"--since {shlex.quote(since)} --tail {int(tail)} {q} 2>&1 || true")
+        parts.append(f"echo '{SECTION}record'; cat {shlex.quote(record_path)} 2>/dev/null || true")
+        parts.append(f"echo '{SECTION}now'; date -u +%Y-%m-%dT%H:%M:%S.%NZ")
+        return "; ".join(parts)
+
+    def process(self, output):
+        return parse_diagnosis_output(output)
+
+
+def parse_diagnosis_output(output: Iterable[str]) -> dict:
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in output:
+        if line.startswith(SECTION):
+            current = line[len(SECTION):].strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    result: dict[str, Any] = {"now": None, "record": None, "record_error": None, "containers": {}}
+    for key, lines in sections.items():
+        kind, _, name = key.partition(" ")
+        if kind == "state":
+            entry = result["containers"].setdefault(name, {"lines": []})
+            text = "\n".join(lines).strip()
+            if not text or text == "missing":
+                entry.update(exists=False, state={}, restart_count=0)
+            else:
+                state_json, _, count = text.rpartition(" ")
+                entry.update(exists=True, state=json.loads(state_json),
+                             restart_count=int(count) if count.isdigit() else 0)
+        elif kind == "logs":
+            entry = result["containers"].setdefault(name, {"exists": False, "state": {},
+                                                           "restart_count": 0})
+            entry["lines"] = lines
+        elif kind == "record":
+            text = "\n".join(lines).strip()
+            if text:
+                try:
+                    result["record"] = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    result["record_error"] = f"unreadable ({exc.msg}); treated as empty"
+        elif kind == "now":
+            result["now"] = (lines[0].strip() if lines else None)
+    return result
