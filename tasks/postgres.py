@@ -575,3 +575,35 @@ __all__ = [
     "PgState", "PostgresCatalog", "database", "grants", "password_status_from_digest", "role",
     "sql_commands", "OperationError",
 ]
+
+
+# --- public helpers for other task modules (tasks.cleanup) ------------------------------------
+
+
+def query_command(host, target: PgTarget, sql: str) -> StringCommand:
+    """A fact's command running one read-only ``sql`` through psql for ``target``, the way
+    :class:`PostgresCatalog` does: on the command line in docker mode (no secret involved),
+    else from a fresh 0700 directory holding the query and the 0600 password file, removed by
+    the same command."""
+    pgpass = _pgpass(target)
+    if pgpass is None:
+        return StringCommand(*(shlex.quote(a) for a in psql_argv(target)), "-c", shlex.quote(sql))
+    workdir = _upload_private(host, {"pgpass": pgpass, "query.sql": sql + ";\n"})
+    argv = psql_argv(target, passfile=f"{workdir}/pgpass")
+    return StringCommand(_run_and_clean(shell_command(argv, f"{workdir}/query.sql"), workdir))
+
+
+def run_script(host, target: PgTarget, script: str) -> tuple[bool, list[str], list[str]]:
+    """Run a psql ``script`` (taken as is: psql meta-commands allowed) from a ``FunctionCommand``:
+    script and password file go as 0600 files into a fresh 0700 directory, SQL on stdin, the
+    directory removed by the same command. Returns (ok, stdout lines, stderr lines)."""
+    files = {"script.sql": script}
+    pgpass = _pgpass(target)
+    if pgpass is not None:
+        files["pgpass"] = pgpass
+    workdir = _upload_private(host, files)
+    argv = psql_argv(target, passfile=f"{workdir}/pgpass" if pgpass is not None else None)
+    run = shell_command(argv, f"{workdir}/script.sql")
+    ok, output = host.run_shell_command(
+        StringCommand(_run_and_clean(f"chmod 0600 {shlex.quote(workdir)}/* && {run}", workdir)))
+    return ok, list(output.stdout_lines), list(output.stderr_lines)

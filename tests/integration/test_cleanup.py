@@ -1,0 +1,204 @@
+"""deploys/cleanup_database.py against the lab's real PostgreSQL (incident scenario: leftover
+`concurrent_<epoch>` and `test_*` users, some with portfolios, and an `audit_log` full of dead
+tuples), through the real pyinfra CLI over @local.
+
+Tests run in file order on one private lab: the refusals first (each must leave every table
+exactly as it was), then two concurrent runs doing the real cleanup, then the second-run and
+VACUUM checks.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.cleanup import BUSY_MARK, LOCK_KEYS, REFUSED_MARK
+from tests.labkit import GROUP_DATA, PYINFRA, REPO, new_lab, run_pyinfra, write_inventory
+
+pytestmark = pytest.mark.lab
+
+DEPLOY = REPO / "deploys" / "cleanup_database.py"
+TEST_USERS = "(username LIKE 'concurrent\\_%' OR username LIKE 'test\\_%')"
+LAB_CLEANUP = {"foreign_keys": "delete_dependents"}
+
+
+@pytest.fixture(scope="module")
+def lab(request):
+    handle = new_lab("qtcl", 36000)
+    request.addfinalizer(handle.down)
+    handle.up("incident")
+    return handle
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("cleanup")
+
+
+def inventory(folder: Path, lab, name: str, host_data: dict | None = None, **cleanup) -> Path:
+    data = {"cleanup": {**LAB_CLEANUP, **cleanup}, **(host_data or {})}
+    return write_inventory(folder / f"{name}.py", lab.prefix, host_data=data)
+
+
+def snapshot(lab) -> dict:
+    """Every row of every table (as md5 per table) and how often each was vacuumed."""
+    tables = ["users", "user_sessions", "portfolios", "trades", "audit_log"]
+    rows = {t: lab.psql(f"SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, ',' ORDER BY "
+                        f"t::text)), '') FROM {t} t") for t in tables}
+    rows["vacuums"] = lab.psql("SELECT sum(vacuum_count) FROM pg_stat_user_tables")
+    return rows
+
+
+def test_incident_has_leftovers(lab):
+    assert int(lab.psql(f"SELECT count(*) FROM users WHERE {TEST_USERS}")) >= 10
+    assert int(lab.psql("SELECT count(*) FROM portfolios p JOIN users u ON u.id = p.user_id "
+                        f"WHERE {TEST_USERS}")) >= 1
+    assert int(lab.psql("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'audit_log'")) > 1000
+
+
+@pytest.mark.parametrize("case, cleanup, needle", [
+    ("missing-table", {"table": "no_such_table"}, 'table "public"."no_such_table" does not exist'),
+    ("missing-column", {"column": "login"}, 'has no column "login"'),
+    ("match-all", {"patterns": ["%"]}, "only wildcards: it matches every row"),
+    ("empty", {"patterns": [""]}, "patterns[0]: is empty"),
+    ("wildcards", {"patterns": ["test\\_%", "_%"]}, "patterns[1]: '_%' is only wildcards"),
+    ("every-row", {"patterns": ["%.%", "concurrent\\_%", "test\\_%"]}, "match every row"),
+    ("max-rows", {"max_rows": 3}, "over max_rows 3"),
+    ("fk-refuse", {"foreign_keys": "refuse"}, "foreign keys without ON DELETE CASCADE"),
+])
+def test_guard_refuses_and_changes_nothing(lab, folder, case, cleanup, needle):
+    before = snapshot(lab)
+    run = run_pyinfra(inventory(folder, lab, case, **cleanup), DEPLOY)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-2000:]
+    assert needle in output, output[-2000:]
+    assert snapshot(lab) == before  # no row deleted, no VACUUM run
+
+
+def test_dry_lists_counts_and_sample_names(lab, folder):
+    before = snapshot(lab)
+    matched = int(lab.psql(f"SELECT count(*) FROM users WHERE {TEST_USERS}"))
+    total = int(lab.psql("SELECT count(*) FROM users"))
+    proc = subprocess.run([str(PYINFRA), "--dry", "--group-data", str(GROUP_DATA),
+                           str(inventory(folder, lab, "dry")), str(DEPLOY)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO, stdin=subprocess.DEVNULL)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-2000:]
+    assert f"plan: delete {matched} of {total} rows from \"public\".\"users\"" in output
+    assert "e.g. concurrent_" in output and "portfolios" in output and "deleted first" in output
+    assert "dead tuples" in output  # statistics before
+    assert snapshot(lab) == before
+
+
+def test_lock_held_elsewhere_skips_clearly(lab, folder):
+    before = snapshot(lab)
+    k1, k2 = LOCK_KEYS
+    holder = subprocess.Popen(
+        ["docker", "exec", "-i", "-u", "postgres", f"{lab.prefix}-postgres", "psql", "-X", "-q",
+         "-d", "quant", "-c", f"SELECT pg_advisory_lock({k1}, {k2}), pg_sleep(10)"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            if lab.psql(f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = {k1} "
+                        f"AND objid = {k2} AND granted") == "1":
+                break
+            time.sleep(0.1)
+        run = run_pyinfra(inventory(folder, lab, "busy", lock_wait=2), DEPLOY)
+    finally:
+        holder.wait(timeout=30)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert f"{BUSY_MARK}: another cleanup run holds the advisory lock on database quant" in output
+    assert snapshot(lab) == before
+
+
+def test_concurrent_runs_clean_up_once(lab, folder):
+    matched = int(lab.psql(f"SELECT count(*) FROM users WHERE {TEST_USERS}"))
+    real = lab.psql(f"SELECT md5(string_agg(u::text, ',' ORDER BY id)) FROM users u WHERE NOT {TEST_USERS}")
+    dead_before = int(lab.psql("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'audit_log'"))
+    runs, reports = {}, {n: folder / f"report-{n}.json" for n in ("a", "b")}
+
+    def go(n):
+        runs[n] = run_pyinfra(inventory(folder, lab, f"run-{n}"), DEPLOY,
+                              env={"QUANT_CLEANUP_REPORT": str(reports[n])})
+    threads = [threading.Thread(target=go, args=(n,)) for n in reports]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    for n, run in runs.items():
+        assert run.returncode == 0 and run.errors == 0, (run.stdout + run.stderr)[-3000:]
+    # No double work: between them the runs deleted each matching row exactly once.
+    deleted = []
+    for n, run in runs.items():
+        doc = json.loads(reports[n].read_text())
+        deleted.append((doc["deletion"] or {}).get("deleted", 0))
+    assert sum(deleted) == matched, deleted
+    assert lab.psql(f"SELECT count(*) FROM users WHERE {TEST_USERS}") == "0"
+    assert lab.psql("SELECT count(*) FROM portfolios WHERE user_id NOT IN (SELECT id FROM users)") == "0"
+    assert lab.psql("SELECT count(*) FROM user_sessions WHERE user_id NOT IN (SELECT id FROM users)") == "0"
+    assert lab.psql(f"SELECT md5(string_agg(u::text, ',' ORDER BY id)) FROM users u "
+                    f"WHERE NOT {TEST_USERS}") == real
+    # Dead tuples reclaimed, before -> after as pg_stat_user_tables reported them.
+    assert int(lab.psql("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'audit_log'")) == 0
+    vacuums = [r for n in reports for r in json.loads(reports[n].read_text())["vacuum"]
+               if r["table"] == "public.audit_log" and r["status"] == "vacuumed"]
+    assert any(r["dead_before"] == dead_before and r["dead_after"] == 0 for r in vacuums), vacuums
+    doc = json.loads(reports["a"].read_text())
+    assert doc["before"]["dead_tuples"] >= dead_before and doc["after"]["dead_tuples"] == 0
+    for key in ("database_size_bytes", "table_count", "largest_tables", "connections", "longest_query"):
+        assert key in doc["after"]
+    logs = runs["a"].stdout + runs["a"].stderr  # with --json, pyinfra logs to stderr
+    assert "statistics of quant" in logs and "dead tuples" in logs
+
+
+def test_second_run_deletes_nothing(lab, folder):
+    run = run_pyinfra(inventory(folder, lab, "second"), DEPLOY)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-2000:]
+    # VACUUM always runs and says so; the deletion reports no change.
+    assert run.changed_ops() == ["VACUUM (ANALYZE)", "Statistics after cleanup"]
+    assert "VACUUM ANALYZE public.audit_log: dead tuples 0 -> 0" in run.stdout + run.stderr
+
+
+def test_vacuum_skips_a_table_another_vacuum_holds(lab, folder):
+    holder = subprocess.Popen(
+        ["docker", "exec", "-i", "-u", "postgres", f"{lab.prefix}-postgres", "psql", "-X", "-q",
+         "-d", "quant"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        text=True)
+    # SHARE UPDATE EXCLUSIVE is what a running VACUUM holds on its table.
+    holder.stdin.write("BEGIN; LOCK TABLE audit_log IN SHARE UPDATE EXCLUSIVE MODE; "
+                       "SELECT pg_sleep(8); COMMIT;\n")
+    holder.stdin.close()
+    try:
+        for _ in range(50):
+            if lab.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                        "WHERE c.relname = 'audit_log' AND l.mode = 'ShareUpdateExclusiveLock'") == "1":
+                break
+            time.sleep(0.1)
+        run = run_pyinfra(inventory(folder, lab, "vacuum-locked"), DEPLOY)
+    finally:
+        holder.wait(timeout=30)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-2000:]
+    logs = run.stdout + run.stderr
+    assert "VACUUM ANALYZE public.audit_log: skipped" in logs
+    assert "VACUUM ANALYZE public.users: dead tuples" in logs
+
+
+def test_psql_access_with_a_password_file(lab, folder):
+    """The same deploy through host-side psql over TCP (0600 PGPASSFILE), no docker exec."""
+    state = lab.state
+    pg = {"access": "psql", "host": "127.0.0.1", "port": state["ports"]["postgres"],
+          "superuser": "postgres",
+          "superuser_password": {"file": state["secret_files"]["postgres_password"]}}
+    lab.psql("INSERT INTO users (username, email) VALUES ('test_psql_1', 'x@example.com')")
+    run = run_pyinfra(inventory(folder, lab, "psql", host_data={"postgres": pg}, vacuum=False), DEPLOY)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-2000:]
+    assert "deleted 1 rows from" in run.stdout + run.stderr
+    assert lab.psql("SELECT count(*) FROM users WHERE username = 'test_psql_1'") == "0"
+    secret = Path(state["secret_files"]["postgres_password"]).read_text().splitlines()[0]
+    assert secret not in run.stdout + run.stderr

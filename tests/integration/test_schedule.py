@@ -1,0 +1,137 @@
+"""deploys/schedule_cleanup.py on this machine (@local), then the installed command run by hand the
+way cron would run it (empty environment, no TTY, own session, stdin /dev/null) against a private
+lab (incident scenario).
+
+No cron daemon runs in this container (PID 1 is not an init) and systemd is not PID 1: the tests
+check the real crontab (`crontab -l`, installed by the deploy with the `cron` package when
+missing) and run its command themselves; the systemd units are covered by unit tests only.
+The entry gets a name unique to this lab and is removed by a finalizer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.labkit import GROUP_DATA, PYINFRA, REPO, new_lab, run_pyinfra
+
+pytestmark = pytest.mark.lab
+
+DEPLOY = REPO / "deploys" / "schedule_cleanup.py"
+TEST_USERS = "(username LIKE 'concurrent\\_%' OR username LIKE 'test\\_%')"
+
+
+@pytest.fixture(scope="module")
+def lab(request):
+    handle = new_lab("qtcl", 37000)
+    request.addfinalizer(handle.down)
+    handle.up("incident")
+    return handle
+
+
+@pytest.fixture(scope="module")
+def sched(lab, tmp_path_factory, request):
+    folder = tmp_path_factory.mktemp("schedule")
+    name = f"quant-db-cleanup-{lab.prefix}"
+    settings = {
+        "name": name, "env": {"QUANTLAB_PREFIX": lab.prefix}, "minute": 41, "hour": 4,
+        "script_path": str(folder / "bin" / f"{name}.sh"), "log_file": str(folder / "log" / "cleanup.log"),
+        "lock_file": str(folder / "cleanup.lock"), "report_path": str(folder / "report.json"),
+    }
+
+    def inventory(**over) -> Path:
+        path = folder / "ops.py"
+        path.write_text(f"hosts = [('@local', {{'cleanup_schedule': {({**settings, **over})!r}}})]\n")
+        return path
+
+    def remove():
+        run_pyinfra(inventory(present=False), DEPLOY)
+    request.addfinalizer(remove)
+    return {"folder": folder, "name": name, "settings": settings, "inventory": inventory}
+
+
+def crontab_l() -> str:
+    proc = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def installed_command(name: str) -> str:
+    lines = crontab_l().splitlines()
+    i = lines.index(f"# pyinfra-name={name}")
+    fields = lines[i + 1].split(None, 5)
+    assert fields[:5] == ["41", "4", "*", "*", "*"]
+    return fields[5]
+
+
+def run_like_cron(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["env", "-i", "setsid", "sh", "-c", command], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=600, cwd="/")
+
+
+def test_install_then_no_change(sched):
+    first = run_pyinfra(sched["inventory"](), DEPLOY)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    assert first.changed >= 2  # job script and cron entry (and the cron package if it was missing)
+    output = first.stdout + first.stderr
+    assert "systemd is not PID 1 here" in output or "Timer" in output
+    command = installed_command(sched["name"])
+    assert command == sched["settings"]["script_path"]
+    for secretish in ("PASSWORD", "SECRET", "PGPASS", "KEY"):
+        assert secretish not in command.upper()
+    script = Path(command).read_text()
+    assert "flock -n 9" in script and " -y " in script and "</dev/null" in script
+
+    second = run_pyinfra(sched["inventory"](), DEPLOY)
+    assert second.returncode == 0 and second.changed == 0, second.changed_ops()
+
+
+def test_installed_command_works_from_an_empty_environment(sched, lab):
+    matched = int(lab.psql(f"SELECT count(*) FROM users WHERE {TEST_USERS}"))
+    real = lab.psql(f"SELECT count(*) FROM users WHERE NOT {TEST_USERS}")
+    assert matched > 0
+    proc = run_like_cron(installed_command(sched["name"]))
+    log = Path(sched["settings"]["log_file"]).read_text()
+    assert proc.returncode == 0, log[-3000:]
+    assert proc.stdout == "" and proc.stderr == ""  # everything went to the log
+    assert lab.psql(f"SELECT count(*) FROM users WHERE {TEST_USERS}") == "0"
+    assert lab.psql(f"SELECT count(*) FROM users WHERE NOT {TEST_USERS}") == real
+    assert f"deleted {matched} rows from" in log and log.rstrip().endswith("exit 0")
+    report = json.loads(Path(sched["settings"]["report_path"]).read_text())
+    assert report["deletion"]["deleted"] == matched
+
+
+def test_installed_command_skips_while_a_run_holds_the_lock(sched):
+    lock = sched["settings"]["lock_file"]
+    holder = subprocess.Popen(["flock", lock, "sleep", "20"], start_new_session=True)
+    try:
+        proc = run_like_cron(installed_command(sched["name"]))
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)  # flock and the sleep holding the lock
+        holder.wait()
+    assert proc.returncode == 75
+    log = Path(sched["settings"]["log_file"]).read_text()
+    assert log.rstrip().splitlines()[-1].endswith(f"skipped: a previous run still holds {lock}")
+
+
+def test_failure_is_a_non_zero_exit(sched):
+    # The job against a lab that does not exist: pyinfra fails, the job says so.
+    run_pyinfra(sched["inventory"](env={"QUANTLAB_PREFIX": "qtclnone"}), DEPLOY)
+    try:
+        proc = run_like_cron(installed_command(sched["name"]))
+        assert proc.returncode not in (0, 75)
+        assert Path(sched["settings"]["log_file"]).read_text().rstrip().endswith(f"exit {proc.returncode}")
+    finally:
+        run_pyinfra(sched["inventory"](), DEPLOY)
+
+
+def test_removal(sched):
+    gone = run_pyinfra(sched["inventory"](present=False), DEPLOY)
+    assert gone.returncode == 0 and gone.changed >= 2, (gone.stdout + gone.stderr)[-2000:]
+    assert sched["name"] not in crontab_l()  # entry and its name comment
+    assert not Path(sched["settings"]["script_path"]).exists()
+    again = run_pyinfra(sched["inventory"](present=False), DEPLOY)
+    assert again.returncode == 0 and again.changed == 0, again.changed_ops()

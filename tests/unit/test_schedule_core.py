@@ -1,0 +1,170 @@
+"""tasks/schedule.py without an engine: settings, the crontab line, units, and the job script run
+for real (with a stand-in pyinfra) in an empty environment with no TTY."""
+import os
+import subprocess
+import time
+
+import pytest
+
+from tasks import schedule as sch
+from tasks.schedule import ScheduleSettingsError, load_schedule_settings
+
+
+def settings(**over):
+    return load_schedule_settings("ops", {"cleanup_schedule": over})
+
+
+def test_defaults():
+    s = settings()
+    assert s.name == "quant-db-cleanup" and s.project_dir == sch.PROJECT_DIR
+    assert s.pyinfra == f"{sch.PROJECT_DIR}/.venv/bin/pyinfra"
+    assert s.script_path == "/usr/local/lib/quant-remediation/quant-db-cleanup.sh"
+    assert s.lock_file == "/run/lock/quant-db-cleanup.lock"
+    assert s.cron_fields == ("17", "3", "*", "*", "*")
+
+
+def test_bad_settings_all_reported():
+    with pytest.raises(ScheduleSettingsError) as err:
+        settings(name="bad name", minute="every", env={"DB_PASSWORD": "x", "1X": "y"},
+                 scheduler="launchd", log_keep=0, script_path="relative.sh", extra=1)
+    text = str(err.value)
+    for needle in ("name:", "minute:", "DB_PASSWORD looks like a secret", "'1X' is not a variable",
+                   "scheduler:", "log_keep", "script_path", "extra: unknown key"):
+        assert needle in text, needle
+    assert '"x"' not in text and "'x'" not in text
+
+
+@pytest.mark.parametrize("name", ["PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "API_TOKEN", "KEY"])
+def test_secret_looking_env_is_refused(name):
+    with pytest.raises(ScheduleSettingsError, match="looks like a secret"):
+        settings(env={name: "v"})
+
+
+def test_cron_line_is_only_the_script():
+    s = settings(env={"QUANTLAB_PREFIX": "quant"}, report_path="/var/log/q/report.json")
+    assert sch.cron_command(s) == "/usr/local/lib/quant-remediation/quant-db-cleanup.sh"
+
+
+def test_job_script_content():
+    s = settings(env={"QUANTLAB_PREFIX": "it's"}, report_path="/r.json")
+    text = sch.job_script(s)
+    assert "flock -n 9" in text and "exit 75" in text
+    assert f"{s.pyinfra} -y --group-data {sch.PROJECT_DIR}/inventories/group_data " in text
+    assert "</dev/null" in text
+    assert "QUANTLAB_PREFIX='it'\"'\"'s'; export QUANTLAB_PREFIX" in text
+    assert "QUANT_CLEANUP_REPORT=/r.json; export QUANT_CLEANUP_REPORT" in text
+
+
+def test_on_calendar_and_units():
+    assert sch.on_calendar(settings()) == "*-*-* 03:17:00"
+    assert sch.on_calendar(settings(hour="*", minute=5)) == "*-*-* *:05:00"
+    with pytest.raises(ValueError, match="set on_calendar"):
+        sch.on_calendar(settings(minute="*/15"))
+    assert sch.on_calendar(settings(minute="*/15", on_calendar="*:0/15")) == "*:0/15"
+    s = settings()
+    assert f"ExecStart={s.script_path}" in sch.service_unit(s)
+    assert "SuccessExitStatus=75" in sch.service_unit(s) and "Type=oneshot" in sch.service_unit(s)
+    assert "OnCalendar=*-*-* 03:17:00" in sch.timer_unit(s)
+
+
+def test_choose_schedulers():
+    assert sch.choose_schedulers("auto", False) == (True, False)
+    assert sch.choose_schedulers("auto", True) == (False, True)
+    assert sch.choose_schedulers("both", True) == (True, True)
+    assert sch.choose_schedulers("cron", True) == (True, False)
+    with pytest.raises(ValueError, match="not running as PID 1"):
+        sch.choose_schedulers("systemd", False)
+
+
+def test_init_system_fact_parses():
+    fact = sch.InitSystem()
+    assert fact.process(["systemd=no", "pid1=process_api", "cron=stopped"]) == \
+        {"systemd": False, "pid1": "process_api", "cron_running": False}
+
+
+# --- the job script, run for real ------------------------------------------------------------
+
+
+@pytest.fixture
+def job(tmp_path):
+    """The job script with a stand-in pyinfra that records its argv/env and exits as told."""
+    fake = tmp_path / "pyinfra"
+    fake.write_text('#!/bin/sh\necho "argv: $*"\necho "prefix=${QUANTLAB_PREFIX:-} '
+                    'tty=$(tty 2>/dev/null) path=$PATH"\n'
+                    'if [ -f "$FAKE_DIR/sleep" ]; then sleep 3; fi\n'
+                    'if [ -f "$FAKE_DIR/busy" ]; then echo "ERROR: cleanup-lock-busy: x"; exit 1; fi\n'
+                    'exit $(cat "$FAKE_DIR/rc" 2>/dev/null || echo 0)\n')
+    fake.chmod(0o755)
+    s = settings(project_dir=str(tmp_path), pyinfra=str(fake), env={"QUANTLAB_PREFIX": "lab1",
+                 "FAKE_DIR": str(tmp_path)}, script_path=str(tmp_path / "job.sh"),
+                 log_file=str(tmp_path / "log" / "job.log"), lock_file=str(tmp_path / "job.lock"),
+                 log_max_bytes=2048, log_keep=2)
+    script = tmp_path / "job.sh"
+    script.write_text(sch.job_script(s))
+    script.chmod(0o755)
+
+    def run(wait=True):
+        # As cron would: empty environment, no TTY (own session, stdin /dev/null).
+        argv = ["env", "-i", "setsid", "sh", "-c", sch.cron_command(s)]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd="/")
+        if not wait:
+            return proc
+        out, err = proc.communicate(timeout=30)
+        return proc.returncode, out + err
+    run.s, run.dir, run.log = s, tmp_path, tmp_path / "log" / "job.log"
+    return run
+
+
+def test_job_runs_in_an_empty_environment(job):
+    rc, output = job()
+    assert rc == 0 and output == ""  # everything goes to the log
+    log = job.log.read_text()
+    assert "argv: -y --group-data" in log and log.rstrip().endswith("exit 0")
+    assert "prefix=lab1 tty=not a tty path=/usr/local/sbin:" in log
+
+
+def test_job_failure_is_a_non_zero_exit(job):
+    (job.dir / "rc").write_text("3")
+    rc, _ = job()
+    assert rc == 3 and job.log.read_text().rstrip().endswith("exit 3")
+
+
+def test_database_lock_busy_maps_to_75(job):
+    (job.dir / "busy").write_text("")
+    rc, _ = job()
+    assert rc == 75
+
+
+def test_overlapping_runs_skip_with_75(job):
+    (job.dir / "sleep").write_text("")
+    first = job(wait=False)
+    for _ in range(50):
+        if job.log.exists() and "start" in job.log.read_text():
+            break
+        time.sleep(0.1)
+    rc, _ = job()
+    assert rc == 75
+    assert first.wait(timeout=30) == 0
+    log = job.log.read_text()
+    assert "skipped: a previous run still holds" in log and log.count("exit 0") == 1
+
+
+def test_log_rotates_by_size(job):
+    for _ in range(12):
+        assert job()[0] == 0
+    logs = sorted(p.name for p in job.log.parent.iterdir())
+    assert logs == ["job.log", "job.log.1", "job.log.2"]
+    assert os.path.getsize(job.log) < 2048 + 1024
+
+
+def test_removing_a_named_entry_takes_its_comment():
+    lines = ["MAILTO=root", "", "# pyinfra-name=other", "1 2 * * * /bin/other", "",
+             "# pyinfra-name=quant-db-cleanup", "17 3 * * * /usr/local/lib/x.sh", "",
+             "# keep me", "5 5 * * * /bin/keep"]
+    assert sch.without_named_entry(lines, "quant-db-cleanup") == [
+        "MAILTO=root", "", "# pyinfra-name=other", "1 2 * * * /bin/other", "", "# keep me",
+        "5 5 * * * /bin/keep"]
+    assert sch.without_named_entry(lines, "absent") is None
+    # a comment left behind by pyinfra's own removal goes too
+    assert sch.without_named_entry(["# pyinfra-name=x"], "x") == []
