@@ -104,5 +104,7 @@ def format_table(results: list[CheckResult]) -> str:
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
     passed = sum(1 for r in results if r.status == "pass")
-    lines.append(f"{passed}/{len(results)} checks passed")
+    skipped = sum(1 for r in results if r.status == "skip")
+    lines.append(f"{passed}/{len(results) - skipped} checks passed"
+                 + (f", {skipped} skipped" if skipped else ""))
     return "\n".join(lines)

@@ -68,6 +68,7 @@ from pyinfra import host as current_host
 from pyinfra.api import FactBase, FunctionCommand, operation
 from pyinfra.api.exceptions import FactProcessError, OperationError
 
+from .checks import CheckResult, NotYet, RetryPolicy, format_table, run_check
 from .pg_exec import PgTarget
 from .pg_sql import SqlInputError, quote_ident, quote_literal
 
@@ -906,6 +907,28 @@ def _run_delete(state, host, settings: CleanupSettings, deps, script: str):
         "dependents": {deps[i].key: n for i, n in result["dependents"].items()},
         "deleted_first": {deps[i].key: n for i, n in result["deleted"].items()},
     }
+    check = _verify_nothing_matches(host, settings, deps)
+    host.log(f"cleanup: verification:\n{format_table([check])}")
+    if not check.passed:
+        return _fail(host, f"cleanup: {check.name}: {check.evidence}")
+    return True
+
+
+def _verify_nothing_matches(host, settings: CleanupSettings, deps) -> CheckResult:
+    """After the transaction: a fresh count (the check library's retried check) finds no match."""
+    from .postgres import run_script
+
+    def probe():
+        ok, out, err = run_script(host, settings.target, count_sql(settings, deps) + ";\n")
+        if not ok:
+            raise NotYet(f"counting failed: {_failure(err)}")
+        matched = parse_counts("\n".join(out).strip()).matched
+        if matched:
+            raise NotYet(f"{matched} rows still match")
+        return f"0 rows of {settings.relation} match {', '.join(map(_shown, settings.patterns))}"
+
+    return run_check(f"no row of {settings.relation} matches the patterns", settings.database, probe,
+                     RetryPolicy(attempts=3, seconds=15, wait=1))
 
 
 @operation()

@@ -68,6 +68,7 @@ from .pg_sql import (
     render_script,
 )
 from .scram import md5_verifier, scram_verifier
+from .stack_checks import Role, StackChecker, StackSettings, pyinfra_shell
 
 # Where psql listens inside the database container (docker mode verification logs in over TCP
 # on the container's loopback, so pg_hba's `host ... scram-sha-256` rule is what is exercised).
@@ -288,17 +289,12 @@ def _tcp_probe(host, target: PgTarget, role: str, password_source: PasswordSourc
 
 
 def _login_probe(host, target, role, source, database):
-    def probe():
-        ok, out, err = _tcp_probe(host, target, role, source, database, "SELECT current_user")
-        where = (f"{target.host}:{target.port}" if target.mode == "psql"
-                 else f"127.0.0.1:{CONTAINER_PG_PORT} in {target.container}")
-        if ok:
-            return f"logged in over TCP ({where}) to {database} as {out.strip()}"
-        if "permission denied for database" in err:
-            # PostgreSQL checks CONNECT only after authentication succeeded.
-            return f"password accepted over TCP ({where}); no CONNECT on {database} yet"
-        raise NotYet(f"cannot log in over TCP ({where}): {err.strip()[:200]}")
-    return probe
+    """`role` logs in over TCP with its password: the whole-stack library's check
+    (tasks.stack_checks), so db_users verifies logins exactly as verify_stack does."""
+    conf = {"access": target.mode, "container": target.container, "os_user": target.os_user,
+            "container_port": CONTAINER_PG_PORT, "host": target.host, "port": target.port}
+    checker = StackChecker(pyinfra_shell(host), StackSettings())
+    return checker._role_probe(conf, Role(role, source, database))
 
 
 def _usage_sql(grants: list[GrantSpec], catalog: Catalog) -> tuple[str, list[str]]:
