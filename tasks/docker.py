@@ -203,10 +203,26 @@ def _update(state, host, spec: ContainerSpec, verify: Verifier | None):
     return True
 
 
-def plan_container(spec: ContainerSpec) -> Plan:
-    facts = host.get_fact(ContainerInspect, container=spec.name, image=spec.image)
+class HostFailed(Exception):
+    """A fact could not be read because this host already failed (connection lost, command
+    error): pyinfra has marked it failed; the operation stops quietly so other hosts go on."""
+
+
+def host_failed() -> bool:
+    return host in host.state.failed_hosts
+
+
+def inspect_facts(container: str, image: str) -> dict:
+    facts = host.get_fact(ContainerInspect, container=container, image=image)
     if facts is None:
-        raise OperationError("docker is not installed on this host")
+        if host_failed():
+            raise HostFailed()
+        raise OperationError("the docker CLI is not installed on this host")
+    return facts
+
+
+def plan_container(spec: ContainerSpec) -> Plan:
+    facts = inspect_facts(spec.name, spec.image)
     image = image_defaults_from_inspect(facts["image"]) if facts["image"] else None
     actual = spec_from_inspect(facts["container"]) if facts["container"] else None
     return diff_spec(spec, actual, image)
@@ -232,7 +248,10 @@ def container(spec: ContainerSpec, verify: Verifier | None = None):
                                memory=1 << 30, restart_policy="unless-stopped"),
         )
     """
-    plan = plan_container(spec)
+    try:
+        plan = plan_container(spec)
+    except HostFailed:
+        return
     if not plan.changed:
         host.noop(f"container {spec.name} matches the settings")
         return

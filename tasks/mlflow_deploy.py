@@ -28,9 +28,7 @@ def host_mlflow_settings() -> MlflowSettings:
 def _image_mlflow_version(settings: MlflowSettings) -> str:
     """The MLflow version in the image: from our label on the running container when it runs
     that very image (no extra round trip), else from a throwaway container of the image."""
-    facts = host.get_fact(docker.ContainerInspect, container=settings.container_name, image=settings.image)
-    if facts is None:
-        raise OperationError("docker is not installed on this host")
+    facts = docker.inspect_facts(settings.container_name, settings.image)
     if facts["image"] is None:
         raise OperationError(f"image {settings.image} is not on this host: pull or build it first "
                              f"(`docker pull {settings.image}`); nothing was changed")
@@ -40,6 +38,8 @@ def _image_mlflow_version(settings: MlflowSettings) -> str:
         if label:
             return label
     version = host.get_fact(docker.ImageVersion, image=settings.image, distribution="mlflow")
+    if not version and docker.host_failed():
+        raise docker.HostFailed()
     if not version:
         raise OperationError(f"image {settings.image} has no `mlflow` Python package; nothing was changed")
     return version
@@ -52,8 +52,7 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 def _refuse_downgrade_on_same_store(settings: MlflowSettings, version: str):
     """MLflow upgrades its database schema when it starts, and an older MLflow then refuses to
     start on it ("Can't locate revision ..."): moving down on the same backend store is refused."""
-    facts = host.get_fact(docker.ContainerInspect, container=settings.container_name, image=settings.image)
-    current = (facts or {}).get("container")
+    current = docker.inspect_facts(settings.container_name, settings.image)["container"]
     if not current:
         return
     running = (current.get("Config", {}).get("Labels") or {}).get(VERSION_LABEL)
@@ -80,8 +79,11 @@ def server(settings: MlflowSettings, secret_values: dict):
 
         mlflow_deploy.server(settings=host_mlflow_settings(), secret_values={})
     """
-    version = _image_mlflow_version(settings)
-    _refuse_downgrade_on_same_store(settings, version)
+    try:
+        version = _image_mlflow_version(settings)
+        _refuse_downgrade_on_same_store(settings, version)
+    except docker.HostFailed:
+        return
     spec_ = server_spec(settings, version)
     for note in spec_.notes:
         logger.info(f"{host.print_prefix}note (MLflow {version}, {spec_.kind}): {note}")
@@ -107,9 +109,14 @@ def compose_service(settings: MlflowSettings, secret_values: dict):
         mlflow_deploy.compose_service(settings=host_mlflow_settings(), secret_values={})
     """
     lines = host.get_fact(FileContents, path=settings.compose_file)
+    if docker.host_failed():
+        return
     if lines is None:
         raise OperationError(f"compose file {settings.compose_file} does not exist on this host")
-    version = _image_mlflow_version(settings)
+    try:
+        version = _image_mlflow_version(settings)
+    except docker.HostFailed:
+        return
     spec_ = server_spec(settings, version)
     environment = {**settings.env, **spec_.env}
     try:
