@@ -36,6 +36,7 @@ PARENTS = {
     "backend": "python",
     "mlflow2": "python",
     "mlflow3": "python",
+    "sshhost": "base",
 }
 
 # What `--images official` uses instead, for users who can pull from a registry.

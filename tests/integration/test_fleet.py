@@ -1,0 +1,206 @@
+"""A fleet of five fresh hosts over real SSH: onboarded, then deploys/fix_mlflow.py across all of them
+in parallel, one host stopped mid-run, an unreachable host, and `--limit` converging the stopped one.
+
+The hosts are tests/fleet.py `sshhost` containers with the lab engine's socket mounted: none can
+run dockerd itself, so each host's `docker` CLI (installed by onboarding) drives this machine's
+engine. Each host manages its *own* MLflow container on that engine, `<prefix>-mlflow-<host>`,
+all on one lab's network, sharing its PostgreSQL (backend store) and MinIO (artifacts). The
+MLflow deploy logs in as the onboarded `deploy` user with the deploy key (docker group, no sudo).
+
+Order is the file's order. A finalizer takes the lab and every host container down. MLflow starts
+are held to four at a time (`--parallel 4`) on this two-core machine.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import docker
+import docker.errors
+import pytest
+
+from tests.fleet import Fleet, _keygen
+from tests.labkit import REPO, new_lab, run_pyinfra
+
+pytestmark = pytest.mark.lab
+
+ONBOARD = REPO / "deploys" / "onboard_host.py"
+FIX = REPO / "deploys" / "fix_mlflow.py"
+COUNT = 5
+PARALLEL = "4"
+
+
+def _report(run) -> str:
+    return f"rc={run.returncode}\n--- stdout\n{run.stdout[-6000:]}\n--- stderr\n{run.stderr[-6000:]}"
+
+
+@pytest.fixture(scope="module")
+def lab(request):
+    handle = new_lab("qtfl", 32000)
+    request.addfinalizer(handle.down)
+    handle.up("healthy")
+    # The lab's own MLflow is not part of this test; stopping it leaves the CPU to the fleet's.
+    handle.container("mlflow").stop(timeout=10)
+    return handle
+
+
+@pytest.fixture(scope="module")
+def fleet(request, lab, tmp_path_factory):
+    # The lab's prefix labels the hosts too: `scripts/lab down` would remove them as well.
+    fleet = Fleet(lab.prefix, tmp_path_factory.mktemp("fleet"), COUNT, docker_socket=True, login="root")
+    request.addfinalizer(fleet.remove)
+    return fleet.start()
+
+
+@pytest.fixture(scope="module")
+def deploy_key(fleet):
+    key = fleet.folder / "deploy_ed25519"
+    _keygen(key, "deploy@ops")
+    return key
+
+
+def _mlflow_name(lab, host) -> str:
+    return f"{lab.prefix}-mlflow-{host.name.rsplit('-', 1)[1]}"
+
+
+def _host_data(lab, fleet, deploy_key, host, as_deploy: bool) -> dict:
+    from tasks.lab.inventory import lab_host_data
+    data = lab_host_data(lab.prefix)
+    data["mlflow"].update({
+        "container_name": _mlflow_name(lab, host),
+        "ports": [],  # checked from inside the container; nothing published per host
+        "compose_file": "/opt/quant-stack/docker-compose.yml",  # the one onboarding rendered
+    })
+    data["onboard"] = {"engine": "socket", "authorized_keys": [{"file": str(deploy_key) + ".pub"}]}
+    if as_deploy:
+        data.update(host.pyinfra_host_data(user="deploy", key=deploy_key))
+    else:
+        data.update(host.pyinfra_host_data())
+    # Keep only what these deploys read (no stack/db data pointing at the lab host).
+    return {key: data[key] for key in data if key.startswith(("ssh_", "_")) or key in ("mlflow", "onboard")}
+
+
+@pytest.fixture(scope="module")
+def inventories(lab, fleet, deploy_key):
+    root = {h.name: _host_data(lab, fleet, deploy_key, h, as_deploy=False) for h in fleet.hosts}
+    deploy = {h.name: _host_data(lab, fleet, deploy_key, h, as_deploy=True) for h in fleet.hosts}
+    return {"root": fleet.write_inventory(fleet.folder / "onboard_inventory.py", root),
+            "deploy": fleet.write_inventory(fleet.folder / "fleet_inventory.py", deploy)}
+
+
+@pytest.fixture(scope="module")
+def onboarded(inventories):
+    run = run_pyinfra(inventories["root"], ONBOARD, "--parallel", str(COUNT), timeout=900)
+    assert run.returncode == 0 and run.errors == 0, _report(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def stopped_mid_run(onboarded, inventories, fleet, lab):
+    """fix_mlflow across the fleet with --parallel 4: once four hosts have started their MLflow
+    containers (the run is executing), the fifth host, still waiting for its turn, is stopped."""
+    names = {host.name: _mlflow_name(lab, host) for host in fleet.hosts}
+    command = [str(REPO / ".venv" / "bin" / "pyinfra"), "-y", "--json", "--group-data",
+               str(REPO / "inventories" / "group_data"), "--parallel", PARALLEL,
+               str(inventories["deploy"]), str(FIX)]
+    started = time.monotonic()
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = docker.from_env()
+    stopped_at, victim = None, None
+    try:
+        while proc.poll() is None and time.monotonic() - started < 600:
+            waiting = [host for host in fleet.hosts
+                       if not client.containers.list(all=True, filters={"name": f"^/{names[host.name]}$"})]
+            if len(waiting) == 1:
+                victim = waiting[0]
+                victim.stop(timeout=0)
+                stopped_at = time.monotonic() - started
+                break
+            time.sleep(0.3)
+        stdout, stderr = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Kept for a reader: what pyinfra printed about the stopped host.
+    (fleet.folder / "stopped_mid_run.log").write_text(f"victim {victim and victim.name}\n{stderr}")
+    return {"returncode": proc.returncode, "stdout": stdout, "stderr": stderr, "victim": victim,
+            "stopped_at": stopped_at}
+
+
+def _health(lab, name) -> str:
+    container = docker.from_env().containers.get(name)
+    code, out = container.exec_run(["python3", "-c", "import urllib.request; print(urllib.request.urlopen("
+                                    "'http://127.0.0.1:5000/health', timeout=5).read().decode())"])
+    return out.decode().strip() if code == 0 else f"exit {code}: {out.decode()[-200:]}"
+
+
+def test_onboarding_the_fleet_in_parallel(onboarded, fleet):
+    output = onboarded.stdout + onboarded.stderr
+    for host in fleet.hosts:
+        assert f"[{host.name}] verify: " in output, _report(onboarded)
+    assert "onboarding verification failed" not in output
+
+
+def test_one_host_stopped_mid_run_fails_alone(stopped_mid_run, lab, fleet):
+    run, victim = stopped_mid_run, stopped_mid_run["victim"]
+    report = f"rc={run['returncode']} stopped at {run['stopped_at']}\n{run['stdout'][-5000:]}\n{run['stderr'][-6000:]}"
+    assert run["stopped_at"] is not None, report
+    assert run["returncode"] != 0, report
+    output = run["stdout"] + run["stderr"]
+    assert f"[{victim.name}] Error" in output, report
+    # The others finished and verified: a verification table for each, their containers healthy.
+    with pytest.raises(docker.errors.NotFound):  # it never got to start its MLflow
+        docker.from_env().containers.get(_mlflow_name(lab, victim))
+    for host in fleet.hosts:
+        if host is not victim:
+            assert f"[{host.name}] verification:" in output, report
+            assert _health(lab, _mlflow_name(lab, host)) == "OK", report
+
+
+def test_the_others_run_every_operation_after_a_host_drops(stopped_mid_run):
+    """A host lost mid-run fails alone: the others go on to the deploy's next operation."""
+    assert "Starting operation: Fix the MLflow tracking server | Compose service" in stopped_mid_run["stderr"]
+    assert "docker CLI is not installed" not in stopped_mid_run["stderr"]
+
+
+def test_unreachable_host_is_named_and_the_others_proceed(stopped_mid_run, inventories, fleet):
+    """The stopped host is still down: connecting to it fails; the four others run (no changes)."""
+    run = run_pyinfra(inventories["deploy"], FIX, "--parallel", PARALLEL)
+    victim = stopped_mid_run["victim"]
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, _report(run)
+    assert f"[{victim.name}]" in output and "Could not connect" in output, _report(run)
+    assert run.results is not None and run.errors == 0 and run.changed == 0, _report(run)
+    for host in fleet.hosts:
+        if host is not victim:
+            assert f"[{host.name}] Connected" in output, _report(run)
+
+
+def test_limit_rerun_converges_the_stopped_host(stopped_mid_run, inventories, lab, fleet):
+    victim = stopped_mid_run["victim"]
+    victim.start()
+    run = run_pyinfra(inventories["deploy"], FIX, "--limit", victim.name)
+    assert run.returncode == 0 and run.errors == 0, _report(run)
+    assert run.changed >= 1, _report(run)
+    assert _health(lab, _mlflow_name(lab, victim)) == "OK"
+    again = run_pyinfra(inventories["deploy"], FIX, "--parallel", PARALLEL)
+    assert again.returncode == 0 and again.errors == 0 and again.changed == 0, _report(again)
+
+
+def test_every_host_has_its_own_fixed_mlflow(stopped_mid_run, lab, fleet):
+    client = docker.from_env()
+    for host in fleet.hosts:
+        attrs = client.containers.get(_mlflow_name(lab, host)).attrs
+        assert attrs["HostConfig"]["Memory"] == 1024 ** 3
+        command = attrs["Config"]["Cmd"]
+        assert command[command.index("--workers") + 1] == "2"
+        assert attrs["State"]["Running"] and not attrs["State"]["OOMKilled"]
+        assert attrs["Config"]["Labels"]["quantlab.prefix"] == lab.prefix
+        with pytest.raises(docker.errors.NotFound):
+            client.containers.get(_mlflow_name(lab, host) + "-previous")
+
+
+def test_onboarding_again_changes_nothing(stopped_mid_run, inventories):
+    """fix_mlflow kept the compose file onboarding rendered as it was: the deploys agree."""
+    run = run_pyinfra(inventories["root"], ONBOARD, "--parallel", str(COUNT))
+    assert run.returncode == 0 and run.errors == 0 and run.changed == 0, _report(run)

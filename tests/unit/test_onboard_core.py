@@ -1,0 +1,181 @@
+"""tasks/onboard.py without a host: settings, daemon.json merging, sudoers text, preflight, compose."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tasks import onboard
+from tasks.compose import patch_compose_service
+from tasks.mlflow import server_spec
+from tasks.onboard import (OnboardProbe, OnboardSettingsError, compose_text, daemon_json,
+                           default_compose, onboard_settings, preflight_problems, sudoers_text)
+from tasks.settings import mlflow_settings_from_host_data
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOr1nQ3y6w3y7m0aUQ5m8n1pG5D9x0u2lGmK8rX5p1Qw deploy@ops"
+
+
+def settings(**overrides):
+    return onboard_settings("h1", {"authorized_keys": [KEY], **overrides})
+
+
+def problems_of(**data) -> str:
+    with pytest.raises(OnboardSettingsError) as info:
+        onboard_settings("h1", data, read_file=lambda path: (_ for _ in ()).throw(OSError(2, "No such file")))
+    return str(info.value)
+
+
+def test_defaults_and_derived_paths():
+    s = settings()
+    assert s.user == "deploy" and s.home_dir == "/home/deploy" and s.engine == "local"
+    assert s.compose_path == "/opt/quant-stack/docker-compose.yml"
+    assert s.sudoers_path == "/etc/sudoers.d/quant-deploy" and s.docker_gid is None
+
+
+def test_socket_engine_matches_the_socket_gid_by_default():
+    assert settings(engine="socket").docker_gid == "socket"
+    assert settings(engine="socket", docker_gid=None).docker_gid == "socket"
+    assert settings(engine="socket", docker_gid=999).docker_gid == 999
+
+
+def test_keys_from_a_controller_file(tmp_path):
+    pub = tmp_path / "k.pub"
+    pub.write_text(KEY + "\n\n# comment\n")
+    assert settings(authorized_keys=[{"file": str(pub)}]).authorized_keys == (KEY,)
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({}, "authorized_keys: at least one public key"),
+    ({"authorized_keys": ["-----BEGIN OPENSSH PRIVATE KEY-----"]}, "is a private key"),
+    ({"authorized_keys": ["not a key"]}, "not an OpenSSH public key"),
+    ({"authorized_keys": [{"file": "/nope.pub"}]}, "cannot read /nope.pub"),
+    ({"authorized_keys": [KEY], "user": "root"}, "not a valid non-root user name"),
+    ({"authorized_keys": [KEY], "sudo_commands": ["ALL"]}, "must start with an absolute path"),
+    ({"authorized_keys": [KEY], "sudo_commands": ["/usr/bin/docker ALL"]}, "too wide"),
+    ({"authorized_keys": [KEY], "sudo_commands": ["/bin/ls, /bin/sh"]}, "too wide"),
+    ({"authorized_keys": [KEY], "sudoers_name": "deploy.conf"}, "sudo ignores files with '.'"),
+    ({"authorized_keys": [KEY], "engine": "podman"}, "engine: 'podman' is not one of"),
+    ({"authorized_keys": [KEY], "log_max_size": "10mb"}, "log_max_size: '10mb'"),
+    ({"authorized_keys": [KEY], "log_max_file": 0}, "log_max_file"),
+    ({"authorized_keys": [KEY], "packages": ["docker-ce"]}, "must include docker.io"),
+    ({"authorized_keys": [KEY], "directories": ["../etc"]}, "plain relative path"),
+    ({"authorized_keys": [KEY], "stack_dir": "relative"}, "absolute path"),
+    ({"authorized_keys": [KEY], "docker_gid": "105"}, "docker_gid"),
+    ({"authorized_keys": [KEY], "userr": "x"}, "userr: unknown setting"),
+    ({"authorized_keys": [KEY], "compose": {"services": {"db": {"environment": {"DB_PASSWORD": "hunter2"}}}}},
+     "looks like a secret"),
+])
+def test_bad_settings_are_refused_with_the_key_named(data, expected):
+    message = problems_of(**data)
+    assert expected in message and "host 'h1': onboard." in message
+    assert "hunter2" not in message
+
+
+def test_all_problems_reported_at_once():
+    message = problems_of(authorized_keys=[KEY], engine="x", log_max_file=0, user="Bad Name")
+    assert message.count("host 'h1'") == 3
+
+
+def test_compose_with_secret_references_is_accepted():
+    doc = {"services": {"db": {"image": "postgres:15", "environment": {"POSTGRES_PASSWORD": "${PG_PW}"}}}}
+    assert settings(compose=doc).compose == doc
+
+
+# -- daemon.json -------------------------------------------------------------------------------
+
+def test_daemon_json_fresh_file():
+    text, changed = daemon_json(None, "10m", 3)
+    assert changed and json.loads(text) == {"log-driver": "json-file",
+                                            "log-opts": {"max-file": "3", "max-size": "10m"}}
+
+
+def test_daemon_json_keeps_other_keys_and_is_idempotent():
+    current = json.dumps({"registry-mirrors": ["https://m.example"], "log-opts": {"labels": "a"}})
+    text, changed = daemon_json(current, "20m", 5)
+    config = json.loads(text)
+    assert changed and config["registry-mirrors"] == ["https://m.example"]
+    assert config["log-opts"] == {"labels": "a", "max-size": "20m", "max-file": "5"}
+    assert daemon_json(text, "20m", 5) == (text, False)
+
+
+def test_daemon_json_other_driver_options_dropped():
+    text, _ = daemon_json(json.dumps({"log-driver": "syslog", "log-opts": {"syslog-address": "udp://x"}}),
+                          "10m", 3)
+    assert json.loads(text)["log-opts"] == {"max-size": "10m", "max-file": "3"}
+
+
+def test_daemon_json_not_an_object():
+    with pytest.raises(ValueError):
+        daemon_json("[1, 2]", "10m", 3)
+
+
+def test_sudoers_text_is_one_narrow_rule():
+    text = sudoers_text("deploy", ("/usr/bin/systemctl restart docker", "/usr/bin/journalctl -u docker"))
+    rule = [line for line in text.splitlines() if not line.startswith("#")]
+    assert rule == ["deploy ALL=(root) NOPASSWD: /usr/bin/systemctl restart docker, /usr/bin/journalctl -u docker"]
+    assert sudoers_text("deploy", ()).startswith("#") and "NOPASSWD" not in sudoers_text("deploy", ())
+
+
+# -- preflight ---------------------------------------------------------------------------------
+
+def probe(**overrides):
+    values = {"uid": "0", "os_id": "debian", "apt_get": "/usr/bin/apt-get", "dpkg": "/usr/bin/dpkg",
+              "pid1": "systemd", "systemd": "yes", "sbin_init": "yes", "policy_rc_d": "no",
+              "socket_kind": "missing", "socket_gid": None}
+    return {**values, **overrides}
+
+
+def test_preflight_passes_on_a_debian_host_with_systemd():
+    assert preflight_problems(settings(), probe()) == []
+
+
+def test_preflight_names_each_missing_capability():
+    problems = preflight_problems(settings(), probe(uid="1000", apt_get="", systemd="no", pid1="sshd"))
+    text = "\n".join(problems)
+    assert len(problems) == 3
+    assert "not root" in text and "no apt-get" in text and "systemd is not PID 1" in text and "'sshd'" in text
+
+
+def test_preflight_socket_engine():
+    container = probe(pid1="sshd", systemd="no", sbin_init="no", socket_kind="socket", socket_gid=105)
+    s = settings(engine="socket")
+    assert preflight_problems(s, container) == []
+    assert onboard.wanted_gid(s, container) == 105
+    assert "needs a Docker socket" in preflight_problems(s, {**container, "socket_kind": "missing"})[0]
+    assert "second dockerd" in preflight_problems(s, {**container, "systemd": "yes"})[0]
+    assert "already the group 'users'" in preflight_problems(s, container, gid_holder="users")[0]
+    assert preflight_problems(s, container, gid_holder="docker") == []
+
+
+def test_probe_output_parsing():
+    parsed = OnboardProbe().process(["uid=0", "apt_get=/usr/bin/apt-get", "socket=socket|105",
+                                     "docker_group="])
+    assert parsed["uid"] == "0" and parsed["socket_kind"] == "socket" and parsed["socket_gid"] == 105
+    assert parsed["docker_group_gid"] is None
+    assert OnboardProbe().process(["socket=missing"])["socket_gid"] is None
+
+
+# -- the compose file ----------------------------------------------------------------------------
+
+def test_default_compose_agrees_with_fix_mlflow():
+    """deploys/fix_mlflow.py patching the rendered file changes nothing: the two deploys agree."""
+    mlflow = mlflow_settings_from_host_data("h1", {
+        "image": "quantlab/mlflow2:abc", "backend_store_uri": "postgresql://mlflow@db:5432/mlflow",
+        "artifacts_destination": "s3://bucket", "env": {"MLFLOW_S3_ENDPOINT_URL": "http://minio:9000"},
+        "secret_env": {"PGPASSWORD": {"env": "PGPASSWORD"}}})
+    spec = server_spec(mlflow, "2.9.2")
+    text = compose_text(default_compose(settings(), mlflow, spec))
+    doc = yaml.safe_load(text)
+    assert doc["services"]["mlflow"]["environment"]["PGPASSWORD"].startswith("${PGPASSWORD")
+    assert set(doc["services"]) == {"postgres", "minio", "redis", "mlflow"}
+    patched, changed = patch_compose_service(text, "mlflow", list(spec.command),
+                                             {**mlflow.env, **spec.env}, mlflow.memory_limit,
+                                             mlflow.memory_reservation)
+    assert not changed and patched == text
+
+
+def test_default_compose_has_no_secret_values():
+    mlflow = mlflow_settings_from_host_data("h1", {})
+    doc = default_compose(settings(), mlflow, server_spec(mlflow, "2.9.2"))
+    assert onboard.compose_problems(doc) == []
