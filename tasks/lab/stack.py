@@ -24,6 +24,7 @@ import yaml
 
 from tasks.mlflow import server_spec
 from tasks.settings import MlflowSettings
+from tasks.stack_checks import oom_kills
 
 from . import images as lab_images
 from .images import Progress
@@ -474,7 +475,7 @@ class Stack:
                 "health": state.get("Health", {}).get("Status", "-"),
                 "memory": f"{_mib(usage)} / {_mib(limit) if limit else 'no limit'}",
                 "restarts": str(container.attrs.get("RestartCount", 0)),
-                "oom_killed": "yes" if state.get("OOMKilled") else "no",
+                "oom_killed": _oom_text(container, state),
             })
         return rows
 
@@ -539,6 +540,19 @@ class Stack:
             "compose_file": str(self.lab.compose_file),
         }
         self.lab.state_file.write_text(json.dumps(state, indent=2) + "\n")
+
+
+def _oom_text(container, state: dict) -> str:
+    """Docker's OOMKilled covers the container's main process only; the kernel's count in the
+    memory cgroup also shows workers killed inside a container that kept running."""
+    kills = None
+    if state["Status"] == "running":
+        result = container.exec_run(["sh", "-c", "cat /sys/fs/cgroup/memory.events 2>/dev/null || "
+                                     "cat /sys/fs/cgroup/memory/memory.oom_control"])
+        kills = oom_kills(result.output.decode(errors="replace")) if result.exit_code == 0 else None
+    if state.get("OOMKilled"):
+        return "yes"
+    return f"{kills} kills" if kills else "no"
 
 
 class _Exhausted(Exception):

@@ -181,6 +181,13 @@ def test_incident_mlflow_workers_were_sigkilled_by_gunicorn(lab, incident):
     assert len(re.findall(r"\[INFO\] Booting worker with pid: \d+", logs)) >= 4
 
 
+def test_incident_status_counts_the_oom_kills(lab, incident):
+    """Workers die inside a container that keeps running: the status reads the kernel's count."""
+    output = lab.cli("status", timeout=120).stdout
+    row = next(line for line in output.splitlines() if line.startswith("mlflow "))
+    assert re.search(r"(\d+ kills|yes)\s*$", row), row
+
+
 def test_incident_postgres_rejects_quant_user(lab, incident):
     assert 'password authentication failed for user "quant_user"' in lab.logs("postgres")
     assert lab.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'quant_user'", "postgres") == "0"
