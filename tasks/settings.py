@@ -417,7 +417,7 @@ def resolve_secret_env(
     (variable or path), never a value. A file's single trailing newline is dropped.
     """
     environ = os.environ if environ is None else environ
-    read_file = read_file or (lambda path: Path(path).read_text(encoding="utf-8"))
+    read_file = read_file or (lambda path: Path(path).expanduser().read_text(encoding="utf-8"))
     values, problems = {}, []
     for name, ref in settings.secret_env.items():
         key = f"mlflow.secret_env.{name}"

@@ -202,3 +202,11 @@ def test_resolve_secret_env_errors_name_the_reference_not_the_value():
     text = str(err.value)
     assert "mlflow.secret_env.A: environment variable SRC_A is not set" in text
     assert "mlflow.secret_env.B: cannot read /secrets/b: No such file or directory" in text
+
+
+def test_secret_file_path_may_start_with_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "minio_secret").write_text("s3cr3t\n")
+    settings = mlflow_settings_from_host_data(
+        "h", {"secret_env": {"AWS_SECRET_ACCESS_KEY": {"file": "~/minio_secret"}}})
+    assert resolve_secret_env("h", settings, environ={}) == {"AWS_SECRET_ACCESS_KEY": "s3cr3t"}
