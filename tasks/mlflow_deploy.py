@@ -25,10 +25,11 @@ def host_mlflow_settings() -> MlflowSettings:
     return mlflow_settings_from_host_data(host.name, merged)
 
 
-def _image_mlflow_version(settings: MlflowSettings) -> str:
+def _image_mlflow_version(settings: MlflowSettings, facts: dict | None = None) -> str:
     """The MLflow version in the image: from our label on the running container when it runs
-    that very image (no extra round trip), else from a throwaway container of the image."""
-    facts = docker.inspect_facts(settings.container_name, settings.image)
+    that very image (no extra round trip), else from a throwaway container of the image.
+    ``facts``: the ContainerInspect fact already read by the caller, if any."""
+    facts = facts if facts is not None else docker.inspect_facts(settings.container_name, settings.image)
     if facts["image"] is None:
         raise OperationError(f"image {settings.image} is not on this host: pull or build it first "
                              f"(`docker pull {settings.image}`); nothing was changed")
@@ -49,10 +50,10 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
-def _refuse_downgrade_on_same_store(settings: MlflowSettings, version: str):
+def _refuse_downgrade_on_same_store(settings: MlflowSettings, version: str, facts: dict):
     """MLflow upgrades its database schema when it starts, and an older MLflow then refuses to
     start on it ("Can't locate revision ..."): moving down on the same backend store is refused."""
-    current = docker.inspect_facts(settings.container_name, settings.image)["container"]
+    current = facts["container"]
     if not current:
         return
     running = (current.get("Config", {}).get("Labels") or {}).get(VERSION_LABEL)
@@ -80,8 +81,11 @@ def server(settings: MlflowSettings, secret_values: dict):
         mlflow_deploy.server(settings=host_mlflow_settings(), secret_values={})
     """
     try:
-        version = _image_mlflow_version(settings)
-        _refuse_downgrade_on_same_store(settings, version)
+        # One read of the container, its kept previous copy and the image serves every decision
+        # below: each fact read is a remote command, and a no-change run should cost one.
+        facts = docker.inspect_facts(settings.container_name, settings.image)
+        version = _image_mlflow_version(settings, facts)
+        _refuse_downgrade_on_same_store(settings, version, facts)
     except docker.HostFailed:
         return
     spec_ = server_spec(settings, version)
@@ -93,7 +97,7 @@ def server(settings: MlflowSettings, secret_values: dict):
     def verify(run):
         return verify_mlflow(run, settings.container_name, settings.port, spec_.kind, spec_.workers)
 
-    yield from docker.container._inner(spec=desired, verify=verify)
+    yield from docker.container._inner(spec=desired, verify=verify, facts=facts)
 
 
 @operation()

@@ -1,0 +1,57 @@
+"""tasks.docker.ContainerInspect's command run by a real shell against the real engine: what it
+reads for present and missing objects, and that an engine it cannot reach fails the fact
+instead of reading as "no container" (which would plan a create)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+
+import docker
+import pytest
+
+from tasks.docker import ContainerInspect
+from tasks.lab.images import image_refs
+
+pytestmark = pytest.mark.lab
+
+
+def run_fact(container: str, image: str, **env) -> tuple[int, dict | None, str]:
+    fact = ContainerInspect()
+    proc = subprocess.run(["sh", "-c", fact.command(container, image)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **env})
+    return proc.returncode, fact.process(proc.stdout.splitlines()), proc.stderr
+
+
+@pytest.fixture
+def container():
+    client = docker.from_env()
+    name = f"qtfact-{uuid.uuid4().hex[:8]}"
+    image = image_refs()["base"]
+    made = client.containers.create(image, ["sleep", "60"], name=name + "-previous",
+                                     labels={"quantlab.prefix": "qtfact"})
+    try:
+        yield name, image
+    finally:
+        made.remove(force=True)
+
+
+def test_previous_only_and_image(container):
+    name, image = container
+    code, facts, _ = run_fact(name, image)
+    assert code == 0
+    assert facts["container"] is None
+    assert facts["previous"]["Name"] == f"/{name}-previous"
+    assert image in facts["image"]["RepoTags"]
+
+
+def test_nothing_there_is_an_answer():
+    code, facts, stderr = run_fact("qtfact-absent-x", "quantlab/absent:none")
+    assert (code, facts) == (0, {"container": None, "previous": None, "image": None}), stderr
+
+
+def test_unreachable_engine_fails_the_fact(tmp_path):
+    code, _, stderr = run_fact("qtfact-absent-x", "quantlab/absent:none",
+                               DOCKER_HOST=f"unix://{tmp_path}/no.sock")
+    assert code != 0
+    assert "Cannot connect" in stderr or "no.sock" in stderr
