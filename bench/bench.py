@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 import docker  # noqa: E402
 
 from load import run_load  # noqa: E402
-from sshd_fleet import start_fleet  # noqa: E402
+from sshd_fleet import start_fleet, stock_shell_rc  # noqa: E402
 from tasks.container_spec import docker_run_args, env_file_text  # noqa: E402
 from tasks.lab.inventory import lab_host_data  # noqa: E402
 from tasks.lab.stack import LAB_MLFLOW_VERSION, SIGKILL_LINE, VERSION_LABEL, Lab, mlflow_command, mlflow_env  # noqa: E402
@@ -220,7 +220,7 @@ def ansible_env(ctx: Ctx, fleet, forks: int) -> dict:
                                  f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes")}
 
 
-def fleet_inventories(ctx: Ctx, fleet, count: int) -> tuple[Path, Path]:
+def fleet_inventories(ctx: Ctx, fleet, count: int, tag: str = "") -> tuple[Path, Path]:
     base = ctx.host_data
     pyinfra_hosts, ansible_hosts = [], {}
     settings, server, _ = ctx.fixed_spec()
@@ -243,11 +243,12 @@ def fleet_inventories(ctx: Ctx, fleet, count: int) -> tuple[Path, Path]:
             "mlflow_memory_reservation": docker_size(settings.memory_reservation),
             "mlflow_restart_policy": settings.restart_policy,
         }
-    hosts_json = ctx.work / f"fleet{count}.json"
+    stem = f"{count}{'-' + tag if tag else ''}"
+    hosts_json = ctx.work / f"fleet{stem}.json"
     hosts_json.write_text(json.dumps(pyinfra_hosts))
-    pyinfra_inv = ctx.work / f"inventory_pyinfra_{count}.py"
+    pyinfra_inv = ctx.work / f"inventory_pyinfra_{stem}.py"
     pyinfra_inv.write_text(f"import json\nhosts = [tuple(h) for h in json.load(open({str(hosts_json)!r}))]\n")
-    ansible_inv = ctx.work / f"inventory_ansible_{count}.json"
+    ansible_inv = ctx.work / f"inventory_ansible_{stem}.json"
     ansible_inv.write_text(json.dumps({"all": {"children": {"mlflow": {"hosts": ansible_hosts}}}}))
     return pyinfra_inv, ansible_inv
 
@@ -294,19 +295,29 @@ def precreate_fleet(ctx: Ctx, count: int):
 
 
 FLEET_TOOLS = ("pyinfra", "ansible", "ansible-fresh")
+MACHINE_SHELL = "machine-shell"
 
 
 def bench_fleet(ctx: Ctx) -> dict:
     sizes = ctx.cfg["fleets"]
     biggest = max(sizes)
-    fleet = start_fleet(ctx.work / "sshd", biggest)
+    # The fleet's hosts get a stock login shell (see sshd_fleet); a second fleet of the biggest
+    # size keeps this machine's own root shell, measured alongside so the difference is visible.
+    fleet = start_fleet(ctx.work / "sshd", biggest, shell_rc=stock_shell_rc())
+    machine_fleet = start_fleet(ctx.work / "sshd-machine", biggest) if fleet.shell_rc == "stock" else None
     names = [f"{PREFIX}-fleet-{t}{i}" for t in "pa" for i in range(biggest)]
     ctx.extra_containers.update(names)
-    out = {"hosts": sizes, "runs": [], "converge": {}, "settle": {}}
+    out = {"hosts": sizes, "shell_rc": fleet.shell_rc, "runs": [], "converge": {}, "settle": {}}
     try:
-        inventories = {n: fleet_inventories(ctx, fleet, n) for n in sizes}
-        aenv = ansible_env(ctx, fleet, forks=biggest)
-        pinv, ainv = inventories[biggest]
+        # variant key -> (hosts, fleet, pyinfra inventory, Ansible inventory)
+        variants = {str(n): (n, fleet, *fleet_inventories(ctx, fleet, n)) for n in sizes}
+        if machine_fleet:
+            variants[f"{biggest}/{MACHINE_SHELL}"] = (biggest, machine_fleet,
+                                                      *fleet_inventories(ctx, machine_fleet, biggest, MACHINE_SHELL))
+        out["variants"] = list(variants)
+        warm_env = {id(f): ansible_env(ctx, f, forks=biggest) for f in (fleet, machine_fleet) if f}
+        _, _, pinv, ainv = variants[str(biggest)]
+        aenv = warm_env[id(fleet)]
         if ctx.cfg.get("fleet_converge", True):
             log(f"fleet: converging {biggest} hosts with pyinfra (creates {biggest} MLflow containers)")
             out["converge"]["pyinfra"] = run_pyinfra_timed(pinv, FIX_MLFLOW)
@@ -327,44 +338,45 @@ def bench_fleet(ctx: Ctx) -> dict:
         for tool, result in out["settle"].items():
             log(f"fleet: {tool} settle run {result['wall_s']} s, changed {result['changed']}, rc {result['returncode']}")
         for rep in range(ctx.cfg["fleet_reps"]):
-            for n in sizes:
-                shift = (rep + n) % len(FLEET_TOOLS)
+            for turn, (key, (n, fleet_, pinv, ainv)) in enumerate(variants.items()):
+                shift = (rep + turn) % len(FLEET_TOOLS)
                 for tool in FLEET_TOOLS[shift:] + FLEET_TOOLS[:shift]:
-                    pinv, ainv = inventories[n]
-                    offsets = fleet.offsets(n)
+                    offsets = fleet_.offsets(n)
                     if tool == "pyinfra":
                         result = run_pyinfra_timed(pinv, FIX_MLFLOW)
                     elif tool == "ansible":
-                        result = run_ansible(ainv, aenv)
+                        result = run_ansible(ainv, warm_env[id(fleet_)])
                     else:  # a new ControlPath dir: no master connection left from an earlier run
-                        result = run_ansible(ainv, ansible_env(ctx, fleet, forks=biggest))
+                        result = run_ansible(ainv, ansible_env(ctx, fleet_, forks=biggest))
                     time.sleep(0.3)  # sshd writes its last lines after the client left
-                    counts = fleet.counts(n, offsets)
+                    counts = fleet_.counts(n, offsets)
                     per_host = {k: round(sum(c[k] for c in counts) / n, 2) for k in counts[0]}
                     if result["returncode"] == 0:
                         result.pop("tail")
-                    out["runs"].append({"tool": tool, "hosts": n, "rep": rep, **result, "per_host": per_host})
-                    log(f"fleet: {tool:13} hosts={n:2} rep={rep} {result['wall_s']:.2f} s changed={result['changed']} "
+                    out["runs"].append({"tool": tool, "hosts": n, "variant": key, "rep": rep, **result,
+                                        "per_host": per_host})
+                    log(f"fleet: {tool:13} {key:>16} rep={rep} {result['wall_s']:.2f} s changed={result['changed']} "
                         f"rc={result['returncode']} per host {per_host}")
     finally:
         fleet.stop()
+        if machine_fleet:
+            machine_fleet.stop()
         ctx.remove(*names)
     summary = {}
-    for tool in FLEET_TOOLS:
-        for n in sizes:
-            runs = [r for r in out["runs"] if r["tool"] == tool and r["hosts"] == n]
-            summary[f"{tool}/{n}"] = {
+    for key in out["variants"]:
+        for tool in FLEET_TOOLS:
+            runs = [r for r in out["runs"] if r["tool"] == tool and r["variant"] == key]
+            summary[f"{tool}/{key}"] = {
                 "wall_s": median(r["wall_s"] for r in runs),
                 "exec_per_host": median(r["per_host"]["exec"] for r in runs),
                 "sftp_per_host": median(r["per_host"]["sftp"] for r in runs),
                 "connections_per_host": median(r["per_host"]["connections"] for r in runs),
                 "all_no_change": all(r["changed"] == 0 and r["returncode"] == 0 for r in runs),
                 "runs": len(runs)}
-    for n in sizes:
-        p = summary[f"pyinfra/{n}"]["wall_s"]
+        p = summary[f"pyinfra/{key}"]["wall_s"]
         for tool in FLEET_TOOLS[1:]:
-            a = summary[f"{tool}/{n}"]["wall_s"]
-            summary[f"speedup/{tool}/{n}"] = round(a / p, 2) if p and a else None
+            a = summary[f"{tool}/{key}"]["wall_s"]
+            summary[f"speedup/{tool}/{key}"] = round(a / p, 2) if p and a else None
     out["summary"] = summary
     return out
 
@@ -632,7 +644,10 @@ def verdicts(results: dict) -> list[tuple[str, str, str]]:
         big = max(results["fleet"]["hosts"])
         for tool, what in (("ansible", "warm connection"), ("ansible-fresh", "new connection")):
             speed = fleet.get(f"speedup/{tool}/{big}")
-            rows.append((f">= 3x faster than Ansible ({what}) at {big} hosts, no change", f"{speed}x",
+            machine = fleet.get(f"speedup/{tool}/{big}/{MACHINE_SHELL}")
+            shell = (f" (stock shell rc; {machine}x with this machine's root shell rc)"
+                     if results["fleet"].get("shell_rc") == "stock" and machine else "")
+            rows.append((f">= 3x faster than Ansible ({what}) at {big} hosts, no change", f"{speed}x{shell}",
                          "met" if speed and speed >= 3 else "NOT met"))
         trips = max(fleet[f"pyinfra/{n}"]["exec_per_host"] + fleet[f"pyinfra/{n}"]["sftp_per_host"]
                     for n in results["fleet"]["hosts"])
@@ -673,13 +688,19 @@ def summary_markdown(results: dict) -> str:
                   f"{s['pyinfra/' + str(first)]['runs']} interleaved runs)", "",
                   "| hosts | pyinfra fix_mlflow | Ansible, warm connection | Ansible, new connection | Ansible / pyinfra (warm, new) | remote commands per host: pyinfra / Ansible | SSH logins per host: pyinfra / Ansible warm / new | all no-change |",
                   "|---|---|---|---|---|---|---|---|"]
-        for n in fleet["hosts"]:
-            p, a, f = (s[f"{t}/{n}"] for t in FLEET_TOOLS)
-            lines.append(f"| {n} | {p['wall_s']:.2f} s | {a['wall_s']:.2f} s | {f['wall_s']:.2f} s | "
-                         f"{s['speedup/ansible/' + str(n)]}x, {s['speedup/ansible-fresh/' + str(n)]}x | "
+        for key in fleet.get("variants") or [str(n) for n in fleet["hosts"]]:
+            p, a, f = (s[f"{t}/{key}"] for t in FLEET_TOOLS)
+            label = key.replace(f"/{MACHINE_SHELL}", ", this machine's root shell rc")
+            lines.append(f"| {label} | {p['wall_s']:.2f} s | {a['wall_s']:.2f} s | {f['wall_s']:.2f} s | "
+                         f"{s['speedup/ansible/' + key]}x, {s['speedup/ansible-fresh/' + key]}x | "
                          f"{p['exec_per_host'] + p['sftp_per_host']:g} / {a['exec_per_host'] + a['sftp_per_host']:g} | "
                          f"{p['connections_per_host']:g} / {a['connections_per_host']:g} / {f['connections_per_host']:g} | "
                          f"{'yes' if p['all_no_change'] and a['all_no_change'] and f['all_no_change'] else 'NO'} |")
+        if fleet.get("shell_rc") == "stock":
+            lines += ["", "Hosts log in with Debian's stock root `~/.bashrc` (a private mount namespace per sshd). "
+                      "This machine's own root `~/.bashrc` runs `pyenv init` on every remote command (about 0.1 s "
+                      "of CPU each, and concurrent shells queue on pyenv's rehash lock): the row marked "
+                      "\"this machine's root shell rc\" is the same fleet with it, both tools paying it."]
         conv = fleet["converge"]
         if conv:
             lines += ["", f"First (converging) run on {max(fleet['hosts'])} hosts: pyinfra {conv['pyinfra']['wall_s']:.1f} s "

@@ -6,12 +6,20 @@ target behind every one of them is this same machine, so each "host" drives the 
 and manages its own, uniquely named MLflow container. Same approach as tests/sshd.py, with two
 differences: several servers, and `LogLevel DEBUG1`, so the log records every channel request
 (`exec` = one remote command, `subsystem` = one sftp session) for counting round trips.
+
+Every remote command runs through the login user's shell, and Debian's bash reads `~/.bashrc`
+for commands sent over SSH. On the project's machines root's `~/.bashrc` runs `pyenv init`
+(about 0.1 s of CPU per command, and concurrent shells queue on pyenv's rehash lock), which a
+managed host would not do. `start_fleet(..., shell_rc=stock_shell_rc())` gives the fleet's
+sshds a private mount namespace in which the user's `~/.bashrc` is Debian's stock one; nothing
+outside those sshd processes sees the difference.
 """
 from __future__ import annotations
 
 import os
 import pwd
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,6 +62,7 @@ class Fleet:
     client_key: Path
     known_hosts: Path
     servers: list[Server]
+    shell_rc: str  # "stock" (Debian's ~/.bashrc in the sshds' namespace) or "machine" (as is)
 
     def pyinfra_data(self, server: Server) -> dict:
         return {"ssh_hostname": HOST, "ssh_port": server.port, "ssh_user": self.user,
@@ -125,12 +134,35 @@ def _wait_banner(port: int, process: subprocess.Popen, log: Path, seconds: float
     raise RuntimeError(f"sshd on port {port} did not answer")
 
 
-def start_fleet(folder: Path, count: int) -> Fleet:
+def stock_shell_rc() -> Path | None:
+    """Debian's stock ~/.bashrc for root (base-files), else the one new users get."""
+    for candidate in (Path("/usr/share/base-files/dot.bashrc"), Path("/etc/skel/.bashrc")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _sshd_argv(config: Path, shell_rc: Path | None, home: Path) -> list[str]:
+    sshd = [SSHD, "-D", "-e", "-f", str(config)]
+    user_rc = home / ".bashrc"
+    if shell_rc is None or not user_rc.exists():
+        return sshd
+    # A private mount namespace: the bind mount is seen by this sshd and its sessions only.
+    script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+            str(shell_rc), str(user_rc), *sshd]
+
+
+def start_fleet(folder: Path, count: int, shell_rc: Path | None = None) -> Fleet:
+    """`count` sshds; with `shell_rc` (root only) the user's ~/.bashrc is that file in their sessions."""
+    if shell_rc is not None and (os.geteuid() != 0 or not shutil.which("unshare")):
+        shell_rc = None  # a mount namespace needs root and util-linux: the fleet runs as is
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    user = pwd.getpwuid(os.geteuid()).pw_name
+    account = pwd.getpwuid(os.geteuid())
+    user = account.pw_name
     _keygen(folder / "host_key", "qtbn-bench-host")
     _keygen(folder / "client_key", "qtbn-bench-client")
     (folder / "authorized_keys").write_text((folder / "client_key.pub").read_text())
@@ -143,7 +175,8 @@ def start_fleet(folder: Path, count: int) -> Fleet:
             config.write_text(_config(folder, index, port, user))
             log = folder / f"sshd{index}.log"
             with log.open("wb") as out:
-                process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
+                process = subprocess.Popen(_sshd_argv(config, shell_rc, Path(account.pw_dir)),
+                                           stdin=subprocess.DEVNULL,
                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             servers.append(Server(index, port, log, process))
             known.append(f"[{HOST}]:{port} {host_pub}")
@@ -155,4 +188,5 @@ def start_fleet(folder: Path, count: int) -> Fleet:
         raise
     known_hosts = folder / "known_hosts"
     known_hosts.write_text("\n".join(known) + "\n")
-    return Fleet(folder, user, folder / "client_key", known_hosts, servers)
+    return Fleet(folder, user, folder / "client_key", known_hosts, servers,
+                 "stock" if shell_rc is not None and (Path(account.pw_dir) / ".bashrc").exists() else "machine")
