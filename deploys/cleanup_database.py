@@ -22,6 +22,6 @@ cleanup.log_statistics(before)
 deleted = cleanup.delete_matching_rows(name="Delete load-test rows (guarded)", settings=settings)
 steps = [deleted]
 if settings.vacuum:
-    steps.append(cleanup.vacuum_analyze(name="VACUUM (ANALYZE)", settings=settings))
+    steps.append(cleanup.vacuum_analyze(name="VACUUM (ANALYZE)", settings=settings, stats=before))
 cleanup.statistics_report(name="Statistics after cleanup", settings=settings, before=before,
                           _if=lambda: any(step.did_change() for step in steps))

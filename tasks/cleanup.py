@@ -621,11 +621,12 @@ def describe_deletion(s: CleanupSettings, deps: Sequence[Dependent], result: Map
 # --- VACUUM -----------------------------------------------------------------------------------
 
 
-def vacuum_script(s: CleanupSettings, tables: Sequence[tuple[str, str]]) -> str:
+def vacuum_script(s: CleanupSettings, tables: Sequence[tuple[str, str]], statistics: bool = False) -> str:
     """VACUUM (ANALYZE, SKIP_LOCKED) per table, outside any transaction block, after the
     cleanup advisory lock, with lock and statement timeouts. Output rows per table index i:
     ``before|i|dead|live|vacuums``, then ``skipped|i|running|pid`` or ``after|i|dead|live|vacuums``
-    (an unchanged vacuum count after SKIP_LOCKED means the table's lock was held)."""
+    (an unchanged vacuum count after SKIP_LOCKED means the table's lock was held).
+    ``statistics``: end with ``stats|<json>`` (:func:`stats_sql`), read after the lock is released."""
     lines = [
         "\\set VERBOSITY terse",
         "\\set ON_ERROR_STOP 1",
@@ -654,7 +655,20 @@ def vacuum_script(s: CleanupSettings, tables: Sequence[tuple[str, str]]) -> str:
         ]
     k1, k2 = LOCK_KEYS
     lines.append(f"SELECT pg_advisory_unlock({k1}, {k2}) AND false;")
+    if statistics:
+        lines.append(f"SELECT 'stats|' || ({stats_sql(s.largest_tables)})::text;")
     return "\n".join(lines) + "\n"
+
+
+def parse_statistics_line(lines: Sequence[str]) -> dict | None:
+    """The ``stats|<json>`` line of a :func:`vacuum_script` run with ``statistics``, if any."""
+    for line in lines:
+        if line.startswith("stats|"):
+            try:
+                return json.loads(line[len("stats|"):])
+            except ValueError:
+                return None
+    return None
 
 
 def parse_vacuum_output(lines: Sequence[str], tables: Sequence[tuple[str, str]]) -> list[dict]:
@@ -864,6 +878,7 @@ class PostgresStatistics(FactBase):
 # --- operations ---------------------------------------------------------------------------------
 
 _RESULTS_KEY = "quant_cleanup_results"
+_STATS_AFTER_KEY = "statistics_after_vacuum"
 
 
 def _results(host) -> dict:
@@ -975,9 +990,12 @@ def delete_matching_rows(settings: CleanupSettings):
 def _run_vacuum(state, host, settings: CleanupSettings, tables):
     from .postgres import run_script
 
-    ok, out, err = run_script(host, settings.target, vacuum_script(settings, tables))
+    ok, out, err = run_script(host, settings.target, vacuum_script(settings, tables, statistics=True))
     rows = parse_vacuum_output(out, tables)
     _results(host)["vacuum"] = rows
+    # The statistics read at the end of the same psql session: statistics_report, next in the
+    # deploy, uses them instead of another round trip.
+    _results(host)[_STATS_AFTER_KEY] = parse_statistics_line(out)
     if not ok:
         return _fail(host, f"cleanup: VACUUM stopped: {_failure(err)}")
     for line in describe_vacuum(rows):
@@ -985,12 +1003,14 @@ def _run_vacuum(state, host, settings: CleanupSettings, tables):
 
 
 @operation(is_idempotent=False)
-def vacuum_analyze(settings: CleanupSettings):
+def vacuum_analyze(settings: CleanupSettings, stats: Mapping | None = None):
     """
     VACUUM (ANALYZE) the configured tables (``vacuum_tables``; None: every table), each on its
     own outside a transaction block, with ``lock_timeout`` and ``statement_timeout`` and the
     cleanup advisory lock. A table another VACUUM is working on is skipped with a note. Always
     a change (VACUUM is not idempotent); the log gives dead tuples before -> after.
+    ``stats``: :class:`PostgresStatistics` already read in this run (the table list comes from
+    it), else read here.
 
     **Example:**
 
@@ -999,7 +1019,8 @@ def vacuum_analyze(settings: CleanupSettings):
         cleanup.vacuum_analyze(name="VACUUM ANALYZE quant", settings=settings)
     """
     s = settings
-    stats = current_host.get_fact(PostgresStatistics, target=s.target, largest=s.largest_tables)
+    if stats is None:
+        stats = current_host.get_fact(PostgresStatistics, target=s.target, largest=s.largest_tables)
     present = sorted(tuple(name.split(".", 1)) for name in (stats.get("tables") or {}))
     if s.vacuum_tables is None:
         tables = present
@@ -1025,10 +1046,12 @@ def vacuum_analyze(settings: CleanupSettings):
 def _write_statistics(state, host, settings: CleanupSettings, before):
     from .postgres import run_script
 
-    ok, out, err = run_script(host, settings.target, stats_sql(settings.largest_tables) + ";\n")
-    if not ok:
-        return _fail(host, f"cleanup: reading statistics failed: {_failure(err)}")
-    after = json.loads("\n".join(out))
+    after = _results(host).pop(_STATS_AFTER_KEY, None)
+    if after is None:
+        ok, out, err = run_script(host, settings.target, stats_sql(settings.largest_tables) + ";\n")
+        if not ok:
+            return _fail(host, f"cleanup: reading statistics failed: {_failure(err)}")
+        after = json.loads("\n".join(out))
     for line in format_report(before, after).splitlines():
         host.log(f"stats: {line}")
     if settings.report_path:
@@ -1043,7 +1066,8 @@ def statistics_report(settings: CleanupSettings, before: Mapping | None = None):
     """
     Print database statistics before/after as a table and, with ``report_path``, write them as
     JSON on the controller. ``before``: statistics read at plan time (see
-    :class:`PostgresStatistics`). Reading is no change to the database, but pyinfra counts the
+    :class:`PostgresStatistics`). "After" are the ones the VACUUM step read at its end when it
+    ran just before this step, else read now. Reading is no change to the database, but pyinfra counts the
     step as one: gate it with ``_if`` on the operations that changed something.
     """
     yield FunctionCommand(_write_statistics, (settings, before), {})

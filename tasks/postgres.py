@@ -590,16 +590,17 @@ def query_command(host, target: PgTarget, sql: str) -> StringCommand:
 
 
 def run_script(host, target: PgTarget, script: str) -> tuple[bool, list[str], list[str]]:
-    """Run a psql ``script`` (taken as is: psql meta-commands allowed) from a ``FunctionCommand``:
-    script and password file go as 0600 files into a fresh 0700 directory, SQL on stdin, the
-    directory removed by the same command. Returns (ok, stdout lines, stderr lines)."""
-    files = {"script.sql": script}
+    """Run a psql ``script`` (taken as is: psql meta-commands allowed) from a ``FunctionCommand``,
+    the script on psql's stdin. A password file, when the target needs one, goes as a 0600 file
+    into a fresh 0700 directory removed by the same command; without one (docker mode, or no
+    password) this is a single remote command. Returns (ok, stdout lines, stderr lines)."""
     pgpass = _pgpass(target)
-    if pgpass is not None:
-        files["pgpass"] = pgpass
-    workdir = _upload_private(host, files)
-    argv = psql_argv(target, passfile=f"{workdir}/pgpass" if pgpass is not None else None)
-    run = shell_command(argv, f"{workdir}/script.sql")
-    ok, output = host.run_shell_command(
-        StringCommand(_run_and_clean(f"chmod 0600 {shlex.quote(workdir)}/* && {run}", workdir)))
+    if pgpass is None:
+        command = " ".join(shlex.quote(a) for a in psql_argv(target))
+    else:
+        workdir = _upload_private(host, {"pgpass": pgpass})
+        argv = psql_argv(target, passfile=f"{workdir}/pgpass")
+        command = _run_and_clean(f"chmod 0600 {shlex.quote(workdir)}/* && "
+                                 + " ".join(shlex.quote(a) for a in argv), workdir)
+    ok, output = host.run_shell_command(StringCommand(command), _stdin=script)
     return ok, list(output.stdout_lines), list(output.stderr_lines)

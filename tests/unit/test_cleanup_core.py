@@ -230,6 +230,23 @@ def test_parse_vacuum_output():
     assert "pid 4242" in lines[1] and "SKIP_LOCKED" in lines[2]
 
 
+def test_vacuum_script_can_end_with_the_statistics_after_the_unlock():
+    s = settings()
+    plain = c.vacuum_script(s, [("public", "audit_log")])
+    assert "stats|" not in plain
+    script = c.vacuum_script(s, [("public", "audit_log")], statistics=True)
+    assert script.index("pg_advisory_unlock") < script.index("SELECT 'stats|' || (SELECT json_build_object(")
+    assert script.rstrip().endswith(")::text;")
+
+
+def test_parse_statistics_line():
+    stats = {"database": "quant", "dead_tuples": 0, "tables": {"public.a": {"live": 1, "dead": 0}}}
+    lines = ["before|0|5|5|1", "after|0|0|5|2", "f", "stats|" + json.dumps(stats)]
+    assert c.parse_statistics_line(lines) == stats
+    assert c.parse_statistics_line(["after|0|0|5|2"]) is None
+    assert c.parse_statistics_line(["stats|{not json"]) is None
+
+
 def test_parse_delete_output_and_description():
     s = settings(foreign_keys="delete_dependents")
     deps = dependents_of("public", "users", LAB_FKS)
