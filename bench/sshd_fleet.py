@@ -3,9 +3,9 @@
 Each is `/usr/sbin/sshd -D -e` on its own free port with its own config, pid file and log, all in one
 private folder; they share one host key and one client key (one known_hosts line per port). The
 target behind every one of them is this same machine, so each "host" drives the local Docker engine
-and manages its own, uniquely named MLflow container. Same approach as tests/sshd.py, with two
-differences: several servers, and `LogLevel DEBUG1`, so the log records every channel request
-(`exec` = one remote command, `subsystem` = one sftp session) for counting round trips.
+and manages its own, uniquely named MLflow container. Built from tests/sshd.py's pieces (config,
+keys, stop), with two differences: several servers, and `LogLevel DEBUG1`, so the log records every
+channel request (`exec` = one remote command, `subsystem` = one sftp session) for counting round trips.
 
 Every remote command runs through the login user's shell, and Debian's bash reads `~/.bashrc`
 for commands sent over SSH. On the project's machines root's `~/.bashrc` runs `pyenv init`
@@ -20,15 +20,15 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SSHD = "/usr/sbin/sshd"
-HOST = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.sshd import HOST, SSHD, free_port, keygen, sshd_config, stop_sshd  # noqa: E402
 
 # sshd 9.x at DEBUG1: "debug1: server_input_channel_req: channel 0 request exec reply 1"
 CHANNEL_REQUEST = re.compile(r"server_input_channel_req: channel \d+ request (exec|subsystem|shell)\b")
@@ -78,45 +78,7 @@ class Fleet:
 
     def stop(self):
         for server in self.servers:
-            _stop(server.process)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _keygen(path: Path, comment: str):
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-                   check=True, capture_output=True, timeout=30)
-
-
-def _config(folder: Path, index: int, port: int, user: str) -> str:
-    return "\n".join([
-        f"Port {port}", f"ListenAddress {HOST}", "AddressFamily inet",
-        f"HostKey {folder / 'host_key'}", f"PidFile {folder / f'sshd{index}.pid'}",
-        f"AuthorizedKeysFile {folder / 'authorized_keys'}",
-        "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-        "PermitRootLogin prohibit-password", "UsePAM no", "StrictModes no", f"AllowUsers {user}",
-        "X11Forwarding no", "PrintMotd no", "PrintLastLog no", "UseDNS no",
-        "Subsystem sftp internal-sftp", "MaxSessions 100", "MaxStartups 100:30:200",
-        "LogLevel DEBUG1", "",
-    ])
-
-
-def _stop(process: subprocess.Popen):
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-    try:
-        os.killpg(process.pid, signal.SIGTERM)  # its own session: only its children
-    except (ProcessLookupError, PermissionError):
-        pass
+            stop_sshd(server.process)
 
 
 def _wait_banner(port: int, process: subprocess.Popen, log: Path, seconds: float = 15.0):
@@ -143,7 +105,7 @@ def stock_shell_rc() -> Path | None:
 
 
 def _sshd_argv(config: Path, shell_rc: Path | None, home: Path) -> list[str]:
-    sshd = [SSHD, "-D", "-e", "-f", str(config)]
+    sshd = [str(SSHD), "-D", "-e", "-f", str(config)]
     user_rc = home / ".bashrc"
     if shell_rc is None or not user_rc.exists():
         return sshd
@@ -163,16 +125,17 @@ def start_fleet(folder: Path, count: int, shell_rc: Path | None = None) -> Fleet
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     account = pwd.getpwuid(os.geteuid())
     user = account.pw_name
-    _keygen(folder / "host_key", "qtbn-bench-host")
-    _keygen(folder / "client_key", "qtbn-bench-client")
+    keygen(folder / "host_key", "qtbn-bench-host")
+    keygen(folder / "client_key", "qtbn-bench-client")
     (folder / "authorized_keys").write_text((folder / "client_key.pub").read_text())
     host_pub = " ".join((folder / "host_key.pub").read_text().split()[:2])
     servers, known = [], []
     try:
         for index in range(count):
-            port = _free_port()
+            port = free_port()
             config = folder / f"sshd{index}.conf"
-            config.write_text(_config(folder, index, port, user))
+            config.write_text(sshd_config(folder, port, user, host_key="host_key", pid_file=f"sshd{index}.pid",
+                                          log_level="DEBUG1", max_sessions=100))
             log = folder / f"sshd{index}.log"
             with log.open("wb") as out:
                 process = subprocess.Popen(_sshd_argv(config, shell_rc, Path(account.pw_dir)),
@@ -184,7 +147,7 @@ def start_fleet(folder: Path, count: int, shell_rc: Path | None = None) -> Fleet
             _wait_banner(server.port, server.process, server.log)
     except Exception:
         for server in servers:
-            _stop(server.process)
+            stop_sshd(server.process)
         raise
     known_hosts = folder / "known_hosts"
     known_hosts.write_text("\n".join(known) + "\n")

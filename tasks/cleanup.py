@@ -656,7 +656,8 @@ def vacuum_script(s: CleanupSettings, tables: Sequence[tuple[str, str]], statist
     k1, k2 = LOCK_KEYS
     lines.append(f"SELECT pg_advisory_unlock({k1}, {k2}) AND false;")
     if statistics:
-        lines.append(f"SELECT 'stats|' || ({stats_sql(s.largest_tables)})::text;")
+        # jsonb's text is one line (json_agg's is not), so the line parser can take it
+        lines.append(f"SELECT 'stats|' || ({stats_sql(s.largest_tables)})::jsonb::text;")
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,6 @@ from pyinfra.facts.files import FileContents
 
 from tasks import docker
 from tasks.compose import ComposeError, patch_compose_service
-from tasks.container_spec import spec_from_inspect
 from tasks.mlflow import desired_container, server_spec
 from tasks.mlflow_checks import verify_mlflow
 from tasks.settings import MlflowSettings, mlflow_settings_from_host_data, resolve_secret_env

@@ -263,7 +263,7 @@ def stack_settings(host_name: str, data: Mapping[str, Any],
                 if source is not None:
                     roles.append(Role(role["name"], source, role.get("database") or "postgres"))
             conf["roles"] = tuple(roles)
-            _number(problems, f"services.postgres.connections_margin", conf["connections_margin"], 0,
+            _number(problems, "services.postgres.connections_margin", conf["connections_margin"], 0,
                     integer=True)
         if service == "mlflow":
             conf.setdefault("container_port", 5000)

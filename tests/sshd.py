@@ -75,24 +75,27 @@ class SshServer:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
 
 
-def _keygen(path: Path, comment: str) -> None:
+def keygen(path: Path, comment: str) -> None:
     subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
                    check=True, capture_output=True, timeout=30)
 
 
-def _config(folder: Path, port: int, user: str) -> str:
+def sshd_config(folder: Path, port: int, user: str, *, host_key: str = "ssh_host_ed25519_key",
+                pid_file: str = "sshd.pid", log_level: str = "VERBOSE", max_sessions: int = 50) -> str:
+    """The config of one key-only sshd on 127.0.0.1:`port` whose files live in `folder`
+    (bench/sshd_fleet.py starts several with `LogLevel DEBUG1` to count channel requests)."""
     return "\n".join([
         f"Port {port}",
         f"ListenAddress {HOST}",
         "AddressFamily inet",
-        f"HostKey {folder / 'ssh_host_ed25519_key'}",
-        f"PidFile {folder / 'sshd.pid'}",
+        f"HostKey {folder / host_key}",
+        f"PidFile {folder / pid_file}",
         f"AuthorizedKeysFile {folder / 'authorized_keys'}",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
@@ -111,10 +114,10 @@ def _config(folder: Path, port: int, user: str) -> str:
         "UseDNS no",
         # pyinfra uploads files over sftp (its default transfer protocol).
         "Subsystem sftp internal-sftp",
-        "MaxSessions 50",
-        "MaxStartups 50:30:100",
+        f"MaxSessions {max_sessions}",
+        f"MaxStartups {max_sessions}:30:{2 * max_sessions}",
         "LoginGraceTime 30",
-        "LogLevel VERBOSE",
+        f"LogLevel {log_level}",
         "",
     ])
 
@@ -152,7 +155,7 @@ def _wait_ready(server: SshServer, deadline_seconds: float = 20.0) -> None:
     raise RuntimeError(f"sshd on {server.host}:{server.port} not ready: {last}\n{server.log_text()}")
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_sshd(process: subprocess.Popen) -> None:
     """Stop the listener, then anything left in its own process group (per-connection children)."""
     if process.poll() is None:
         process.terminate()
@@ -177,8 +180,8 @@ def start_sshd(folder: Path) -> SshServer:
         PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
     user = pwd.getpwuid(os.geteuid()).pw_name
 
-    _keygen(folder / "ssh_host_ed25519_key", "quantlab-test-host")
-    _keygen(folder / "client_ed25519", "quantlab-test-client")
+    keygen(folder / "ssh_host_ed25519_key", "quantlab-test-host")
+    keygen(folder / "client_ed25519", "quantlab-test-client")
     authorized = folder / "authorized_keys"
     authorized.write_text((folder / "client_ed25519.pub").read_text())
     authorized.chmod(0o600)
@@ -186,9 +189,9 @@ def start_sshd(folder: Path) -> SshServer:
 
     last_error = ""
     for _ in range(5):  # a free port can be taken between our probe and sshd's bind: try another
-        port = _free_port()
+        port = free_port()
         config = folder / "sshd_config"
-        config.write_text(_config(folder, port, user))
+        config.write_text(sshd_config(folder, port, user))
         check = subprocess.run([str(SSHD), "-t", "-f", str(config)], capture_output=True, text=True,
                                timeout=30)
         if check.returncode != 0:
@@ -207,7 +210,7 @@ def start_sshd(folder: Path) -> SshServer:
             _wait_ready(server)
             return server
         except RuntimeError as exc:
-            _stop(process)
+            stop_sshd(process)
             last_error = str(exc)
             if "Address already in use" not in server.log_text():
                 raise
@@ -219,4 +222,4 @@ def sshd(tmp_path_factory):
     """A running sshd for this module (see the module docstring); killed at teardown."""
     server = start_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
-    _stop(server.process)
+    stop_sshd(server.process)

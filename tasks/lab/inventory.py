@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
-from .stack import ARTIFACT_BUCKET, S3_ACCESS_KEY, Lab
+from .layout import ARTIFACT_BUCKET, S3_ACCESS_KEY, state_file
 
 
 def lab_state(prefix: str | None = None) -> dict:
-    lab = Lab(prefix=prefix or os.environ.get("QUANTLAB_PREFIX", "quant"))
-    if not lab.state_file.exists():
-        raise SystemExit(f"the lab {lab.prefix!r} is not up ({lab.state_file} is missing): "
-                         f"run `scripts/lab --prefix {lab.prefix} up` first")
-    return json.loads(lab.state_file.read_text())
+    prefix = prefix or os.environ.get("QUANTLAB_PREFIX", "quant")
+    path = state_file(prefix)
+    if not path.exists():
+        raise SystemExit(f"the lab {prefix!r} is not up ({path} is missing): "
+                         f"run `scripts/lab --prefix {prefix} up` first")
+    return json.loads(path.read_text())
 
 
 def lab_host_data(prefix: str | None = None, mlflow_image: str = "mlflow2") -> dict:

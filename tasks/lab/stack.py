@@ -28,6 +28,7 @@ from tasks.stack_checks import oom_kills
 
 from . import images as lab_images
 from .images import Progress
+from .layout import ARTIFACT_BUCKET, S3_ACCESS_KEY, check_prefix, default_home
 
 SERVICES = ("postgres", "minio", "redis", "mlflow", "backend")
 PORT_OFFSETS = {"mlflow": 0, "postgres": 1, "redis": 2, "minio": 3, "backend": 4}
@@ -35,11 +36,8 @@ CONTAINER_PORTS = {"mlflow": 5000, "postgres": 5432, "redis": 6379, "minio": 900
 SERVICE_IMAGES = {"postgres": "postgres", "minio": "s3", "redis": "redis", "mlflow": "mlflow2",
                   "backend": "backend"}
 SECRET_NAMES = ("postgres_password", "mlflow_db_password", "quant_user_password", "s3_secret_key")
-S3_ACCESS_KEY = "quantlab"
-ARTIFACT_BUCKET = "mlflow-artifacts"
 SCENARIOS = ("healthy", "incident")
 SQL_DIR = Path(__file__).parent / "sql"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # MLflow settings per scenario. `healthy` is the seed's fix; `incident` is what the seed ran when
 # gunicorn's workers were SIGKILLed: 4 workers under a limit they cannot fit in (measured: 420 MiB).
@@ -51,11 +49,6 @@ SIGKILL_LINE = "was sent SIGKILL! Perhaps out of memory?"
 VERSION_LABEL = "io.quantlab.mlflow-version"  # as tasks.mlflow_deploy writes it
 
 
-def default_home(prefix: str) -> Path:
-    root = Path(os.environ.get("QUANTLAB_HOME", REPO_ROOT / ".lab"))
-    return root / prefix
-
-
 @dataclass
 class Lab:
     prefix: str = "quant"
@@ -65,9 +58,7 @@ class Lab:
     log: object = field(default=print, repr=False)
 
     def __post_init__(self):
-        if not self.prefix.replace("-", "").isalnum() or not self.prefix[0].isalpha():
-            raise SystemExit(f"lab: prefix {self.prefix!r} must start with a letter and hold only "
-                             "letters, digits and '-'")
+        check_prefix(self.prefix)
         self.home = Path(self.home) if self.home else default_home(self.prefix)
 
     # names ---------------------------------------------------------------------------------------

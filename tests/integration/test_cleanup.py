@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.cleanup import BUSY_MARK, LOCK_KEYS, REFUSED_MARK
+from tasks.cleanup import BUSY_MARK, LOCK_KEYS
 from tests.labkit import GROUP_DATA, PYINFRA, REPO, new_lab, run_pyinfra, write_inventory
 
 pytestmark = pytest.mark.lab

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.labkit import GROUP_DATA, PYINFRA, REPO, new_lab, run_pyinfra
+from tests.labkit import REPO, new_lab, run_pyinfra
 
 pytestmark = pytest.mark.lab
 

@@ -4,7 +4,6 @@ but never answers fail within the deadline instead of hanging the run."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import threading
