@@ -37,7 +37,7 @@ from pyinfra.facts.files import FileContents
 
 from tasks import docker
 from tasks.checks import Broken, CheckResult, NotYet, RetryPolicy, run_checks
-from tasks.compose import ComposeError, _merge_environment, _same_command
+from tasks.compose import ComposeError, merge_environment, same_command
 from tasks.container_spec import (MANAGED_ENV_LABEL, ContainerSpec, image_defaults_from_inspect,
                                   spec_from_inspect)
 from tasks.mlflow_checks import container_state
@@ -199,14 +199,14 @@ def patch_compose_backend(yaml_text: str, service: str, delay: float, force_poll
     if current is not None:
         argv = shlex.split(current) if isinstance(current, str) else [str(a) for a in current]
         wanted = reload_args(argv, delay)
-        if not _same_command(current, wanted):
+        if not same_command(current, wanted):
             svc["command"] = wanted
             changed = True
     elif command_if_missing:
         svc["command"] = reload_args(command_if_missing, delay)
         changed = True
     if force_polling:
-        env, env_changed = _merge_environment(svc.get("environment"), {POLLING_ENV: "true"})
+        env, env_changed = merge_environment(svc.get("environment"), {POLLING_ENV: "true"})
         if env_changed:
             svc["environment"] = env
             changed = True

@@ -29,7 +29,7 @@ class ComposeError(ValueError):
     pass
 
 
-def _same_command(old: Any, new: list[str]) -> bool:
+def same_command(old: Any, new: list[str]) -> bool:
     if isinstance(old, str):
         try:
             return shlex.split(old) == new
@@ -45,7 +45,7 @@ def _same_size(old: Any, new: int) -> bool:
         return False
 
 
-def _merge_environment(current: Any, wanted: Mapping[str, str]) -> tuple[Any, bool]:
+def merge_environment(current: Any, wanted: Mapping[str, str]) -> tuple[Any, bool]:
     """Set `wanted` keys; keep the file's form (mapping or list of KEY=VALUE)."""
     if current is None:
         return dict(wanted), bool(wanted)
@@ -128,10 +128,10 @@ def patch_compose_service(
     command = [str(part) for part in command]
 
     changed = False
-    if not _same_command(svc.get("command"), command):
+    if not same_command(svc.get("command"), command):
         svc["command"] = command
         changed = True
-    env, env_changed = _merge_environment(svc.get("environment"), dict(environment))
+    env, env_changed = merge_environment(svc.get("environment"), dict(environment))
     if env_changed:
         svc["environment"] = env
         changed = True

@@ -88,7 +88,7 @@ class ImageVersion(FactBase):
         return None
 
 
-def _shell(target, command: str) -> tuple[bool, str]:
+def run_now(target, command: str) -> tuple[bool, str]:
     """Run a command on the host now (inside an operation's callback): stdout when it worked,
     stdout and stderr when it did not."""
     ok, output = target.run_shell_command(StringCommand(command), print_output=False,
@@ -97,7 +97,7 @@ def _shell(target, command: str) -> tuple[bool, str]:
 
 
 def _must(target, command: str, what: str) -> str:
-    ok, out = _shell(target, command)
+    ok, out = run_now(target, command)
     if not ok:
         raise OperationError(f"{what} failed: {out.strip()[:300]}")
     return out
@@ -116,7 +116,7 @@ def _start_new(target, spec: ContainerSpec):
         _must(target, f"chmod 600 {shlex.quote(env_file)}", "chmod")
         _must(target, shlex.join(docker_run_args(spec, env_file)), f"docker run {spec.name}")
     finally:
-        _shell(target, f"rm -rf {shlex.quote(folder)}")
+        run_now(target, f"rm -rf {shlex.quote(folder)}")
 
 
 Verifier = Callable[[Callable[[str], tuple[bool, str]]], list[CheckResult]]
@@ -125,7 +125,7 @@ Verifier = Callable[[Callable[[str], tuple[bool, str]]], list[CheckResult]]
 def _verify(target, verify: Verifier | None) -> list[CheckResult]:
     if verify is None:
         return []
-    results = verify(lambda command: _shell(target, command))
+    results = verify(lambda command: run_now(target, command))
     logger.info(f"{target.print_prefix}verification:\n" + format_table(results))
     return results
 
@@ -150,7 +150,7 @@ def _reported(step):
 def _restored_state(host, name: str, seconds: int = 8) -> str:
     """Whether the restored container stays up for a few seconds (it may have been broken too)."""
     for _ in range(seconds):
-        ok, out = _shell(host, "docker inspect --type container -f "
+        ok, out = run_now(host, "docker inspect --type container -f "
                                f"'{{{{.State.Status}}}} {{{{.State.Restarting}}}} {{{{.State.ExitCode}}}}' "
                                f"{shlex.quote(name)}")
         status, restarting, code = (out.split() + ["?", "?", "?"])[:3]
@@ -167,9 +167,9 @@ def _recreate(state, host, spec: ContainerSpec, had_current: bool, verify: Verif
     # An interrupted earlier run may have left a previous copy. If the current container exists,
     # that copy is stale; if it does not, that copy is the only one and becomes our backup.
     if had_current:
-        _shell(host, f"docker rm -f {q_prev}")
+        run_now(host, f"docker rm -f {q_prev}")
         _must(host, f"docker rename {q_name} {q_prev}", f"renaming {name}")
-    have_backup = _shell(host, f"docker inspect --type container {q_prev} >/dev/null 2>&1")[0]
+    have_backup = run_now(host, f"docker inspect --type container {q_prev} >/dev/null 2>&1")[0]
     if have_backup:
         # A short grace period: `mlflow server` runs as PID 1 with no SIGTERM handler, so any
         # longer wait is spent idle before the kill (measured in bench/: the full 20 s it was).
@@ -183,15 +183,15 @@ def _recreate(state, host, spec: ContainerSpec, had_current: bool, verify: Verif
         reasons = [str(exc)]
     if not reasons:
         if have_backup:
-            _shell(host, f"docker rm -f {q_prev}")
+            run_now(host, f"docker rm -f {q_prev}")
         return True
     # Roll back: keep the failed container's last lines as evidence, then restore the previous one.
-    _, tail = _shell(host, f"docker logs --tail 15 {q_name} 2>&1")
-    _shell(host, f"docker rm -f {q_name}")
+    _, tail = run_now(host, f"docker logs --tail 15 {q_name} 2>&1")
+    run_now(host, f"docker rm -f {q_name}")
     restored = "no previous container to restore"
     if have_backup:
         _must(host, f"docker rename {q_prev} {q_name}", f"restoring {name}")
-        ok, out = _shell(host, f"docker start {q_name}")
+        ok, out = run_now(host, f"docker start {q_name}")
         restored = ("previous container restored and started" if ok
                     else f"previous container restored but did not start: {out.strip()}")
         if ok:

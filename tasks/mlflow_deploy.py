@@ -24,7 +24,7 @@ def host_mlflow_settings() -> MlflowSettings:
     return mlflow_settings_from_host_data(host.name, merged)
 
 
-def _image_mlflow_version(settings: MlflowSettings, facts: dict | None = None) -> str:
+def image_mlflow_version(settings: MlflowSettings, facts: dict | None = None) -> str:
     """The MLflow version in the image: from our label on the running container when it runs
     that very image (no extra round trip), else from a throwaway container of the image.
     ``facts``: the ContainerInspect fact already read by the caller, if any."""
@@ -83,7 +83,7 @@ def server(settings: MlflowSettings, secret_values: dict):
         # One read of the container, its kept previous copy and the image serves every decision
         # below: each fact read is a remote command, and a no-change run should cost one.
         facts = docker.inspect_facts(settings.container_name, settings.image)
-        version = _image_mlflow_version(settings, facts)
+        version = image_mlflow_version(settings, facts)
         _refuse_downgrade_on_same_store(settings, version, facts)
     except docker.HostFailed:
         return
@@ -117,7 +117,7 @@ def compose_service(settings: MlflowSettings, secret_values: dict):
     if lines is None:
         raise OperationError(f"compose file {settings.compose_file} does not exist on this host")
     try:
-        version = _image_mlflow_version(settings)
+        version = image_mlflow_version(settings)
     except docker.HostFailed:
         return
     spec_ = server_spec(settings, version)

@@ -288,7 +288,7 @@ def _tcp_probe(host, target: PgTarget, role: str, password_source: PasswordSourc
     return ok, "\n".join(output.stdout_lines), " ".join(output.stderr_lines)
 
 
-def _login_probe(host, target, role, source, database):
+def login_probe(host, target, role, source, database):
     """`role` logs in over TCP with its password: the whole-stack library's check
     (tasks.stack_checks), so db_users verifies logins exactly as verify_stack does."""
     conf = {"access": target.mode, "container": target.container, "os_user": target.os_user,
@@ -469,7 +469,7 @@ def role(
         database = verify_database or target.database
         yield FunctionCommand(_verify, ([(
             f"role {role} can log in with its password", f"{database}",
-            lambda h: _login_probe(h, target, role, password, database),
+            lambda h: login_probe(h, target, role, password, database),
         )],), {})
 
 

@@ -41,7 +41,7 @@ from tasks import diagnose
 from tasks.backend_reload import backend_settings, fix_backend_reload, verify_backend
 from tasks.checks import CheckResult, NotYet, RetryPolicy, format_table, run_check
 from tasks.db_users import db_users, load_db_settings
-from tasks.docker import _shell
+from tasks.docker import run_now
 
 KEYS = ("catalog", "since", "tail", "record_path", "report_dir", "containers", "verify")
 DEFAULTS = {"catalog": None, "since": "2h", "tail": 2000,
@@ -153,10 +153,10 @@ def _no_new_evidence(run, action: diagnose.Action, catalog, since: str) -> list[
 
 def _finish(state, host, ran: list, catalog, settings: RemediateSettings, record, report: dict,
             verifiers: dict):
-    ok, out = _shell(host, "date -u +%Y-%m-%dT%H:%M:%S.%NZ")
+    ok, out = run_now(host, "date -u +%Y-%m-%dT%H:%M:%S.%NZ")
     ran_at = out.strip().splitlines()[-1] if ok and out.strip() else \
         _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    run = (lambda command: _shell(host, command))
+    run = (lambda command: run_now(host, command))
     results: list[CheckResult] = []
     per_action = {}
     if settings.verify:
@@ -173,7 +173,7 @@ def _finish(state, host, ran: list, catalog, settings: RemediateSettings, record
         result = "applied (not verified)"
     new_record = diagnose.updated_record(record, ran, ran_at, result)
     folder = os.path.dirname(settings.record_path)
-    ok, out = _shell(host, f"mkdir -p {shlex.quote(folder)}")
+    ok, out = run_now(host, f"mkdir -p {shlex.quote(folder)}")
     written = ok and host.put_file(io.BytesIO((json.dumps(new_record, indent=2) + "\n").encode()),
                                    settings.record_path, print_output=False)
     report.update(phase="applied", ran_at=ran_at, result=result, verification=per_action,
@@ -223,10 +223,10 @@ def record_and_verify(ran: list, catalog, settings: RemediateSettings, record, r
 def _mlflow_verifier():
     from tasks.mlflow import server_spec
     from tasks.mlflow_checks import verify_mlflow
-    from tasks.mlflow_deploy import _image_mlflow_version, host_mlflow_settings
+    from tasks.mlflow_deploy import image_mlflow_version, host_mlflow_settings
 
     settings = host_mlflow_settings()
-    spec = server_spec(settings, _image_mlflow_version(settings))
+    spec = server_spec(settings, image_mlflow_version(settings))
     return lambda host_, run: verify_mlflow(run, settings.container_name, settings.port, spec.kind,
                                             spec.workers)
 
@@ -252,7 +252,7 @@ def _db_users_for(roles: list[str]):
                 continue
             database = limited.login_database(role.name)
             results.append(run_check(f"role {role.name} can log in", database,
-                                     postgres._login_probe(host_, limited.target, role.name,
+                                     postgres.login_probe(host_, limited.target, role.name,
                                                            role.password, database),
                                      RetryPolicy(attempts=5, seconds=20, wait=2)))
         return results
