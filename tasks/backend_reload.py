@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import yaml
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, deploy, operation
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.files import FileContents
 
 from tasks import docker
@@ -51,7 +52,7 @@ _SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|CREDENTIAL", re.I)
 _SHELL_CHARS = re.compile(r"[$`|&;<>(){}*?\\]")
 
 
-class BackendSettingsError(ValueError):
+class BackendSettingsError(PyinfraError, ValueError):
     def __init__(self, host_name: str, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(f"host '{host_name}': backend.{p}" for p in problems))

@@ -66,7 +66,7 @@ from typing import Any
 
 from pyinfra import host as current_host
 from pyinfra.api import FactBase, FunctionCommand, operation
-from pyinfra.api.exceptions import FactProcessError, OperationError
+from pyinfra.api.exceptions import FactProcessError, OperationError, PyinfraError
 
 from .checks import CheckResult, NotYet, RetryPolicy, format_table, run_check
 from .pg_exec import PgTarget
@@ -89,7 +89,7 @@ _AGE = re.compile(r"(\d+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?|d|
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-class CleanupSettingsError(ValueError):
+class CleanupSettingsError(PyinfraError, ValueError):
     """Bad cleanup settings: every problem at once, each naming the host and key."""
 
     def __init__(self, host_name: str, problems: list[str]):

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyinfra.api import deploy
+from pyinfra.api.exceptions import PyinfraError
 
 from . import postgres
 from .pg_exec import PgTarget, PgTargetError, resolve_password
@@ -75,7 +76,7 @@ TOP_KEYS = ("db_roles", "db_databases", "db_grants", "db_default_privileges", "d
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-class DbSettingsError(ValueError):
+class DbSettingsError(PyinfraError, ValueError):
     """Bad host data: every problem, each naming the host and the key; never a secret."""
 
     def __init__(self, host_name: str, problems: list[str]):

@@ -49,6 +49,7 @@ import yaml
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FileUploadCommand, FunctionCommand, OperationError, StringCommand, deploy, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files, server, systemd
@@ -74,7 +75,7 @@ KNOWN_KEYS = (
 )
 
 
-class OnboardSettingsError(ValueError):
+class OnboardSettingsError(PyinfraError, ValueError):
     def __init__(self, host_name: str, problems: list[str]):
         self.host_name, self.problems = host_name, problems
         super().__init__("\n".join(f"host '{host_name}': onboard.{p}" for p in problems))

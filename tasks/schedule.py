@@ -50,6 +50,7 @@ from typing import Any
 
 from pyinfra import host as current_host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, crontab, files, server, systemd
 
@@ -72,7 +73,7 @@ _CRON_FIELD = re.compile(r"[0-9*/,\-]+\Z")
 _USER = re.compile(r"[a-z_][a-z0-9_-]*\$?\Z")
 
 
-class ScheduleSettingsError(ValueError):
+class ScheduleSettingsError(PyinfraError, ValueError):
     def __init__(self, host_name: str, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(f"host '{host_name}': cleanup_schedule.{p}" for p in problems))

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from pyinfra.api.exceptions import PyinfraError
+
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
@@ -64,7 +66,7 @@ _WORKER_CLASS_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 SERVER_CHOICES = ("auto", "gunicorn", "uvicorn")
 
 
-class SettingsError(ValueError):
+class SettingsError(PyinfraError, ValueError):
     """Bad host data. The message names the host and each bad key; never a secret value."""
 
     def __init__(self, host_name: str, problems: list[str]):

@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
+from pyinfra.api.exceptions import PyinfraError
 
 from tasks.checks import Broken, CheckResult, NotYet, RetryPolicy, run_check
 from tasks.mlflow import PROCESS_LIST_COMMAND, count_workers
@@ -87,7 +88,7 @@ _RUN_ID = uuid.uuid4().hex  # one pyinfra run: reports from its hosts are merged
 
 # --- settings ----------------------------------------------------------------------------------
 
-class StackSettingsError(ValueError):
+class StackSettingsError(PyinfraError, ValueError):
     def __init__(self, host_name: str, problems: list[str]):
         self.problems = problems
         super().__init__(f"{host_name}: invalid stack settings:\n  " + "\n  ".join(problems))

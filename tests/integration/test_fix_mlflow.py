@@ -162,6 +162,7 @@ def test_image_without_mlflow_is_refused_before_any_change(lab, tmp_path):
     result = run_pyinfra(inventory(tmp_path, lab, image=python_image), DEPLOY)
     assert result.returncode != 0
     assert "has no `mlflow` Python package" in result.stderr
+    assert "Traceback" not in result.stderr  # a refusal is one clear line, not a stack
     assert mlflow(lab).id == before
 
 
@@ -172,6 +173,7 @@ def test_bad_settings_are_a_clear_error_naming_host_and_key(lab, tmp_path):
     assert "mlflow.memory_limit: '1gb' is not a size" in result.stderr
     assert "did you mean 'workers'" in result.stderr
     assert "@local" in result.stderr
+    assert "Traceback" not in result.stderr
     assert mlflow(lab).id == before
 
 
