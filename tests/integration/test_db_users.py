@@ -6,9 +6,7 @@ in file order and each leaves the lab converged (as inventories/lab.py says) for
 """
 import json
 import os
-import random
 import secrets
-import socket
 import subprocess
 import threading
 import time
@@ -18,22 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.labkit import free_port_base
+
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = REPO / ".venv" / "bin" / "pyinfra"
 LAB = REPO / "scripts" / "lab"
 DEPLOY = "deploys/db_users.py"
-
-
-def _ports_free(base: int) -> bool:
-    for port in range(base, base + 5):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
 
 
 class DbLab:
@@ -131,17 +121,12 @@ def changed_ops(proc) -> list[str]:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dblab")
-    candidates = [27000 + 10 * k for k in range(200)]
-    random.shuffle(candidates)
-    base = next((b for b in candidates if _ports_free(b)), None)
-    if base is None:
-        pytest.fail("no free block of 5 ports in 27000-28999 on 127.0.0.1")
-    lab = DbLab(f"qtdb{secrets.token_hex(3)}", base, tmp)
+    lab = DbLab(f"qtdb{secrets.token_hex(3)}", free_port_base(27000), tmp)
     try:
         lab.up()
         yield lab
     finally:
-        subprocess.run([str(LAB), "--prefix", lab.prefix, "--port-base", str(base), "down"],
+        subprocess.run([str(LAB), "--prefix", lab.prefix, "--port-base", str(lab.port_base), "down"],
                        capture_output=True, text=True, timeout=300)
 
 

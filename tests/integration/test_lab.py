@@ -7,7 +7,6 @@ import json
 import os
 import random
 import re
-import socket
 import string
 import subprocess
 import time
@@ -19,6 +18,7 @@ import pytest
 
 from tasks.lab import images as lab_images
 from tasks.lab.stack import SERVICES, SIGKILL_LINE, Lab
+from tests.labkit import free_port_base
 
 pytestmark = pytest.mark.lab
 
@@ -27,25 +27,6 @@ LAB = REPO / "scripts" / "lab"
 MIB = 1024 * 1024
 GUNICORN_SIGKILL = re.compile(
     r"\[ERROR\] Worker \(pid:\d+\) was sent SIGKILL! Perhaps out of memory\?")
-
-
-def _ports_free(base: int) -> bool:
-    for port in range(base, base + 5):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def _pick_port_base() -> int:
-    candidates = [26000 + 10 * k for k in range(300)]
-    random.shuffle(candidates)
-    for base in candidates:
-        if _ports_free(base):
-            return base
-    pytest.fail("no free block of 5 ports in 26000-28999 on 127.0.0.1")
 
 
 class LabRun:
@@ -111,7 +92,7 @@ def client():
 @pytest.fixture(scope="module")
 def lab(request, client):
     prefix = "qtlab" + "".join(random.choices(string.ascii_lowercase + string.digits, k=6))
-    run = LabRun(prefix, _pick_port_base(), client)
+    run = LabRun(prefix, free_port_base(26000), client)
     assert not run.lab.home.exists()
     assert run.labelled() == {"containers": [], "networks": [], "volumes": []}
 
