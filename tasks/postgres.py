@@ -231,13 +231,7 @@ class PostgresCatalog(FactBase):
             + _password_digest_query(self._passwords)
             + ")"
         )
-        conn = replace(target, database=database)
-        pgpass = _pgpass(conn)
-        if pgpass is None:
-            return StringCommand(*(shlex.quote(a) for a in psql_argv(conn)), "-c", shlex.quote(query))
-        workdir = _upload_private(current_host, {"pgpass": pgpass, "query.sql": query + ";\n"})
-        argv = psql_argv(conn, passfile=f"{workdir}/pgpass")
-        return StringCommand(_run_and_clean(shell_command(argv, f"{workdir}/query.sql"), workdir))
+        return query_command(current_host, replace(target, database=database), query)
 
     def process(self, output):
         text = "\n".join(output)
@@ -577,8 +571,8 @@ __all__ = [
 
 
 def query_command(host, target: PgTarget, sql: str) -> StringCommand:
-    """A fact's command running one read-only ``sql`` through psql for ``target``, the way
-    :class:`PostgresCatalog` does: on the command line in docker mode (no secret involved),
+    """A fact's command running one read-only ``sql`` through psql for ``target`` (every
+    PostgreSQL fact here uses it): on the command line in docker mode (no secret involved),
     else from a fresh 0700 directory holding the query and the 0600 password file, removed by
     the same command."""
     pgpass = _pgpass(target)

@@ -75,6 +75,15 @@ def new_lab(tag: str, port_start: int) -> LabHandle:
     return LabHandle(prefix=f"{tag}{random.randrange(16**4):04x}", port_base=free_port_base(port_start))
 
 
+def lab_up(request, tag: str, port_start: int, scenario: str) -> LabHandle:
+    """A new lab brought up for a (module-scoped) fixture; taken down at teardown, also when
+    bringing it up failed halfway."""
+    handle = new_lab(tag, port_start)
+    request.addfinalizer(handle.down)
+    handle.up(scenario)
+    return handle
+
+
 @dataclass
 class PyinfraRun:
     returncode: int
@@ -92,6 +101,10 @@ class PyinfraRun:
 
     def changed_ops(self) -> list[str]:
         return [op["name"] for op in self.results["results"]["operations"] if op["success"]]
+
+    def report(self, tail: int = 6000) -> str:
+        """Exit code and the tails of stdout/stderr, for an assertion message."""
+        return f"rc={self.returncode}\n--- stdout\n{self.stdout[-tail:]}\n--- stderr\n{self.stderr[-tail:]}"
 
 
 def run_pyinfra(inventory: str | Path, deploy: str | Path, *args: str, env: dict | None = None,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tasks.cleanup import BUSY_MARK, LOCK_KEYS
-from tests.labkit import GROUP_DATA, PYINFRA, REPO, new_lab, run_pyinfra, write_inventory
+from tests.labkit import GROUP_DATA, PYINFRA, REPO, lab_up, run_pyinfra, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -28,10 +28,7 @@ LAB_CLEANUP = {"foreign_keys": "delete_dependents"}
 
 @pytest.fixture(scope="module")
 def lab(request):
-    handle = new_lab("qtcl", 36000)
-    request.addfinalizer(handle.down)
-    handle.up("incident")
-    return handle
+    return lab_up(request, "qtcl", 36000, "incident")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tasks.mlflow import count_workers
-from tests.labkit import REPO, new_lab, run_pyinfra, write_inventory
+from tests.labkit import REPO, lab_up, run_pyinfra, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -21,13 +21,8 @@ DEPLOY = REPO / "deploys" / "fix_mlflow.py"
 
 
 @pytest.fixture(scope="module")
-def lab():
-    handle = new_lab("qtfix", 28000)
-    try:
-        handle.up("incident")
-        yield handle
-    finally:
-        handle.down()
+def lab(request):
+    return lab_up(request, "qtfix", 28000, "incident")
 
 
 def inventory(tmp_path: Path, lab, **overrides) -> Path:

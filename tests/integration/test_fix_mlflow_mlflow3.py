@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.labkit import new_lab, run_pyinfra, write_inventory
+from tests.labkit import lab_up, run_pyinfra, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -36,9 +36,6 @@ VERSION_LABEL = "io.quantlab.mlflow-version"
 UVICORN_NOTES = ("timeout=60 not applied", "max_requests_jitter=10 not applied",
                  "worker_class=sync not applied")
 
-
-def _report(run) -> str:
-    return f"rc={run.returncode}\n--- stdout\n{run.stdout[-6000:]}\n--- stderr\n{run.stderr[-6000:]}"
 
 
 def _processes(container: str) -> dict[int, tuple[int, str]]:
@@ -94,10 +91,7 @@ def _settled_workers(container: str, kind: str, expected: int) -> tuple[list[int
 
 @pytest.fixture(scope="module")
 def lab(request):
-    handle = new_lab("qtml3", 32000)
-    request.addfinalizer(handle.down)
-    handle.up("healthy")
-    return handle
+    return lab_up(request, "qtml3", 32000, "healthy")
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +127,8 @@ def test_mlflow3_recreates_under_uvicorn(lab, inventories, steps):
     assert before.attrs["Config"]["Labels"].get(VERSION_LABEL, "2.9.2").startswith("2.")
     run = run_pyinfra(inventories["mlflow3"], DEPLOY)
     steps["mlflow3"] = run
-    assert run.returncode == 0 and run.errors == 0, _report(run)
-    assert run.changed >= 1, _report(run)
+    assert run.returncode == 0 and run.errors == 0, run.report()
+    assert run.changed >= 1, run.report()
 
     after = _container(lab)
     steps["mlflow3_id"] = after.id
@@ -157,10 +151,10 @@ def test_mlflow3_recreates_under_uvicorn(lab, inventories, steps):
 def test_mlflow3_verification_passed_and_notes_name_what_uvicorn_lacks(steps):
     run = steps["mlflow3"]
     output = run.stdout + run.stderr
-    assert "verification" in output, _report(run)
-    assert "2 uvicorn workers" in output, _report(run)
+    assert "verification" in output, run.report()
+    assert "2 uvicorn workers" in output, run.report()
     for note in UVICORN_NOTES:
-        assert note in output, f"missing note {note!r}\n{_report(run)}"
+        assert note in output, f"missing note {note!r}\n{run.report()}"
     assert "failed verification" not in output
 
 
@@ -175,8 +169,8 @@ def test_mlflow3_runs_two_uvicorn_workers(lab, steps):
 
 def test_mlflow3_second_run_changes_nothing(lab, inventories, steps):
     run = run_pyinfra(inventories["mlflow3"], DEPLOY)
-    assert run.returncode == 0 and run.errors == 0, _report(run)
-    assert run.changed == 0, _report(run)
+    assert run.returncode == 0 and run.errors == 0, run.report()
+    assert run.changed == 0, run.report()
     assert _container(lab).id == steps["mlflow3_id"]
 
 
@@ -184,8 +178,8 @@ def test_mlflow3_second_run_changes_nothing(lab, inventories, steps):
 
 def test_mlflow3_server_gunicorn_recreates_with_gunicorn_opts(lab, inventories, steps):
     run = run_pyinfra(inventories["mlflow3_gunicorn"], DEPLOY)
-    assert run.returncode == 0 and run.errors == 0, _report(run)
-    assert run.changed >= 1, _report(run)
+    assert run.returncode == 0 and run.errors == 0, run.report()
+    assert run.changed >= 1, run.report()
     after = _container(lab)
     assert after.id != steps["mlflow3_id"]
     steps["mlflow3_gunicorn_id"] = after.id
@@ -195,7 +189,7 @@ def test_mlflow3_server_gunicorn_recreates_with_gunicorn_opts(lab, inventories, 
     for flag, value in (("--timeout", "60"), ("--max-requests", "100"),
                         ("--max-requests-jitter", "10"), ("--worker-class", "sync")):
         assert opts[opts.index(flag) + 1] == value, opts
-    assert "2 gunicorn workers" in run.stdout + run.stderr, _report(run)
+    assert "2 gunicorn workers" in run.stdout + run.stderr, run.report()
 
     workers, master = _settled_workers(f"{lab.prefix}-mlflow", "gunicorn", 2)
     assert "--max-requests 100" in master and "--timeout 60" in master, master
@@ -206,15 +200,15 @@ def test_mlflow3_server_gunicorn_recreates_with_gunicorn_opts(lab, inventories, 
 def test_mlflow2_on_the_store_mlflow3_migrated_is_refused(lab, inventories):
     before = _container(lab)
     run = run_pyinfra(inventories["mlflow2_on_mlflow3_store"], DEPLOY)
-    assert run.returncode != 0, _report(run)
-    assert "cannot open" in run.stderr and "Nothing was changed" in run.stderr, _report(run)
+    assert run.returncode != 0, run.report()
+    assert "cannot open" in run.stderr and "Nothing was changed" in run.stderr, run.report()
     assert _container(lab).id == before.id
 
 
 def test_back_to_mlflow2_recreates_with_two_gunicorn_workers(lab, inventories, steps):
     run = run_pyinfra(inventories["mlflow2"], DEPLOY)
-    assert run.returncode == 0 and run.errors == 0, _report(run)
-    assert run.changed >= 1, _report(run)
+    assert run.returncode == 0 and run.errors == 0, run.report()
+    assert run.changed >= 1, run.report()
     after = _container(lab)
     assert after.id != steps["mlflow3_gunicorn_id"]
     assert after.attrs["Config"]["Image"] == lab.state["images"]["mlflow2"]

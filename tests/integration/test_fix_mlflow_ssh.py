@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.labkit import new_lab, run_pyinfra, write_inventory
+from tests.labkit import lab_up, run_pyinfra, write_inventory
 from tests.sshd import sshd  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.lab
@@ -21,16 +21,10 @@ DEPLOY = REPO / "deploys" / "fix_mlflow.py"
 GIB, MIB = 1024 ** 3, 1024 ** 2
 
 
-def _report(run) -> str:
-    return f"rc={run.returncode}\n--- stdout\n{run.stdout[-6000:]}\n--- stderr\n{run.stderr[-6000:]}"
-
 
 @pytest.fixture(scope="module")
 def lab(request):
-    handle = new_lab("qtssh", 31000)
-    request.addfinalizer(handle.down)
-    handle.up("incident")
-    return handle
+    return lab_up(request, "qtssh", 31000, "incident")
 
 
 @pytest.fixture(scope="module")
@@ -58,21 +52,21 @@ def test_the_lab_started_from_the_incident(runs):
 
 def test_first_run_over_ssh_fixes_mlflow(runs, lab, sshd):
     first = runs["first"]
-    assert first.returncode == 0, _report(first)
-    assert first.errors == 0, _report(first)
-    assert first.changed >= 1, _report(first)
+    assert first.returncode == 0, first.report()
+    assert first.errors == 0, first.report()
+    assert first.changed >= 1, first.report()
     # It really went through sshd: the server logged a public-key login for our user.
     assert f"Accepted publickey for {sshd.user}" in sshd.log_text()
     assert lab.container("mlflow").id != runs["mlflow_before"]["Id"]  # recreated (command changed)
     output = first.stdout + first.stderr
-    assert "verification" in output, _report(first)
+    assert "verification" in output, first.report()
 
 
 def test_second_run_changes_nothing(runs):
     second = runs["second"]
-    assert second.returncode == 0, _report(second)
-    assert second.errors == 0, _report(second)
-    assert second.changed == 0, _report(second)
+    assert second.returncode == 0, second.report()
+    assert second.errors == 0, second.report()
+    assert second.changed == 0, second.report()
 
 
 def test_container_has_the_fix(runs, lab):

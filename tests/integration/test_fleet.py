@@ -20,7 +20,7 @@ import docker.errors
 import pytest
 
 from tests.fleet import Fleet, _keygen
-from tests.labkit import REPO, new_lab, run_pyinfra
+from tests.labkit import REPO, lab_up, run_pyinfra
 
 pytestmark = pytest.mark.lab
 
@@ -30,15 +30,10 @@ COUNT = 5
 PARALLEL = "4"
 
 
-def _report(run) -> str:
-    return f"rc={run.returncode}\n--- stdout\n{run.stdout[-6000:]}\n--- stderr\n{run.stderr[-6000:]}"
-
 
 @pytest.fixture(scope="module")
 def lab(request):
-    handle = new_lab("qtfl", 32000)
-    request.addfinalizer(handle.down)
-    handle.up("healthy")
+    handle = lab_up(request, "qtfl", 32000, "healthy")
     # The lab's own MLflow is not part of this test; stopping it leaves the CPU to the fleet's.
     handle.container("mlflow").stop(timeout=10)
     return handle
@@ -91,7 +86,7 @@ def inventories(lab, fleet, deploy_key):
 @pytest.fixture(scope="module")
 def onboarded(inventories):
     run = run_pyinfra(inventories["root"], ONBOARD, "--parallel", str(COUNT), timeout=900)
-    assert run.returncode == 0 and run.errors == 0, _report(run)
+    assert run.returncode == 0 and run.errors == 0, run.report()
     return run
 
 
@@ -137,7 +132,7 @@ def _health(lab, name) -> str:
 def test_onboarding_the_fleet_in_parallel(onboarded, fleet):
     output = onboarded.stdout + onboarded.stderr
     for host in fleet.hosts:
-        assert f"[{host.name}] verify: " in output, _report(onboarded)
+        assert f"[{host.name}] verify: " in output, onboarded.report()
     assert "onboarding verification failed" not in output
 
 
@@ -168,23 +163,23 @@ def test_unreachable_host_is_named_and_the_others_proceed(stopped_mid_run, inven
     run = run_pyinfra(inventories["deploy"], FIX, "--parallel", PARALLEL)
     victim = stopped_mid_run["victim"]
     output = run.stdout + run.stderr
-    assert run.returncode != 0, _report(run)
-    assert f"[{victim.name}]" in output and "Could not connect" in output, _report(run)
-    assert run.results is not None and run.errors == 0 and run.changed == 0, _report(run)
+    assert run.returncode != 0, run.report()
+    assert f"[{victim.name}]" in output and "Could not connect" in output, run.report()
+    assert run.results is not None and run.errors == 0 and run.changed == 0, run.report()
     for host in fleet.hosts:
         if host is not victim:
-            assert f"[{host.name}] Connected" in output, _report(run)
+            assert f"[{host.name}] Connected" in output, run.report()
 
 
 def test_limit_rerun_converges_the_stopped_host(stopped_mid_run, inventories, lab, fleet):
     victim = stopped_mid_run["victim"]
     victim.start()
     run = run_pyinfra(inventories["deploy"], FIX, "--limit", victim.name)
-    assert run.returncode == 0 and run.errors == 0, _report(run)
-    assert run.changed >= 1, _report(run)
+    assert run.returncode == 0 and run.errors == 0, run.report()
+    assert run.changed >= 1, run.report()
     assert _health(lab, _mlflow_name(lab, victim)) == "OK"
     again = run_pyinfra(inventories["deploy"], FIX, "--parallel", PARALLEL)
-    assert again.returncode == 0 and again.errors == 0 and again.changed == 0, _report(again)
+    assert again.returncode == 0 and again.errors == 0 and again.changed == 0, again.report()
 
 
 def test_every_host_has_its_own_fixed_mlflow(stopped_mid_run, lab, fleet):
@@ -203,4 +198,4 @@ def test_every_host_has_its_own_fixed_mlflow(stopped_mid_run, lab, fleet):
 def test_onboarding_again_changes_nothing(stopped_mid_run, inventories):
     """fix_mlflow kept the compose file onboarding rendered as it was: the deploys agree."""
     run = run_pyinfra(inventories["root"], ONBOARD, "--parallel", str(COUNT))
-    assert run.returncode == 0 and run.errors == 0 and run.changed == 0, _report(run)
+    assert run.returncode == 0 and run.errors == 0 and run.changed == 0, run.report()

@@ -28,9 +28,6 @@ pytestmark = pytest.mark.lab
 DEPLOY = "deploys/onboard_host.py"
 
 
-def _report(run) -> str:
-    return f"rc={run.returncode}\n--- stdout\n{run.stdout[-5000:]}\n--- stderr\n{run.stderr[-5000:]}"
-
 
 @pytest.fixture(scope="module")
 def fleet(request, tmp_path_factory):
@@ -70,16 +67,16 @@ def _host_results(run, name):
 
 def test_first_run_onboards_the_good_host_and_refuses_the_others(runs, fleet):
     first = runs["first"]
-    assert first.returncode != 0, _report(first)  # two hosts refused
+    assert first.returncode != 0, first.report()  # two hosts refused
     output = first.stdout + first.stderr
     good, no_systemd, no_apt = (h.name for h in fleet.hosts)
     verify_lines = [line for line in output.splitlines() if f"[{good}] verify: " in line]
-    assert any("checks passed" in line for line in verify_lines), _report(first)
-    assert not [line for line in verify_lines if re.search(r"\sFAIL\s", line)], _report(first)
+    assert any("checks passed" in line for line in verify_lines), first.report()
+    assert not [line for line in verify_lines if re.search(r"\sFAIL\s", line)], first.report()
     assert f"[{good}] onboarding verification failed" not in output
-    assert first.results is not None and first.changed >= 10, _report(first)
-    assert f"[{no_systemd}]" in output and "systemd is not PID 1" in output, _report(first)
-    assert f"[{no_apt}]" in output and "no apt-get/dpkg" in output, _report(first)
+    assert first.results is not None and first.changed >= 10, first.report()
+    assert f"[{no_systemd}]" in output and "systemd is not PID 1" in output, first.report()
+    assert f"[{no_apt}]" in output and "no apt-get/dpkg" in output, first.report()
     assert "nothing was changed" in output
 
 
@@ -94,10 +91,10 @@ def test_refused_hosts_are_untouched(runs, fleet):
 def test_second_run_changes_nothing(runs):
     for key in ("second", "only_good"):
         run = runs[key]
-        assert run.results is not None, _report(run)
-        assert run.changed == 0, _report(run)
+        assert run.results is not None, run.report()
+        assert run.changed == 0, run.report()
     only_good = runs["only_good"]
-    assert only_good.returncode == 0 and only_good.errors == 0, _report(only_good)
+    assert only_good.returncode == 0 and only_good.errors == 0, only_good.report()
 
 
 def test_deploy_user_logs_in_with_its_key_and_runs_docker_without_sudo(runs, fleet, deploy_key):

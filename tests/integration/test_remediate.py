@@ -13,7 +13,7 @@ import docker
 import pytest
 import yaml
 
-from tests.labkit import REPO, new_lab, run_pyinfra, write_inventory
+from tests.labkit import REPO, lab_up, run_pyinfra, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -24,13 +24,8 @@ WATCHFILES_LINE = ("_rust_notify.WatchfilesRustInternalError: error in underlyin
 
 
 @pytest.fixture(scope="module")
-def lab():
-    handle = new_lab("qtrm", 30000)
-    try:
-        handle.up("incident")
-        yield handle
-    finally:
-        handle.down()
+def lab(request):
+    return lab_up(request, "qtrm", 30000, "incident")
 
 
 def home(lab) -> Path:

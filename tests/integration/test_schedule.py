@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.labkit import REPO, new_lab, run_pyinfra
+from tests.labkit import REPO, lab_up, run_pyinfra
 
 pytestmark = pytest.mark.lab
 
@@ -27,10 +27,7 @@ TEST_USERS = "(username LIKE 'concurrent\\_%' OR username LIKE 'test\\_%')"
 
 @pytest.fixture(scope="module")
 def lab(request):
-    handle = new_lab("qtcl", 37000)
-    request.addfinalizer(handle.down)
-    handle.up("incident")
-    return handle
+    return lab_up(request, "qtcl", 37000, "incident")
 
 
 @pytest.fixture(scope="module")

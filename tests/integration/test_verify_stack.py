@@ -13,30 +13,21 @@ from pathlib import Path
 import pytest
 
 from tasks.lab.inventory import lab_host_data
-from tests.labkit import PYINFRA, REPO, new_lab, run_pyinfra, write_inventory
+from tests.labkit import PYINFRA, REPO, lab_up, run_pyinfra, write_inventory
 
 pytestmark = pytest.mark.lab
 
 DEPLOY = REPO / "deploys" / "verify_stack.py"
 
 
-def _lab(scenario: str, port_start: int):
-    handle = new_lab("qtvs", port_start)
-    try:
-        handle.up(scenario)
-        yield handle
-    finally:
-        handle.down()
+@pytest.fixture(scope="module")
+def healthy(request):
+    return lab_up(request, "qtvs", 26000, "healthy")
 
 
 @pytest.fixture(scope="module")
-def healthy():
-    yield from _lab("healthy", 26000)
-
-
-@pytest.fixture(scope="module")
-def incident():
-    yield from _lab("incident", 27000)
+def incident(request):
+    return lab_up(request, "qtvs", 27000, "incident")
 
 
 def secrets(lab) -> list[str]:
