@@ -6,13 +6,13 @@ Guarded cleanup of load-test users, VACUUM ANALYZE and statistics before/after.
                                                                    # (without -y: -y skips planning)
 
 Replaces `cleanup_database.sh`. Settings: the host's `cleanup` data over `cleanup_defaults`
-(documented in tasks/cleanup.py, defaults in inventories/group_data/all.py), validated before any
+(documented in tasks/operations/cleanup.py, defaults in inventories/group_data/all.py), validated before any
 change; the connection is the host's `postgres` data. A second run deletes nothing (no change);
 VACUUM always runs and says what it reclaimed. QUANT_CLEANUP_REPORT=path writes a JSON report.
 """
 from pyinfra import host
 
-from tasks import cleanup
+from tasks.operations import cleanup
 
 settings = cleanup.load_cleanup_settings(host.name, host.data)
 before = host.get_fact(cleanup.PostgresStatistics, target=settings.target,

@@ -3,6 +3,6 @@ group_data/all.py `mlflow_defaults`): drift-aware, version-aware, verified, roll
 
     pyinfra inventories/lab.py deploys/fix_mlflow.py
 """
-from tasks.mlflow_deploy import fix_mlflow
+from tasks.operations.mlflow import fix_mlflow
 
 fix_mlflow()

@@ -5,10 +5,10 @@ they call for, on that host only; then verify them and record the run.
     pyinfra inventories/lab.py deploys/remediate.py --dry   # findings, evidence, what would run
     pyinfra -y inventories/lab.py deploys/remediate.py
 
-Catalog: tasks/signatures.yml (or host data `remediate.catalog`). Settings: host data `remediate`,
+Catalog: tasks/core/signatures.yml (or host data `remediate.catalog`). Settings: host data `remediate`,
 defaults in group_data/all.py `remediate_defaults`. A second run right after a fix reports no
 changes; a signature still present within its throttle window is reported "throttled".
 """
-from tasks.remediate import remediate
+from tasks.operations.remediate import remediate
 
 remediate()

@@ -8,6 +8,6 @@ REST API, an artifact round trip, workers), Redis, S3 and the backend, and the l
 Read-only: a passing run reports no changes; a failing check fails the host (non-zero exit).
 Settings: the host's `stack` data, defaults in group_data/all.py `stack_defaults`.
 """
-from tasks.stack_checks import verify
+from tasks.checks.stack import verify
 
 verify(name="Verify the stack")  # settings from host data `stack`, validated before any check

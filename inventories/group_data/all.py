@@ -1,7 +1,7 @@
 """Defaults for every host: the settings the seed's incident ended with.
 
 Per-host data (the inventory) says *where* things are; these say *what* they should be. A host's
-`mlflow` mapping overrides these key by key (see tasks/mlflow_deploy.py).
+`mlflow` mapping overrides these key by key (see tasks/operations/mlflow.py).
 """
 
 # MLflow tracking server (deploys/fix_mlflow.py). The incident: 4 gunicorn workers SIGKILLed by
@@ -19,7 +19,7 @@ mlflow_defaults = {
     "server": "auto",  # auto: gunicorn for MLflow < 3.3, uvicorn from 3.3 on
 }
 
-# PostgreSQL roles and grants (deploys/db_users.py; shapes and rules in tasks/db_users.py).
+# PostgreSQL roles and grants (deploys/db_users.py; shapes and rules in tasks/operations/db_users.py).
 # A host's `postgres` mapping says how to reach the server: "access": "docker" (docker exec into
 # the container, no client on the host) or "psql" (host-side psql to host:port, superuser
 # password from {"env": VAR} or {"file": path}, sent in a 0600 PGPASSFILE). Passwords in db_roles
@@ -33,7 +33,7 @@ db_default_privileges = []  # [{"owner", "role", "database", "schema", "on", "pr
 db_exclusive = False  # revoke privileges and memberships beyond the settings (on named objects)
 db_verify = True  # after a change: each login role logs in over TCP and uses its grants
 
-# Whole-stack verification (deploys/verify_stack.py; tasks/stack_checks.py). A host's `stack`
+# Whole-stack verification (deploys/verify_stack.py; tasks/checks/stack.py). A host's `stack`
 # mapping overrides these key by key and lists the services to expect there under `services`:
 #   {"postgres": {"container"}, "mlflow": {"container", "url"?, "workers"?},
 #    "redis": {"container", "password"?}, "s3": {"container"?, "url"?, "bucket"?, "health_path"?},
@@ -58,7 +58,7 @@ stack_defaults = {
     "report_path": None,  # write a JSON report here (env QUANTLAB_VERIFY_REPORT overrides)
 }
 
-# Database cleanup (deploys/cleanup_database.py; rules in tasks/cleanup.py). A host's `cleanup`
+# Database cleanup (deploys/cleanup_database.py; rules in tasks/operations/cleanup.py). A host's `cleanup`
 # mapping overrides these key by key. Patterns are SQL LIKE (`_` is one character: `\\_` for a
 # literal underscore); empty patterns and wildcard-only ones (`%`, `_%`) are refused, as is a match
 # of every row. Deletion is one transaction; VACUUM runs per table outside it.
@@ -85,7 +85,7 @@ cleanup_defaults = {
     "report_path": None,  # JSON report on the controller (env QUANT_CLEANUP_REPORT overrides)
 }
 
-# Scheduling the cleanup (deploys/schedule_cleanup.py; tasks/schedule.py) on the ops host that
+# Scheduling the cleanup (deploys/schedule_cleanup.py; tasks/operations/schedule.py) on the ops host that
 # runs pyinfra. A host's `cleanup_schedule` mapping overrides these key by key. The crontab line is
 # the job script's path only; the script holds no secret (env names like *PASSWORD* are refused).
 cleanup_schedule_defaults = {
@@ -110,11 +110,11 @@ cleanup_schedule_defaults = {
     "install_cron": True,  # install the cron package when `crontab` is missing
 }
 
-# Log-signature remediation (deploys/remediate.py; tasks/diagnose.py, tasks/remediate.py). A
+# Log-signature remediation (deploys/remediate.py; tasks/core/diagnose.py, tasks/operations/remediate.py). A
 # host's `remediate` mapping overrides these key by key. Container roles come from the host's
 # mlflow / postgres / backend / stack data; `containers` adds or overrides {role: name}.
 remediate_defaults = {
-    "catalog": None,  # path to a signature catalog on the controller; None: tasks/signatures.yml
+    "catalog": None,  # path to a signature catalog on the controller; None: tasks/core/signatures.yml
     "since": "2h",  # docker logs --since (duration or RFC 3339 time)...
     "tail": 2000,  # ...and at most this many lines per container
     "record_path": "/var/lib/quantlab/remediation-runs.json",  # last runs, on the host (throttle)
@@ -123,7 +123,7 @@ remediate_defaults = {
     "verify": True,  # verify each remediation after it ran
 }
 
-# The backend's uvicorn --reload fix (deploys/fix_backend_reload.py; tasks/backend_reload.py).
+# The backend's uvicorn --reload fix (deploys/fix_backend_reload.py; tasks/operations/backend_reload.py).
 # A host's `backend` mapping names the container and, optionally, the Dockerfile and compose
 # file to patch; only the files named are touched.
 backend_defaults = {
@@ -134,7 +134,7 @@ backend_defaults = {
     "health_path": "/health",
 }
 
-# Onboarding a fresh Debian host (deploys/onboard_host.py; tasks/onboard.py). A host's `onboard`
+# Onboarding a fresh Debian host (deploys/onboard_host.py; tasks/operations/onboard.py). A host's `onboard`
 # mapping overrides these key by key; `authorized_keys` has no default and is required: public key
 # lines, or {"file": "/path/on/controller.pub"} (read on the controller). Reach the host as root
 # or as a sudo user with `_sudo=True`. What the host cannot do (no apt-get; engine "local" without

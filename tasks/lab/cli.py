@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import images as lab_images
-from .engine import ensure_engine
-from .stack import SCENARIOS, Lab, Stack
+from tasks.lab import images as lab_images
+from tasks.lab.engine import ensure_engine
+from tasks.lab.stack import SCENARIOS, Lab, Stack
 
 
 def main(argv=None) -> int:

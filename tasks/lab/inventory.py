@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from .layout import ARTIFACT_BUCKET, S3_ACCESS_KEY, state_file
+from tasks.lab.layout import ARTIFACT_BUCKET, S3_ACCESS_KEY, state_file
 
 
 def lab_state(prefix: str | None = None) -> dict:
@@ -45,7 +45,7 @@ def lab_host_data(prefix: str | None = None, mlflow_image: str = "mlflow2") -> d
             "port": ports["postgres"],
             "superuser": "postgres",
             "superuser_password": {"file": secret_files["postgres_password"]},
-            "access": "docker",  # or "psql": host-side psql to host:port (see tasks/db_users.py)
+            "access": "docker",  # or "psql": host-side psql to host:port (see tasks/operations/db_users.py)
         },
         # deploys/db_users.py: the role the backend logs in as (missing in the incident), with
         # its password read from the lab's secret file, and what it may do in `quant`.
@@ -68,7 +68,7 @@ def lab_host_data(prefix: str | None = None, mlflow_image: str = "mlflow2") -> d
             {"owner": "postgres", "role": "quant_user", "database": "quant", "schema": "public",
              "on": "sequences", "privileges": ["USAGE", "SELECT"]},
         ],
-        # deploys/verify_stack.py: which services to expect here (tasks/stack_checks.py). The
+        # deploys/verify_stack.py: which services to expect here (tasks/checks/stack.py). The
         # postgres entry takes access and roles from `postgres` and `db_roles` above.
         "stack": {
             "services": {
@@ -81,7 +81,7 @@ def lab_host_data(prefix: str | None = None, mlflow_image: str = "mlflow2") -> d
                             "url": f"http://127.0.0.1:{ports['backend']}"},
             },
         },
-        # deploys/cleanup_database.py (tasks/cleanup.py): the load test gave some test users a
+        # deploys/cleanup_database.py (tasks/operations/cleanup.py): the load test gave some test users a
         # portfolio (FK without ON DELETE CASCADE); in the lab those go with their users.
         "cleanup": {"foreign_keys": "delete_dependents"},
         # deploys/fix_backend_reload.py and deploys/remediate.py: the backend container and the

@@ -22,13 +22,13 @@ from pathlib import Path
 import docker.errors
 import yaml
 
-from tasks.mlflow import server_spec
-from tasks.settings import MlflowSettings
-from tasks.stack_checks import oom_kills
+from tasks.core.mlflow_server import server_spec
+from tasks.settings.mlflow import MlflowSettings
+from tasks.checks.stack import oom_kills
 
-from . import images as lab_images
-from .images import Progress
-from .layout import ARTIFACT_BUCKET, S3_ACCESS_KEY, check_prefix, default_home
+from tasks.lab import images as lab_images
+from tasks.lab.images import Progress
+from tasks.lab.layout import ARTIFACT_BUCKET, S3_ACCESS_KEY, check_prefix, default_home
 
 SERVICES = ("postgres", "minio", "redis", "mlflow", "backend")
 PORT_OFFSETS = {"mlflow": 0, "postgres": 1, "redis": 2, "minio": 3, "backend": 4}
@@ -46,7 +46,7 @@ MLFLOW_SCENARIOS = {
     "incident": {"workers": 4, "memory": "420m", "reservation": None, "restart": "on-failure:3"},
 }
 SIGKILL_LINE = "was sent SIGKILL! Perhaps out of memory?"
-VERSION_LABEL = "io.quantlab.mlflow-version"  # as tasks.mlflow_deploy writes it
+VERSION_LABEL = "io.quantlab.mlflow-version"  # as tasks.operations.mlflow writes it
 
 
 @dataclass

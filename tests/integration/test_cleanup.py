@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.cleanup import BUSY_MARK, LOCK_KEYS
+from tasks.operations.cleanup import BUSY_MARK, LOCK_KEYS
 from tests.labkit import GROUP_DATA, PYINFRA, REPO, lab_up, run_pyinfra, write_inventory
 
 pytestmark = pytest.mark.lab

@@ -11,7 +11,7 @@ import docker
 import pytest
 import yaml
 
-from tasks.mlflow import count_workers
+from tasks.core.mlflow_server import count_workers
 from tests.labkit import REPO, lab_up, run_pyinfra, write_inventory
 
 pytestmark = pytest.mark.lab

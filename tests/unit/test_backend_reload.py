@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
-from tasks import backend_reload as br
-from tasks.compose import ComposeError
-from tasks.container_spec import MANAGED_ENV_LABEL, diff_spec, spec_from_inspect
+from tasks.operations import backend_reload as br
+from tasks.core.compose import ComposeError
+from tasks.core.container_spec import MANAGED_ENV_LABEL, diff_spec, spec_from_inspect
 
 UVICORN = ["uvicorn", "main:app", "--host", "0.0.0.0", "--port", "8000", "--reload"]
 RECIPE = """# The quant backend

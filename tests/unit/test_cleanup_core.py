@@ -1,14 +1,14 @@
-"""tasks/cleanup.py without an engine: settings, guards, the FK walk, generated SQL, parsing."""
+"""tasks/operations/cleanup.py without an engine: settings, guards, the FK walk, generated SQL, parsing."""
 import json
 
 import pytest
 
-from tasks import cleanup as c
-from tasks.cleanup import (
+from tasks.operations import cleanup as c
+from tasks.operations.cleanup import (
     CleanupRefused, CleanupSettingsError, Counts, ForeignKey, TableCatalog, dependents_of,
     load_cleanup_settings, plan_deletion,
 )
-from tasks.pg_exec import PgTarget
+from tasks.core.pg_exec import PgTarget
 
 PG = {"access": "docker", "container": "lab-postgres"}
 LAB_FKS = (

@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from tasks.compose import HEADER, ComposeError, patch_compose_service
-from tasks.settings import GIB, MIB
+from tasks.core.compose import HEADER, ComposeError, patch_compose_service
+from tasks.core.sizes import GIB, MIB
 
 COMMAND = [
     "mlflow", "server", "--host", "0.0.0.0", "--port", "5000", "--workers", "2",

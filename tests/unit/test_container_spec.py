@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from tasks.container_spec import (
+from tasks.core.container_spec import (
     MANAGED_ENV_LABEL,
     ContainerSpec,
     describe_plan,
@@ -16,7 +16,7 @@ from tasks.container_spec import (
     normalize_port,
     spec_from_inspect,
 )
-from tasks.settings import GIB, MIB
+from tasks.core.sizes import GIB, MIB
 
 COMMAND = (
     "mlflow", "server", "--host", "0.0.0.0", "--port", "5000", "--workers", "2",

@@ -4,11 +4,11 @@ import hashlib
 
 import pytest
 
-from tasks.db_users import DbSettingsError, load_db_settings
-from tasks.pg_exec import PgTarget
-from tasks.pg_sql import DefaultPrivilegeSpec, GrantSpec
-from tasks.postgres import _stand_in, password_status_from_digest
-from tasks.scram import md5_verifier, password_status, scram_verifier
+from tasks.operations.db_users import DbSettingsError, load_db_settings
+from tasks.core.pg_exec import PgTarget
+from tasks.core.pg_sql import DefaultPrivilegeSpec, GrantSpec
+from tasks.operations.postgres import _stand_in, password_status_from_digest
+from tasks.core.scram import md5_verifier, password_status, scram_verifier
 
 SECRET = "s3cr3t-Value!"
 
@@ -191,7 +191,7 @@ def test_every_problem_is_reported_at_once(pwfile):
 # --- password status from the server's digest (the verifier never leaves the server) ---------
 
 def _server_digest(stored: str) -> str:
-    """What tasks.postgres._password_digest_query computes in SQL, in Python."""
+    """What tasks.operations.postgres._password_digest_query computes in SQL, in Python."""
     if stored.startswith("SCRAM-SHA-256$"):
         head, params, keys = stored.split("$")
         return f"{head}${params}${hashlib.sha256(keys.encode()).hexdigest()}"

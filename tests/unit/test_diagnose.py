@@ -6,8 +6,8 @@ import datetime as dt
 import pytest
 import yaml
 
-from tasks import diagnose
-from tasks.diagnose import CatalogError, HostDiagnosis, decide, load_catalog, mask_secrets
+from tasks.core import diagnose
+from tasks.core.diagnose import CatalogError, HostDiagnosis, decide, load_catalog, mask_secrets
 
 T0 = "2026-01-02T03:04:05.123456789Z"
 SIGKILL = "[2026-01-02 03:04:05 +0000] [10] [ERROR] Worker (pid:711) was sent SIGKILL! Perhaps out of memory?"

@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from tasks.mlflow import (
+from tasks.core.mlflow_server import (
     NEUTRALIZED_ENV,
     PROCESS_LIST_COMMAND,
     count_workers,
@@ -12,7 +12,8 @@ from tasks.mlflow import (
     parse_mlflow_version,
     server_spec,
 )
-from tasks.settings import GIB, MIB, MlflowSettings, mlflow_settings_from_host_data
+from tasks.core.sizes import GIB, MIB
+from tasks.settings.mlflow import MlflowSettings, mlflow_settings_from_host_data
 
 GUNICORN_OPTS = "--timeout 60 --max-requests 100 --max-requests-jitter 10 --worker-class sync"
 

@@ -1,4 +1,4 @@
-"""tasks/onboard.py without a host: settings, daemon.json merging, sudoers text, preflight, compose."""
+"""tasks/operations/onboard.py without a host: settings, daemon.json merging, sudoers text, preflight, compose."""
 from __future__ import annotations
 
 import json
@@ -6,12 +6,12 @@ import json
 import pytest
 import yaml
 
-from tasks import onboard
-from tasks.compose import patch_compose_service
-from tasks.mlflow import server_spec
-from tasks.onboard import (OnboardProbe, OnboardSettingsError, compose_text, daemon_json,
+from tasks.operations import onboard
+from tasks.core.compose import patch_compose_service
+from tasks.core.mlflow_server import server_spec
+from tasks.operations.onboard import (OnboardProbe, OnboardSettingsError, compose_text, daemon_json,
                            default_compose, onboard_settings, preflight_problems, sudoers_text)
-from tasks.settings import mlflow_settings_from_host_data
+from tasks.settings.mlflow import mlflow_settings_from_host_data
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOr1nQ3y6w3y7m0aUQ5m8n1pG5D9x0u2lGmK8rX5p1Qw deploy@ops"
 

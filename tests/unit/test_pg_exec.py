@@ -5,7 +5,7 @@ import shlex
 
 import pytest
 
-from tasks.pg_exec import (
+from tasks.core.pg_exec import (
     PgTarget,
     PgTargetError,
     pgpass_line,

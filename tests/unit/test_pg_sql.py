@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.pg_sql import (
+from tasks.core.pg_sql import (
     PUBLIC,
     Catalog,
     DatabaseSpec,
@@ -32,7 +32,7 @@ from tasks.pg_sql import (
     quote_literal,
     render_script,
 )
-from tasks.scram import md5_verifier, scram_verifier, verifier_matches
+from tasks.core.scram import md5_verifier, scram_verifier, verifier_matches
 
 FIXTURE = Path(__file__).parent / "data" / "pg15_catalog_quant_db.json"
 

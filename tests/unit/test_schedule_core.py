@@ -1,4 +1,4 @@
-"""tasks/schedule.py without an engine: settings, the crontab line, units, and the job script run
+"""tasks/operations/schedule.py without an engine: settings, the crontab line, units, and the job script run
 for real (with a stand-in pyinfra) in an empty environment with no TTY."""
 import os
 import subprocess
@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from tasks import schedule as sch
-from tasks.schedule import ScheduleSettingsError, load_schedule_settings
+from tasks.operations import schedule as sch
+from tasks.operations.schedule import ScheduleSettingsError, load_schedule_settings
 
 
 def settings(**over):

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tasks.scram import (
+from tasks.core.scram import (
     md5_verifier,
     parse_scram_verifier,
     password_status,

@@ -1,15 +1,11 @@
 import pytest
 
-from tasks.settings import (
-    GIB,
-    MIB,
+from tasks.core.sizes import GIB, MIB, docker_size, human_size, parse_size
+from tasks.settings.mlflow import (
     MlflowSettings,
     SecretRef,
     SettingsError,
-    docker_size,
-    human_size,
     mlflow_settings_from_host_data,
-    parse_size,
     resolve_secret_env,
 )
 

@@ -1,4 +1,4 @@
-"""tasks/stack_checks.py without an engine: settings, parsing, verdicts, the report, and the
+"""tasks/checks/stack.py without an engine: settings, parsing, verdicts, the report, and the
 checker driven through a fake shell (secrets never on a command line, skips with reasons, the
 deadline)."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from tasks import stack_checks as sc
-from tasks.checks import CheckResult, NotYet
+from tasks.checks import stack as sc
+from tasks.checks.runner import CheckResult, NotYet
 
 LAB_LIKE = {
     "postgres": {"container": "p-postgres", "host": "127.0.0.1", "port": 5432, "superuser": "postgres",

@@ -1,4 +1,4 @@
-"""MLflow verification after a change, from the whole-stack check library (tasks.stack_checks):
+"""MLflow verification after a change, from the whole-stack check library (tasks.checks.stack):
 the same container and MLflow checks verify_stack runs, with a start-up window, through a
 `run(command) -> (ok, output)` callable on the target host, so it works over any connector.
 """
@@ -9,8 +9,8 @@ import shlex
 from dataclasses import replace
 from typing import Callable
 
-from tasks.checks import Broken, CheckResult, RetryPolicy
-from tasks.stack_checks import ONCE, Shell, StackChecker, StackSettings
+from tasks.checks.runner import Broken, CheckResult, RetryPolicy
+from tasks.checks.stack import ONCE, Shell, StackChecker, StackSettings
 
 Runner = Callable[[str], tuple[bool, str]]
 

@@ -54,7 +54,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, crontab, files, server, systemd
 
-from .cleanup import BUSY_MARK, REPORT_ENV
+from tasks.operations.cleanup import BUSY_MARK, REPORT_ENV
 
 SCHEDULE_KEYS = {
     "present", "name", "project_dir", "pyinfra", "inventory", "deploy", "group_data", "env",
@@ -295,7 +295,7 @@ def on_calendar(s: ScheduleSettings) -> str:
 def service_unit(s: ScheduleSettings) -> str:
     return f"""[Unit]
 Description=Quant stack database cleanup ({s.name}; deploys/cleanup_database.py)
-Documentation=file://{s.project_dir}/tasks/cleanup.py
+Documentation=file://{s.project_dir}/tasks/operations/cleanup.py
 After=network-online.target docker.service
 
 [Service]

@@ -9,11 +9,11 @@ from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, OperationError, deploy, operation
 from pyinfra.facts.files import FileContents
 
-from tasks import docker
-from tasks.compose import ComposeError, patch_compose_service
-from tasks.mlflow import desired_container, server_spec
-from tasks.mlflow_checks import verify_mlflow
-from tasks.settings import MlflowSettings, mlflow_settings_from_host_data, resolve_secret_env
+from tasks.operations import docker
+from tasks.core.compose import ComposeError, patch_compose_service
+from tasks.core.mlflow_server import desired_container, server_spec
+from tasks.checks.mlflow import verify_mlflow
+from tasks.settings.mlflow import MlflowSettings, mlflow_settings_from_host_data, resolve_secret_env
 
 VERSION_LABEL = "io.quantlab.mlflow-version"
 

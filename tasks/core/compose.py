@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from tasks.settings import docker_size, parse_size
+from tasks.core.sizes import docker_size, parse_size
 
 HEADER = "# Managed in part by deploys/fix_mlflow.py (service command, environment, memory).\n"
 

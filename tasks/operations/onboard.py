@@ -54,7 +54,7 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files, server, systemd
 
-from tasks.checks import Broken, CheckResult, NotYet, RetryPolicy, format_table, run_check
+from tasks.checks.runner import Broken, CheckResult, NotYet, RetryPolicy, format_table, run_check
 
 ENGINES = ("local", "socket")
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
@@ -351,7 +351,7 @@ def default_compose(settings: OnboardSettings, mlflow, mlflow_spec) -> dict:
 
 
 def _size(num_bytes: int) -> str:
-    from tasks.settings import docker_size
+    from tasks.core.sizes import docker_size
     return docker_size(num_bytes)
 
 
@@ -725,8 +725,8 @@ def host_onboard_settings() -> OnboardSettings:
 def render_compose(settings: OnboardSettings) -> str:
     if settings.compose is not None:
         return compose_text(settings.compose)
-    from tasks.mlflow import server_spec
-    from tasks.mlflow_deploy import host_mlflow_settings
+    from tasks.core.mlflow_server import server_spec
+    from tasks.operations.mlflow import host_mlflow_settings
     mlflow = host_mlflow_settings()
     return compose_text(default_compose(settings, mlflow, server_spec(mlflow, settings.mlflow_version)))
 

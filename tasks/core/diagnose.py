@@ -1,5 +1,5 @@
 """
-Log signatures: the catalog (tasks/signatures.yml), matching, throttling, and the one read-only
+Log signatures: the catalog (tasks/core/signatures.yml), matching, throttling, and the one read-only
 fact that gathers what they need from a host.
 
 The pure half (no I/O, unit-tested): :func:`load_catalog` validates the YAML and names the entry

@@ -25,8 +25,8 @@ Replaces ``cleanup_database.sh``. Host data (defaults in ``inventories/group_dat
     }
 
 The PostgreSQL connection is the host's ``postgres`` mapping, validated by
-:func:`tasks.db_users.load_db_settings` (``access: docker|psql``) and used through
-:mod:`tasks.postgres` (SQL on stdin from a 0600 file; a 0600 PGPASSFILE in psql mode).
+:func:`tasks.operations.db_users.load_db_settings` (``access: docker|psql``) and used through
+:mod:`tasks.operations.postgres` (SQL on stdin from a 0600 file; a 0600 PGPASSFILE in psql mode).
 
 What is guarded, and where:
 
@@ -68,9 +68,9 @@ from pyinfra import host as current_host
 from pyinfra.api import FactBase, FunctionCommand, operation
 from pyinfra.api.exceptions import FactProcessError, OperationError, PyinfraError
 
-from .checks import CheckResult, NotYet, RetryPolicy, format_table, run_check
-from .pg_exec import PgTarget
-from .pg_sql import SqlInputError, quote_ident, quote_literal
+from tasks.checks.runner import CheckResult, NotYet, RetryPolicy, format_table, run_check
+from tasks.core.pg_exec import PgTarget
+from tasks.core.pg_sql import SqlInputError, quote_ident, quote_literal
 
 CLEANUP_KEYS = {
     "database", "schema", "table", "column", "patterns", "min_age", "age_column", "max_rows",
@@ -194,7 +194,7 @@ def load_cleanup_settings(host_name: str, data: Any, environ: Mapping[str, str] 
                           ) -> CleanupSettings:
     """Validate this host's ``cleanup`` data (over ``cleanup_defaults``) and ``postgres`` data;
     raise :class:`CleanupSettingsError` naming every problem before anything runs."""
-    from .db_users import DbSettingsError, load_db_settings  # the shared `postgres` validation
+    from tasks.operations.db_users import DbSettingsError, load_db_settings  # the shared `postgres` validation
 
     env = os.environ if environ is None else environ
     get = data.get if hasattr(data, "get") else (lambda k, d=None: getattr(data, k, d))
@@ -835,7 +835,7 @@ class CleanupTable(FactBase):
     """
 
     def command(self, target: PgTarget, schema: str, table: str):
-        from .postgres import query_command
+        from tasks.operations.postgres import query_command
 
         return query_command(current_host, target, catalog_sql(schema, table))
 
@@ -849,7 +849,7 @@ class CleanupCounts(FactBase):
     :func:`count_sql`)."""
 
     def command(self, target: PgTarget, sql: str):
-        from .postgres import query_command
+        from tasks.operations.postgres import query_command
 
         return query_command(current_host, target, sql)
 
@@ -868,7 +868,7 @@ class PostgresStatistics(FactBase):
     """
 
     def command(self, target: PgTarget, largest: int = 5):
-        from .postgres import query_command
+        from tasks.operations.postgres import query_command
 
         return query_command(current_host, target, stats_sql(largest))
 
@@ -907,7 +907,7 @@ def _fail(host, message: str) -> bool:
 
 
 def _run_delete(state, host, settings: CleanupSettings, deps, script: str):
-    from .postgres import run_script
+    from tasks.operations.postgres import run_script
 
     ok, out, err = run_script(host, settings.target, script)
     if not ok:
@@ -932,7 +932,7 @@ def _run_delete(state, host, settings: CleanupSettings, deps, script: str):
 
 def _verify_nothing_matches(host, settings: CleanupSettings, deps) -> CheckResult:
     """After the transaction: a fresh count (the check library's retried check) finds no match."""
-    from .postgres import run_script
+    from tasks.operations.postgres import run_script
 
     def probe():
         ok, out, err = run_script(host, settings.target, count_sql(settings, deps) + ";\n")
@@ -989,7 +989,7 @@ def delete_matching_rows(settings: CleanupSettings):
 
 
 def _run_vacuum(state, host, settings: CleanupSettings, tables):
-    from .postgres import run_script
+    from tasks.operations.postgres import run_script
 
     ok, out, err = run_script(host, settings.target, vacuum_script(settings, tables, statistics=True))
     rows = parse_vacuum_output(out, tables)
@@ -1045,7 +1045,7 @@ def vacuum_analyze(settings: CleanupSettings, stats: Mapping | None = None):
 
 
 def _write_statistics(state, host, settings: CleanupSettings, before):
-    from .postgres import run_script
+    from tasks.operations.postgres import run_script
 
     after = _results(host).pop(_STATS_AFTER_KEY, None)
     if after is None:

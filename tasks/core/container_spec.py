@@ -24,7 +24,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from tasks.settings import human_size, docker_size
+from tasks.core.sizes import docker_size, human_size
 
 MANAGED_ENV_LABEL = "io.quantlab.managed-env"
 MASK = "***"

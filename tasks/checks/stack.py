@@ -1,5 +1,5 @@
 """Whole-stack verification: containers, PostgreSQL, MLflow, Redis, S3 and the backend, checked on
-each target host with tenacity-retried checks (tasks.checks) under one deadline per host.
+each target host with tenacity-retried checks (tasks.checks.runner) under one deadline per host.
 
 Every check reads like a sentence (``container qt-mlflow is not OOM-killed``), has a bounded
 retry policy, and on failure carries evidence naming the cause. A service the host's ``stack``
@@ -39,9 +39,9 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
 from pyinfra.api.exceptions import PyinfraError
 
-from tasks.checks import Broken, CheckResult, NotYet, RetryPolicy, run_check
-from tasks.mlflow import PROCESS_LIST_COMMAND, count_workers
-from tasks.pg_exec import PgTargetError, pgpass_line, resolve_password
+from tasks.checks.runner import Broken, CheckResult, NotYet, RetryPolicy, run_check
+from tasks.core.mlflow_server import PROCESS_LIST_COMMAND, count_workers
+from tasks.core.pg_exec import PgTargetError, pgpass_line, resolve_password
 
 SERVICES = ("postgres", "mlflow", "redis", "s3", "backend")
 
@@ -1049,7 +1049,7 @@ def verify(settings: StackSettings | None = None):
 
     .. code:: python
 
-        from tasks import stack_checks
+        from tasks.checks import stack as stack_checks
         stack_checks.verify(name="Verify the stack")
     """
     if settings is None:

@@ -18,8 +18,8 @@ from typing import Callable
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, OperationError, StringCommand, operation
 
-from tasks.checks import CheckResult, format_table
-from tasks.container_spec import (ContainerSpec, Plan, diff_spec, docker_run_args, docker_update_args,
+from tasks.checks.runner import CheckResult, format_table
+from tasks.core.container_spec import (ContainerSpec, Plan, diff_spec, docker_run_args, docker_update_args,
                                   env_file_text, format_plan, image_defaults_from_inspect,
                                   spec_from_inspect)
 
@@ -243,7 +243,7 @@ def container(spec: ContainerSpec, verify: Verifier | None = None, facts: dict |
     """
     Make a container match ``spec``: nothing, ``docker update`` in place, or a verified recreate.
 
-    + spec: the desired ``ContainerSpec`` (tasks.container_spec)
+    + spec: the desired ``ContainerSpec`` (tasks.core.container_spec)
     + verify: called with ``run(command) -> (ok, output)`` after a change; returns CheckResults.
       A recreate that fails them is rolled back to the previous container.
     + facts: the ``ContainerInspect`` fact for this spec when the caller has just read it
@@ -252,7 +252,7 @@ def container(spec: ContainerSpec, verify: Verifier | None = None, facts: dict |
 
     .. code:: python
 
-        from tasks import docker
+        from tasks.operations import docker
         docker.container(
             name="MLflow tracking server",
             spec=ContainerSpec(name="quant-mlflow", image="quantlab/mlflow2:f87237c5f75c",

@@ -1,11 +1,11 @@
 """
 PostgreSQL facts and operations: roles, databases and grants that change only what differs.
 
-The SQL itself (quoting, catalog query, minimal plans) lives in :mod:`tasks.pg_sql`, the way to
-reach the server (``docker exec`` or host-side ``psql``) in :mod:`tasks.pg_exec`, and SCRAM in
-:mod:`tasks.scram`. This module is the pyinfra side: facts read, operations yield commands.
+The SQL itself (quoting, catalog query, minimal plans) lives in :mod:`tasks.core.pg_sql`, the way to
+reach the server (``docker exec`` or host-side ``psql``) in :mod:`tasks.core.pg_exec`, and SCRAM in
+:mod:`tasks.core.scram`. This module is the pyinfra side: facts read, operations yield commands.
 
-Every operation takes ``target``, a :class:`tasks.pg_exec.PgTarget` (a superuser connection:
+Every operation takes ``target``, a :class:`tasks.core.pg_exec.PgTarget` (a superuser connection:
 ``docker`` mode runs ``docker exec -i -u postgres <container> psql`` over the local socket, ``psql``
 mode runs the host's ``psql`` with a 0600 ``PGPASSFILE``). Passwords are given as *sources*
 (``{"env": "VAR"}`` or ``{"file": "/path"}``) and read on the controller when needed, so no
@@ -44,9 +44,9 @@ from pyinfra import host as current_host
 from pyinfra.api import FactBase, FileUploadCommand, FunctionCommand, StringCommand, operation
 from pyinfra.api.exceptions import FactProcessError, OperationError
 
-from .checks import Broken, ChecksFailed, NotYet, RetryPolicy, format_table, run_checks
-from .pg_exec import PgTarget, pgpass_line, psql_argv, resolve_password, shell_command
-from .pg_sql import (
+from tasks.checks.runner import Broken, ChecksFailed, NotYet, RetryPolicy, format_table, run_checks
+from tasks.core.pg_exec import PgTarget, pgpass_line, psql_argv, resolve_password, shell_command
+from tasks.core.pg_sql import (
     PRIVILEGES,
     Catalog,
     DatabaseSpec,
@@ -67,8 +67,8 @@ from .pg_sql import (
     quote_literal,
     render_script,
 )
-from .scram import md5_verifier, scram_verifier
-from .stack_checks import Role, StackChecker, StackSettings, pyinfra_shell
+from tasks.core.scram import md5_verifier, scram_verifier
+from tasks.checks.stack import Role, StackChecker, StackSettings, pyinfra_shell
 
 # Where psql listens inside the database container (docker mode verification logs in over TCP
 # on the container's loopback, so pg_hba's `host ... scram-sha-256` rule is what is exercised).
@@ -162,7 +162,7 @@ def _sha256_hex(text: str) -> str:
 def password_status_from_digest(digest: str | None, password: str, username: str) -> str:
     """``absent`` / ``match`` / ``md5-match-upgrade`` / ``mismatch``, decided on the controller
     from what :func:`_password_digest_query` returns (same meaning as
-    :func:`tasks.scram.password_status`)."""
+    :func:`tasks.core.scram.password_status`)."""
     if not digest:
         return "absent"
     if digest.startswith("SCRAM-SHA-256$"):
@@ -182,8 +182,8 @@ def password_status_from_digest(digest: str | None, password: str, username: str
 
 
 def _stand_in(status: str, password: str, username: str) -> str | None:
-    """A locally made stored value that :func:`tasks.scram.password_status` judges exactly as
-    the server's real one was judged, so :func:`tasks.pg_sql.plan_role` can plan from it."""
+    """A locally made stored value that :func:`tasks.core.scram.password_status` judges exactly as
+    the server's real one was judged, so :func:`tasks.core.pg_sql.plan_role` can plan from it."""
     if status == "absent":
         return None
     if status == "match":
@@ -284,7 +284,7 @@ def _tcp_probe(host, target: PgTarget, role: str, password_source: PasswordSourc
 
 def login_probe(host, target, role, source, database):
     """`role` logs in over TCP with its password: the whole-stack library's check
-    (tasks.stack_checks), so db_users verifies logins exactly as verify_stack does."""
+    (tasks.checks.stack), so db_users verifies logins exactly as verify_stack does."""
     conf = {"access": target.mode, "container": target.container, "os_user": target.os_user,
             "container_port": CONTAINER_PG_PORT, "host": target.host, "port": target.port}
     checker = StackChecker(pyinfra_shell(host), StackSettings())
@@ -430,7 +430,7 @@ def role(
 
     .. code:: python
 
-        from tasks import postgres
+        from tasks.operations import postgres
         postgres.role(
             name="quant_user can log in",
             role="quant_user",
@@ -508,7 +508,7 @@ def grants(
 
     + database: the database the grants live in (the fact connects to it: one round trip)
     + target: ``PgTarget`` to connect with
-    + grants: ``GrantSpec`` / ``DefaultPrivilegeSpec`` list (see ``tasks.pg_sql``)
+    + grants: ``GrantSpec`` / ``DefaultPrivilegeSpec`` list (see ``tasks.core.pg_sql``)
     + exclusive: revoke what grantees hold beyond the settings on the objects named
     + logins: ``{role: password source}``: after a change, log in as each of these over TCP and
       check it can use what it was granted and cannot use what it was not
@@ -567,7 +567,7 @@ __all__ = [
 ]
 
 
-# --- public helpers for other task modules (tasks.cleanup) ------------------------------------
+# --- public helpers for other task modules (tasks.operations.cleanup) ------------------------------------
 
 
 def query_command(host, target: PgTarget, sql: str) -> StringCommand:

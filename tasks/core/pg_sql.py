@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from .scram import password_status, scram_verifier
+from tasks.core.scram import password_status, scram_verifier
 
 MAX_IDENT_BYTES = 63  # NAMEDATALEN - 1: longer names are silently truncated by the server
 PUBLIC = "public"  # how PUBLIC appears as a grantee; no role can be named "public"

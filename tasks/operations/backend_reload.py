@@ -10,7 +10,7 @@ watchfiles poll, ``WATCHFILES_FORCE_POLLING=true`` does. This deploy, idempotent
   form with ``--reload-delay N`` added once after ``--reload``, and ``ENV WATCHFILES_FORCE_POLLING=true``;
 - patches the compose service (``backend.compose_file`` / ``compose_service``, optional):
   ``environment: WATCHFILES_FORCE_POLLING`` and the reload arguments in its ``command``;
-- brings the running container to the same (env + command), through tasks.docker's drift-aware
+- brings the running container to the same (env + command), through tasks.operations.docker's drift-aware
   container operation: recreated only when it differs, verified, rolled back on failure.
 
 The image is not rebuilt (the Dockerfile's build context may not be on the host); the container
@@ -36,12 +36,12 @@ from pyinfra.api import FileUploadCommand, OperationError, deploy, operation
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.files import FileContents
 
-from tasks import docker
-from tasks.checks import Broken, CheckResult, NotYet, RetryPolicy, run_checks
-from tasks.compose import ComposeError, merge_environment, same_command
-from tasks.container_spec import (MANAGED_ENV_LABEL, ContainerSpec, image_defaults_from_inspect,
+from tasks.operations import docker
+from tasks.checks.runner import Broken, CheckResult, NotYet, RetryPolicy, run_checks
+from tasks.core.compose import ComposeError, merge_environment, same_command
+from tasks.core.container_spec import (MANAGED_ENV_LABEL, ContainerSpec, image_defaults_from_inspect,
                                   spec_from_inspect)
-from tasks.mlflow_checks import container_state
+from tasks.checks.mlflow import container_state
 
 POLLING_ENV = "WATCHFILES_FORCE_POLLING"
 WATCHFILES_ERROR = "WatchfilesRustInternalError"

@@ -56,9 +56,9 @@ from typing import Any
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 
-from . import postgres
-from .pg_exec import PgTarget, PgTargetError, resolve_password
-from .pg_sql import DatabaseSpec, DefaultPrivilegeSpec, GrantSpec, RoleSpec, SqlInputError
+from tasks.operations import postgres
+from tasks.core.pg_exec import PgTarget, PgTargetError, resolve_password
+from tasks.core.pg_sql import DatabaseSpec, DefaultPrivilegeSpec, GrantSpec, RoleSpec, SqlInputError
 
 POSTGRES_KEYS = {
     "access", "container", "host", "port", "superuser", "superuser_password", "database",

@@ -1,21 +1,21 @@
 """
 Diagnose, then remediate: the packaged deploy behind deploys/remediate.py.
 
-On each host: one read-only fact (tasks.diagnose.HostDiagnosis) reads the containers the catalog
-names, the findings are grouped into actions (tasks.diagnose.decide), and only the actions that
+On each host: one read-only fact (tasks.core.diagnose.HostDiagnosis) reads the containers the catalog
+names, the findings are grouped into actions (tasks.core.diagnose.decide), and only the actions that
 call for it run their packaged deploy on that host:
 
-    fix_mlflow      tasks.mlflow_deploy.fix_mlflow()
-    db_users        tasks.db_users.db_users() limited to the named role(s) that db_roles lists
-    backend_reload  tasks.backend_reload.fix_backend_reload()
+    fix_mlflow      tasks.operations.mlflow.fix_mlflow()
+    db_users        tasks.operations.db_users.db_users() limited to the named role(s) that db_roles lists
+    backend_reload  tasks.operations.backend_reload.fix_backend_reload()
 
 After them one more operation, present only when something ran: it stamps the host's last-run
-record (host clock), verifies each remediation (tasks.mlflow_checks / postgres login / backend
+record (host clock), verifies each remediation (tasks.checks.mlflow / postgres login / backend
 checks, plus "no new evidence since the fix") and writes the run record on the controller. A run
 that finds nothing to do yields no command at all, so pyinfra's table shows no change.
 
 Host data ``remediate`` (defaults in group_data ``remediate_defaults``): ``catalog`` (path on the
-controller; the packaged tasks/signatures.yml when unset), ``since`` / ``tail`` (how far back
+controller; the packaged tasks/core/signatures.yml when unset), ``since`` / ``tail`` (how far back
 ``docker logs`` reads), ``record_path`` (the last-run record on the host), ``report_dir`` (run
 records on the controller, ``<host>.json``; env QUANTLAB_REMEDIATE_REPORT_DIR overrides),
 ``containers`` ({role: container} beyond what the mlflow/postgres/backend/stack data say),
@@ -37,11 +37,11 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, deploy, operation
 from pyinfra.api.exceptions import PyinfraError
 
-from tasks import diagnose
-from tasks.backend_reload import backend_settings, fix_backend_reload, verify_backend
-from tasks.checks import CheckResult, NotYet, RetryPolicy, format_table, run_check
-from tasks.db_users import db_users, load_db_settings
-from tasks.docker import run_now
+from tasks.core import diagnose
+from tasks.operations.backend_reload import backend_settings, fix_backend_reload, verify_backend
+from tasks.checks.runner import CheckResult, NotYet, RetryPolicy, format_table, run_check
+from tasks.operations.db_users import db_users, load_db_settings
+from tasks.operations.docker import run_now
 
 KEYS = ("catalog", "since", "tail", "record_path", "report_dir", "containers", "verify")
 DEFAULTS = {"catalog": None, "since": "2h", "tail": 2000,
@@ -221,9 +221,9 @@ def record_and_verify(ran: list, catalog, settings: RemediateSettings, record, r
 
 
 def _mlflow_verifier():
-    from tasks.mlflow import server_spec
-    from tasks.mlflow_checks import verify_mlflow
-    from tasks.mlflow_deploy import image_mlflow_version, host_mlflow_settings
+    from tasks.core.mlflow_server import server_spec
+    from tasks.checks.mlflow import verify_mlflow
+    from tasks.operations.mlflow import image_mlflow_version, host_mlflow_settings
 
     settings = host_mlflow_settings()
     spec = server_spec(settings, image_mlflow_version(settings))
@@ -234,7 +234,7 @@ def _mlflow_verifier():
 def _db_users_for(roles: list[str]):
     """db_users limited to these roles (and their grants), never exclusive: the other roles and
     grants are not this remediation's business."""
-    from tasks import postgres
+    from tasks.operations import postgres
 
     settings = load_db_settings(host.name, host.data)
     keep = set(roles)
@@ -315,7 +315,7 @@ def remediate():
         by_remediation.setdefault(action.remediation, []).append(action)
     if "fix_mlflow" in by_remediation:
         verifiers.update({a.key: _mlflow_verifier() for a in by_remediation["fix_mlflow"]})
-        from tasks.mlflow_deploy import fix_mlflow
+        from tasks.operations.mlflow import fix_mlflow
         fix_mlflow()
     if "db_users" in by_remediation:
         verify = _db_users_for([a.target for a in by_remediation["db_users"]])

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from tasks.container_spec import ContainerSpec, normalize_port
-from tasks.settings import MlflowSettings
+from tasks.core.container_spec import ContainerSpec, normalize_port
+
+if TYPE_CHECKING:  # settings are handed in; core imports no settings layer
+    from tasks.settings.mlflow import MlflowSettings
 
 UVICORN_DEFAULT_SINCE = (3, 3)
 
