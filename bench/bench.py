@@ -47,7 +47,8 @@ from tasks.lab.inventory import lab_host_data  # noqa: E402
 from tasks.lab.stack import LAB_MLFLOW_VERSION, SIGKILL_LINE, VERSION_LABEL, Lab, mlflow_command, mlflow_env  # noqa: E402
 from tasks.core.mlflow_server import desired_container, server_spec  # noqa: E402
 from tasks.core.sizes import docker_size  # noqa: E402
-from tasks.settings.mlflow import mlflow_settings_from_host_data, resolve_secret_env  # noqa: E402
+from tasks.settings import load as load_settings  # noqa: E402
+from tasks.settings.mlflow import resolve_secret_env  # noqa: E402
 from tests.labkit import LabHandle, free_port_base, run_pyinfra, write_inventory  # noqa: E402
 
 PREFIX = "qtbn"
@@ -101,8 +102,7 @@ class Ctx:
 
     def settings(self, mlflow_overrides: dict | None = None):
         data = self.host_data
-        merged = {**self.group_defaults["mlflow_defaults"], **data["mlflow"], **(mlflow_overrides or {})}
-        return mlflow_settings_from_host_data("bench", merged)
+        return load_settings("mlflow", "bench", {**data["mlflow"], **(mlflow_overrides or {})})
 
     def fixed_spec(self, mlflow_overrides: dict | None = None):
         """The container spec fix_mlflow makes for these settings (MLflow 2.9.2, the lab image)."""

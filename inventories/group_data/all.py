@@ -4,20 +4,9 @@ Per-host data (the inventory) says *where* things are; these say *what* they sho
 `mlflow` mapping overrides these key by key (see tasks/operations/mlflow.py).
 """
 
-# MLflow tracking server (deploys/fix_mlflow.py). The incident: 4 gunicorn workers SIGKILLed by
-# the kernel under a tight memory limit. The fix: 2 sync workers recycled every ~100 requests,
-# a 60 s worker timeout, 1 GiB limit with 512 MiB reserved.
-mlflow_defaults = {
-    "workers": 2,
-    "timeout": 60,  # gunicorn worker timeout, seconds (no uvicorn equivalent)
-    "max_requests": 100,  # recycle a worker after this many requests...
-    "max_requests_jitter": 10,  # ...plus up to this many, so workers do not restart together
-    "worker_class": "sync",
-    "memory_limit": "1g",  # Docker sizes: bytes, or a number with b/k/m/g
-    "memory_reservation": "512m",
-    "restart_policy": "unless-stopped",
-    "server": "auto",  # auto: gunicorn for MLflow < 3.3, uvicorn from 3.3 on
-}
+# MLflow tracking server (deploys/fix_mlflow.py): defaults in tasks/settings/mlflow.py (the
+# incident's fix: 2 sync workers, timeout 60, max-requests 100 + jitter 10, 1 GiB limit, 512 MiB
+# reservation). Fleet-wide values go in `mlflow_defaults = {...}` here; a host's `mlflow` wins.
 
 # PostgreSQL roles and grants (deploys/db_users.py; shapes and rules in tasks/operations/db_users.py).
 # A host's `postgres` mapping says how to reach the server: "access": "docker" (docker exec into

@@ -13,15 +13,15 @@ from tasks.operations import docker
 from tasks.core.compose import ComposeError, patch_compose_service
 from tasks.core.mlflow_server import desired_container, server_spec
 from tasks.checks.mlflow import verify_mlflow
-from tasks.settings.mlflow import MlflowSettings, mlflow_settings_from_host_data, resolve_secret_env
+from tasks import settings as host_settings
+from tasks.settings.mlflow import MlflowSettings, resolve_secret_env
 
 VERSION_LABEL = "io.quantlab.mlflow-version"
 
 
 def host_mlflow_settings() -> MlflowSettings:
-    """Group defaults (`mlflow_defaults`) overridden key by key by the host's `mlflow` mapping."""
-    merged = {**(host.data.get("mlflow_defaults") or {}), **(host.data.get("mlflow") or {})}
-    return mlflow_settings_from_host_data(host.name, merged)
+    """The host's validated `mlflow` block (parsed once per run)."""
+    return host_settings.of_host(host, "mlflow")
 
 
 def image_mlflow_version(settings: MlflowSettings, facts: dict | None = None) -> str:

@@ -1,1 +1,43 @@
+"""Host data, validated: one pydantic model per block, parsed once per host and handed on.
 
+    from tasks import settings
+    mlflow = settings.of_host(host, "mlflow")      # MlflowSettings, cached on the host
+
+Every block's defaults live in its model (``tasks/settings/<block>.py``) and nowhere else; an
+operator's group data may set fleet-wide values as ``<block>_defaults``, which the host's own
+``<block>`` mapping overrides key by key. ``host_data.schema.json`` is generated from the models
+(``python -m tasks.settings.schema``) so editors can validate inventories.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from tasks.settings.base import Block, parse_block
+from tasks.settings.errors import SettingsError
+from tasks.settings.mlflow import MlflowSettings
+
+# Block name in host data -> its model. Every deploy reads its blocks through of_host().
+BLOCKS: dict[str, type[Block]] = {
+    "mlflow": MlflowSettings,
+}
+
+_CACHE_ATTR = "_quant_settings"
+
+
+def load(block: str, host_name: str, data: Mapping[str, Any] | None,
+         group: Mapping[str, Any] | None = None) -> Any:
+    """Validate one block: the model's defaults, then ``group``, then ``data`` (key by key)."""
+    return parse_block(BLOCKS[block], host_name, block, group, data)
+
+
+def of_host(host: Any, block: str) -> Any:
+    """The host's validated ``block``, parsed on first use and kept on the host for the run."""
+    cache = host.__dict__.setdefault(_CACHE_ATTR, {})
+    if block not in cache:
+        cache[block] = load(block, host.name, host.data.get(block),
+                            host.data.get(f"{block}_defaults"))
+    return cache[block]
+
+
+__all__ = ["BLOCKS", "Block", "SettingsError", "load", "of_host"]

@@ -13,7 +13,8 @@ from tasks.core.mlflow_server import (
     server_spec,
 )
 from tasks.core.sizes import GIB, MIB
-from tasks.settings.mlflow import MlflowSettings, mlflow_settings_from_host_data
+from tasks.settings import load as load_settings
+from tasks.settings.mlflow import MlflowSettings
 
 GUNICORN_OPTS = "--timeout 60 --max-requests 100 --max-requests-jitter 10 --worker-class sync"
 
@@ -78,7 +79,7 @@ def test_uvicorn_single_worker_does_not_limit_requests():
 
 
 def test_forcing_gunicorn_on_3x():
-    settings = mlflow_settings_from_host_data("lab", {"server": "gunicorn"})
+    settings = load_settings("mlflow", "lab", {"server": "gunicorn"})
     spec = server_spec(settings, (3, 6, 0))
     assert spec.kind == "gunicorn"
     assert spec.command[spec.command.index("--gunicorn-opts") + 1] == GUNICORN_OPTS
@@ -111,7 +112,7 @@ def test_store_flags_and_extra_args_order():
 
 
 def test_desired_container_merges_env_and_marks_secrets():
-    settings = mlflow_settings_from_host_data(
+    settings = load_settings("mlflow", 
         "lab",
         {
             "env": {"MLFLOW_X": "1"},

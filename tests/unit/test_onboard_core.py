@@ -11,7 +11,7 @@ from tasks.core.compose import patch_compose_service
 from tasks.core.mlflow_server import server_spec
 from tasks.operations.onboard import (OnboardProbe, OnboardSettingsError, compose_text, daemon_json,
                            default_compose, onboard_settings, preflight_problems, sudoers_text)
-from tasks.settings.mlflow import mlflow_settings_from_host_data
+from tasks.settings import load as load_settings
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOr1nQ3y6w3y7m0aUQ5m8n1pG5D9x0u2lGmK8rX5p1Qw deploy@ops"
 
@@ -160,7 +160,7 @@ def test_probe_output_parsing():
 
 def test_default_compose_agrees_with_fix_mlflow():
     """deploys/fix_mlflow.py patching the rendered file changes nothing: the two deploys agree."""
-    mlflow = mlflow_settings_from_host_data("h1", {
+    mlflow = load_settings("mlflow", "h1", {
         "image": "quantlab/mlflow2:abc", "backend_store_uri": "postgresql://mlflow@db:5432/mlflow",
         "artifacts_destination": "s3://bucket", "env": {"MLFLOW_S3_ENDPOINT_URL": "http://minio:9000"},
         "secret_env": {"PGPASSWORD": {"env": "PGPASSWORD"}}})
@@ -176,6 +176,6 @@ def test_default_compose_agrees_with_fix_mlflow():
 
 
 def test_default_compose_has_no_secret_values():
-    mlflow = mlflow_settings_from_host_data("h1", {})
+    mlflow = load_settings("mlflow", "h1", {})
     doc = default_compose(settings(), mlflow, server_spec(mlflow, "2.9.2"))
     assert onboard.compose_problems(doc) == []

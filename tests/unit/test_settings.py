@@ -1,13 +1,10 @@
 import pytest
 
 from tasks.core.sizes import GIB, MIB, docker_size, human_size, parse_size
-from tasks.settings.mlflow import (
-    MlflowSettings,
-    SecretRef,
-    SettingsError,
-    mlflow_settings_from_host_data,
-    resolve_secret_env,
-)
+from tasks.settings import SettingsError
+from tasks.settings import load as load_settings
+from tasks.settings.mlflow import MlflowSettings, resolve_secret_env
+from tasks.settings.types import SecretSource
 
 
 @pytest.mark.parametrize(
@@ -56,17 +53,17 @@ def test_size_formatting(num, docker, human):
 
 
 def test_defaults_are_the_incident_fix():
-    s = mlflow_settings_from_host_data("lab", {})
+    s = load_settings("mlflow", "lab", {})
     assert (s.workers, s.timeout, s.max_requests, s.max_requests_jitter) == (2, 60, 100, 10)
     assert s.worker_class == "sync"
     assert (s.memory_limit, s.memory_reservation) == (GIB, 512 * MIB)
     assert s.restart_policy == "unless-stopped"
     assert s.container_name == "quant-mlflow"
-    assert mlflow_settings_from_host_data("lab", None) == s
+    assert load_settings("mlflow", "lab", None) == s
 
 
 def test_full_valid_data():
-    s = mlflow_settings_from_host_data(
+    s = load_settings("mlflow", 
         "lab",
         {
             "image": "quantlab/mlflow:3.x-abc",
@@ -87,14 +84,14 @@ def test_full_valid_data():
     )
     assert s.memory_limit == 2 * GIB and s.memory_reservation == GIB
     assert s.env == {"MLFLOW_X": "1", "PORT_NUM": "5"}
-    assert s.secret_env == {"MLFLOW_BACKEND_STORE_URI": SecretRef("env", "DB_URI")}
+    assert s.secret_env == {"MLFLOW_BACKEND_STORE_URI": SecretSource(env="DB_URI")}
     assert s.ports[0] == "127.0.0.1:15500:5000"
     assert s.extra_args == ("--serve-artifacts",)
 
 
 def test_error_message_names_host_and_key():
     with pytest.raises(SettingsError) as err:
-        mlflow_settings_from_host_data("lab", {"memory_limit": "1gb"})
+        load_settings("mlflow", "lab", {"memory_limit": "1gb"})
     assert str(err.value) == (
         "host 'lab': mlflow.memory_limit: '1gb' is not a size "
         "(use bytes, or a number with b/k/m/g, like 512m or 1g)"
@@ -139,7 +136,7 @@ def test_error_message_names_host_and_key():
 )
 def test_bad_settings_are_refused_with_key(data, key, fragment):
     with pytest.raises(SettingsError) as err:
-        mlflow_settings_from_host_data("prod-1", data)
+        load_settings("mlflow", "prod-1", data)
     message = str(err.value)
     assert message.startswith(f"host 'prod-1': {key}:"), message
     assert fragment in message
@@ -152,33 +149,33 @@ def test_secret_values_are_never_echoed():
         {"env": {"DB_PASSWORD": "hunter2"}},
     ):
         with pytest.raises(SettingsError) as err:
-            mlflow_settings_from_host_data("lab", data)
+            load_settings("mlflow", "lab", data)
         assert "hunter2" not in str(err.value)
 
 
 def test_unknown_key_suggests_the_close_one():
     with pytest.raises(SettingsError) as err:
-        mlflow_settings_from_host_data("lab", {"memory_limt": "1g"})
+        load_settings("mlflow", "lab", {"memory_limt": "1g"})
     assert str(err.value).startswith("host 'lab': mlflow.memory_limt: unknown setting; did you mean 'memory_limit'?")
 
 
 def test_all_problems_reported_at_once():
     with pytest.raises(SettingsError) as err:
-        mlflow_settings_from_host_data("lab", {"workers": 0, "memory_limit": "1gb", "wrokers": 2})
+        load_settings("mlflow", "lab", {"workers": 0, "memory_limit": "1gb", "wrokers": 2})
     keys = sorted(p.split(":")[0] for p in err.value.problems)
     assert keys == ["mlflow.memory_limit", "mlflow.workers", "mlflow.wrokers"]
 
 
 def test_secret_in_both_env_and_secret_env_is_refused():
     with pytest.raises(SettingsError, match="also in env"):
-        mlflow_settings_from_host_data(
+        load_settings("mlflow", 
             "lab", {"env": {"MLFLOW_X": "1"}, "secret_env": {"MLFLOW_X": {"env": "X"}}}
         )
 
 
 def test_resolve_secret_env_from_env_and_file():
     settings = MlflowSettings(
-        secret_env={"A": SecretRef("env", "SRC_A"), "B": SecretRef("file", "/secrets/b")}
+        secret_env={"A": SecretSource(env="SRC_A"), "B": SecretSource(file="/secrets/b")}
     )
     values = resolve_secret_env(
         "lab", settings, environ={"SRC_A": "alpha"}, read_file=lambda path: "beta\n"
@@ -191,7 +188,7 @@ def test_resolve_secret_env_errors_name_the_reference_not_the_value():
         raise FileNotFoundError(2, "No such file or directory")
 
     settings = MlflowSettings(
-        secret_env={"A": SecretRef("env", "SRC_A"), "B": SecretRef("file", "/secrets/b")}
+        secret_env={"A": SecretSource(env="SRC_A"), "B": SecretSource(file="/secrets/b")}
     )
     with pytest.raises(SettingsError) as err:
         resolve_secret_env("lab", settings, environ={}, read_file=missing)
@@ -203,6 +200,6 @@ def test_resolve_secret_env_errors_name_the_reference_not_the_value():
 def test_secret_file_path_may_start_with_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "minio_secret").write_text("s3cr3t\n")
-    settings = mlflow_settings_from_host_data(
+    settings = load_settings("mlflow", 
         "h", {"secret_env": {"AWS_SECRET_ACCESS_KEY": {"file": "~/minio_secret"}}})
     assert resolve_secret_env("h", settings, environ={}) == {"AWS_SECRET_ACCESS_KEY": "s3cr3t"}

@@ -1,0 +1,111 @@
+"""The shared setting types: sizes, durations, secret sources, and what looks like a secret.
+
+Each is declared once here and used by every block model, so `"1gb"` or `{"env": ""}` gets the
+same one-line error whichever deploy reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Callable, Mapping
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+
+from tasks.core.durations import DURATION_HINT, parse_duration
+from tasks.core.sizes import DOCKER_MIN_MEMORY, SIZE_HINT, parse_size
+
+# Names whose values must come from a SecretSource, never from inventory text. One list for
+# every block: env keys, job variables, compose environment.
+SECRET_NAME_RE = re.compile(
+    r"PASSWORD|PASSWD|SECRET|TOKEN|PRIVATE_KEY|CREDENTIAL|API_?KEY|ACCESS_KEY|(^|_)DSN$|DATABASE_URL",
+    re.IGNORECASE,
+)
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def looks_secret(name: str) -> bool:
+    """True for names like PGPASSWORD, AWS_SECRET_ACCESS_KEY, API_TOKEN, DATABASE_URL."""
+    return bool(SECRET_NAME_RE.search(name))
+
+
+def _size(value: Any) -> int:
+    return parse_size(value)
+
+
+def _memory(value: Any) -> int:
+    size = parse_size(value)
+    if size < DOCKER_MIN_MEMORY:
+        raise ValueError(f"{value!r} is below Docker's minimum of 6m")
+    return size
+
+
+def _duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+_SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0},
+                          {"type": "string", "pattern": r"^[0-9]+[bkmgtBKMGT]?$"}],
+                "description": SIZE_HINT}
+_DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
+                    "description": DURATION_HINT}
+
+# Bytes, from Docker's forms: 1073741824, "512m", "1g".
+Size = Annotated[int, BeforeValidator(_size), WithJsonSchema(_SIZE_SCHEMA)]
+# A container memory setting: a Size Docker accepts (at least 6m).
+MemorySize = Annotated[int, BeforeValidator(_memory), WithJsonSchema(_SIZE_SCHEMA)]
+# Seconds, from 90, "30s", "15m", "1 hour".
+Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(_DURATION_SCHEMA)]
+
+
+class SecretSource(BaseModel):
+    """Where the controller reads a secret: ``{"env": "VAR"}`` or ``{"file": "/path"}``.
+
+    The value itself never sits in host data. A file holds the secret alone: its content with
+    one trailing newline dropped; an empty or multi-line value is refused. Errors name the
+    variable or path, never a value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env: str | None = Field(default=None, description="environment variable on the controller")
+    file: str | None = Field(default=None, description="file on the controller (~ allowed)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        # A bare string is most likely the secret itself pasted in: refuse without echoing it.
+        if not isinstance(data, Mapping) or len(data) != 1 or next(iter(data)) not in ("env", "file"):
+            raise ValueError('must be {"env": "VARIABLE"} or {"file": "/path/on/controller"}')
+        ((kind, where),) = data.items()
+        if not isinstance(where, str) or not where:
+            raise ValueError(f'"{kind}" must name a variable or a file')
+        if kind == "env" and not ENV_NAME_RE.match(where):
+            raise ValueError(f"env {where!r} is not a variable name")
+        if kind == "file" and ("\n" in where or "\0" in where):
+            raise ValueError("file path spans lines")
+        return data
+
+    def describe(self) -> str:
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+    def read(self, environ: Mapping[str, str] | None = None,
+             read_file: Callable[[str], str] | None = None) -> str:
+        """The secret, read on the controller. Raises ValueError naming the source."""
+        if self.env:
+            value = (os.environ if environ is None else environ).get(self.env)
+            if not value:
+                raise ValueError(f"environment variable {self.env} is not set on the controller")
+        else:
+            assert self.file
+            reader = read_file or (lambda path: Path(path).expanduser().read_text(encoding="utf-8"))
+            try:
+                value = reader(self.file)
+            except OSError as exc:
+                raise ValueError(f"cannot read {self.file}: {exc.strerror or exc}") from None
+            value = value[:-2] if value.endswith("\r\n") else value[:-1] if value.endswith("\n") else value
+            if not value:
+                raise ValueError(f"file {self.file} is empty")
+        if "\n" in value or "\r" in value or "\0" in value:
+            raise ValueError(f"the value from {self.describe()} spans lines")
+        return value
