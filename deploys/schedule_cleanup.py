@@ -6,11 +6,15 @@ Schedule deploys/cleanup_database.py on the machine that runs pyinfra (or a name
 
 A cron entry (a systemd timer + service pair where systemd is PID 1) runs a job script under
 `flock -n`, non-interactively (`pyinfra -y`, stdin /dev/null), logging to a size-rotated file;
-exit 75 means "skipped: another run holds the lock". Settings: the host's `cleanup_schedule` data
-over `cleanup_schedule_defaults` (tasks/operations/schedule.py, inventories/group_data/all.py). Idempotent.
+exit 75 means "skipped: another run holds the lock". Settings: the host's `cleanup_schedule`
+block (documented, with its defaults, in tasks/settings/schedule.py). Idempotent.
 """
 from pyinfra import host
 
-from tasks.operations.schedule import load_schedule_settings, schedule_cleanup
+from tasks import settings
+from tasks.operations.refusals import quiet_refusals
+from tasks.operations.schedule import schedule_cleanup
 
-schedule_cleanup(load_schedule_settings(host.name, host.data))
+quiet_refusals()
+
+schedule_cleanup(settings.of_host(host, "cleanup_schedule"))

@@ -47,57 +47,13 @@ stack_defaults = {
     "report_path": None,  # write a JSON report here (env QUANTLAB_VERIFY_REPORT overrides)
 }
 
-# Database cleanup (deploys/cleanup_database.py; rules in tasks/operations/cleanup.py). A host's `cleanup`
-# mapping overrides these key by key. Patterns are SQL LIKE (`_` is one character: `\\_` for a
-# literal underscore); empty patterns and wildcard-only ones (`%`, `_%`) are refused, as is a match
-# of every row. Deletion is one transaction; VACUUM runs per table outside it.
-cleanup_defaults = {
-    "database": "quant",
-    "schema": "public",
-    "table": "users",
-    "column": "username",
-    "patterns": ["concurrent\\_%", "test\\_%"],  # the load tests' leftovers
-    "min_age": None,  # e.g. "1 hour": only rows older than this by age_column
-    "age_column": "created_at",
-    "max_rows": 1000,  # more matches: refuse and change nothing...
-    "allow_over_max": False,  # ...unless this says otherwise
-    "foreign_keys": "refuse",  # dependents behind an FK without ON DELETE CASCADE:
-                               # "refuse" (nothing deleted) or "delete_dependents"
-    "sample_size": 10,  # names listed in the plan and with --dry
-    "vacuum": True,
-    "vacuum_tables": None,  # None: every table of the database
-    "lock_timeout": "5s",
-    "statement_timeout": "15min",
-    "lock_wait": 60,  # seconds to wait for another cleanup run's advisory lock, then stop (exit 75
-                      # from the scheduled job)
-    "largest_tables": 5,
-    "report_path": None,  # JSON report on the controller (env QUANT_CLEANUP_REPORT overrides)
-}
+# Database cleanup (deploys/cleanup_database.py): defaults and rules in tasks/settings/cleanup.py
+# (load-test leftovers `concurrent\\_%`, `test\\_%`; max_rows 1000; foreign_keys "refuse"). Fleet-wide
+# values go in `cleanup_defaults = {...}` here; a host's `cleanup` wins.
 
-# Scheduling the cleanup (deploys/schedule_cleanup.py; tasks/operations/schedule.py) on the ops host that
-# runs pyinfra. A host's `cleanup_schedule` mapping overrides these key by key. The crontab line is
-# the job script's path only; the script holds no secret (env names like *PASSWORD* are refused).
-cleanup_schedule_defaults = {
-    "present": True,  # False: remove the entry/timer and the job script (logs stay)
-    "name": "quant-db-cleanup",
-    "project_dir": None,  # the checkout holding deploys/ (None: the one running pyinfra)
-    "pyinfra": None,  # None: <project_dir>/.venv/bin/pyinfra
-    "inventory": "inventories/lab.py",  # relative to project_dir, or absolute
-    "deploy": "deploys/cleanup_database.py",
-    "group_data": "inventories/group_data",
-    "env": {},  # non-secret variables for the job, e.g. {"QUANTLAB_PREFIX": "quant"}
-    "minute": 17, "hour": 3, "day_of_month": "*", "month": "*", "day_of_week": "*",
-    "on_calendar": None,  # systemd OnCalendar (None: derived from minute/hour)
-    "scheduler": "auto",  # auto: systemd timer where systemd is PID 1, else cron; cron|systemd|both
-    "user": "root",
-    "script_path": None,  # None: /usr/local/lib/quant-remediation/<name>.sh
-    "log_file": None,  # None: /var/log/quant-remediation/<name>.log
-    "log_max_bytes": 5 * 1024 * 1024,  # rotated by size at the start of a run...
-    "log_keep": 5,  # ...keeping this many old logs
-    "lock_file": None,  # None: /run/lock/<name>.lock (flock -n: a run still going -> exit 75)
-    "report_path": None,  # JSON statistics report of each run
-    "install_cron": True,  # install the cron package when `crontab` is missing
-}
+# Scheduling the cleanup (deploys/schedule_cleanup.py): defaults and rules in
+# tasks/settings/schedule.py (03:17 daily, cron or a systemd timer). Fleet-wide values go in
+# `cleanup_schedule_defaults = {...}` here; a host's `cleanup_schedule` wins.
 
 # Log-signature remediation (deploys/remediate.py; tasks/core/diagnose.py, tasks/operations/remediate.py). A
 # host's `remediate` mapping overrides these key by key. Container roles come from the host's

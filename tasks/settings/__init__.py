@@ -15,11 +15,15 @@ from typing import Any, Mapping
 
 from tasks.settings.base import Block, parse_block
 from tasks.settings.errors import SettingsError
+from tasks.settings.cleanup import CleanupSettings
 from tasks.settings.mlflow import MlflowSettings
+from tasks.settings.schedule import ScheduleSettings
 
 # Block name in host data -> its model. Every deploy reads its blocks through of_host().
 BLOCKS: dict[str, type[Block]] = {
     "mlflow": MlflowSettings,
+    "cleanup": CleanupSettings,
+    "cleanup_schedule": ScheduleSettings,
 }
 
 _CACHE_ATTR = "_quant_settings"

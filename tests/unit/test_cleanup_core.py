@@ -1,14 +1,18 @@
-"""tasks/operations/cleanup.py without an engine: settings, guards, the FK walk, generated SQL, parsing."""
+"""The cleanup without an engine: the `cleanup` settings block, guards, the FK walk, generated
+SQL, parsing (tasks/settings/cleanup.py, tasks/core/cleanup_*.py)."""
 import json
+from types import SimpleNamespace
 
 import pytest
 
-from tasks.operations import cleanup as c
-from tasks.operations.cleanup import (
-    CleanupRefused, CleanupSettingsError, Counts, ForeignKey, TableCatalog, dependents_of,
-    load_cleanup_settings, plan_deletion,
-)
+from tasks import settings as host_settings
+from tasks.core import cleanup_sql, cleanup_vacuum
+from tasks.core.cleanup_catalog import CleanupRefused, ForeignKey, TableCatalog, dependents_of
+from tasks.core.cleanup_sql import Counts, plan_deletion
 from tasks.core.pg_exec import PgTarget
+from tasks.operations.cleanup import cleanup_target
+from tasks.settings import SettingsError
+
 
 PG = {"access": "docker", "container": "lab-postgres"}
 LAB_FKS = (
@@ -22,30 +26,36 @@ LAB_FKS = (
 
 
 def settings(**over):
-    data = {"postgres": PG, "cleanup": {"patterns": ["concurrent\\_%", "test\\_%"], **over}}
-    return load_cleanup_settings("h", data, environ={})
+    return host_settings.load("cleanup", "h", {"patterns": ["concurrent\\_%", "test\\_%"], **over})
 
 
 def problems(**over):
-    with pytest.raises(CleanupSettingsError) as err:
+    with pytest.raises(SettingsError) as err:
         settings(**over)
     return str(err.value)
+
+
+def fake_host(data):
+    return SimpleNamespace(name="h", data=data)
 
 
 # --- settings ---------------------------------------------------------------------------------
 
 
 def test_defaults_and_target():
-    s = settings()
-    assert s.target == PgTarget("docker", container="lab-postgres", database="quant")
+    s = host_settings.load("cleanup", "h", None)
+    assert s.patterns == ("concurrent\\_%", "test\\_%")  # the load tests' leftovers
+    assert cleanup_target(fake_host({"postgres": PG}), s) == \
+        PgTarget("docker", container="lab-postgres", database="quant")
     assert (s.table, s.column, s.foreign_keys, s.max_rows, s.allow_over_max) == \
         ("users", "username", "refuse", 1000, False)
+    assert (s.lock_timeout, s.statement_timeout, s.lock_wait, s.min_age) == (5, 900, 60, None)
 
 
 def test_defaults_come_from_group_data_and_host_wins():
-    data = {"postgres": PG, "cleanup_defaults": {"patterns": ["x\\_%"], "max_rows": 5},
-            "cleanup": {"max_rows": 7}}
-    s = load_cleanup_settings("h", data, environ={})
+    host = fake_host({"postgres": PG, "cleanup_defaults": {"patterns": ["x\\_%"], "max_rows": 5},
+                      "cleanup": {"max_rows": 7}})
+    s = host_settings.of_host(host, "cleanup")
     assert s.patterns == ("x\\_%",) and s.max_rows == 7
 
 
@@ -66,41 +76,47 @@ def test_bad_patterns_are_refused_up_front(patterns, needle):
 
 
 def test_escaped_wildcards_are_literals():
-    assert not c.wildcard_only("\\%")
-    assert c.check_pattern("\\%") is None
-    assert c.check_pattern("a\\\\") is None  # an escaped backslash at the end is fine
+    assert not cleanup_sql.wildcard_only("\\%")
+    assert cleanup_sql.check_pattern("\\%") is None
+    assert cleanup_sql.check_pattern("a\\\\") is None  # an escaped backslash at the end is fine
 
 
 def test_every_problem_is_reported_at_once():
     text = problems(patterns=["%"], max_rows=0, foreign_keys="cascade", lock_timeout="1 fortnight",
                     statement_timeout="0", table="", surprise=1, min_age="soon")
     for needle in ("patterns[0]", "max_rows", "foreign_keys", "lock_timeout", "statement_timeout",
-                   "table:", "surprise: unknown key", "min_age"):
+                   "table:", "surprise: unknown setting", "min_age"):
         assert needle in text, needle
     assert text.startswith("host 'h': cleanup.")
 
 
 def test_postgres_access_is_validated_by_the_shared_loader():
-    with pytest.raises(CleanupSettingsError) as err:
-        load_cleanup_settings("h", {"postgres": {"access": "ftp"}, "cleanup": {"patterns": ["a%"]}})
-    assert "(postgres) postgres.access" in str(err.value)
-    with pytest.raises(CleanupSettingsError) as err:
-        load_cleanup_settings("h", {"postgres": {"access": "psql", "host": "127.0.0.1",
-                                                 "superuser_password": "hunter2"},
-                                    "cleanup": {"patterns": ["a%"]}})
+    s = settings()
+    with pytest.raises(SettingsError) as err:
+        cleanup_target(fake_host({"postgres": {"access": "ftp"}}), s)
+    assert "postgres.access" in str(err.value)
+    with pytest.raises(SettingsError) as err:
+        cleanup_target(fake_host({"postgres": {"access": "psql", "host": "127.0.0.1",
+                                               "superuser_password": "hunter2"}}), s)
     assert "plaintext password" in str(err.value) and "hunter2" not in str(err.value)
 
 
 @pytest.mark.parametrize("value, seconds", [(90, 90), ("90 min", 5400), ("2 hours", 7200),
                                             ("1d", 86400), ("30s", 30)])
 def test_min_age(value, seconds):
-    assert settings(min_age=value).min_age_seconds == seconds
+    assert settings(min_age=value).min_age == seconds
+
+
+@pytest.mark.parametrize("key, value", [("lock_timeout", "0"), ("lock_timeout", 0.0001),
+                                        ("statement_timeout", "30d"), ("lock_wait", "2d")])
+def test_timeouts_postgresql_cannot_take_are_refused(key, value):
+    assert f"cleanup.{key}:" in problems(**{key: value})
 
 
 def test_report_path_from_environment_wins():
-    data = {"postgres": PG, "cleanup": {"patterns": ["a%"], "report_path": "/x.json"}}
-    s = load_cleanup_settings("h", data, environ={c.REPORT_ENV: "/y.json"})
-    assert s.report_path == "/y.json"
+    s = settings(report_path="/x.json")
+    assert s.report_to({cleanup_vacuum.REPORT_ENV: "/y.json"}) == "/y.json"
+    assert s.report_to({}) == "/x.json"
 
 
 # --- the foreign-key walk and the guards ------------------------------------------------------
@@ -151,7 +167,7 @@ def test_delete_dependents_deletes_blocking_rows_deepest_first():
     counts = Counts(18, 58, (), {0: 3, 1: 18, 2: 6, 3: 2})
     plan = plan_deletion(s, TableCatalog(True, (), fks), deps, counts)
     assert [d.fk.child_table for d in plan.explicit] == ["fills", "portfolios"]
-    script = c.delete_script(s, plan)
+    script = cleanup_sql.delete_script(s, plan)
     assert script.index('DELETE FROM "public"."fills"') < script.index('DELETE FROM "public"."portfolios"') \
         < script.index('DELETE FROM "public"."users"')
 
@@ -184,33 +200,33 @@ def test_plan_lines_list_counts_and_samples():
 
 def test_match_condition_quotes_everything():
     s = settings(patterns=["it's\\_%"], column='user"name', min_age=60)
-    cond = c.match_condition(s)
+    cond = cleanup_sql.match_condition(s)
     assert cond == ('("user""name" LIKE E\'it\'\'s\\\\_%\') AND "created_at" < now() - '
                     "make_interval(secs => 60)")
 
 
 def test_delete_script_is_one_transaction_under_the_advisory_lock():
     s = settings(foreign_keys="delete_dependents")
-    script = c.delete_script(s, _plan(s))
+    script = cleanup_sql.delete_script(s, _plan(s))
     assert script.count("BEGIN;") == 1 and script.rstrip().endswith("COMMIT;")
     lock = script.index("pg_try_advisory_xact_lock")
     assert script.index("SET LOCAL lock_timeout") < lock < script.index("SET LOCAL statement_timeout")
     assert "FOR UPDATE" in script and "ON COMMIT DROP" in script
     assert "over max_rows 1000" in script and "match every row now" in script
-    assert c.BUSY_MARK in script
+    assert cleanup_sql.BUSY_MARK in script
 
 
 def test_refuse_mode_rechecks_blocking_rows_inside_the_transaction():
     s = settings()
-    script = c.delete_script(s, _plan(s, dependents={0: 0, 1: 1, 2: 0}))
+    script = cleanup_sql.delete_script(s, _plan(s, dependents={0: 0, 1: 1, 2: 0}))
     assert "dependents appeared in" in script and 'DELETE FROM "public"."portfolios"' not in script
 
 
 def test_vacuum_script_runs_outside_a_transaction_with_timeouts():
     s = settings(lock_timeout="3s", statement_timeout="2min")
-    script = c.vacuum_script(s, [("public", "audit_log"), ("odd schema", 'ta"ble')])
+    script = cleanup_vacuum.vacuum_script(s, [("public", "audit_log"), ("odd schema", 'ta"ble')])
     assert "BEGIN;" not in script and "START TRANSACTION" not in script
-    assert "SET lock_timeout = '3s'" in script and "SET statement_timeout = '2min'" in script
+    assert "SET lock_timeout = '3000ms'" in script and "SET statement_timeout = '120000ms'" in script
     assert script.index("pg_try_advisory_lock") < script.index("SET statement_timeout")
     assert 'VACUUM (ANALYZE, SKIP_LOCKED) "public"."audit_log";' in script
     assert 'VACUUM (ANALYZE, SKIP_LOCKED) "odd schema"."ta""ble";' in script
@@ -219,22 +235,22 @@ def test_vacuum_script_runs_outside_a_transaction_with_timeouts():
 
 def test_parse_vacuum_output():
     tables = [("public", "a"), ("public", "b"), ("public", "c")]
-    rows = c.parse_vacuum_output([
+    rows = cleanup_vacuum.parse_vacuum_output([
         "before|0|15000|5000|0", "after|0|0|5000|1",
         "before|1|7|3|2", "skipped|1|running|4242",
         "before|2|5|5|1", "after|2|5|5|1",
     ], tables)
     assert [r["status"] for r in rows] == ["vacuumed", "skipped", "skipped"]
-    lines = c.describe_vacuum(rows)
+    lines = cleanup_vacuum.describe_vacuum(rows)
     assert lines[0] == "VACUUM ANALYZE public.a: dead tuples 15000 -> 0, live 5000 -> 5000"
     assert "pid 4242" in lines[1] and "SKIP_LOCKED" in lines[2]
 
 
 def test_vacuum_script_can_end_with_the_statistics_after_the_unlock():
     s = settings()
-    plain = c.vacuum_script(s, [("public", "audit_log")])
+    plain = cleanup_vacuum.vacuum_script(s, [("public", "audit_log")])
     assert "stats|" not in plain
-    script = c.vacuum_script(s, [("public", "audit_log")], statistics=True)
+    script = cleanup_vacuum.vacuum_script(s, [("public", "audit_log")], statistics=True)
     assert script.index("pg_advisory_unlock") < script.index("SELECT 'stats|' || (SELECT json_build_object(")
     assert script.rstrip().endswith(")::jsonb::text;")  # one line: json_agg's own text has newlines
 
@@ -242,26 +258,26 @@ def test_vacuum_script_can_end_with_the_statistics_after_the_unlock():
 def test_parse_statistics_line():
     stats = {"database": "quant", "dead_tuples": 0, "tables": {"public.a": {"live": 1, "dead": 0}}}
     lines = ["before|0|5|5|1", "after|0|0|5|2", "f", "stats|" + json.dumps(stats)]
-    assert c.parse_statistics_line(lines) == stats
-    assert c.parse_statistics_line(["after|0|0|5|2"]) is None
-    assert c.parse_statistics_line(["stats|{not json"]) is None
+    assert cleanup_vacuum.parse_statistics_line(lines) == stats
+    assert cleanup_vacuum.parse_statistics_line(["after|0|0|5|2"]) is None
+    assert cleanup_vacuum.parse_statistics_line(["stats|{not json"]) is None
 
 
 def test_parse_delete_output_and_description():
     s = settings(foreign_keys="delete_dependents")
     deps = dependents_of("public", "users", LAB_FKS)
-    result = c.parse_delete_output(["matched|18", "dependent|0|3", "dependent|1|18", "dependent|2|0",
+    result = cleanup_sql.parse_delete_output(["matched|18", "dependent|0|3", "dependent|1|18", "dependent|2|0",
                                     "deleted|0|3", "deleted|root|18"])
-    lines = c.describe_deletion(s, deps, result)
+    lines = cleanup_sql.describe_deletion(s, deps, result)
     assert lines[0] == 'deleted 18 rows from "public"."users"'
     assert any("3 rows deleted first" in x for x in lines)
     assert any("18 rows deleted by cascade" in x for x in lines)
-    none = c.describe_deletion(s, deps, c.parse_delete_output(["matched|0", "deleted|root|0"]))
+    none = cleanup_sql.describe_deletion(s, deps, cleanup_sql.parse_delete_output(["matched|0", "deleted|root|0"]))
     assert "another run got them first" in none[0]
 
 
 def test_statistics_sql_masks_literals_and_skips_itself():
-    sql = c.stats_sql(3)
+    sql = cleanup_vacuum.stats_sql(3)
     assert "regexp_replace(query" in sql and "LIMIT 3" in sql
     assert "backend_type = 'client backend'" in sql and "pg_backend_pid()" in sql
 
@@ -275,17 +291,17 @@ def test_report_table_and_document(tmp_path):
               "tables": {"public.audit_log": {"live": 5000, "dead": 15000}}}
     after = json.loads(json.dumps(before))
     after.update(dead_tuples=0, tables={"public.audit_log": {"live": 5000, "dead": 0}})
-    text = c.format_report(before, after)
+    text = cleanup_vacuum.format_report(before, after)
     assert "dead tuples" in text and "15000" in text
     assert "public.audit_log" in text and "dead 15000" in text and "dead 0" in text
     path = tmp_path / "r" / "report.json"
-    c.write_report(str(path), c.report_document(settings(), before, after, {"deleted": 18}, []))
+    cleanup_vacuum.write_report(str(path), cleanup_vacuum.report_document(settings(), before, after, {"deleted": 18}, []))
     doc = json.loads(path.read_text())
     assert doc["before"]["dead_tuples"] == 15000 and doc["after"]["dead_tuples"] == 0
     assert doc["deletion"] == {"deleted": 18}
 
 
 def test_human_bytes():
-    assert c.human_bytes(512) == "512 B"
-    assert c.human_bytes(1536) == "1.5 KiB"
-    assert c.human_bytes(None) == "-"
+    assert cleanup_vacuum.human_bytes(512) == "512 B"
+    assert cleanup_vacuum.human_bytes(1536) == "1.5 KiB"
+    assert cleanup_vacuum.human_bytes(None) == "-"

@@ -1,42 +1,49 @@
-"""tasks/operations/schedule.py without an engine: settings, the crontab line, units, and the job script run
-for real (with a stand-in pyinfra) in an empty environment with no TTY."""
+"""The cleanup schedule without an engine: the `cleanup_schedule` block, the crontab line, units,
+and the job script run for real (with a stand-in pyinfra) in an empty environment with no TTY
+(tasks/settings/schedule.py, tasks/core/schedule_units.py, tasks/facts/schedule.py)."""
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from tasks.operations import schedule as sch
-from tasks.operations.schedule import ScheduleSettingsError, load_schedule_settings
+from tasks import settings as host_settings
+from tasks.core import schedule_units as sch
+from tasks.facts.schedule import InitSystem
+from tasks.settings import SettingsError
+from tasks.settings.schedule import PROJECT_DIR
 
 
 def settings(**over):
-    return load_schedule_settings("ops", {"cleanup_schedule": over})
+    return host_settings.load("cleanup_schedule", "ops", over)
 
 
 def test_defaults():
     s = settings()
-    assert s.name == "quant-db-cleanup" and s.project_dir == sch.PROJECT_DIR
-    assert s.pyinfra == f"{sch.PROJECT_DIR}/.venv/bin/pyinfra"
+    assert s.name == "quant-db-cleanup" and s.project_dir == PROJECT_DIR
+    assert (Path(PROJECT_DIR) / "deploys" / "cleanup_database.py").is_file()  # the checkout itself
+    assert s.pyinfra == f"{PROJECT_DIR}/.venv/bin/pyinfra"
     assert s.script_path == "/usr/local/lib/quant-remediation/quant-db-cleanup.sh"
     assert s.lock_file == "/run/lock/quant-db-cleanup.lock"
     assert s.cron_fields == ("17", "3", "*", "*", "*")
 
 
 def test_bad_settings_all_reported():
-    with pytest.raises(ScheduleSettingsError) as err:
+    with pytest.raises(SettingsError) as err:
         settings(name="bad name", minute="every", env={"DB_PASSWORD": "x", "1X": "y"},
                  scheduler="launchd", log_keep=0, script_path="relative.sh", extra=1)
     text = str(err.value)
-    for needle in ("name:", "minute:", "DB_PASSWORD looks like a secret", "'1X' is not a variable",
-                   "scheduler:", "log_keep", "script_path", "extra: unknown key"):
+    for needle in ("name:", "minute:", "env.DB_PASSWORD: looks like a secret", "env.1X: is not a variable",
+                   "scheduler:", "log_keep", "script_path", "extra: unknown setting"):
         assert needle in text, needle
     assert '"x"' not in text and "'x'" not in text
 
 
-@pytest.mark.parametrize("name", ["PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "API_TOKEN", "KEY"])
+@pytest.mark.parametrize("name", ["PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "API_TOKEN", "SSH_PRIVATE_KEY",
+                                  "DATABASE_URL"])
 def test_secret_looking_env_is_refused(name):
-    with pytest.raises(ScheduleSettingsError, match="looks like a secret"):
+    with pytest.raises(SettingsError, match="looks like a secret"):
         settings(env={name: "v"})
 
 
@@ -49,7 +56,7 @@ def test_job_script_content():
     s = settings(env={"QUANTLAB_PREFIX": "it's"}, report_path="/r.json")
     text = sch.job_script(s)
     assert "flock -n 9" in text and "exit 75" in text
-    assert f"{s.pyinfra} -y --group-data {sch.PROJECT_DIR}/inventories/group_data " in text
+    assert f"{s.pyinfra} -y --group-data {PROJECT_DIR}/inventories/group_data " in text
     assert "</dev/null" in text
     assert "QUANTLAB_PREFIX='it'\"'\"'s'; export QUANTLAB_PREFIX" in text
     assert "QUANT_CLEANUP_REPORT=/r.json; export QUANT_CLEANUP_REPORT" in text
@@ -77,7 +84,7 @@ def test_choose_schedulers():
 
 
 def test_init_system_fact_parses():
-    fact = sch.InitSystem()
+    fact = InitSystem()
     assert fact.process(["systemd=no", "pid1=process_api", "cron=stopped"]) == \
         {"systemd": False, "pid1": "process_api", "cron_running": False}
 

@@ -1,0 +1,172 @@
+"""What scheduling the cleanup installs (pure: no pyinfra): the job script, the crontab line's
+command, the systemd service and timer units, which scheduler a host gets, and a crontab
+without a named entry.
+
+The crontab line is only the job script's path: no secret, no environment. The script sets a
+fixed PATH, ``LANG`` and ``HOME`` (cron gives almost nothing), exports the configured non-secret
+variables, takes ``flock -n`` on the lock file (a run still going makes the next one log
+"skipped" and exit 75), rotates the log by size, runs ``pyinfra -y`` with stdin from /dev/null
+(no TTY needed), appends everything to the log and exits with pyinfra's status: 0 done, non-zero
+failed, 75 (EX_TEMPFAIL) skipped because another run held the lock (this one's flock, or the
+database advisory lock of a run started elsewhere).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import TYPE_CHECKING
+
+from tasks.core.cleanup_sql import BUSY_MARK
+from tasks.core.cleanup_vacuum import REPORT_ENV
+
+if TYPE_CHECKING:
+    from tasks.settings.schedule import ScheduleSettings
+
+EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the lock
+EXIT_SETUP = 70  # EX_SOFTWARE: the job could not start (log dir, lock, project dir)
+
+
+def _abs(s: ScheduleSettings, path: str) -> str:
+    return path if path.startswith("/") else f"{s.project_dir}/{path}"
+
+
+def pyinfra_argv(s: ScheduleSettings) -> list[str]:
+    return [s.pyinfra, "-y", "--group-data", _abs(s, s.group_data), _abs(s, s.inventory),
+            _abs(s, s.deploy)]
+
+
+def cron_command(s: ScheduleSettings) -> str:
+    """The crontab line's command: the job script, nothing else (no secret, no env)."""
+    return shlex.quote(s.script_path)
+
+
+def job_script(s: ScheduleSettings) -> str:
+    """The job: fixed environment, ``flock -n``, size-based log rotation, ``pyinfra -y`` with no
+    TTY, the log, and the exit status (75 when another run holds a lock)."""
+    q = shlex.quote
+    env = dict(s.env)
+    if s.report_path:
+        env[REPORT_ENV] = s.report_path
+    exports = "".join(f"{k}={q(v)}; export {k}\n" for k, v in sorted(env.items()))
+    run = " ".join(q(a) for a in pyinfra_argv(s))
+    return f"""#!/bin/sh
+# {s.name}: scheduled database cleanup, installed by deploys/schedule_cleanup.py (pyinfra).
+# Edits are overwritten on the next deploy. Exit: pyinfra's status (0 done, non-zero failed),
+# {EXIT_BUSY} skipped because another run holds the lock, {EXIT_SETUP} the job could not start.
+set -u
+umask 027
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH
+LANG=C.UTF-8; export LANG
+if [ -z "${{HOME:-}}" ]; then HOME=$(getent passwd "$(id -un)" | cut -d: -f6); HOME=${{HOME:-/}}; fi
+export HOME
+{exports}LOG={q(s.log_file)}
+LOCK={q(s.lock_file)}
+MAX_BYTES={int(s.log_max_bytes)}
+KEEP={int(s.log_keep)}
+stamp() {{ date -u +%Y-%m-%dT%H:%M:%SZ; }}
+
+mkdir -p "$(dirname "$LOG")" "$(dirname "$LOCK")" || exit {EXIT_SETUP}
+exec 9>>"$LOCK" || exit {EXIT_SETUP}
+if ! flock -n 9; then
+    echo "$(stamp) {s.name}: skipped: a previous run still holds $LOCK" >>"$LOG"
+    exit {EXIT_BUSY}
+fi
+# Rotate by size, under the lock: LOG -> LOG.1 -> ... -> LOG.KEEP (dropped).
+size=0
+if [ -f "$LOG" ]; then size=$(wc -c <"$LOG"); fi
+if [ "$size" -ge "$MAX_BYTES" ]; then
+    i=$KEEP
+    rm -f "$LOG.$i"
+    while [ "$i" -gt 1 ]; do
+        j=$((i - 1))
+        if [ -f "$LOG.$j" ]; then mv -f "$LOG.$j" "$LOG.$i"; fi
+        i=$j
+    done
+    mv -f "$LOG" "$LOG.1"
+fi
+cd {q(s.project_dir)} || {{ echo "$(stamp) {s.name}: cannot enter {s.project_dir}" >>"$LOG"; exit {EXIT_SETUP}; }}
+out=$(mktemp) || exit {EXIT_SETUP}
+echo "$(stamp) {s.name}: start: {run.replace('"', '')}" >>"$LOG"
+{run} </dev/null >"$out" 2>&1
+rc=$?
+cat "$out" >>"$LOG"
+if [ "$rc" -ne 0 ] && grep -q {q(BUSY_MARK)} "$out"; then rc={EXIT_BUSY}; fi
+rm -f "$out"
+echo "$(stamp) {s.name}: exit $rc" >>"$LOG"
+exit "$rc"
+"""
+
+
+def on_calendar(s: ScheduleSettings) -> str:
+    """systemd OnCalendar for the cron fields when they are simple (a number or ``*`` for
+    minute and hour, ``*`` for the rest); otherwise ``on_calendar`` must be given."""
+    if s.on_calendar:
+        return s.on_calendar
+    simple = all(f == "*" for f in (s.day_of_month, s.month, s.day_of_week))
+    num = lambda v: v.isdigit()  # noqa: E731
+    if simple and num(s.minute) and (num(s.hour) or s.hour == "*"):
+        hour = "*" if s.hour == "*" else f"{int(s.hour):02d}"
+        return f"*-*-* {hour}:{int(s.minute):02d}:00"
+    raise ValueError(f"cleanup_schedule: cannot turn cron fields {' '.join(s.cron_fields)} into a "
+                     "systemd OnCalendar expression: set on_calendar")
+
+
+def service_unit(s: ScheduleSettings) -> str:
+    return f"""[Unit]
+Description=Quant stack database cleanup ({s.name}; deploys/cleanup_database.py)
+Documentation=file://{s.project_dir}/tasks/operations/cleanup.py
+After=network-online.target docker.service
+
+[Service]
+Type=oneshot
+User={s.user}
+ExecStart={s.script_path}
+# The job's own status: 75 = skipped (another run held the lock)
+SuccessExitStatus={EXIT_BUSY}
+StandardInput=null
+"""
+
+
+def timer_unit(s: ScheduleSettings) -> str:
+    return f"""[Unit]
+Description=Run {s.name}.service on schedule
+
+[Timer]
+OnCalendar={on_calendar(s)}
+Persistent=true
+RandomizedDelaySec=60
+
+[Install]
+WantedBy=timers.target
+"""
+
+
+def choose_schedulers(setting: str, systemd_running: bool) -> tuple[bool, bool]:
+    """(cron, systemd) for ``scheduler`` on a host where systemd is/is not PID 1."""
+    if setting == "auto":
+        return (not systemd_running, systemd_running)
+    if setting in ("systemd", "both") and not systemd_running:
+        raise ValueError(f"scheduler {setting!r}: systemd is not running as PID 1 on this host")
+    return (setting in ("cron", "both"), setting in ("systemd", "both"))
+
+
+def without_named_entry(lines: list[str], name: str) -> list[str] | None:
+    """``lines`` without the entry pyinfra named ``name``: its ``# pyinfra-name=`` comment, the
+    entry line after it and the blank line pyinfra put before it. None: no such entry."""
+    marker = f"# pyinfra-name={name}"
+    if marker not in (line.strip() for line in lines):
+        return None
+    out: list[str] = []
+    skip_entry = False
+    for line in lines:
+        text = line.strip()
+        if text == marker:
+            if out and not out[-1].strip():
+                out.pop()
+            skip_entry = True
+            continue
+        if skip_entry and text and not text.startswith("#"):
+            skip_entry = False
+            continue
+        out.append(line)
+    return out

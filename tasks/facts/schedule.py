@@ -1,0 +1,40 @@
+"""Facts the cleanup schedule decides on: the init system (is systemd PID 1, does cron run) and
+a user's crontab as raw lines. Read-only."""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra.api import FactBase
+
+
+class InitSystem(FactBase):
+    """Whether systemd runs as PID 1 (``/run/systemd/system`` exists, as ``sd_booted()``
+    checks), PID 1's name, and whether a cron daemon runs."""
+
+    def command(self):
+        return ("if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi; "
+                "echo pid1=$(cat /proc/1/comm 2>/dev/null || echo unknown); "
+                "if pgrep -x cron >/dev/null 2>&1 || pgrep -x crond >/dev/null 2>&1; "
+                "then echo cron=running; else echo cron=stopped; fi")
+
+    def process(self, output):
+        values = dict(line.split("=", 1) for line in output if "=" in line)
+        return {"systemd": values.get("systemd") == "yes", "pid1": values.get("pid1", "unknown"),
+                "cron_running": values.get("cron") == "running"}
+
+
+class CrontabText(FactBase):
+    """The raw lines of ``user``'s crontab (empty when there is none or no ``crontab``)."""
+
+    default = list
+
+    def requires_command(self, user=None) -> str:
+        return "crontab"
+
+    def command(self, user=None):
+        return f"crontab -l -u {shlex.quote(user)} 2>/dev/null || true" if user else \
+            "crontab -l 2>/dev/null || true"
+
+    def process(self, output):
+        return list(output or [])

@@ -1,0 +1,148 @@
+"""
+The ``cleanup_schedule`` block of the ops host (deploys/schedule_cleanup.py): when and how the
+database cleanup runs unattended::
+
+    cleanup_schedule = {
+        "present": True,                # False: remove entry, units and job script (logs stay)
+        "name": "quant-db-cleanup",     # cron entry name, unit names, default file names
+        "project_dir": None,            # checkout holding deploys/ (None: this one; @local only)
+        "env": {"QUANTLAB_PREFIX": "quant"},  # non-secret variables for the job
+        "minute": 17, "hour": 3,        # cron fields (day_of_month, month, day_of_week: "*")
+        "scheduler": "auto",            # auto: systemd timer where systemd is PID 1, else cron
+    }
+
+The crontab line is the job script's path only; the script holds no secret: env names that
+look like one (``*PASSWORD*``, ``*TOKEN*``, ...) are refused. Paths left None are derived from
+``name`` (``/usr/local/lib/quant-remediation/<name>.sh``, ``/var/log/quant-remediation/<name>.log``,
+``/run/lock/<name>.lock``) and ``project_dir`` (``<project_dir>/.venv/bin/pyinfra``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, StrictInt, WithJsonSchema, field_validator, model_validator
+
+from tasks.core.sizes import MIB
+from tasks.settings.base import Block, Pattern
+from tasks.settings.types import ENV_NAME_RE, Size, looks_secret
+
+# The checkout this package is in: tasks/settings/schedule.py -> the folder holding deploys/.
+PROJECT_DIR = str(Path(__file__).resolve().parents[2])
+DEFAULT_NAME = "quant-db-cleanup"
+_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+
+
+def _absolute(value: str) -> str:
+    if not value.startswith("/") or "\n" in value or "\x00" in value:
+        raise ValueError("must be an absolute path")
+    return value
+
+
+def _relative_or_absolute(value: str) -> str:
+    if not value or "\n" in value or value.startswith("-"):
+        raise ValueError("must be a path (relative to project_dir, or absolute)")
+    return value
+
+
+def _cron_field(value: Any) -> Any:
+    # 17 and "17" are the same field; the int form is what operators usually write.
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9*/,\-]+", value):
+        raise ValueError(f"{value!r} is not a cron field (digits, *, /, ',', -)")
+    return value
+
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute)]
+# Derived from name/project_dir when left None (the model fills it in before validation).
+DerivedPath = Annotated[str, AfterValidator(_absolute),
+                        WithJsonSchema({"type": ["string", "null"], "description": "absolute path; None: derived"})]
+ProjectPath = Annotated[str, AfterValidator(_relative_or_absolute)]
+CronField = Annotated[str, BeforeValidator(_cron_field),
+                      WithJsonSchema({"type": ["string", "integer"], "description": "a cron field"})]
+
+
+class ScheduleSettings(Block):
+    """A cron entry and/or a systemd timer running deploys/cleanup_database.py under a lock."""
+
+    present: StrictBool = Field(True, description="False: remove the entry/timer and the job script (logs stay)")
+    name: Pattern(_NAME_RE, "letters, digits, '.', '_', '-' (max 64)") = DEFAULT_NAME  # type: ignore[valid-type]
+    project_dir: DerivedPath = Field(PROJECT_DIR, description="the checkout holding deploys/ (None: this one)")
+    pyinfra: DerivedPath = Field("", description="None: <project_dir>/.venv/bin/pyinfra")
+    inventory: ProjectPath = "inventories/lab.py"
+    deploy: ProjectPath = "deploys/cleanup_database.py"
+    group_data: ProjectPath = "inventories/group_data"
+    env: dict[str, str] = Field(default_factory=dict, description="non-secret variables for the job")
+    minute: CronField = "17"
+    hour: CronField = "3"
+    day_of_month: CronField = "*"
+    month: CronField = "*"
+    day_of_week: CronField = "*"
+    on_calendar: str | None = Field(None, description="systemd OnCalendar (None: derived from minute/hour)")
+    scheduler: Literal["auto", "cron", "systemd", "both"] = Field(
+        "auto", description="auto: systemd timer where systemd is PID 1, else cron")
+    user: Pattern(r"[a-z_][a-z0-9_-]*\$?", "a user name") = "root"  # type: ignore[valid-type]
+    script_path: DerivedPath = Field("", description="None: /usr/local/lib/quant-remediation/<name>.sh")
+    log_file: DerivedPath = Field("", description="None: /var/log/quant-remediation/<name>.log")
+    log_max_bytes: Size = Field(5 * MIB, ge=1024, description="rotated by size at the start of a run...")
+    log_keep: StrictInt = Field(5, ge=1, description="...keeping this many old logs")
+    lock_file: DerivedPath = Field("", description="None: /run/lock/<name>.lock (a run still going: exit 75)")
+    report_path: AbsolutePath | None = Field(None, description="JSON statistics report of each run")
+    install_cron: StrictBool = Field(True, description="install the cron package when `crontab` is missing")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_paths(cls, data: Any) -> Any:
+        """Fill the paths left out (or None/empty) from ``name`` and ``project_dir``."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        name = data.get("name", DEFAULT_NAME)
+        if not isinstance(name, str) or not re.fullmatch(_NAME_RE, name):
+            name = DEFAULT_NAME  # the name's own error is reported; derive from the default
+        project = data.get("project_dir") or PROJECT_DIR
+        derived = {
+            "project_dir": project,
+            "pyinfra": f"{project}/.venv/bin/pyinfra",
+            "script_path": f"/usr/local/lib/quant-remediation/{name}.sh",
+            "log_file": f"/var/log/quant-remediation/{name}.log",
+            "lock_file": f"/run/lock/{name}.lock",
+        }
+        for key, value in derived.items():
+            if not data.get(key):
+                data[key] = value
+        return data
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ValueError("expected a mapping of variable names to strings")
+        problems = []
+        for name, item in value.items():
+            if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+                problems.append(f"env.{name}: is not a variable name")
+            elif looks_secret(name):
+                problems.append(f"env.{name}: looks like a secret: secrets never go into the job or "
+                                "the crontab; point the inventory at a file holding it instead")
+            elif not isinstance(item, str) or "\n" in item or "\x00" in item:
+                problems.append(f"env.{name}: must be a one-line string")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return value
+
+    @field_validator("on_calendar")
+    @classmethod
+    def _on_calendar(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or "\n" in value):
+            raise ValueError("must be a systemd calendar expression")
+        return value
+
+    @property
+    def cron_fields(self) -> tuple[str, str, str, str, str]:
+        return (self.minute, self.hour, self.day_of_month, self.month, self.day_of_week)
