@@ -11,6 +11,9 @@ validated before any change. A second run reports no changes.
 from pyinfra import host
 
 from tasks.operations.db_users import db_users, load_db_settings
+from tasks.operations.refusals import quiet_refusals
+
+quiet_refusals()
 
 settings = load_db_settings(host.name, host.data)
 

@@ -8,5 +8,8 @@ Dockerfile CMD (JSON-array form) and/or the compose service, and in the running 
 Settings: host data `backend`, defaults in group_data/all.py `backend_defaults`.
 """
 from tasks.operations.backend_reload import fix_backend_reload
+from tasks.operations.refusals import quiet_refusals
+
+quiet_refusals()
 
 fix_backend_reload()

@@ -4,5 +4,8 @@ group_data/all.py `mlflow_defaults`): drift-aware, version-aware, verified, roll
     pyinfra inventories/lab.py deploys/fix_mlflow.py
 """
 from tasks.operations.mlflow import fix_mlflow
+from tasks.operations.refusals import quiet_refusals
+
+quiet_refusals()
 
 fix_mlflow()

@@ -10,5 +10,8 @@ and in tasks/operations/onboard.py), validated before any change. A host that ca
 others proceed. A second run reports no changes.
 """
 from tasks.operations.onboard import onboard
+from tasks.operations.refusals import quiet_refusals
+
+quiet_refusals()
 
 onboard()

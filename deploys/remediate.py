@@ -10,5 +10,8 @@ defaults in group_data/all.py `remediate_defaults`. A second run right after a f
 changes; a signature still present within its throttle window is reported "throttled".
 """
 from tasks.operations.remediate import remediate
+from tasks.operations.refusals import quiet_refusals
+
+quiet_refusals()
 
 remediate()

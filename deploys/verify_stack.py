@@ -9,5 +9,8 @@ Read-only: a passing run reports no changes; a failing check fails the host (non
 Settings: the host's `stack` data, defaults in group_data/all.py `stack_defaults`.
 """
 from tasks.checks.stack import verify
+from tasks.operations.refusals import quiet_refusals
+
+quiet_refusals()
 
 verify(name="Verify the stack")  # settings from host data `stack`, validated before any check

@@ -36,6 +36,7 @@ from pyinfra.api import FileUploadCommand, OperationError, deploy, operation
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.files import FileContents
 
+from tasks.facts.docker import ContainerInspect
 from tasks.operations import docker
 from tasks.checks.runner import Broken, CheckResult, NotYet, RetryPolicy, run_checks
 from tasks.core.compose import ComposeError, merge_environment, same_command
@@ -344,13 +345,13 @@ def compose_service(settings: BackendSettings, command_if_missing: tuple = ()):
 
 
 def _inspect(settings: BackendSettings) -> tuple[Mapping, Mapping | None]:
-    first = host.get_fact(docker.ContainerInspect, container=settings.container, image=settings.container)
+    first = host.get_fact(ContainerInspect, container=settings.container, image=settings.container)
     if first is None:
         raise OperationError("docker is not installed on this host")
     if first["container"] is None:
         raise OperationError(f"backend container {settings.container} does not exist on this host")
     image_ref = first["container"]["Config"]["Image"]
-    facts = host.get_fact(docker.ContainerInspect, container=settings.container, image=image_ref)
+    facts = host.get_fact(ContainerInspect, container=settings.container, image=image_ref)
     return facts["container"], facts["image"]
 
 

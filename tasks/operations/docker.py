@@ -10,82 +10,20 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import shlex
 import time
 from typing import Callable
 
 from pyinfra import host, logger
-from pyinfra.api import FactBase, FunctionCommand, OperationError, StringCommand, operation
+from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
 
 from tasks.checks.runner import CheckResult, format_table
 from tasks.core.container_spec import (ContainerSpec, Plan, diff_spec, docker_run_args, docker_update_args,
-                                  env_file_text, format_plan, image_defaults_from_inspect,
-                                  spec_from_inspect)
+                                       env_file_text, format_plan, image_defaults_from_inspect,
+                                       spec_from_inspect)
+from tasks.facts.docker import PREVIOUS_SUFFIX, ContainerInspect
 
-PREVIOUS_SUFFIX = "-previous"
 STOP_GRACE_SECONDS = 5
-SECTION = "### quantlab "
-
-
-class ContainerInspect(FactBase):
-    """
-    `docker inspect` of a container, of its kept previous copy and of an image: one remote
-    command running two `docker` CLI calls (each CLI start costs the host a few tens of ms).
-
-    Returns ``{"container": {...} | None, "previous": {...} | None, "image": {...} | None}``.
-    """
-
-    requires_command = "docker"
-
-    def command(self, container, image):
-        # `docker container inspect A B` prints the ones that exist (a JSON list) and exits 1 when
-        # one is missing; the image is asked by type, so a like-named container cannot answer.
-        # "No such ..." is an answer; any other error (engine down, no permission) fails the fact,
-        # so that a plan never says "create" for a container it could not see.
-        names = f"{shlex.quote(container)} {shlex.quote(container + PREVIOUS_SUFFIX)}"
-        header = shlex.quote(f"{SECTION}containers {container}")
-        return (f"echo {header}; {{ found=$(docker container inspect {names} 2>&1 1>&3); }} 3>&1; "
-                f"echo '{SECTION}image'; {{ image=$(docker image inspect {shlex.quote(image)} 2>&1 1>&3); }} 3>&1; "
-                """printf '%s\\n' "$found" "$image" | grep -v -e 'No such' -e '^$' >&2 && exit 1; true""")
-
-    def process(self, output):
-        sections, current, container = {}, None, ""
-        for line in output:
-            if line.startswith(SECTION):
-                current, _, container_ = line[len(SECTION):].strip().partition(" ")
-                container = container_ or container
-                sections[current] = []
-            elif current:
-                sections[current].append(line)
-        found = {}
-        for key in ("containers", "image"):
-            text = "\n".join(sections.get(key, [])).strip()
-            value = json.loads(text) if text else []
-            found[key] = value if isinstance(value, list) else []
-        by_name = {item.get("Name", "").lstrip("/"): item for item in found["containers"]}
-        return {"container": by_name.get(container),
-                "previous": by_name.get(container + PREVIOUS_SUFFIX),
-                "image": found["image"][0] if found["image"] else None}
-
-
-class ImageVersion(FactBase):
-    """A Python distribution's version inside an image, read by a throwaway container
-    (no network). None when the image or the distribution is missing."""
-
-    requires_command = "docker"
-
-    def command(self, image, distribution):
-        script = ("import importlib.metadata as m, sys; print('version ' + m.version(sys.argv[1]))")
-        probe = f"python3 -c {shlex.quote(script)} {shlex.quote(distribution)}"
-        return (f"docker run --rm --network none --entrypoint sh {shlex.quote(image)} -c "
-                f"{shlex.quote(probe)} 2>&1 || true")
-
-    def process(self, output):
-        for line in output:
-            if line.startswith("version "):
-                return line.split(" ", 1)[1].strip()
-        return None
 
 
 def run_now(target, command: str) -> tuple[bool, str]:
@@ -122,10 +60,37 @@ def _start_new(target, spec: ContainerSpec):
 Verifier = Callable[[Callable[[str], tuple[bool, str]]], list[CheckResult]]
 
 
-def _verify(target, verify: Verifier | None) -> list[CheckResult]:
-    if verify is None:
-        return []
-    results = verify(lambda command: run_now(target, command))
+def plan_from_facts(spec: ContainerSpec, facts: dict) -> Plan:
+    """The plan for ``spec`` against a ContainerInspect result (pure: no remote command)."""
+    image = image_defaults_from_inspect(facts["image"]) if facts["image"] else None
+    actual = spec_from_inspect(facts["container"]) if facts["container"] else None
+    return diff_spec(spec, actual, image)
+
+
+def applied_settings(target, spec: ContainerSpec) -> CheckResult:
+    """Re-read the container (one remote command) and diff it against ``spec``: every managed
+    setting is proven applied (memory, command, env, ports ...), not only those a check probes."""
+    check = CheckResult(f"{spec.name} has every managed setting", spec.name, "fail", attempts=1)
+    fact = ContainerInspect()
+    ok, out = run_now(target, fact.command(spec.name, spec.image))
+    if not ok:
+        check.evidence = f"docker inspect failed: {out.strip()[:300]}"
+        return check
+    plan = plan_from_facts(spec, fact.process(out.splitlines()))
+    if plan.action == "create":
+        check.evidence = f"container {spec.name} does not exist"
+    elif plan.changed:
+        check.evidence = "differs (actual -> wanted): " + "; ".join(format_plan(plan))
+    else:
+        check.status, check.evidence = "pass", "docker inspect matches the settings"
+    return check
+
+
+def _verify(target, spec: ContainerSpec, verify: Verifier | None) -> list[CheckResult]:
+    """The applied settings first; the caller's checks only when they are (they take time)."""
+    results = [applied_settings(target, spec)]
+    if results[0].passed and verify is not None:
+        results += verify(lambda command: run_now(target, command))
     logger.info(f"{target.print_prefix}verification:\n" + format_table(results))
     return results
 
@@ -147,40 +112,30 @@ def _reported(step):
     return run
 
 
-def _restored_state(host, name: str, seconds: int = 8) -> str:
+RESTORED_WATCH_SECONDS = 8
+_pause = time.sleep  # the ops tests replace it: their recorded answers need no waiting
+
+
+def _restored_state(host, name: str) -> str:
     """Whether the restored container stays up for a few seconds (it may have been broken too)."""
-    for _ in range(seconds):
+    for _ in range(RESTORED_WATCH_SECONDS):
         ok, out = run_now(host, "docker inspect --type container -f "
                                f"'{{{{.State.Status}}}} {{{{.State.Restarting}}}} {{{{.State.ExitCode}}}}' "
                                f"{shlex.quote(name)}")
         status, restarting, code = (out.split() + ["?", "?", "?"])[:3]
         if not ok or status != "running" or restarting == "true":
             return f", but it is not staying up (state {status}, exit code {code})"
-        time.sleep(1)
+        _pause(1)
     return ", and it is running"
 
 
-@_reported
-def _recreate(state, host, spec: ContainerSpec, had_current: bool, verify: Verifier | None):
+def _keep_or_roll_back(host, spec: ContainerSpec, have_backup: bool, verify: Verifier | None,
+                       reasons: list[str] | None = None) -> bool:
+    """Verify the new container; keep it (the previous copy goes) or put the previous one back."""
     name, previous = spec.name, spec.name + PREVIOUS_SUFFIX
     q_name, q_prev = shlex.quote(name), shlex.quote(previous)
-    # An interrupted earlier run may have left a previous copy. If the current container exists,
-    # that copy is stale; if it does not, that copy is the only one and becomes our backup.
-    if had_current:
-        run_now(host, f"docker rm -f {q_prev}")
-        _must(host, f"docker rename {q_name} {q_prev}", f"renaming {name}")
-    have_backup = run_now(host, f"docker inspect --type container {q_prev} >/dev/null 2>&1")[0]
-    if have_backup:
-        # A short grace period: `mlflow server` runs as PID 1 with no SIGTERM handler, so any
-        # longer wait is spent idle before the kill (measured in bench/: the full 20 s it was).
-        _must(host, f"docker stop -t {STOP_GRACE_SECONDS} {q_prev}", f"stopping {previous}")
-    reasons = []
-    try:
-        _start_new(host, spec)
-        results = _verify(host, verify)
-        reasons = [f"{r.name}: {r.evidence}" for r in results if not r.passed]
-    except OperationError as exc:
-        reasons = [str(exc)]
+    if reasons is None:
+        reasons = [f"{r.name}: {r.evidence}" for r in _verify(host, spec, verify) if not r.passed]
     if not reasons:
         if have_backup:
             run_now(host, f"docker rm -f {q_prev}")
@@ -202,9 +157,38 @@ def _recreate(state, host, spec: ContainerSpec, had_current: bool, verify: Verif
 
 
 @_reported
+def _recreate(state, host, spec: ContainerSpec, had_current: bool, verify: Verifier | None):
+    name, previous = spec.name, spec.name + PREVIOUS_SUFFIX
+    q_name, q_prev = shlex.quote(name), shlex.quote(previous)
+    # An interrupted earlier run may have left a previous copy. If the current container exists,
+    # that copy is stale; if it does not, that copy is the only one and becomes our backup.
+    if had_current:
+        run_now(host, f"docker rm -f {q_prev}")
+        _must(host, f"docker rename {q_name} {q_prev}", f"renaming {name}")
+    have_backup = run_now(host, f"docker inspect --type container {q_prev} >/dev/null 2>&1")[0]
+    if have_backup:
+        # A short grace period: `mlflow server` runs as PID 1 with no SIGTERM handler, so any
+        # longer wait is spent idle before the kill (measured in bench/: the full 20 s it was).
+        _must(host, f"docker stop -t {STOP_GRACE_SECONDS} {q_prev}", f"stopping {previous}")
+    try:
+        _start_new(host, spec)
+    except OperationError as exc:
+        return _keep_or_roll_back(host, spec, have_backup, verify, reasons=[str(exc)])
+    return _keep_or_roll_back(host, spec, have_backup, verify)
+
+
+@_reported
+def _finish(state, host, spec: ContainerSpec, verify: Verifier | None):
+    """An earlier run stopped between starting the new container and keeping it: the container
+    matches the settings and its previous copy is still there. Verify it, then keep it (the
+    copy goes) or put the copy back, as that run would have."""
+    return _keep_or_roll_back(host, spec, True, verify)
+
+
+@_reported
 def _update(state, host, spec: ContainerSpec, verify: Verifier | None):
     _must(host, shlex.join(docker_update_args(spec)), f"docker update {spec.name}")
-    failed = [r for r in _verify(host, verify) if not r.passed]
+    failed = [r for r in _verify(host, spec, verify) if not r.passed]
     if failed:
         return _fail(host, f"{spec.name}: updated in place but verification failed: "
                      + "; ".join(f"{r.name}: {r.evidence}" for r in failed))
@@ -232,20 +216,19 @@ def inspect_facts(container: str, image: str) -> dict:
 def plan_container(spec: ContainerSpec, facts: dict | None = None) -> Plan:
     """The plan for ``spec``; ``facts`` is a ContainerInspect result the caller already read in
     this same generator run (each read is one remote command), else it is read here."""
-    facts = facts if facts is not None else inspect_facts(spec.name, spec.image)
-    image = image_defaults_from_inspect(facts["image"]) if facts["image"] else None
-    actual = spec_from_inspect(facts["container"]) if facts["container"] else None
-    return diff_spec(spec, actual, image)
+    return plan_from_facts(spec, facts if facts is not None else inspect_facts(spec.name, spec.image))
 
 
 @operation()
 def container(spec: ContainerSpec, verify: Verifier | None = None, facts: dict | None = None):
     """
     Make a container match ``spec``: nothing, ``docker update`` in place, or a verified recreate.
+    After a change the container is read again and diffed against ``spec`` (every managed
+    setting must be applied), then ``verify`` runs; a recreate that fails either is rolled back
+    to the previous container.
 
     + spec: the desired ``ContainerSpec`` (tasks.core.container_spec)
     + verify: called with ``run(command) -> (ok, output)`` after a change; returns CheckResults.
-      A recreate that fails them is rolled back to the previous container.
     + facts: the ``ContainerInspect`` fact for this spec when the caller has just read it
 
     **Example:**
@@ -260,10 +243,17 @@ def container(spec: ContainerSpec, verify: Verifier | None = None, facts: dict |
         )
     """
     try:
-        plan = plan_container(spec, facts)
+        facts = facts if facts is not None else inspect_facts(spec.name, spec.image)
     except HostFailed:
         return
+    plan = plan_from_facts(spec, facts)
     if not plan.changed:
+        if facts["container"] and facts["previous"]:
+            logger.info(f"{host.print_prefix}container {spec.name} matches the settings, but "
+                        f"{spec.name}{PREVIOUS_SUFFIX} is left from an unfinished run: verify "
+                        f"{spec.name}, then remove the copy or put it back")
+            yield FunctionCommand(_finish, (spec, verify), {})
+            return
         host.noop(f"container {spec.name} matches the settings")
         return
     logger.info(f"{host.print_prefix}{plan.action} {spec.name}:\n"

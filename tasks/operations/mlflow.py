@@ -9,11 +9,12 @@ from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, OperationError, deploy, operation
 from pyinfra.facts.files import FileContents
 
-from tasks.operations import docker
+from tasks import settings as host_settings
+from tasks.checks.mlflow import verify_mlflow
 from tasks.core.compose import ComposeError, patch_compose_service
 from tasks.core.mlflow_server import desired_container, server_spec
-from tasks.checks.mlflow import verify_mlflow
-from tasks import settings as host_settings
+from tasks.facts.docker import ImageVersion
+from tasks.operations import docker
 from tasks.settings.mlflow import MlflowSettings, resolve_secret_env
 
 VERSION_LABEL = "io.quantlab.mlflow-version"
@@ -37,7 +38,7 @@ def image_mlflow_version(settings: MlflowSettings, facts: dict | None = None) ->
         label = (current.get("Config", {}).get("Labels") or {}).get(VERSION_LABEL)
         if label:
             return label
-    version = host.get_fact(docker.ImageVersion, image=settings.image, distribution="mlflow")
+    version = host.get_fact(ImageVersion, image=settings.image, distribution="mlflow")
     if not version and docker.host_failed():
         raise docker.HostFailed()
     if not version:

@@ -1,4 +1,4 @@
-"""tasks.operations.docker.ContainerInspect's command run by a real shell against the real engine: what it
+"""tasks.facts.docker.ContainerInspect's command run by a real shell against the real engine: what it
 reads for present and missing objects, and that an engine it cannot reach fails the fact
 instead of reading as "no container" (which would plan a create)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import uuid
 import docker
 import pytest
 
-from tasks.operations.docker import ContainerInspect
+from tasks.facts.docker import ContainerInspect
 from tasks.lab.images import image_refs
 
 pytestmark = pytest.mark.lab

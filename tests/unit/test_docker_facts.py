@@ -1,8 +1,8 @@
-"""tasks.operations.docker.ContainerInspect: the command it sends and how it reads `docker inspect` output
+"""tasks.facts.docker.ContainerInspect: the command it sends and how it reads `docker inspect` output
 (the real engine's answers are exercised by tests/integration/test_fix_mlflow.py)."""
 import json
 
-from tasks.operations.docker import PREVIOUS_SUFFIX, SECTION, ContainerInspect
+from tasks.facts.docker import PREVIOUS_SUFFIX, SECTION, ContainerInspect
 
 
 def _container(name: str) -> dict:
