@@ -5,7 +5,7 @@ Dockerfile CMD (JSON-array form) and/or the compose service, and in the running 
 
     pyinfra -y inventories/lab.py deploys/fix_backend_reload.py
 
-Settings: host data `backend`, defaults in group_data/all.py `backend_defaults`.
+Settings: the host's `backend` block (tasks/settings/backend.py: defaults and rules).
 """
 from tasks.operations.backend_reload import fix_backend_reload
 from tasks.operations.refusals import quiet_refusals

@@ -4,10 +4,9 @@ with container log rotation, the stack's directories and compose file, then veri
 
     pyinfra -y inventories/production.py deploys/onboard_host.py
 
-Settings: the host's `onboard` data over group_data/all.py `onboard_defaults` (documented there
-and in tasks/operations/onboard.py), validated before any change. A host that cannot be onboarded as asked
-(no apt-get, no systemd for engine "local", ...) fails alone with the reasons, unchanged; the
-others proceed. A second run reports no changes.
+Settings: the host's `onboard` block (tasks/settings/onboard.py: defaults and rules), validated
+before any change. A host that cannot be onboarded as asked (no apt-get, no systemd for engine
+"local", ...) fails alone with the reasons, unchanged; the others proceed. A second run reports no changes.
 """
 from tasks.operations.onboard import onboard
 from tasks.operations.refusals import quiet_refusals

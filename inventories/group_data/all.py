@@ -68,49 +68,10 @@ remediate_defaults = {
     "verify": True,  # verify each remediation after it ran
 }
 
-# The backend's uvicorn --reload fix (deploys/fix_backend_reload.py; tasks/operations/backend_reload.py).
-# A host's `backend` mapping names the container and, optionally, the Dockerfile and compose
-# file to patch; only the files named are touched.
-backend_defaults = {
-    "compose_service": "backend",
-    "reload_delay": 2,  # seconds: `--reload-delay 2`, added once after `--reload`
-    "force_polling": True,  # WATCHFILES_FORCE_POLLING=true: what actually makes watchfiles poll
-    "port": 8000,  # inside the container, for the health check
-    "health_path": "/health",
-}
+# The backend's uvicorn --reload fix (deploys/fix_backend_reload.py): the `backend` block, its
+# defaults (reload_delay 2, force_polling, port 8000, /health) and rules in tasks/settings/backend.py.
+# A host names the container and, optionally, the Dockerfile and compose file (only those are touched).
 
-# Onboarding a fresh Debian host (deploys/onboard_host.py; tasks/operations/onboard.py). A host's `onboard`
-# mapping overrides these key by key; `authorized_keys` has no default and is required: public key
-# lines, or {"file": "/path/on/controller.pub"} (read on the controller). Reach the host as root
-# or as a sudo user with `_sudo=True`. What the host cannot do (no apt-get; engine "local" without
-# systemd as PID 1; engine "socket" without a socket) fails that host alone, before any change.
-onboard_defaults = {
-    "user": "deploy",  # the deploy user pyinfra and people log in as afterwards
-    "exclusive_keys": False,  # True: remove authorized keys not listed
-    "shell": "/bin/bash",
-    "home": None,  # None: /home/<user>
-    # Narrow sudo (NOPASSWD, these absolute command lines only; ALL is refused). The file is
-    # checked with `visudo -cf` before it takes effect.
-    "sudo_commands": ["/usr/bin/systemctl restart docker", "/usr/bin/systemctl status docker",
-                      "/usr/bin/journalctl -u docker"],
-    "sudoers_name": "quant-deploy",  # /etc/sudoers.d/<name>
-    # "local": this host runs dockerd (needs systemd as PID 1). "socket": it uses an engine whose
-    # socket is already at docker_socket (a container with the socket mounted); it gets the package
-    # (CLI) and daemon.json but runs no daemon of its own.
-    "engine": "local",
-    "docker_socket": "/var/run/docker.sock",
-    "docker_gid": None,  # pin the docker group's gid; "socket": the socket's gid (engine "socket" default)
-    "packages": ["docker.io"],  # from the distribution, no recommends
-    "log_max_size": "10m",  # /etc/docker/daemon.json log-opts: rotate each container log at...
-    "log_max_file": 3,  # ...keeping this many files (json-file driver)
-    "stack_dir": "/opt/quant-stack",
-    "stack_owner": None,  # None: the deploy user
-    "directories": ["data/postgres", "data/minio", "data/redis", "logs", "backups"],
-    "compose_file": "docker-compose.yml",  # relative to stack_dir, or absolute
-    "compose_project": "quant",
-    "compose": None,  # None: postgres, minio, redis and MLflow (from the host's mlflow settings,
-                      # as deploys/fix_mlflow.py computes it for mlflow_version); or a whole compose
-                      # document. Secrets only as ${VAR}.
-    "mlflow_version": "2.9.2",  # the MLflow version in the mlflow image (for the compose command)
-    "verify": True,
-}
+# Onboarding a fresh Debian host (deploys/onboard_host.py): the `onboard` block, its defaults
+# (deploy user, narrow sudo, docker.io with log rotation, /opt/quant-stack) and rules in
+# tasks/settings/onboard.py. `authorized_keys` has no default: each host (or `onboard_defaults`) lists them.

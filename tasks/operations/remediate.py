@@ -37,8 +37,10 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, deploy, operation
 from pyinfra.api.exceptions import PyinfraError
 
+from tasks import settings as host_settings
 from tasks.core import diagnose
-from tasks.operations.backend_reload import backend_settings, fix_backend_reload, verify_backend
+from tasks.checks.backend import verify_backend
+from tasks.operations.backend_reload import fix_backend_reload
 from tasks.checks.runner import CheckResult, NotYet, RetryPolicy, format_table, run_check
 from tasks.operations.db_users import db_users, load_db_settings
 from tasks.operations.docker import run_now
@@ -260,7 +262,7 @@ def _db_users_for(roles: list[str]):
 
 
 def _backend_verifier():
-    settings = backend_settings(host.name, host.data)
+    settings = host_settings.of_host(host, "backend")
     return lambda host_, run: verify_backend(run, settings.container, settings.port, settings.health_path)
 
 

@@ -18,12 +18,16 @@ from tasks.settings.errors import SettingsError
 from tasks.settings.cleanup import CleanupSettings
 from tasks.settings.mlflow import MlflowSettings
 from tasks.settings.schedule import ScheduleSettings
+from tasks.settings.onboard import OnboardSettings
+from tasks.settings.backend import BackendSettings
 
 # Block name in host data -> its model. Every deploy reads its blocks through of_host().
 BLOCKS: dict[str, type[Block]] = {
     "mlflow": MlflowSettings,
     "cleanup": CleanupSettings,
     "cleanup_schedule": ScheduleSettings,
+    "onboard": OnboardSettings,
+    "backend": BackendSettings,
 }
 
 _CACHE_ATTR = "_quant_settings"
@@ -37,6 +41,10 @@ def load(block: str, host_name: str, data: Mapping[str, Any] | None,
 
 def of_host(host: Any, block: str) -> Any:
     """The host's validated ``block``, parsed on first use and kept on the host for the run."""
+    # pyinfra's `from pyinfra import host` is one context proxy for every host: cache on the
+    # real Host behind it, or every host would get the first one's settings.
+    if hasattr(type(host), "_get_module"):
+        host = host._get_module()
     cache = host.__dict__.setdefault(_CACHE_ATTR, {})
     if block not in cache:
         cache[block] = load(block, host.name, host.data.get(block),

@@ -7,9 +7,11 @@ import json
 import pytest
 import yaml
 
-from tasks.operations import backend_reload as br
+from tasks.core import backend_patch as br
 from tasks.core.compose import ComposeError
 from tasks.core.container_spec import MANAGED_ENV_LABEL, diff_spec, spec_from_inspect
+from tasks.settings import SettingsError, load
+from tasks.settings.types import looks_secret
 
 UVICORN = ["uvicorn", "main:app", "--host", "0.0.0.0", "--port", "8000", "--reload"]
 RECIPE = """# The quant backend
@@ -138,8 +140,8 @@ IMAGE = {"Id": "sha256:abc", "Config": {"Env": ["PATH=/opt/backend/bin:/usr/bin"
 def test_desired_container_adds_polling_and_delay_and_keeps_the_rest():
     current = inspect(UVICORN, ["PATH=/opt/backend/bin:/usr/bin", "DB_USER=quant_user", "PGPASSWORD=s3cret"],
                       {"maintainer": "x", "quantlab.prefix": "q"})
-    settings = br.BackendSettings(container="q-backend")
-    desired = br.desired_container(current, IMAGE, settings)
+    settings = load("backend", "h1", {"container": "q-backend"})
+    desired = br.desired_container(current, IMAGE, settings.reload_delay, settings.force_polling, looks_secret)
     assert desired.command == tuple(UVICORN + ["--reload-delay", "2"])
     assert desired.env == {"DB_USER": "quant_user", "PGPASSWORD": "s3cret", "WATCHFILES_FORCE_POLLING": "true"}
     assert desired.secret_env_keys == {"PGPASSWORD"}
@@ -152,19 +154,74 @@ def test_desired_container_adds_polling_and_delay_and_keeps_the_rest():
     fixed = inspect(list(desired.command), ["PATH=/opt/backend/bin:/usr/bin"]
                     + [f"{k}={v}" for k, v in desired.env.items()],
                     {**desired.labels, "maintainer": "x", MANAGED_ENV_LABEL: ",".join(sorted(desired.env))})
-    again = br.desired_container(fixed, IMAGE, settings)
+    again = br.desired_container(fixed, IMAGE, settings.reload_delay, settings.force_polling, looks_secret)
     assert diff_spec(again, spec_from_inspect(fixed)).action == "none"
 
 
 def test_settings_validation_names_host_and_key():
-    data = {"backend_defaults": {"reload_delay": 2, "port": 8000},
-            "backend": {"container": "q-backend", "dockerfile": "relative/Dockerfile", "reload": 1}}
-    with pytest.raises(br.BackendSettingsError) as error:
-        br.backend_settings("web1", data)
+    group = {"reload_delay": 2, "port": 8000}
+    with pytest.raises(SettingsError) as error:
+        load("backend", "web1", {"container": "q-backend", "dockerfile": "relative/Dockerfile", "reload": 1},
+             group)
     text = str(error.value)
     assert "host 'web1': backend.dockerfile: must be an absolute path" in text
-    assert "backend.reload: unknown key" in text
-    with pytest.raises(br.BackendSettingsError, match="container: missing"):
-        br.backend_settings("web1", {"backend": {}})
-    ok = br.backend_settings("web1", {"backend": {"container": "b", "reload_delay": 1.5}})
+    assert "backend.reload: unknown setting; did you mean 'reload_delay'?" in text
+    with pytest.raises(SettingsError, match="backend.container: is required"):
+        load("backend", "web1", {})
+    ok = load("backend", "web1", {"container": "b", "reload_delay": 1.5})
     assert ok.reload_delay == 1.5 and ok.force_polling is True
+    assert (ok.compose_service, ok.port, ok.health_path) == ("backend", 8000, "/health")
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"reload_delay": 0}, "backend.reload_delay: must be > 0"),
+    ({"reload_delay": 61}, "backend.reload_delay: must be <= 60"),
+    ({"reload_delay": True}, "backend.reload_delay"),
+    ({"force_polling": "yes"}, "backend.force_polling: is not true/false"),
+    ({"port": 70000}, "backend.port: must be <= 65535"),
+    ({"port": "8000"}, "backend.port: is not a whole number"),
+    ({"compose_file": "docker-compose.yml"}, "backend.compose_file: must be an absolute path"),
+])
+def test_settings_rules(data, expected):
+    with pytest.raises(SettingsError) as error:
+        load("backend", "web1", {"container": "b", **data})
+    assert expected in str(error.value)
+
+
+def test_reload_delay_as_a_duration():
+    assert load("backend", "web1", {"container": "b", "reload_delay": "1500ms"}).reload_delay == 1.5
+
+
+def scripted(logs: str):
+    """A host answering the backend checks: running, /health answers, these logs."""
+    state = json.dumps({"Status": "running", "StartedAt": "2026-01-01T00:00:00Z", "OOMKilled": False,
+                        "Restarting": False, "ExitCode": 0})
+    asked = []
+
+    def run(command: str):
+        asked.append(command)
+        if command.startswith("docker inspect"):
+            return True, state
+        if command.startswith("docker exec q-backend sh -c"):
+            return True, '{"status":"ok"}'
+        if command.startswith("docker logs --since 2026-01-01T00:00:00Z q-backend"):
+            return True, logs
+        return False, f"unexpected: {command}"
+    return run, asked
+
+
+def test_backend_verification_passes_without_the_watcher_error():
+    from tasks.checks.backend import verify_backend
+    run, asked = scripted("INFO: Will watch for changes\nINFO: Application startup complete.\n")
+    results = verify_backend(run, "q-backend", 8000, "/health")
+    assert [r.status for r in results] == ["pass"] * 4, results
+    assert any("http://127.0.0.1:8000/health" in command for command in asked)
+
+
+def test_backend_verification_fails_on_the_watcher_error():
+    from tasks.checks.backend import verify_backend
+    run, _ = scripted("_rust_notify.WatchfilesRustInternalError: error in underlying watcher: "
+                      "Input/output error (os error 5)\n")
+    results = verify_backend(run, "q-backend", 8000, "/health")
+    assert [r.status for r in results] == ["pass", "pass", "fail", "skip"]
+    assert "1 watchfiles error line(s) since start" in results[2].evidence

@@ -1,4 +1,4 @@
-"""tasks/operations/onboard.py without a host: settings, daemon.json merging, sudoers text, preflight, compose."""
+"""Onboarding without a host: settings, daemon.json merging, sudoers text, preflight, the probe, compose."""
 from __future__ import annotations
 
 import json
@@ -6,23 +6,25 @@ import json
 import pytest
 import yaml
 
-from tasks.operations import onboard
 from tasks.core.compose import patch_compose_service
 from tasks.core.mlflow_server import server_spec
-from tasks.operations.onboard import (OnboardProbe, OnboardSettingsError, compose_text, daemon_json,
-                           default_compose, onboard_settings, preflight_problems, sudoers_text)
+from tasks.core.onboard_files import compose_text, daemon_json, default_compose, sudoers_text
+from tasks.core.onboard_preflight import preflight_problems, wanted_gid
+from tasks.facts.onboard import OnboardProbe
+from tasks.settings import SettingsError
 from tasks.settings import load as load_settings
+from tasks.settings.onboard import compose_problems
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOr1nQ3y6w3y7m0aUQ5m8n1pG5D9x0u2lGmK8rX5p1Qw deploy@ops"
 
 
 def settings(**overrides):
-    return onboard_settings("h1", {"authorized_keys": [KEY], **overrides})
+    return load_settings("onboard", "h1", {"authorized_keys": [KEY], **overrides})
 
 
 def problems_of(**data) -> str:
-    with pytest.raises(OnboardSettingsError) as info:
-        onboard_settings("h1", data, read_file=lambda path: (_ for _ in ()).throw(OSError(2, "No such file")))
+    with pytest.raises(SettingsError) as info:
+        load_settings("onboard", "h1", data)
     return str(info.value)
 
 
@@ -31,6 +33,26 @@ def test_defaults_and_derived_paths():
     assert s.user == "deploy" and s.home_dir == "/home/deploy" and s.engine == "local"
     assert s.compose_path == "/opt/quant-stack/docker-compose.yml"
     assert s.sudoers_path == "/etc/sudoers.d/quant-deploy" and s.docker_gid is None
+
+
+def test_defaults_live_in_the_model():
+    s = settings()
+    assert s.sudo_commands == ("/usr/bin/systemctl restart docker", "/usr/bin/systemctl status docker",
+                               "/usr/bin/journalctl -u docker")
+    assert s.directories == ("data/postgres", "data/minio", "data/redis", "logs", "backups")
+    assert (s.packages, s.log_max_size, s.log_max_file) == (("docker.io",), 10 * 1024 * 1024, 3)
+    assert s.verify is True and s.exclusive_keys is False and s.compose is None
+
+
+def test_group_defaults_under_the_host_block():
+    s = load_settings("onboard", "h1", {"user": "ops"}, {"authorized_keys": [KEY], "user": "deploy"})
+    assert s.user == "ops" and s.authorized_keys == (KEY,)
+
+
+def test_log_max_size_is_a_docker_size():
+    assert settings(log_max_size="20m").log_max_size == 20 * 1024 * 1024
+    assert settings(log_max_size=1024).log_max_size == 1024
+    assert "log_max_size: must be > 0" in problems_of(authorized_keys=[KEY], log_max_size="0")
 
 
 def test_socket_engine_matches_the_socket_gid_by_default():
@@ -43,6 +65,10 @@ def test_keys_from_a_controller_file(tmp_path):
     pub = tmp_path / "k.pub"
     pub.write_text(KEY + "\n\n# comment\n")
     assert settings(authorized_keys=[{"file": str(pub)}]).authorized_keys == (KEY,)
+    empty = tmp_path / "empty.pub"
+    empty.write_text("# no key here\n")
+    assert f"authorized_keys[0]: {empty} holds no public key" in problems_of(authorized_keys=[{"file": str(empty)}])
+    assert settings(authorized_keys=[KEY, {"file": str(pub)}]).authorized_keys == (KEY,)  # once
 
 
 @pytest.mark.parametrize("data, expected", [
@@ -55,14 +81,17 @@ def test_keys_from_a_controller_file(tmp_path):
     ({"authorized_keys": [KEY], "sudo_commands": ["/usr/bin/docker ALL"]}, "too wide"),
     ({"authorized_keys": [KEY], "sudo_commands": ["/bin/ls, /bin/sh"]}, "too wide"),
     ({"authorized_keys": [KEY], "sudoers_name": "deploy.conf"}, "sudo ignores files with '.'"),
-    ({"authorized_keys": [KEY], "engine": "podman"}, "engine: 'podman' is not one of"),
+    ({"authorized_keys": [KEY], "engine": "podman"}, "engine: must be one of local, socket"),
     ({"authorized_keys": [KEY], "log_max_size": "10mb"}, "log_max_size: '10mb'"),
     ({"authorized_keys": [KEY], "log_max_file": 0}, "log_max_file"),
     ({"authorized_keys": [KEY], "packages": ["docker-ce"]}, "must include docker.io"),
     ({"authorized_keys": [KEY], "directories": ["../etc"]}, "plain relative path"),
     ({"authorized_keys": [KEY], "stack_dir": "relative"}, "absolute path"),
     ({"authorized_keys": [KEY], "docker_gid": "105"}, "docker_gid"),
-    ({"authorized_keys": [KEY], "userr": "x"}, "userr: unknown setting"),
+    ({"authorized_keys": [KEY], "docker_gid": True}, "docker_gid"),
+    ({"authorized_keys": [KEY], "exclusive_keys": "yes"}, "exclusive_keys: is not true/false"),
+    ({"authorized_keys": [{"url": "https://keys"}]}, "authorized_keys[0]: expected a public key line"),
+    ({"authorized_keys": [KEY], "userr": "x"}, "userr: unknown setting; did you mean 'user'?"),
     ({"authorized_keys": [KEY], "compose": {"services": {"db": {"environment": {"DB_PASSWORD": "hunter2"}}}}},
      "looks like a secret"),
 ])
@@ -141,7 +170,7 @@ def test_preflight_socket_engine():
     container = probe(pid1="sshd", systemd="no", sbin_init="no", socket_kind="socket", socket_gid=105)
     s = settings(engine="socket")
     assert preflight_problems(s, container) == []
-    assert onboard.wanted_gid(s, container) == 105
+    assert wanted_gid(s, container) == 105
     assert "needs a Docker socket" in preflight_problems(s, {**container, "socket_kind": "missing"})[0]
     assert "second dockerd" in preflight_problems(s, {**container, "systemd": "yes"})[0]
     assert "already the group 'users'" in preflight_problems(s, container, gid_holder="users")[0]
@@ -178,4 +207,4 @@ def test_default_compose_agrees_with_fix_mlflow():
 def test_default_compose_has_no_secret_values():
     mlflow = load_settings("mlflow", "h1", {})
     doc = default_compose(settings(), mlflow, server_spec(mlflow, "2.9.2"))
-    assert onboard.compose_problems(doc) == []
+    assert compose_problems(doc) == []

@@ -1,0 +1,240 @@
+"""
+The ``onboard`` block: what onboarding makes of a fresh Debian host (deploys/onboard_host.py).
+
+Only ``authorized_keys`` is required: public key lines, or ``{"file": "/path/on/controller.pub"}``
+(read on the controller; a public key is not a secret, so it is not a SecretSource)::
+
+    onboard = {
+        "authorized_keys": [{"file": "~/.ssh/deploy_ed25519.pub"}],
+        "engine": "socket",        # this host uses an engine whose socket is mounted in
+    }
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
+
+from tasks.settings.base import Block, Pattern
+from tasks.settings.types import Size, looks_secret
+
+ENGINES = ("local", "socket")
+USER_NAME = r"[a-z_][a-z0-9_-]{0,31}"
+_KEY_RE = re.compile(r"(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)"
+                     r"@openssh\.com) [A-Za-z0-9+/]+=*( [^\n\r]*)?")
+_PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+:~-]+)?")
+# sudoers specials that would widen a rule: a command list, aliases, a user/runas spec, escapes.
+_SUDO_BAD_RE = re.compile(r"[,:=\\\n\r#]|^ALL$|\bALL\b")
+# Characters a path must not hold: it goes into shell command lines unquoted in places.
+_UNSAFE_PATH_CHARS = set("'\"$`\\")
+
+UserName = Pattern(USER_NAME, "a user name: lower-case letters, digits, _ and -, at most 32")
+FileName = Pattern(r"[A-Za-z0-9_./-]+", "letters, digits, _ . / -")
+
+
+def _unsafe(path: str) -> bool:
+    return any(c.isspace() or c in _UNSAFE_PATH_CHARS for c in path)
+
+
+def read_public_keys(item: Any, where: str,
+                     read_file: Any = None) -> tuple[list[str], list[str]]:
+    """The key lines one ``authorized_keys`` entry stands for, and its problems (``where: text``).
+
+    An entry is a key line, or ``{"file": path}`` read here, on the controller (blank lines and
+    ``#`` comments skipped)."""
+    reader = read_file or (lambda path: Path(path).expanduser().read_text(encoding="utf-8"))
+    if isinstance(item, Mapping) and set(item) == {"file"} and isinstance(item["file"], str):
+        try:
+            text = reader(item["file"])
+        except OSError as exc:
+            return [], [f"{where}: cannot read {item['file']}: {exc.strerror or exc}"]
+        keys = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        return keys, ([] if keys else [f"{where}: {item['file']} holds no public key"])
+    if isinstance(item, str):
+        return [item.strip()], []
+    return [], [f'{where}: expected a public key line or {{"file": "/path/on/controller.pub"}}']
+
+
+def compose_problems(document: Any) -> list[str]:
+    """A compose document in settings: services as mappings; secret-looking env values only as ${VAR}."""
+    if not isinstance(document, Mapping) or not isinstance(document.get("services"), Mapping) \
+            or not document["services"]:
+        return ["compose: expected a mapping with a non-empty 'services' mapping"]
+    problems = []
+    for name, service in document["services"].items():
+        if not isinstance(service, Mapping):
+            problems.append(f"compose.services.{name}: expected a mapping")
+            continue
+        env = service.get("environment") or {}
+        items = env.items() if isinstance(env, Mapping) else (
+            (str(e).partition("=")[0], str(e).partition("=")[2]) for e in env)
+        for key, value in items:
+            if looks_secret(str(key)) and value not in (None, "") and not str(value).startswith("${"):
+                problems.append(f"compose.services.{name}.environment.{key}: looks like a secret; "
+                                "write ${VAR} and let compose read it from its environment")
+    return problems
+
+
+class OnboardSettings(Block):
+    """A fresh host made a managed member of the fleet: deploy user, sudo, Docker, stack files."""
+
+    authorized_keys: tuple[str, ...] = Field(
+        (), validate_default=True,
+        description='required: public key lines or {"file": "/path/on/controller.pub"}')
+    user: UserName = Field("deploy", description="the deploy user pyinfra and people log in as afterwards")  # type: ignore[valid-type]
+    exclusive_keys: StrictBool = Field(False, description="remove authorized keys not listed")
+    shell: str = "/bin/bash"
+    home: str | None = Field(None, description="None: /home/<user>")
+    sudo_commands: tuple[str, ...] = Field(
+        ("/usr/bin/systemctl restart docker", "/usr/bin/systemctl status docker",
+         "/usr/bin/journalctl -u docker"),
+        description="NOPASSWD, these absolute command lines only; ALL is refused")
+    sudoers_name: Pattern(  # type: ignore[valid-type]
+        r"[A-Za-z0-9_-]+", "letters, digits, '-' or '_' (sudo ignores files with '.' in their name)"
+    ) = Field("quant-deploy", description="/etc/sudoers.d/<name>")
+    engine: Literal["local", "socket"] = Field(
+        "local", description="local: this host runs dockerd (systemd as PID 1); socket: it uses the "
+                             "engine whose socket is at docker_socket")
+    docker_socket: str = "/var/run/docker.sock"
+    docker_gid: int | Literal["socket"] | None = Field(
+        None, description='pin the docker group\'s gid; "socket": the socket\'s gid (engine "socket" default)')
+    packages: tuple[str, ...] = Field(("docker.io",), description="from the distribution, no recommends")
+    log_max_size: Size = Field(10 * 1024 * 1024, gt=0, description="daemon.json log-opts max-size")
+    log_max_file: StrictInt = Field(3, ge=1, le=100, description="daemon.json log-opts max-file")
+    stack_dir: str = "/opt/quant-stack"
+    stack_owner: UserName | None = Field(None, description="None: the deploy user")  # type: ignore[valid-type]
+    directories: tuple[str, ...] = Field(
+        ("data/postgres", "data/minio", "data/redis", "logs", "backups"), description="relative to stack_dir")
+    compose_file: FileName = Field("docker-compose.yml", description="relative to stack_dir, or absolute")  # type: ignore[valid-type]
+    compose_project: FileName = "quant"  # type: ignore[valid-type]
+    compose: dict[str, Any] | None = Field(
+        None, description="None: postgres, minio, redis and MLflow from the host's mlflow settings; "
+                          "or a whole compose document (secrets only as ${VAR})")
+    mlflow_version: FileName = Field("2.9.2", description="the MLflow version in the mlflow image")  # type: ignore[valid-type]
+    verify: StrictBool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _socket_gid(cls, data: Any) -> Any:
+        # A shared socket is usable only by a group with its gid.
+        if isinstance(data, Mapping) and data.get("engine") == "socket" and data.get("docker_gid") is None:
+            return {**data, "docker_gid": "socket"}
+        return data
+
+    @field_validator("authorized_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: Any) -> tuple[str, ...]:
+        if not value or not isinstance(value, (list, tuple)):
+            raise ValueError('at least one public key is required (a line, or '
+                             '{"file": "/path/on/controller.pub"})')
+        keys: list[str] = []
+        problems: list[str] = []
+        for index, item in enumerate(value):
+            where = f"authorized_keys[{index}]"
+            found, trouble = read_public_keys(item, where)
+            problems += trouble
+            for key in found:
+                if "PRIVATE KEY" in key:
+                    problems.append(f"{where}: is a private key; give the public one")
+                elif not _KEY_RE.fullmatch(key):
+                    problems.append(f"{where}: not an OpenSSH public key line ({key[:30]!r}...)")
+                else:
+                    keys.append(key)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return tuple(dict.fromkeys(keys))
+
+    @field_validator("user")
+    @classmethod
+    def _not_root(cls, value: str) -> str:
+        if value == "root":
+            raise ValueError("'root' is not a valid non-root user name")
+        return value
+
+    @field_validator("shell", "home", "stack_dir", "docker_socket")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("/") or _unsafe(value):
+            raise ValueError(f"{value!r} is not an absolute path without spaces or quotes")
+        return value.rstrip("/") or "/"
+
+    @field_validator("sudo_commands", "packages", "directories", mode="before")
+    @classmethod
+    def _string_list(cls, value: Any) -> Any:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(i, str) for i in value):
+            raise ValueError("expected a list of strings")
+        return value
+
+    @field_validator("sudo_commands")
+    @classmethod
+    def _narrow(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for command in value:
+            if not command.startswith("/"):
+                raise ValueError(f"{command!r} must start with an absolute path")
+            if _SUDO_BAD_RE.search(command):
+                raise ValueError(f"{command!r} is too wide or not a single command "
+                                 "(no ALL, no ',', ':', '=', '\\', '#'): sudo stays narrow")
+        return value
+
+    @field_validator("docker_gid", mode="before")
+    @classmethod
+    def _gid(cls, value: Any) -> Any:
+        if value is None or value == "socket":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 65534:
+            raise ValueError(f'{value!r} must be a group id, "socket" or null')
+        return value
+
+    @field_validator("packages")
+    @classmethod
+    def _packages(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or not all(_PACKAGE_RE.fullmatch(p) for p in value):
+            raise ValueError(f"{list(value)!r} is not a list of Debian package names")
+        if not any(p.split("=")[0] == "docker.io" for p in value):
+            raise ValueError("must include docker.io (the engine and CLI from Debian)")
+        return value
+
+    @field_validator("directories")
+    @classmethod
+    def _directories(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for folder in value:
+            if not folder or folder.startswith("/") or ".." in folder.split("/") or _unsafe(folder):
+                raise ValueError(f"{folder!r} must be a plain relative path inside stack_dir")
+        return value
+
+    @field_validator("compose_file", "compose_project", "mlflow_version")
+    @classmethod
+    def _no_parent(cls, value: str) -> str:
+        if ".." in value.split("/"):
+            raise ValueError(f"{value!r} is not valid (no '..')")
+        return value
+
+    @field_validator("compose")
+    @classmethod
+    def _compose(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            problems = compose_problems(value)
+            if problems:
+                raise ValueError("\n".join(problems))
+        return value
+
+    @property
+    def home_dir(self) -> str:
+        return self.home or f"/home/{self.user}"
+
+    @property
+    def compose_path(self) -> str:
+        return self.compose_file if self.compose_file.startswith("/") else f"{self.stack_dir}/{self.compose_file}"
+
+    @property
+    def sudoers_path(self) -> str:
+        return f"/etc/sudoers.d/{self.sudoers_name}"
+
+    @property
+    def owner(self) -> str:
+        return self.stack_owner or self.user
