@@ -1,0 +1,199 @@
+"""The cleanup schedule's deploy without a host: what it installs on a cron host and on a
+systemd host, what it removes with ``present: False``, and that an installed schedule plans no
+change. Facts: our own as the command output a host prints (``InitSystem``, ``CrontabText``,
+pyinfra's ``Crontab``), pyinfra's file facts as processed values (as pyinfra's own operation
+tests give them).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+from pyinfra.api.exceptions import OperationError
+
+from tasks import settings as host_settings
+from tasks.core.schedule_units import job_script, service_unit, timer_unit
+from tasks.operations.schedule import cron_entry_absent, schedule_cleanup
+from tests.ops.recorded_plan import Output, plan_on_host
+
+SCRIPT = "/usr/local/lib/quant-remediation/quant-db-cleanup.sh"
+CRON_HOST = Output("systemd=no\npid1=bash\ncron=running")  # a container: PID 1 is a shell
+SYSTEMD_HOST = Output("systemd=yes\npid1=systemd\ncron=running")
+INSTALLED_CRONTAB = Output("MAILTO=root\n\n# pyinfra-name=quant-db-cleanup\n17 3 * * * " + SCRIPT)
+DIRECTORY = {"mode": 755, "user": "root", "group": "root"}
+TIMER = "quant-db-cleanup.timer"
+
+
+def settings(**data):
+    return host_settings.load("cleanup_schedule", "ops", data)
+
+
+def facts(init=CRON_HOST, crontab="", files=None, sums=None, systemd=None, which=None):
+    """A host: its init system, root's crontab, which files exist (path -> File fact) with
+    which sha1, the systemd units' state, and which commands are on PATH."""
+    files, sums = files or {}, sums or {}
+    return {
+        "InitSystem": init,
+        "CrontabText": {"user=root": Output(crontab)},
+        "Crontab": {"user=root": Output(crontab)},
+        "Which": {f"command={k}": v for k, v in (which or {"crontab": "/usr/bin/crontab"}).items()},
+        "Directory": {**{f"path={p}": v for p, v in files.items() if v.get("dir")}, "*": None},
+        "File": {**{f"path={p}": v for p, v in files.items() if not v.get("dir")}, "*": None},
+        "Sha1File": {**{f"path={p}": s for p, s in sums.items()}, "*": None},
+        "TmpDir": "/tmp",
+        "SystemdStatus": {"*": (systemd or {}).get("running", {})},
+        "SystemdEnabled": {"*": (systemd or {}).get("enabled", {})},
+    }
+
+
+def plan(s, host_facts):
+    result = plan_on_host(lambda: schedule_cleanup(s), host_facts)
+    steps = [(name, [re.sub(r"/tmp/pyinfra-[0-9a-f]+", "/tmp/TEMP", c) if isinstance(c, str) else c
+                     for c in commands]) for name, commands in result.steps]
+    return result, steps
+
+
+def sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def installed(s, units=False):
+    """What a host looks like after the deploy ran: directory, script (same content), units."""
+    files = {"/usr/local/lib/quant-remediation": {**DIRECTORY, "dir": True},
+             SCRIPT: {"mode": 755, "user": "root", "group": "root"}}
+    sums = {SCRIPT: sha1(job_script(s))}
+    if units:
+        files["/etc/systemd/system"] = {**DIRECTORY, "dir": True}
+        for kind, text in (("service", service_unit(s)), ("timer", timer_unit(s))):
+            files[f"/etc/systemd/system/quant-db-cleanup.{kind}"] = {"mode": 644, "user": "root", "group": "root"}
+            sums[f"/etc/systemd/system/quant-db-cleanup.{kind}"] = sha1(text)
+    return files, sums
+
+
+def test_cron_host_gets_the_job_script_and_a_cron_entry():
+    s = settings()
+    result, steps = plan(s, facts())
+    assert steps == [
+        ("Job script directory", ["mkdir -p /usr/local/lib/quant-remediation",
+                                  "chmod 755 /usr/local/lib/quant-remediation"]),
+        (f"Job script {SCRIPT}", ["mkdir -p /usr/local/lib/quant-remediation",
+                                  ["upload", job_script(s), SCRIPT], f"chmod 755 {SCRIPT}"]),
+        ("Cron entry quant-db-cleanup", ["echo '# pyinfra-name=quant-db-cleanup' >> /tmp/TEMP",
+                                         f"echo '17 3 * * * {SCRIPT}' >> /tmp/TEMP",
+                                         "crontab -u root /tmp/TEMP"]),
+    ]
+    assert "schedule: systemd is not PID 1 here (PID 1 is 'bash'): no systemd timer, cron entry only" in result.logs
+
+
+def test_cron_host_without_a_cron_daemon_is_told():
+    result, _ = plan(settings(), facts(init=Output("systemd=no\npid1=bash\ncron=stopped")))
+    assert any("no cron daemon is running" in line for line in result.logs)
+
+
+def test_installed_cron_schedule_plans_no_change():
+    s = settings()
+    files, sums = installed(s)
+    result, steps = plan(s, facts(crontab=INSTALLED_CRONTAB, files=files, sums=sums))
+    assert [name for name, _ in steps] == ["Job script directory", f"Job script {SCRIPT}",
+                                           "Cron entry quant-db-cleanup"]
+    assert all(commands == [] for _, commands in steps), steps
+
+
+def test_a_changed_setting_rewrites_the_script_only():
+    old, new = settings(), settings(env={"QUANTLAB_PREFIX": "lab2"})
+    files, sums = installed(old)
+    _, steps = plan(new, facts(crontab=INSTALLED_CRONTAB, files=files, sums=sums))
+    assert dict(steps)[f"Job script {SCRIPT}"] == [["upload", job_script(new), SCRIPT], f"chmod 755 {SCRIPT}"]
+    assert dict(steps)["Cron entry quant-db-cleanup"] == []
+
+
+def test_missing_crontab_installs_cron_with_apt():
+    host = facts(which={"crontab": None, "apt-get": "/usr/bin/apt-get"})
+    host.update({"DebPackages": {}, "File": {"*": None}, "Date": None})
+    result, steps = plan(settings(), host)
+    assert steps[0][0] == "cron is installed"
+    assert any("apt-get" in c and " cron" in c for c in steps[0][1] if isinstance(c, str)), steps[0]
+
+
+def test_systemd_host_gets_a_timer_and_no_cron_entry():
+    s = settings()
+    result, steps = plan(s, facts(init=SYSTEMD_HOST, crontab=INSTALLED_CRONTAB))
+    by_name = dict(steps)
+    assert by_name["No cron entry quant-db-cleanup (systemd timer instead)"] == [
+        "printf %s 'MAILTO=root\n' | crontab -u root -"]
+    assert by_name["Unit quant-db-cleanup.service"][1] == ["upload", service_unit(s),
+                                                            "/etc/systemd/system/quant-db-cleanup.service"]
+    assert by_name["Unit quant-db-cleanup.timer"][1] == ["upload", timer_unit(s),
+                                                          "/etc/systemd/system/quant-db-cleanup.timer"]
+    assert "OnCalendar=*-*-* 03:17:00" in timer_unit(s)
+    assert by_name["systemd reload"] == ["systemctl daemon-reload"]
+    assert by_name["Timer quant-db-cleanup enabled"] == [f"systemctl start {TIMER}", f"systemctl enable {TIMER}"]
+    assert "Cron entry quant-db-cleanup" not in by_name
+
+
+def test_installed_systemd_schedule_plans_no_change():
+    s = settings()
+    files, sums = installed(s, units=True)
+    _, steps = plan(s, facts(init=SYSTEMD_HOST, files=files, sums=sums,
+                             systemd={"running": {TIMER: True}, "enabled": {TIMER: True}}))
+    assert all(commands == [] for name, commands in steps if name != "systemd reload"), steps
+    # the reload is gated with _if on the unit files: at execution it runs only if one changed
+    assert dict(steps)["systemd reload"] == ["systemctl daemon-reload"]
+
+
+def test_both_schedulers_on_a_systemd_host():
+    _, steps = plan(settings(scheduler="both"), facts(init=SYSTEMD_HOST))
+    names = [name for name, _ in steps]
+    assert "Cron entry quant-db-cleanup" in names and "Timer quant-db-cleanup enabled" in names
+
+
+def test_present_false_removes_entry_and_script_but_not_logs():
+    s = settings(present=False)
+    result, steps = plan(s, facts(crontab=INSTALLED_CRONTAB, files=installed(s)[0]))
+    assert steps == [
+        ("No cron entry quant-db-cleanup", ["printf %s 'MAILTO=root\n' | crontab -u root -"]),
+        (f"No job script {SCRIPT}", [f"rm -f {SCRIPT}"]),
+    ]
+    assert "schedule: log /var/log/quant-remediation/quant-db-cleanup.log (and rotations) left in place" in result.logs
+
+
+def test_present_false_when_already_gone_is_no_change():
+    result, steps = plan(settings(present=False), facts(crontab="MAILTO=root"))
+    assert all(commands == [] for _, commands in steps)
+    assert result.noops == ["no cron entry named quant-db-cleanup", "file {0} does not exist"]
+
+
+def test_present_false_on_a_systemd_host_stops_the_timer_and_removes_units():
+    s = settings(present=False)
+    files = {f"/etc/systemd/system/quant-db-cleanup.{k}": {"mode": 644} for k in ("timer", "service")}
+    _, steps = plan(s, facts(init=SYSTEMD_HOST, files=files,
+                             systemd={"running": {TIMER: True}, "enabled": {TIMER: True}}))
+    by_name = dict(steps)
+    assert by_name["Timer quant-db-cleanup stopped"] == [f"systemctl stop {TIMER}", f"systemctl disable {TIMER}"]
+    assert by_name["No unit quant-db-cleanup.timer"] == ["rm -f /etc/systemd/system/quant-db-cleanup.timer"]
+    assert by_name["No unit quant-db-cleanup.service"] == ["rm -f /etc/systemd/system/quant-db-cleanup.service"]
+    assert by_name["systemd reload"] == ["systemctl daemon-reload"]
+
+
+def test_systemd_scheduler_needs_systemd():
+    with pytest.raises(OperationError, match="systemd is not running as PID 1"):
+        plan(settings(scheduler="systemd"), facts())
+
+
+def test_a_timer_without_a_calendar_is_a_settings_error_before_any_change():
+    with pytest.raises(host_settings.SettingsError) as err:
+        plan(settings(minute="*/15"), facts(init=SYSTEMD_HOST))
+    assert "set on_calendar" in str(err.value)
+    # on a cron host the same fields are fine
+    _, steps = plan(settings(minute="*/15"), facts())
+    assert f"echo '*/15 3 * * * {SCRIPT}' >> /tmp/TEMP" in dict(steps)["Cron entry quant-db-cleanup"]
+
+
+def test_cron_entry_absent_keeps_other_entries_and_their_comments():
+    crontab = Output("# pyinfra-name=other\n1 2 * * * /bin/other\n\n# pyinfra-name=quant-db-cleanup\n"
+                     f"17 3 * * * {SCRIPT}\n# keep me\n5 5 * * * /bin/keep")
+    result = plan_on_host(lambda: cron_entry_absent(entry="quant-db-cleanup", user="deploy"),
+                          {"CrontabText": {"user=deploy": crontab}})
+    assert result.commands() == ["printf %s '# pyinfra-name=other\n1 2 * * * /bin/other\n# keep me\n"
+                                 "5 5 * * * /bin/keep\n' | crontab -u deploy -"]
