@@ -5,8 +5,8 @@ they call for, on that host only; then verify them and record the run.
     pyinfra inventories/lab.py deploys/remediate.py --dry   # findings, evidence, what would run
     pyinfra -y inventories/lab.py deploys/remediate.py
 
-Catalog: tasks/core/signatures.yml (or host data `remediate.catalog`). Settings: host data `remediate`,
-defaults in group_data/all.py `remediate_defaults`. A second run right after a fix reports no
+Catalog: tasks/core/signatures.yml (or host data `remediate.catalog`). Settings: the host's
+`remediate` block (tasks/settings/remediate.py). A second run right after a fix reports no
 changes; a signature still present within its throttle window is reported "throttled".
 """
 from tasks.operations.remediate import remediate

@@ -6,7 +6,8 @@ REST API, an artifact round trip, workers), Redis, S3 and the backend, and the l
     QUANTLAB_VERIFY_REPORT=verify.json QUANTLAB_VERIFY_SINCE=30m pyinfra -y ... deploys/verify_stack.py
 
 Read-only: a passing run reports no changes; a failing check fails the host (non-zero exit).
-Settings: the host's `stack` data, defaults in group_data/all.py `stack_defaults`.
+Settings: the host's `stack` block (tasks/settings/stack.py); log signatures from the host's catalog
+(tasks/core/signatures.yml, or `remediate.catalog`).
 """
 from tasks.checks.stack import verify
 from tasks.operations.refusals import quiet_refusals

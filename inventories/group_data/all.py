@@ -22,30 +22,8 @@ db_default_privileges = []  # [{"owner", "role", "database", "schema", "on", "pr
 db_exclusive = False  # revoke privileges and memberships beyond the settings (on named objects)
 db_verify = True  # after a change: each login role logs in over TCP and uses its grants
 
-# Whole-stack verification (deploys/verify_stack.py; tasks/checks/stack.py). A host's `stack`
-# mapping overrides these key by key and lists the services to expect there under `services`:
-#   {"postgres": {"container"}, "mlflow": {"container", "url"?, "workers"?},
-#    "redis": {"container", "password"?}, "s3": {"container"?, "url"?, "bucket"?, "health_path"?},
-#    "backend": {"container"?, "url"?, "health_path"?, "db_path"?}}
-# A service not listed is reported skipped (with the reason), never passed. HTTP goes to `url`
-# from the host (curl, else python3) or, without a url, from inside the container. PostgreSQL
-# access, superuser and login roles default to the host's `postgres` and `db_roles` data.
-stack_defaults = {
-    "deadline": 240,  # seconds for all checks on one host; a hung service cannot hold the run
-    "command_timeout": 15,  # seconds for one command on the host (docker exec, psql, logs)
-    "http_timeout": 5,  # seconds for one HTTP request
-    "retry_attempts": 5,  # each check: up to this many attempts...
-    "retry_seconds": 20,  # ...within this many seconds...
-    "retry_wait": 2,  # ...this far apart (a check that cannot recover stops at once)
-    "restart_window": 10,  # restart counts must not move over at least this many seconds
-    "memory_warn_percent": 85,  # of the container's memory limit: warn from here...
-    "memory_fail_percent": 95,  # ...fail from here
-    "logs_since": "15m",  # known failure signatures searched since (duration or RFC 3339 time;
-                          # env QUANTLAB_VERIFY_SINCE overrides), e.g. the time of the last fix
-    "log_signatures": {},  # extra {name: regex} beyond SIGKILL, WORKER TIMEOUT,
-                           # password authentication failed, WatchfilesRustInternalError
-    "report_path": None,  # write a JSON report here (env QUANTLAB_VERIFY_REPORT overrides)
-}
+# Whole-stack verification (deploys/verify_stack.py): defaults and the services a host's `stack`
+# mapping lists in tasks/settings/stack.py. Fleet-wide values go in `stack_defaults = {...}` here.
 
 # Database cleanup (deploys/cleanup_database.py): defaults and rules in tasks/settings/cleanup.py
 # (load-test leftovers `concurrent\\_%`, `test\\_%`; max_rows 1000; foreign_keys "refuse"). Fleet-wide
@@ -55,18 +33,8 @@ stack_defaults = {
 # tasks/settings/schedule.py (03:17 daily, cron or a systemd timer). Fleet-wide values go in
 # `cleanup_schedule_defaults = {...}` here; a host's `cleanup_schedule` wins.
 
-# Log-signature remediation (deploys/remediate.py; tasks/core/diagnose.py, tasks/operations/remediate.py). A
-# host's `remediate` mapping overrides these key by key. Container roles come from the host's
-# mlflow / postgres / backend / stack data; `containers` adds or overrides {role: name}.
-remediate_defaults = {
-    "catalog": None,  # path to a signature catalog on the controller; None: tasks/core/signatures.yml
-    "since": "2h",  # docker logs --since (duration or RFC 3339 time)...
-    "tail": 2000,  # ...and at most this many lines per container
-    "record_path": "/var/lib/quantlab/remediation-runs.json",  # last runs, on the host (throttle)
-    "report_dir": "remediation-reports",  # run records <host>.json on the controller
-    "containers": {},
-    "verify": True,  # verify each remediation after it ran
-}
+# Log-signature remediation (deploys/remediate.py): defaults in tasks/settings/remediate.py, the
+# signature catalog in tasks/core/signatures.yml. Fleet-wide values go in `remediate_defaults`.
 
 # The backend's uvicorn --reload fix (deploys/fix_backend_reload.py): the `backend` block, its
 # defaults (reload_delay 2, force_polling, port 8000, /health) and rules in tasks/settings/backend.py.

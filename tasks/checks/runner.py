@@ -3,12 +3,16 @@
 A probe returns its evidence when the check holds, raises `NotYet` when it may hold after a wait
 (service still starting), and `Broken` when waiting cannot help (container exited, OOM-killed):
 that stops the retries at once. Every attempt's reason is kept, so a failure says why.
+
+:class:`Session` runs the checks of one host in order under one deadline, with the shell they
+send commands through; every per-service check module (tasks/checks/<service>.py) takes one.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import tenacity
 
@@ -108,3 +112,75 @@ def format_table(results: list[CheckResult]) -> str:
     lines.append(f"{passed}/{len(results) - skipped} checks passed"
                  + (f", {skipped} skipped" if skipped else ""))
     return "\n".join(lines)
+
+
+# --- one host's checks: a shell, one deadline, results in order --------------------------------
+
+ONCE = RetryPolicy(attempts=1, seconds=0, wait=0)
+
+
+class Warned(str):
+    """A probe's evidence that holds but deserves attention: the check is reported as warn."""
+
+
+def redact(text: str, secret_values: list[str]) -> str:
+    for value in sorted(set(v for v in secret_values if v), key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text
+
+
+class Deadline:
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.seconds, self.clock, self.start = seconds, clock, clock()
+
+    @property
+    def left(self) -> float:
+        return self.seconds - (self.clock() - self.start)
+
+    def clip(self, policy: RetryPolicy) -> RetryPolicy:
+        return RetryPolicy(policy.attempts, max(0.0, min(policy.seconds, self.left)), policy.wait)
+
+
+class Session:
+    """The checks of one host: ``check`` runs a probe under the retry policy, clipped to what is
+    left of the deadline (after it, a check fails unrun); ``skip`` records a reason; ``sh`` runs
+    a command on the host. Evidence is scrubbed of every secret the shell was handed.
+
+    + shell: a :class:`tasks.checks.shell.Shell` (``run``, ``run_with_secret``, ``secrets``)
+    + retry: the default policy of a check
+    + deadline: seconds for all checks of this session
+    + command_timeout / http_timeout: seconds for one command / one HTTP request
+    + environ: where secret sources named ``env`` are read (default: the process environment)
+    """
+
+    def __init__(self, shell: Any, *, retry: RetryPolicy = RetryPolicy(5, 20.0, 2.0),
+                 deadline: float = 240.0, command_timeout: int = 15, http_timeout: int = 5,
+                 environ: Mapping[str, str] | None = None):
+        self.shell, self.retry = shell, retry
+        self.command_timeout, self.http_timeout = int(command_timeout), int(http_timeout)
+        self.environ = os.environ if environ is None else environ
+        self.deadline = Deadline(deadline)
+        self.results: list[CheckResult] = []
+        self.inspected: dict[str, dict] = {}  # container -> its last `docker inspect`
+        self.first_restarts: dict[str, tuple[int, float]] = {}  # container -> (count, when read)
+
+    def check(self, name: str, target: str, probe: Callable[[], str],
+              policy: RetryPolicy | None = None) -> CheckResult:
+        policy = policy or self.retry
+        if self.deadline.left <= 0:
+            result = CheckResult(name, target, "fail", evidence=f"not run: the {self.deadline.seconds:.0f}s "
+                                 "deadline for this host had passed")
+        else:
+            result = run_check(name, target, probe, self.deadline.clip(policy))
+            if result.status == "pass" and isinstance(result.evidence, Warned):
+                result.status = "warn"
+        result.evidence = redact(str(result.evidence), self.shell.secrets)
+        result.reasons = [redact(str(r), self.shell.secrets) for r in result.reasons]
+        self.results.append(result)
+        return result
+
+    def skip(self, name: str, target: str, reason: str) -> None:
+        self.results.append(CheckResult(name, target, "skip", evidence=reason))
+
+    def sh(self, command: str, timeout: int | None = None) -> tuple[bool, str]:
+        return self.shell.run(command, timeout or self.command_timeout)

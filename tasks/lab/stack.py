@@ -24,7 +24,7 @@ import yaml
 
 from tasks.core.mlflow_server import server_spec
 from tasks.settings.mlflow import MlflowSettings
-from tasks.checks.stack import oom_kills
+from tasks.checks.containers import oom_kills
 
 from tasks.lab import images as lab_images
 from tasks.lab.images import Progress

@@ -68,7 +68,9 @@ from tasks.core.pg_sql import (
     render_script,
 )
 from tasks.core.scram import md5_verifier, scram_verifier
-from tasks.checks.stack import Role, StackChecker, StackSettings, pyinfra_shell
+from tasks.checks import postgres as postgres_checks
+from tasks.checks.runner import Session
+from tasks.checks.shell import pyinfra_shell
 
 # Where psql listens inside the database container (docker mode verification logs in over TCP
 # on the container's loopback, so pg_hba's `host ... scram-sha-256` rule is what is exercised).
@@ -284,11 +286,11 @@ def _tcp_probe(host, target: PgTarget, role: str, password_source: PasswordSourc
 
 def login_probe(host, target, role, source, database):
     """`role` logs in over TCP with its password: the whole-stack library's check
-    (tasks.checks.stack), so db_users verifies logins exactly as verify_stack does."""
-    conf = {"access": target.mode, "container": target.container, "os_user": target.os_user,
-            "container_port": CONTAINER_PG_PORT, "host": target.host, "port": target.port}
-    checker = StackChecker(pyinfra_shell(host), StackSettings())
-    return checker._role_probe(conf, Role(role, source, database))
+    (tasks.checks.postgres.login_probe), so db_users verifies logins exactly as verify_stack does."""
+    return postgres_checks.login_probe(
+        Session(pyinfra_shell(host)), role, source, database, access=target.mode,
+        container=target.container, os_user=target.os_user, container_port=CONTAINER_PG_PORT,
+        host=target.host, port=target.port)
 
 
 def _usage_sql(grants: list[GrantSpec], catalog: Catalog) -> tuple[str, list[str]]:

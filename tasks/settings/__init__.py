@@ -20,6 +20,8 @@ from tasks.settings.mlflow import MlflowSettings
 from tasks.settings.schedule import ScheduleSettings
 from tasks.settings.onboard import OnboardSettings
 from tasks.settings.backend import BackendSettings
+from tasks.settings.stack import StackSettings
+from tasks.settings.remediate import RemediateSettings
 
 # Block name in host data -> its model. Every deploy reads its blocks through of_host().
 BLOCKS: dict[str, type[Block]] = {
@@ -28,6 +30,8 @@ BLOCKS: dict[str, type[Block]] = {
     "cleanup_schedule": ScheduleSettings,
     "onboard": OnboardSettings,
     "backend": BackendSettings,
+    "stack": StackSettings,
+    "remediate": RemediateSettings,
 }
 
 _CACHE_ATTR = "_quant_settings"

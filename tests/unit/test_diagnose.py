@@ -1,4 +1,4 @@
-"""The signature catalog, matching, masking, throttling and the diagnosis fact's parsing: pure."""
+"""The signature catalog, matching, masking, throttling and the diagnosis fact's command and parsing."""
 from __future__ import annotations
 
 import datetime as dt
@@ -6,8 +6,14 @@ import datetime as dt
 import pytest
 import yaml
 
-from tasks.core import diagnose
-from tasks.core.diagnose import CatalogError, HostDiagnosis, decide, load_catalog, mask_secrets
+from tasks import settings
+from tasks.core import signatures as diagnose
+from tasks.core.remediation import decide, format_actions, updated_record
+from tasks.core.signatures import load_catalog, mask_secrets, read_catalog
+from tasks.facts.diagnose import HostDiagnosis
+from tasks.operations.remediate import KNOWN, REMEDIATIONS
+from tasks.settings import SettingsError
+from tasks.settings.remediate import host_catalog
 
 T0 = "2026-01-02T03:04:05.123456789Z"
 SIGKILL = "[2026-01-02 03:04:05 +0000] [10] [ERROR] Worker (pid:711) was sent SIGKILL! Perhaps out of memory?"
@@ -59,16 +65,15 @@ def test_packaged_catalog_loads_and_covers_the_incident():
     (entry(id="sev", severity="fatal"), "'sev': severity 'fatal' is not one of"),
 ])
 def test_malformed_entries_are_named(bad, message):
-    with pytest.raises(CatalogError) as error:
+    with pytest.raises(ValueError) as error:
         load_catalog(text=catalog_text(bad))
     assert message in str(error.value)
 
 
 def test_every_problem_is_reported_at_once_and_duplicates_refused():
     text = catalog_text(entry(id="a"), entry(id="a"), entry(id="b", remediation="nope"))
-    with pytest.raises(CatalogError) as error:
-        load_catalog(text=text)
-    assert error.value.problems == [
+    signatures, problems = read_catalog(text=text)
+    assert problems == [
         "signatures[1] 'a': id 'a' is used twice",
         "signatures[2] 'b': unknown remediation 'nope' (known: fix_mlflow, db_users, backend_reload, none)",
     ]
@@ -76,21 +81,45 @@ def test_every_problem_is_reported_at_once_and_duplicates_refused():
 
 @pytest.mark.parametrize("text", ["", "signatures: []", "- a", "signatures: {}", "signatures: [:"])
 def test_not_a_catalog(text):
-    with pytest.raises(CatalogError):
+    with pytest.raises(ValueError):
         load_catalog(text=text)
+    assert read_catalog(text=text)[1]
 
 
-def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(CatalogError, match="cannot read it"):
-        load_catalog(tmp_path / "nope.yml")
+def test_a_bad_catalog_file_is_a_settings_error_naming_host_file_and_entry(tmp_path):
+    path = tmp_path / "signatures.yml"
+    path.write_text(catalog_text(entry(id="ok"), entry(id="broken-regex", pattern="Worker (pid")))
+    block = settings.load("remediate", "h1", {"catalog": str(path)})
+    with pytest.raises(SettingsError) as error:
+        host_catalog("h1", block)
+    assert str(error.value).startswith(f"host 'h1': remediate.catalog {path}: signatures[1] 'broken-regex': "
+                                       "bad regex 'Worker (pid'")
+    missing = settings.load("remediate", "h1", {"catalog": str(tmp_path / "nope.yml")})
+    with pytest.raises(SettingsError, match="cannot read it"):
+        host_catalog("h1", missing)
+    assert host_catalog("h1", settings.load("remediate", "h1", None)) == load_catalog()
 
 
-def test_durations():
-    assert [diagnose.parse_duration(v) for v in (90, "90", "90s", "30m", "2h", "1d")] == \
-        [90, 90, 90, 1800, 7200, 86400]
-    for bad in ("1w", "-1", True, "", None, 1.5):
-        with pytest.raises(ValueError):
-            diagnose.parse_duration(bad)
+def test_remediate_settings_keep_their_rules():
+    ok = settings.load("remediate", "h", {"since": "2026-01-02T03:04:05Z", "tail": 10})
+    assert ok.since == "2026-01-02T03:04:05Z" and ok.tail == 10
+    assert settings.load("remediate", "h", {"since": "90 minutes"}).since == "90m"
+    with pytest.raises(SettingsError) as error:
+        settings.load("remediate", "h", {"since": "soon", "tail": 0, "record_path": "relative.json",
+                                         "containers": {"mlflow": "bad name"}, "colour": 1})
+    text = str(error.value)
+    for needle in ("remediate.since:", "remediate.tail: must be >= 1", "remediate.record_path:",
+                   "remediate.containers.mlflow:", "remediate.colour: unknown setting"):
+        assert needle in text, needle
+
+
+def test_the_registry_is_what_the_catalog_may_name():
+    assert KNOWN == diagnose.REMEDIATIONS and set(REMEDIATIONS) == set(diagnose.REMEDIATIONS) - {"none"}
+
+
+def test_throttle_is_a_duration():
+    [sig] = load_catalog(text=catalog_text(entry(throttle="90 minutes")))
+    assert sig.throttle == 5400
 
 
 # -- masking ---------------------------------------------------------------------------------------
@@ -125,8 +154,12 @@ def test_log_lines_become_findings_with_timestamp_container_and_params():
         ("mlflow-worker-sigkill", "q-mlflow", T0), ("mlflow-worker-timeout", "q-mlflow", None)]
     auth = diagnose.match_lines(catalog, "postgres", "q-pg", [f"{T0} {AUTH}"])
     assert auth[0].params == {"role": "quant_user"} and auth[0].remediation == "db_users"
-    # A signature only reads its own containers.
-    assert diagnose.match_lines(catalog, "redis", "q-redis", [f"{T0} {SIGKILL}"]) == []
+    # A signature only reads its own containers: in redis the same line is only the general one.
+    [general] = diagnose.match_lines(catalog, "redis", "q-redis", [f"{T0} {SIGKILL}"])
+    assert (general.signature, general.remediation) == ("process-sigkill", "none")
+    # A line counts once, for the first entry matching it: the fix, not also the general report.
+    assert [f.signature for f in diagnose.match_lines(catalog, "mlflow", "m", [f"{T0} {SIGKILL}"])] == \
+        ["mlflow-worker-sigkill"]
 
 
 def test_evidence_is_masked():
@@ -205,7 +238,7 @@ def test_informational_is_reported_without_action():
 def test_record_update_keeps_other_entries():
     [action] = decide(findings_at(T0), load_catalog(), None, utc("2026-01-02T04:00:00Z"))
     old = {"version": 1, "runs": {"db_users:quant_user": {"ran_at": T0}}}
-    new = diagnose.updated_record(old, [action], "2026-01-02T04:00:01Z", "verified")
+    new = updated_record(old, [action], "2026-01-02T04:00:01Z", "verified")
     assert set(new["runs"]) == {"db_users:quant_user", "fix_mlflow:q-mlflow"}
     assert new["runs"]["fix_mlflow:q-mlflow"]["ran_at"] == "2026-01-02T04:00:01Z"
     assert old["runs"].keys() == {"db_users:quant_user"}
@@ -214,7 +247,7 @@ def test_record_update_keeps_other_entries():
 def test_format_shows_evidence_lines():
     actions = decide(findings_at(T0, "2026-01-02T03:04:06Z"), load_catalog(), None,
                      utc("2026-01-02T04:00:00Z"))
-    text = "\n".join(diagnose.format_actions(actions))
+    text = "\n".join(format_actions(actions))
     assert "-> fix_mlflow" in text and f"{T0} q-mlflow: {SIGKILL}" in text
 
 

@@ -1,5 +1,5 @@
-"""tasks/checks/stack.py without an engine: settings, parsing, verdicts, the report, and the
-checker driven through a fake shell (secrets never on a command line, skips with reasons, the
+"""The whole-stack checks without an engine: settings, parsing, verdicts, the report, and the
+checks driven through a fake shell (secrets never on a command line, skips with reasons, the
 deadline)."""
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ import stat
 import pytest
 
 from tasks.checks import stack as sc
-from tasks.checks.runner import CheckResult, NotYet
+from tasks.checks.containers import memory_verdict, oom_kills, stats_size
+from tasks.checks.http import error_text, http_command, parse_http
+from tasks.checks.logs import grep_pattern, logs_command
+from tasks.checks.report import format_report, report_dict, write_report
+from tasks.checks.runner import CheckResult, Deadline, NotYet, RetryPolicy, Session, Warned, redact
+from tasks.checks.shell import Shell, timed
+from tasks.core.signatures import load_catalog, log_patterns, match_signatures
+from tasks.settings import SettingsError
+from tasks.settings.stack import LOGS_SINCE_ENV, REPORT_ENV, StackSettings
 
 LAB_LIKE = {
     "postgres": {"container": "p-postgres", "host": "127.0.0.1", "port": 5432, "superuser": "postgres",
@@ -28,27 +36,55 @@ LAB_LIKE = {
         "backend": {"container": "p-backend", "url": "http://127.0.0.1:15504"},
     }},
 }
+# The db block reads each password source when it is validated.
+SOURCES = {"QU_PW": "s3cr3t-pw", "RD_PW": "other-pw", "X": "gone-pw"}
+
+
+class DataHost:
+    """What the settings layer reads of a pyinfra host: its name and data."""
+
+    def __init__(self, data: dict, name: str = "h"):
+        self.name, self.data = name, data
+
+
+@pytest.fixture(autouse=True)
+def _sources(monkeypatch):
+    for name, value in SOURCES.items():
+        monkeypatch.setenv(name, value)
+
+
+def stack_settings(data: dict, environ: dict | None = None) -> StackSettings:
+    return sc.host_stack_settings(DataHost(data), environ={} if environ is None else environ)
 
 
 # --- settings -----------------------------------------------------------------------------------
 
 def test_settings_fill_postgres_roles_and_mlflow_workers_from_host_data():
-    s = sc.stack_settings("h", LAB_LIKE, environ={})
-    pg = s.services["postgres"]
-    assert pg["access"] == "docker" and pg["superuser"] == "postgres"
-    assert [(r.name, r.database) for r in pg["roles"]] == [("quant_user", "quant")]
-    assert s.services["mlflow"]["workers"] == 2
-    assert s.services["backend"]["db_path"] == "/health/db"
-    assert s.services["s3"]["health_path"] == "/minio/health/live"
-    assert s.deadline == sc.DEFAULTS["deadline"]
+    s = stack_settings(LAB_LIKE)
+    pg = s.services.postgres
+    assert pg.access == "docker" and pg.superuser == "postgres"
+    assert [(r.name, r.database) for r in pg.roles] == [("quant_user", "quant")]
+    assert s.services.mlflow.workers == 2
+    assert s.services.backend.db_path == "/health/db"
+    assert s.services.s3.health_path == "/minio/health/live"
+    assert s.deadline == 240
+
+
+def test_mlflow_workers_come_from_the_mlflow_block():
+    data = {**LAB_LIKE, "mlflow_defaults": None, "mlflow": {"workers": 3}}
+    assert stack_settings(data).services.mlflow.workers == 3
+    own = {**data, "stack": {"services": {"mlflow": {"container": "m", "workers": 5}}}}
+    assert stack_settings(own).services.mlflow.workers == 5
 
 
 def test_group_defaults_then_host_override_and_env_override():
     data = {"stack_defaults": {"deadline": 100, "memory_warn_percent": 70},
-            "stack": {"deadline": 30}}
-    s = sc.stack_settings("h", data, environ={sc.REPORT_ENV: "/tmp/r.json", sc.LOGS_SINCE_ENV: "2h"})
+            "stack": {"deadline": "30s"}}
+    s = stack_settings(data, environ={REPORT_ENV: "/tmp/r.json", LOGS_SINCE_ENV: "2h"})
     assert s.deadline == 30 and s.memory_warn_percent == 70
     assert s.report_path == "/tmp/r.json" and s.logs_since == "2h"
+    with pytest.raises(SettingsError, match=LOGS_SINCE_ENV):
+        stack_settings(data, environ={LOGS_SINCE_ENV: "yesterday"})
 
 
 def test_every_problem_is_reported_at_once():
@@ -58,105 +94,146 @@ def test_every_problem_is_reported_at_once():
                                    "backend": {"url": "ftp://x", "colour": 1},
                                    "postgres": {"container": "pg", "roles": [
                                        {"name": "quant_user", "password": "hunter2"}]}}}}
-    with pytest.raises(sc.StackSettingsError) as exc:
-        sc.stack_settings("h", data, environ={})
+    with pytest.raises(SettingsError) as exc:
+        stack_settings(data)
     text = str(exc.value)
-    for needle in ("stack.deadlin: unknown setting", "above memory_fail_percent", "logs_since",
-                   "log_signatures.all", "postgress: unknown service", "redis.container",
-                   "backend.url", "backend.colour: unknown setting", "plaintext password is refused"):
+    for needle in ("stack.deadlin: unknown setting; did you mean 'deadline'?",
+                   "stack.memory_fail_percent: memory_warn_percent (99) is above memory_fail_percent (90)",
+                   "stack.logs_since: 'yesterday' is neither a duration",
+                   "stack.log_signatures.all: bad pattern", "stack.services.postgress: unknown setting",
+                   "stack.services.redis.container", "stack.services.backend.url",
+                   "stack.services.backend.colour: unknown setting",
+                   "stack.services.postgres.roles[0].password: must be"):
         assert needle in text, needle
     assert "hunter2" not in text
+    assert all(line.startswith("host 'h': stack.") for line in text.splitlines())
 
 
-def test_a_service_set_to_none_is_not_expected():
-    s = sc.stack_settings("h", {"stack": {"services": {"redis": None}}}, environ={})
-    assert "redis" not in s.services
+def test_a_service_set_to_none_or_false_is_not_expected():
+    s = stack_settings({"stack": {"services": {"redis": None, "s3": False}}})
+    assert s.services.redis is None and s.services.s3 is None
 
 
-def test_rfc3339_time_is_a_valid_since():
-    s = sc.stack_settings("h", {"stack": {"logs_since": "2026-01-02T03:04:05Z"}}, environ={})
-    assert s.logs_since.startswith("2026")
+def test_a_web_service_needs_a_container_or_a_url():
+    with pytest.raises(SettingsError, match="stack.services.backend: needs a container or a url"):
+        stack_settings({"stack": {"services": {"backend": {"health_path": "/x"}}}})
+
+
+def test_psql_access_needs_host_and_port_and_docker_access_a_container():
+    with pytest.raises(SettingsError, match="psql access needs host and port"):
+        stack_settings({"stack": {"services": {"postgres": {"access": "psql", "roles": []}}}})
+    with pytest.raises(SettingsError, match="docker access needs a container"):
+        stack_settings({"stack": {"services": {"postgres": {"roles": []}}}})
+
+
+def test_since_is_a_duration_in_dockers_words_or_an_rfc3339_time():
+    assert stack_settings({"stack": {"logs_since": "2026-01-02T03:04:05Z"}}).logs_since.startswith("2026")
+    for given, docker in (("15m", "15m"), ("1 hour", "1h"), (90, "90s"), ("1d", "24h"), ("500ms", "500ms")):
+        assert stack_settings({"stack": {"logs_since": given}}).logs_since == docker, given
 
 
 # --- pure helpers -------------------------------------------------------------------------------
 
 def test_timed_wraps_in_coreutils_timeout():
-    assert sc.timed("docker ps", 7) == "timeout -k 2 7 sh -c 'docker ps'"
+    assert timed("docker ps", 7) == "timeout -k 2 7 sh -c 'docker ps'"
 
 
 def test_http_command_prefers_curl_and_falls_back_to_python():
-    cmd = sc.http_command("GET", "http://127.0.0.1:1/health", 5)
+    cmd = http_command("GET", "http://127.0.0.1:1/health", 5)
     assert cmd.startswith("if command -v curl") and "-m 5" in cmd and "python3 -c" in cmd
-    inside = sc.http_command("PUT", "http://127.0.0.1:5000/x", 5, "body", "text/plain", container="c")
+    inside = http_command("PUT", "http://127.0.0.1:5000/x", 5, "body", "text/plain", container="c")
     assert inside.startswith("docker exec c python3 -c") and "curl" not in inside
 
 
 def test_parse_http():
-    assert sc.parse_http(True, '{"a": 1}\nHTTP 200\n', 5) == (200, '{"a": 1}')
-    assert sc.parse_http(True, "down\nHTTP 503", 5) == (503, "down")
+    assert parse_http(True, '{"a": 1}\nHTTP 200\n', 5) == (200, '{"a": 1}')
+    assert parse_http(True, "down\nHTTP 503", 5) == (503, "down")
     with pytest.raises(NotYet, match="no answer within 5s"):
-        sc.parse_http(False, "curl: (28) Operation timed out after 5001 milliseconds with 0 bytes received\nHTTP 000", 5)
+        parse_http(False, "curl: (28) Operation timed out after 5001 milliseconds with 0 bytes received\nHTTP 000", 5)
     with pytest.raises(NotYet, match="Connection refused"):
-        sc.parse_http(False, "\nHTTP 000\ncurl: (7) Failed to connect to 127.0.0.1 port 1: Connection refused", 5)
+        parse_http(False, "\nHTTP 000\ncurl: (7) Failed to connect to 127.0.0.1 port 1: Connection refused", 5)
     with pytest.raises(NotYet, match="timed out"):
-        sc.parse_http(False, "", 5)  # killed by timeout(1): nothing at all
+        parse_http(False, "", 5)  # killed by timeout(1): nothing at all
 
 
 @pytest.mark.parametrize("text, value", [("369.1MiB", int(369.1 * 2**20)), ("1GiB", 2**30),
                                          ("512kB", 512000), ("0B", 0)])
-def test_parse_size(text, value):
-    assert sc.parse_size(text) == value
+def test_stats_size(text, value):
+    assert stats_size(text) == value
 
 
 def test_memory_verdict():
     mib = 1 << 20
-    assert sc.memory_verdict(100 * mib, 1024 * mib, 85, 95)[0] == "pass"
-    assert sc.memory_verdict(368 * mib, 420 * mib, 85, 95) == ("warn", "368 MiB of 420 MiB (88%): above the 85% warning level")
-    assert sc.memory_verdict(410 * mib, 420 * mib, 85, 95)[0] == "fail"
-    assert sc.memory_verdict(5 * mib, 0, 85, 95) == ("pass", "5 MiB in use, no memory limit set")
+    assert memory_verdict(100 * mib, 1024 * mib, 85, 95)[0] == "pass"
+    assert memory_verdict(368 * mib, 420 * mib, 85, 95) == ("warn", "368 MiB of 420 MiB (88%): above the 85% warning level")
+    assert memory_verdict(410 * mib, 420 * mib, 85, 95)[0] == "fail"
+    assert memory_verdict(5 * mib, 0, 85, 95) == ("pass", "5 MiB in use, no memory limit set")
 
 
 def test_oom_kills_from_cgroup_v1_and_v2():
-    assert sc.oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 49\n") == 49
-    assert sc.oom_kills("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n") == 2
-    assert sc.oom_kills("") is None
+    assert oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 49\n") == 49
+    assert oom_kills("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n") == 2
+    assert oom_kills("") is None
 
 
-def test_match_signatures_names_the_cause():
-    lines = ["[ERROR] Worker (pid:711) was sent SIGKILL! Perhaps out of memory?",
-             "[CRITICAL] WORKER TIMEOUT (pid:12)",
-             'FATAL:  password authentication failed for user "quant_user"',
-             "_rust_notify.WatchfilesRustInternalError: error in underlying watcher",
-             "all good"]
-    found = sc.match_signatures(lines, sc.SIGNATURES)
-    assert set(found) == {"SIGKILL", "WORKER TIMEOUT", "password authentication failed",
-                          "WatchfilesRustInternalError"}
+INCIDENT_LINES = ["[ERROR] Worker (pid:711) was sent SIGKILL! Perhaps out of memory?",
+                  "[CRITICAL] WORKER TIMEOUT (pid:12)",
+                  'FATAL:  password authentication failed for user "quant_user"',
+                  "_rust_notify.WatchfilesRustInternalError: error in underlying watcher",
+                  "all good"]
+
+
+def test_the_catalog_names_the_cause_in_any_service():
+    """What verify_stack searched every container for before the catalog was one: still found."""
+    catalog = load_catalog()
+    for role in ("postgres", "mlflow", "redis", "s3", "backend"):
+        found = match_signatures(INCIDENT_LINES, log_patterns(catalog, role))
+        assert len(found) == 4 and sum(len(v) for v in found.values()) == 4, (role, found)
+    mlflow = match_signatures(INCIDENT_LINES, log_patterns(catalog, "mlflow"))
+    assert set(mlflow) == {"mlflow-worker-sigkill", "mlflow-worker-timeout", "password-auth-failed",
+                           "watchfiles-error"}
+    # informational signatures are no failure; extra ones apply to every container
+    assert "load-test-duplicate-user" not in log_patterns(catalog, "backend")
+    assert log_patterns(catalog, None, {"mine": "boom"}) == {"mine": "boom"}
+
+
+def test_the_host_side_filter_is_the_catalogs_regexes_for_grep_p(tmp_path):
+    patterns = log_patterns(load_catalog(), "postgres", {"again": "(?P<role>x)y"})
+    command = logs_command("c", "15m", patterns)
+    assert "grep -a -P" in command and "?P<" not in grep_pattern(patterns)
+    assert grep_pattern({}) == "^quantlab-logs-rc="
+    # the filter keeps every line Python matches (grep -P understands the same regexes)
+    import subprocess
+    lines = "\n".join(INCIDENT_LINES + ["quantlab-logs-rc=0"]) + "\n"
+    out = subprocess.run(["grep", "-a", "-P", grep_pattern(patterns)], input=lines, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert out == INCIDENT_LINES[:4] + ["quantlab-logs-rc=0"]
 
 
 def test_redact_and_error_text():
-    assert sc.redact("pw=abc abcd", ["abc", "abcd"]) == "pw=*** ***"
-    assert sc._error_text('{"database": "error", "error": "FATAL: nope"}') == "FATAL: nope"
+    assert redact("pw=abc abcd", ["abc", "abcd"]) == "pw=*** ***"
+    assert error_text('{"database": "error", "error": "FATAL: nope"}') == "FATAL: nope"
 
 
 def test_format_report_has_totals():
     results = [CheckResult("a", "t", "pass"), CheckResult("b", "t", "warn"),
                CheckResult("c", "t", "fail", evidence="why"), CheckResult("d", "-", "skip")]
-    text = sc.format_report(results)
+    text = format_report(results)
     assert text.splitlines()[0].startswith("CHECK")
     assert text.splitlines()[-1] == "totals: 1 pass, 1 warn, 1 fail, 1 skip (4 checks)"
 
 
 def test_write_report_merges_hosts_of_one_run_and_replaces_older_runs(tmp_path):
     path = tmp_path / "r.json"
-    one = sc.report_dict("h1", [CheckResult("a", "t", "pass")], 0, 1.0, 60)
-    two = sc.report_dict("h2", [CheckResult("b", "t", "fail", evidence="x")], 0, 1.0, 60)
-    sc.write_report(path, one, run_id="r1")
-    sc.write_report(path, two, run_id="r1")
+    one = report_dict("h1", [CheckResult("a", "t", "pass")], 0, 1.0, 60)
+    two = report_dict("h2", [CheckResult("b", "t", "fail", evidence="x")], 0, 1.0, 60)
+    write_report(path, one, run_id="r1")
+    write_report(path, two, run_id="r1")
     report = json.loads(path.read_text())
     assert set(report["hosts"]) == {"h1", "h2"} and report["ok"] is False
     assert report["totals"]["fail"] == 1 and report["totals"]["hosts"] == 2
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    sc.write_report(path, one, run_id="r2")
+    write_report(path, one, run_id="r2")
     assert set(json.loads(path.read_text())["hosts"]) == {"h1"}
 
 
@@ -225,6 +302,9 @@ class FakeHost:
                 return True, self.value + "\n"
             return True, "1\n"
         if "docker logs" in command:
+            if "sigkill" in self.broken and "p-mlflow" in command:
+                return True, ("[ERROR] Worker (pid:711) was sent SIGKILL! Perhaps out of memory?\n"
+                              "quantlab-logs-rc=0\n")
             return True, "quantlab-logs-rc=0\n"
         return True, ""
 
@@ -236,29 +316,43 @@ class FakeHost:
 def settings(**stack):
     data = {**LAB_LIKE, "stack": {**LAB_LIKE["stack"], "restart_window": 0, "retry_attempts": 2,
                                   "retry_seconds": 1, "retry_wait": 0, **stack}}
-    return sc.stack_settings("h", data, environ={})
+    return stack_settings(data)
 
 
 ENV = {"QU_PW": "s3cr3t-pw"}
 
 
+def run(fake, settings_):
+    return sc.run_stack_checks(Shell(fake.run, fake.put), settings_, environ=ENV)
+
+
 def test_all_pass_on_a_healthy_host_and_the_password_never_on_a_command_line():
     fake = FakeHost()
-    results = sc.run_stack_checks(sc.Shell(fake.run, fake.put), settings(), environ=ENV)
+    results = run(fake, settings())
     bad = [(r.name, r.evidence) for r in results if r.status != "pass"]
     assert not bad
     names = [r.name for r in results]
     assert "role quant_user can log in" in names and "MLflow runs 2 workers" in names
     assert "MLflow stores and serves an artifact" in names
+    assert "container p-postgres logs show no known failure" in names
     assert not any("s3cr3t-pw" in c for c in fake.commands)
     assert any("s3cr3t-pw" in u for u in fake.uploads)
     # the private folder is removed by the command that uses it
     assert any("rm -rf /tmp/quant-verify-" in c for c in fake.commands)
 
 
+def test_a_known_failure_line_in_the_logs_fails_naming_it():
+    fake = FakeHost(broken={"sigkill"})
+    results = run(fake, settings())
+    logs = next(r for r in results if r.name == "container p-mlflow logs show no known failure")
+    assert logs.status == "fail" and "1x mlflow-worker-sigkill" in logs.evidence
+    assert "since 15m" in logs.evidence
+    assert any("docker logs --since 15m p-mlflow" in c for c in fake.commands)
+
+
 def test_auth_failure_fails_with_evidence_and_no_secret():
     fake = FakeHost(broken={"auth"})
-    results = sc.run_stack_checks(sc.Shell(fake.run, fake.put), settings(), environ=ENV)
+    results = run(fake, settings())
     role = next(r for r in results if r.name == "role quant_user can log in")
     assert role.status == "fail" and "password authentication failed" in role.evidence
     assert role.attempts == 1  # Broken: no retries
@@ -268,7 +362,7 @@ def test_auth_failure_fails_with_evidence_and_no_secret():
 def test_unconfigured_services_and_absent_containers_are_skipped_with_a_reason():
     fake = FakeHost(broken={"absent"})
     only = {"services": {"redis": {"container": "p-redis"}}}
-    results = sc.run_stack_checks(sc.Shell(fake.run, fake.put), settings(**only), environ=ENV)
+    results = run(fake, settings(**only))
     skipped = {r.name: r.evidence for r in results if r.status == "skip"}
     assert "not configured on this host" in skipped["postgres checks"]
     assert skipped["redis service checks"] == "skipped: container p-redis is absent"
@@ -278,7 +372,7 @@ def test_unconfigured_services_and_absent_containers_are_skipped_with_a_reason()
 
 def test_a_hanging_http_service_fails_within_the_policy():
     fake = FakeHost(broken={"hang"})
-    results = sc.run_stack_checks(sc.Shell(fake.run, fake.put), settings(), environ=ENV)
+    results = run(fake, settings())
     health = next(r for r in results if r.name == "backend /health answers")
     assert health.status == "fail" and "no answer within" in health.evidence
     assert health.attempts <= 2
@@ -286,19 +380,19 @@ def test_a_hanging_http_service_fails_within_the_policy():
 
 def test_checks_after_the_deadline_are_failed_not_run():
     fake = FakeHost()
-    checker = sc.StackChecker(sc.Shell(fake.run, fake.put), settings(), environ=ENV)
-    checker.deadline = sc.Deadline(10, clock=iter([0, 100, 100, 100, 100] + [100] * 1000).__next__)
-    result = checker.check("late", "t", lambda: "fine")
+    session = Session(Shell(fake.run, fake.put), deadline=10, environ=ENV)
+    session.deadline = Deadline(10, clock=iter([0, 100, 100, 100, 100] + [100] * 1000).__next__)
+    result = session.check("late", "t", lambda: "fine")
     assert result.status == "fail" and "deadline" in result.evidence
 
 
 def test_deadline_clips_each_policy():
     ticks = iter([0.0, 55.0])
-    deadline = sc.Deadline(60, clock=lambda: next(ticks))
-    assert deadline.clip(sc.RetryPolicy(5, 20, 1)).seconds == 5
+    deadline = Deadline(60, clock=lambda: next(ticks))
+    assert deadline.clip(RetryPolicy(5, 20, 1)).seconds == 5
 
 
 def test_warned_evidence_makes_a_warn():
     fake = FakeHost()
-    checker = sc.StackChecker(sc.Shell(fake.run, fake.put), settings(), environ=ENV)
-    assert checker.check("x", "t", lambda: sc.Warned("near the limit")).status == "warn"
+    session = Session(Shell(fake.run, fake.put), environ=ENV)
+    assert session.check("x", "t", lambda: Warned("near the limit")).status == "warn"

@@ -1,12 +1,18 @@
 """
-Log signatures: the catalog (tasks/core/signatures.yml), matching, throttling, and the one read-only
-fact that gathers what they need from a host.
+Log signatures, pure: the catalog (tasks/core/signatures.yml), matching, throttling, decisions.
 
-The pure half (no I/O, unit-tested): :func:`load_catalog` validates the YAML and names the entry
-of every problem; :func:`match_lines` / :func:`match_state` turn ``docker logs --timestamps``
-lines and ``docker inspect`` state into :class:`Finding` s with masked evidence; :func:`decide`
-groups findings into one :class:`Action` per (remediation, target) and says, from the host's
-last-run record, whether it runs, is throttled, was already handled, or is only reported.
+One catalog serves both readers: deploys/remediate.py (which fix a finding calls for) and
+deploys/verify_stack.py (which log lines fail the check "logs show no known failure").
+
+:func:`read_catalog` validates the YAML and names the entry of every problem; :func:`match_lines`
+/ :func:`match_state` turn ``docker logs --timestamps`` lines and ``docker inspect`` state into
+:class:`Finding` s with masked evidence; :func:`decide` groups findings into one :class:`Action`
+per (remediation, target) and says, from the host's last-run record, whether it runs, is
+throttled, was already handled, or is only reported (tasks/core/remediation.py). :func:`log_patterns` and
+:func:`match_signatures` are verify_stack's view: every non-informational pattern for a role.
+
+A line counts for the *first* entry that matches it, so specific entries (with a fix) come before
+general ones (reported only) in the catalog.
 
 Old lines after a fix: a line (or an OOM/restart state) dated at or before the last recorded run
 of the remediation it calls for was *handled* by that run and never triggers anything again. A
@@ -16,23 +22,21 @@ remediation ran, stamped with the host's clock after it finished, the same clock
 uses, so a second run right after a successful fix finds nothing to do. Informational signatures
 have no record: they are reported on every run while their lines are inside ``since``.
 
-The I/O half is :class:`HostDiagnosis`: for the containers the catalog needs, ``docker inspect``
-state and ``docker logs --timestamps --since S --tail N``, the last-run record and the host's
-clock, all in one shell command (one round trip, any connector).
+The read itself is the fact :class:`tasks.facts.diagnose.HostDiagnosis`; its output is parsed
+here (:func:`parse_diagnosis_output`).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import re
-import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
-from pyinfra.api import FactBase
-from pyinfra.api.exceptions import PyinfraError
+
+from tasks.core.durations import parse_duration
 
 CATALOG = Path(__file__).with_name("signatures.yml")
 REMEDIATIONS = ("fix_mlflow", "db_users", "backend_reload", "none")
@@ -41,20 +45,8 @@ STATES = ("oom_killed", "restart_loop")
 REQUIRED = ("id", "containers", "severity", "remediation")
 OPTIONAL = ("description", "pattern", "state", "min_restarts", "throttle")
 DEFAULT_THROTTLE = 1800
-RECORD_VERSION = 1
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _ROLE = re.compile(r"[a-z][a-z0-9_-]*\Z")
-_DURATION = re.compile(r"(\d+)\s*([smhd]?)\Z")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class CatalogError(PyinfraError, ValueError):
-    """A bad catalog: every problem at once, each naming the entry. A PyinfraError, so the CLI
-    shows it as one clear message before any change, not as a traceback."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source, self.problems = source, problems
-        super().__init__(f"signature catalog {source}:\n  " + "\n  ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -66,7 +58,7 @@ class Signature:
     pattern: str | None = None
     state: str | None = None
     min_restarts: int = 3
-    throttle: int = DEFAULT_THROTTLE  # seconds
+    throttle: float = DEFAULT_THROTTLE  # seconds
     description: str = ""
 
     @property
@@ -76,18 +68,6 @@ class Signature:
 
 def _compiled(pattern: str) -> re.Pattern:
     return re.compile(pattern)
-
-
-def parse_duration(value: Any) -> int:
-    """Seconds from ``90``, ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"``; ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a duration")
-    if isinstance(value, int) and value >= 0:
-        return value
-    match = _DURATION.fullmatch(str(value).strip()) if isinstance(value, str) else None
-    if not match:
-        raise ValueError(f"{value!r} is not a duration (seconds, or a number with s/m/h/d)")
-    return int(match[1]) * _UNITS[match[2]]
 
 
 def _entry_problems(where: str, item: Any, known_remediations: Iterable[str]) -> tuple[list[str], dict]:
@@ -165,7 +145,8 @@ def _entry_problems(where: str, item: Any, known_remediations: Iterable[str]) ->
             out["min_restarts"] = value
     if item.get("throttle") is not None:
         try:
-            out["throttle"] = parse_duration(item["throttle"])
+            seconds = parse_duration(item["throttle"])
+            out["throttle"] = int(seconds) if seconds == int(seconds) else seconds
         except ValueError as exc:
             problems.append(f"{where}: throttle {exc}")
     description = item.get("description")
@@ -176,23 +157,22 @@ def _entry_problems(where: str, item: Any, known_remediations: Iterable[str]) ->
     return problems, out
 
 
-def load_catalog(path: str | Path | None = None, text: str | None = None,
-                 known_remediations: Iterable[str] = REMEDIATIONS) -> tuple[Signature, ...]:
-    """Read and validate a catalog (the packaged one by default). Raises :class:`CatalogError`
-    listing every problem, each naming its entry (``signatures[2] 'my-id'``)."""
-    source = "(text)" if text is not None else str(path or CATALOG)
+def read_catalog(path: str | Path | None = None, text: str | None = None,
+                 known_remediations: Iterable[str] = REMEDIATIONS) -> tuple[tuple[Signature, ...], list[str]]:
+    """(signatures, problems) of a catalog (the packaged one by default). Every problem names
+    its entry (``signatures[2] 'my-id': ...``); with any problem the signatures are not to be used."""
     if text is None:
         try:
-            text = Path(path or CATALOG).read_text()
+            text = Path(path or CATALOG).expanduser().read_text()
         except OSError as exc:
-            raise CatalogError(source, [f"cannot read it: {exc.strerror or exc}"]) from exc
+            return (), [f"cannot read it: {exc.strerror or exc}"]
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise CatalogError(source, [f"not valid YAML: {exc}"]) from exc
+        return (), [f"not valid YAML: {exc}"]
     entries = doc.get("signatures") if isinstance(doc, Mapping) else None
     if not isinstance(entries, list) or not entries:
-        raise CatalogError(source, ["expected a top-level 'signatures:' list with at least one entry"])
+        return (), ["expected a top-level 'signatures:' list with at least one entry"]
     problems: list[str] = []
     if isinstance(doc, Mapping):
         for key in sorted(set(doc) - {"signatures"}, key=str):
@@ -211,9 +191,18 @@ def load_catalog(path: str | Path | None = None, text: str | None = None,
             problems += entry_problems
             continue
         signatures.append(Signature(**fields))
+    return tuple(signatures), problems
+
+
+def load_catalog(path: str | Path | None = None, text: str | None = None,
+                 known_remediations: Iterable[str] = REMEDIATIONS) -> tuple[Signature, ...]:
+    """The signatures of a valid catalog; ValueError listing every problem otherwise. (Deploys
+    read a host's catalog through tasks.settings.remediate.host_catalog: a SettingsError.)"""
+    signatures, problems = read_catalog(path, text, known_remediations)
     if problems:
-        raise CatalogError(source, problems)
-    return tuple(signatures)
+        source = "(text)" if text is not None else str(path or CATALOG)
+        raise ValueError(f"signature catalog {source}:\n  " + "\n  ".join(problems))
+    return signatures
 
 
 # -- secrets in evidence -------------------------------------------------------------------------
@@ -264,7 +253,7 @@ def parse_time(text: str | None) -> _dt.datetime | None:
     return None if value.year < 1970 else value.astimezone(_dt.timezone.utc)
 
 
-def _iso(value: _dt.datetime | None) -> str | None:
+def iso_time(value: _dt.datetime | None) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
 
 
@@ -298,7 +287,8 @@ def split_log_line(line: str) -> tuple[str | None, str]:
 
 def match_lines(signatures: Iterable[Signature], role: str, container: str,
                 lines: Iterable[str]) -> list[Finding]:
-    """Findings for the pattern signatures that read ``role``'s container."""
+    """Findings for the pattern signatures that read ``role``'s container: at most one per line,
+    for the first entry (in catalog order) that matches it."""
     wanted = [s for s in signatures if s.pattern and role in s.containers]
     findings: list[Finding] = []
     if not wanted:
@@ -311,7 +301,29 @@ def match_lines(signatures: Iterable[Signature], role: str, container: str,
                 params = {k: v for k, v in match.groupdict().items() if v is not None}
                 findings.append(Finding(sig.id, sig.severity, sig.remediation, role, container,
                                         stamp, mask_secrets(message.strip())[:500], params))
+                break
     return findings
+
+
+def log_patterns(signatures: Iterable[Signature], role: str | None,
+                 extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """verify_stack's view of the catalog: name -> regex of every pattern entry that reads
+    ``role``'s container (informational ones are no failure), then ``extra`` (for any role)."""
+    found = {s.id: s.pattern for s in signatures
+             if s.pattern and s.severity != "info" and role in s.containers}
+    return {**found, **(extra or {})}  # type: ignore[dict-item]
+
+
+def match_signatures(lines: Iterable[str], patterns: Mapping[str, str]) -> dict[str, list[str]]:
+    """name -> the lines it matched (each line counted once, for the first pattern matching it)."""
+    found: dict[str, list[str]] = {}
+    compiled = {name: _compiled(pattern) for name, pattern in patterns.items()}
+    for line in lines:
+        for name, pattern in compiled.items():
+            if pattern.search(line):
+                found.setdefault(name, []).append(line.strip())
+                break
+    return found
 
 
 def match_state(signatures: Iterable[Signature], role: str, container: str,
@@ -338,158 +350,9 @@ def match_state(signatures: Iterable[Signature], role: str, container: str,
     return findings
 
 
-# -- decisions ---------------------------------------------------------------------------------------
-
-STATUS_RUN = "run"  # the remediation runs on this run
-STATUS_THROTTLED = "throttled"  # fresh evidence, but the same remediation ran within the window
-STATUS_HANDLED = "handled"  # all evidence predates the last run of its remediation
-STATUS_INFO = "informational"  # severity info, no remediation
-STATUS_REPORTED = "reported"  # no remediation for it (or unknown role): reported, nothing done
-
-
-@dataclass
-class Action:
-    key: str  # "<remediation>:<target>" (the record's key)
-    remediation: str
-    target: str  # container name, or the role for db_users
-    status: str
-    severity: str
-    signatures: list[str]
-    reason: str
-    throttle: int = 0
-    last_run: str | None = None
-    throttled_until: str | None = None
-    findings: list[Finding] = field(default_factory=list)  # fresh ones
-    handled: int = 0  # findings at or before the last run
-
-    def to_dict(self, evidence_limit: int = 20) -> dict:
-        data = asdict(self)
-        data["findings"] = [asdict(f) for f in self.findings[-evidence_limit:]]
-        data["findings_total"] = len(self.findings)
-        return data
-
-
-def _target(finding: Finding) -> str:
-    if finding.remediation == "db_users":
-        return finding.params.get("role", "?")
-    if finding.remediation == "none":
-        return f"{finding.signature}@{finding.container}"
-    return finding.container
-
-
-def decide(findings: Iterable[Finding], catalog: Iterable[Signature], record: Mapping | None,
-           now: _dt.datetime, configured_roles: Iterable[str] = ()) -> list[Action]:
-    """One Action per (remediation, target): run, throttled, handled, informational or reported."""
-    by_id = {s.id: s for s in catalog}
-    runs = (record or {}).get("runs") or {}
-    roles = set(configured_roles)
-    order = {name: i for i, name in enumerate(SEVERITIES)}
-    groups: dict[str, list[Finding]] = {}
-    for finding in findings:
-        groups.setdefault(f"{finding.remediation}:{_target(finding)}", []).append(finding)
-    actions = []
-    for key, group in groups.items():
-        group.sort(key=lambda f: f.timestamp or "")
-        first = group[0]
-        remediation, target = first.remediation, _target(first)
-        severity = max((f.severity for f in group), key=lambda s: order.get(s, 0))
-        sig_ids = sorted({f.signature for f in group})
-        throttle = max(by_id[s].throttle if s in by_id else DEFAULT_THROTTLE for s in sig_ids)
-        action = Action(key, remediation, target, STATUS_RUN, severity, sig_ids, "", throttle)
-        if remediation == "none":
-            action.status = STATUS_INFO if severity == "info" else STATUS_REPORTED
-            action.reason = ("no action" if severity == "info"
-                             else "no packaged fix for this: reported, nothing changed")
-            action.findings = group
-            actions.append(action)
-            continue
-        if remediation == "db_users" and target not in roles:
-            action.status = STATUS_REPORTED
-            action.reason = (f"user {target!r} is not a configured role (db_roles): reported, "
-                             "never created")
-            action.findings = group
-            actions.append(action)
-            continue
-        last = parse_time((runs.get(key) or {}).get("ran_at"))
-        action.last_run = _iso(last)
-        fresh = [f for f in group if last is None or f.time is None or f.time > last]
-        action.handled = len(group) - len(fresh)
-        action.findings = fresh
-        if not fresh:
-            action.status = STATUS_HANDLED
-            action.reason = f"all {len(group)} finding(s) predate its last run at {_iso(last)}"
-        elif last is not None and (now - last).total_seconds() < throttle:
-            until = last + _dt.timedelta(seconds=throttle)
-            action.status = STATUS_THROTTLED
-            action.throttled_until = _iso(until)
-            action.reason = (f"throttled: {remediation} ran for {target} at {_iso(last)}; "
-                             f"not again before {_iso(until)} ({len(fresh)} new finding(s) since)")
-        else:
-            action.reason = (f"{len(fresh)} finding(s)"
-                             + (f" since its last run at {_iso(last)}" if last else ""))
-        actions.append(action)
-    rank = {STATUS_RUN: 0, STATUS_THROTTLED: 1, STATUS_REPORTED: 2, STATUS_INFO: 3, STATUS_HANDLED: 4}
-    actions.sort(key=lambda a: (rank[a.status], -order.get(a.severity, 0), a.key))
-    return actions
-
-
-def updated_record(record: Mapping | None, ran: Iterable[Action], ran_at: str, result: str) -> dict:
-    """The host's last-run record with these actions stamped at ``ran_at`` (host clock)."""
-    data = dict(record or {})
-    runs = dict(data.get("runs") or {})
-    for action in ran:
-        runs[action.key] = {"ran_at": ran_at, "remediation": action.remediation,
-                            "target": action.target, "signatures": action.signatures,
-                            "result": result}
-    return {"version": RECORD_VERSION, "runs": runs}
-
-
-def format_actions(actions: Iterable[Action], evidence: int = 3) -> list[str]:
-    """Lines for the log: each action with its reason and its latest evidence lines."""
-    lines = []
-    for a in actions:
-        label = {"run": f"-> {a.remediation}", "throttled": "throttled", "handled": "nothing to do",
-                 "informational": "informational", "reported": "reported"}[a.status]
-        lines.append(f"[{a.severity}] {', '.join(a.signatures)} ({a.target}): {label}; {a.reason}")
-        shown = a.findings[-evidence:]
-        for f in shown:
-            lines.append(f"    {f.timestamp or '-'} {f.container}: {f.evidence[:220]}")
-        if len(a.findings) > len(shown):
-            lines.append(f"    ... and {len(a.findings) - len(shown)} earlier line(s)")
-    return lines
-
-
-# -- the fact ------------------------------------------------------------------------------------------
+# -- the diagnosis fact's output (tasks.facts.diagnose.HostDiagnosis) ---------------------------------
 
 SECTION = "### quantlab-diagnose "
-
-
-class HostDiagnosis(FactBase):
-    """
-    Everything diagnosis needs from a host, read-only, in one command: for each container its
-    ``docker inspect`` state and restart count and ``docker logs --timestamps --since --tail``
-    (stdout and stderr), the last-run record, and the host's clock.
-
-    Returns ``{"now": str, "record": dict | None, "record_error": str | None,
-    "containers": {name: {"exists": bool, "state": dict, "restart_count": int, "lines": [str]}}}``.
-    """
-
-    requires_command = "docker"
-
-    def command(self, containers: tuple, since: str, tail: int, record_path: str):
-        parts = []
-        for name in containers:
-            q = shlex.quote(name)
-            parts.append(f"echo '{SECTION}state {name}'; docker inspect --type container "
-                         f"-f '{{{{json .State}}}} {{{{.RestartCount}}}}' {q} 2>/dev/null || echo missing")
-            parts.append(f"echo '{SECTION}logs {name}'; docker logs --timestamps "
-                         f"--since {shlex.quote(since)} --tail {int(tail)} {q} 2>&1 || true")
-        parts.append(f"echo '{SECTION}record'; cat {shlex.quote(record_path)} 2>/dev/null || true")
-        parts.append(f"echo '{SECTION}now'; date -u +%Y-%m-%dT%H:%M:%S.%NZ")
-        return "; ".join(parts)
-
-    def process(self, output):
-        return parse_diagnosis_output(output)
 
 
 def parse_diagnosis_output(output: Iterable[str]) -> dict:

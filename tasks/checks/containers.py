@@ -1,0 +1,186 @@
+"""Container checks, for any service: present, running, healthy, not OOM-killed, memory below
+its limit, restart count stable. Read through the ``docker`` CLI on the host."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from typing import Callable
+
+from tasks.checks.runner import Broken, NotYet, RetryPolicy, Session, Warned, ONCE
+
+Runner = Callable[[str], tuple[bool, str]]
+
+# --- pure helpers --------------------------------------------------------------------------------
+
+_STATS_UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+                "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4}
+
+
+def stats_size(text: str) -> int:
+    """Bytes from `docker stats` sizes: 369.1MiB, 1GiB, 512kB, 0B (not a setting: settings use
+    tasks.settings.types.Size)."""
+    match = re.match(r"\s*([\d.]+)\s*([A-Za-z]+)\s*\Z", text)
+    if not match or match.group(2).lower() not in _STATS_UNITS:
+        raise ValueError(f"unreadable size {text!r}")
+    return int(float(match.group(1)) * _STATS_UNITS[match.group(2).lower()])
+
+
+def memory_verdict(usage: int, limit: int, warn_percent: float, fail_percent: float) -> tuple[str, str]:
+    """("pass" | "warn" | "fail", evidence) for a container's memory use against its limit."""
+    mib = lambda n: f"{n / (1 << 20):.0f} MiB"  # noqa: E731
+    if not limit:
+        return "pass", f"{mib(usage)} in use, no memory limit set"
+    percent = 100.0 * usage / limit
+    text = f"{mib(usage)} of {mib(limit)} ({percent:.0f}%)"
+    if percent >= fail_percent:
+        return "fail", f"{text}: at or above {fail_percent:.0f}% of the limit"
+    if percent >= warn_percent:
+        return "warn", f"{text}: above the {warn_percent:.0f}% warning level"
+    return "pass", text
+
+
+def oom_kills(text: str) -> int | None:
+    """The `oom_kill N` count from cgroup v2 memory.events or v1 memory.oom_control."""
+    match = re.search(r"^oom_kill (\d+)", text, re.M)
+    return int(match.group(1)) if match else None
+
+
+def container_state(run: Runner, name: str) -> dict:
+    """``docker inspect``'s State of a container, through a ``run(command)`` callable."""
+    ok, out = run(f"docker inspect --type container -f '{{{{json .State}}}}' {shlex.quote(name)}")
+    if not ok:
+        raise Broken(f"container {name} does not exist: {out.strip()[:200]}")
+    return json.loads(out)
+
+
+# --- probes --------------------------------------------------------------------------------------
+
+def inspect(session: Session, name: str) -> dict:
+    """``docker inspect`` of a container, kept in ``session.inspected``."""
+    ok, out = session.sh(f"docker inspect --type container {shlex.quote(name)}")
+    if not ok:
+        text = out.strip()
+        if "No such" in text or "no such" in text:
+            raise Broken(f"container {name} does not exist")
+        raise NotYet(f"docker inspect failed: {text[-160:] or 'timed out'}")
+    try:
+        data = json.loads(out)[0]
+    except (ValueError, IndexError):
+        raise NotYet(f"unreadable docker inspect output: {out.strip()[:120]}")
+    session.inspected[name] = data
+    return data
+
+
+def _present(session: Session, name: str):
+    def probe():
+        data = inspect(session, name)
+        session.first_restarts.setdefault(name, (int(data.get("RestartCount") or 0), time.monotonic()))
+        return f"image {data.get('Config', {}).get('Image', '?')}, created {data.get('Created', '?')[:19]}"
+    return probe
+
+
+def _running(session: Session, name: str):
+    def probe():
+        state = inspect(session, name)["State"]
+        if state.get("Restarting"):
+            raise NotYet(f"restarting (last exit code {state.get('ExitCode')})")
+        if state.get("Status") != "running":
+            oom = ", OOM-killed" if state.get("OOMKilled") else ""
+            error = f", {state['Error']}" if state.get("Error") else ""
+            raise Broken(f"{state.get('Status')} (exit code {state.get('ExitCode')}{oom}{error}, "
+                         f"finished {str(state.get('FinishedAt', '?'))[:19]})")
+        return f"running since {str(state.get('StartedAt', '?'))[:19]}"
+    return probe
+
+
+def _healthy(session: Session, name: str):
+    def probe():
+        health = inspect(session, name)["State"].get("Health") or {}
+        status = health.get("Status")
+        last = (health.get("Log") or [{}])[-1]
+        detail = str(last.get("Output", "")).strip().replace("\n", " ")[:120]
+        if status == "healthy":
+            return f"healthy (streak of failures: {health.get('FailingStreak', 0)})"
+        raise NotYet(f"health {status}: last probe exit {last.get('ExitCode')} {detail}".strip())
+    return probe
+
+
+def _not_oom(session: Session, name: str):
+    def probe():
+        state = inspect(session, name)["State"]
+        cat = ("cat /sys/fs/cgroup/memory.events 2>/dev/null "
+               "|| cat /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null")
+        kills = None
+        if state.get("Status") == "running":
+            ok, out = session.sh(f"docker exec {shlex.quote(name)} sh -c {shlex.quote(cat)}")
+            kills = oom_kills(out) if ok else None
+        problems = []
+        if state.get("OOMKilled"):
+            problems.append(f"OOM-killed (Docker's State.OOMKilled, exit code {state.get('ExitCode')})")
+        if kills:
+            problems.append(f"the kernel OOM-killed {kills} process(es) in its memory cgroup "
+                            "(SIGKILL: out of memory)")
+        if problems:
+            raise Broken("; ".join(problems))
+        where = "no OOM kill in its memory cgroup" if kills == 0 else "cgroup OOM counter unreadable"
+        return f"State.OOMKilled false, {where}"
+    return probe
+
+
+def _memory(session: Session, name: str, warn_percent: float, fail_percent: float):
+    def probe():
+        limit = int(inspect(session, name).get("HostConfig", {}).get("Memory") or 0)
+        ok, out = session.sh(f"docker stats --no-stream --format '{{{{.MemUsage}}}}' {shlex.quote(name)}")
+        if not ok:
+            raise NotYet(f"docker stats failed: {out.strip()[-160:] or 'timed out'}")
+        try:
+            usage = stats_size(out.strip().splitlines()[-1].split("/")[0])
+        except (ValueError, IndexError):
+            raise NotYet(f"unreadable docker stats output: {out.strip()[:80]}")
+        verdict, text = memory_verdict(usage, limit, warn_percent, fail_percent)
+        if verdict == "fail":
+            raise Broken(text)
+        return Warned(text) if verdict == "warn" else text
+    return probe
+
+
+def restarts_stable(session: Session, name: str, window: float):
+    """A probe: the restart count read when the container was first seen has not moved after at
+    least ``window`` seconds."""
+    def probe():
+        first, at = session.first_restarts[name]
+        wait = window - (time.monotonic() - at)
+        if wait > 0:
+            time.sleep(min(wait, max(0.0, session.deadline.left)))
+        now = int(inspect(session, name).get("RestartCount") or 0)
+        span = time.monotonic() - at
+        if now != first:
+            raise Broken(f"restart count went {first} -> {now} within {span:.0f}s")
+        return f"restart count {now}, unchanged over {span:.0f}s"
+    return probe
+
+
+def container_checks(session: Session, name: str, memory_warn_percent: float = 85,
+                     memory_fail_percent: float = 95) -> bool:
+    """Present, running, healthy (if it has a healthcheck), not OOM-killed, memory below its
+    limit. False when the container is absent or not running: the service's own checks
+    would only repeat that, so the caller skips them (:func:`skip_service`)."""
+    if session.check(f"container {name} is present", name, _present(session, name),
+                     RetryPolicy(3, 10, 1)).status != "pass":
+        return False
+    running = session.check(f"container {name} is running", name, _running(session, name)).status == "pass"
+    if running and (session.inspected.get(name, {}).get("State") or {}).get("Health") is not None:
+        session.check(f"container {name} is healthy", name, _healthy(session, name))
+    session.check(f"container {name} is not OOM-killed", name, _not_oom(session, name), ONCE)
+    if running:
+        session.check(f"container {name} memory is below its limit", name,
+                      _memory(session, name, memory_warn_percent, memory_fail_percent), RetryPolicy(2, 10, 1))
+    return running
+
+
+def skip_service(session: Session, service: str, name: str) -> None:
+    """The service's own checks, skipped because its container is absent or not running."""
+    state = "absent" if name not in session.first_restarts else "not running"
+    session.skip(f"{service} service checks", name, f"skipped: container {name} is {state}")

@@ -1,0 +1,72 @@
+"""verify_stack's report: the per-host table in pyinfra's output, and a JSON file on the
+controller merging the hosts of one run."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import secrets as _secrets
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+from tasks.checks.runner import CheckResult
+
+_RUN_ID = uuid.uuid4().hex  # one pyinfra run: reports from its hosts are merged, older ones replaced
+
+
+def totals(results: list[CheckResult]) -> dict[str, int]:
+    counts = {"pass": 0, "warn": 0, "fail": 0, "skip": 0}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    counts["total"] = len(results)
+    return counts
+
+
+def format_report(results: list[CheckResult]) -> str:
+    """The per-host table: check, target, result, attempts, elapsed, evidence; then totals."""
+    columns = ("check", "target", "result", "attempts", "elapsed", "evidence")
+    rows = [(r.name, r.target, r.status.upper(), str(r.attempts), f"{r.elapsed:.1f}s",
+             r.evidence.replace("\n", " ")[:140]) for r in results]
+    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns[:-1])]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths + [0])).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths + [0])).rstrip() for row in rows]
+    t = totals(results)
+    lines.append(f"totals: {t['pass']} pass, {t['warn']} warn, {t['fail']} fail, {t['skip']} skip "
+                 f"({t['total']} checks)")
+    return "\n".join(lines)
+
+
+def report_dict(host_name: str, results: list[CheckResult], started: float, elapsed: float,
+                deadline: float) -> dict:
+    return {"host": host_name, "started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(),
+            "elapsed": round(elapsed, 2), "deadline": deadline, "totals": totals(results),
+            "checks": [{k: v for k, v in asdict(r).items()} | {"elapsed": round(r.elapsed, 2)}
+                       for r in results]}
+
+
+def write_report(path: str | Path, host_report: dict, run_id: str = _RUN_ID) -> None:
+    """Merge this host's report into `path` (one file a run, hosts keyed by name; a file left
+    by an earlier run is replaced). Written 0600 through a temp file."""
+    path = Path(path).expanduser()
+    report = {"run_id": run_id, "hosts": {}}
+    try:
+        old = json.loads(path.read_text())
+        if old.get("run_id") == run_id:
+            report = old
+    except (OSError, ValueError):
+        pass
+    report["hosts"][host_report["host"]] = host_report
+    every = [c for h in report["hosts"].values() for c in h["checks"]]
+    counts = {"pass": 0, "warn": 0, "fail": 0, "skip": 0}
+    for check in every:
+        counts[check["status"]] = counts.get(check["status"], 0) + 1
+    report["totals"] = {**counts, "total": len(every), "hosts": len(report["hosts"])}
+    report["ok"] = counts["fail"] == 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{_secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(report, out, indent=2)
+        out.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,75 @@
+"""Commands on the target host for the checks: each bounded by coreutils' ``timeout``, secrets
+only ever on stdin from a private file.
+
+Transport: everything goes through shell commands on the target (``docker`` CLI, ``curl`` or
+``python3`` for HTTP), each wrapped in ``timeout N`` and given pyinfra's ``_timeout`` too, so a
+hung service or daemon costs at most N seconds an attempt. Secrets (role and Redis passwords)
+travel in 0600 files in a fresh 0700 directory on the target, fed on stdin and removed by the
+same command: never on a command line, never in output (evidence is scrubbed of them too).
+"""
+from __future__ import annotations
+
+import io
+import secrets as _secrets
+import shlex
+from typing import Any, Callable
+
+from pyinfra.api import StringCommand
+
+
+def timed(command: str, seconds: int) -> str:
+    """`command` under coreutils' timeout (TERM after `seconds`, KILL 2 s later)."""
+    return f"timeout -k 2 {int(seconds)} sh -c {shlex.quote(command)}"
+
+
+class Shell:
+    """Commands on the target host: `run(command, timeout)` and `run_with_secret(command,
+    secret, timeout)` (the secret on the command's stdin from a 0600 file, removed after).
+    Both return (ok, output) and never raise for a failed or timed-out command."""
+
+    def __init__(self, run: Callable[[str, int], tuple[bool, str]],
+                 put: Callable[[str, str], bool] | None = None):
+        self._run, self._put = run, put
+        self.secrets: list[str] = []  # values to scrub from evidence
+
+    def run(self, command: str, timeout: int) -> tuple[bool, str]:
+        return self._run(timed(command, timeout), timeout + 5)
+
+    def run_with_secret(self, command: str, secret: str, timeout: int) -> tuple[bool, str]:
+        self.secrets.append(secret)
+        if self._put is None:
+            return False, "this transport cannot upload files"
+        folder = f"/tmp/quant-verify-{_secrets.token_hex(8)}"
+        ok, out = self._run(f"mkdir -m 0700 {shlex.quote(folder)}", 15)
+        if not ok:
+            return False, f"cannot create a private folder on the host: {out.strip()[:120]}"
+        path = f"{folder}/stdin"
+        try:
+            if not self._put(secret + "\n", path):
+                return False, "uploading the secret file failed"
+            full = (f"chmod 0600 {shlex.quote(path)} && {timed(command, timeout)} < {shlex.quote(path)}; "
+                    f"rc=$?; rm -rf {shlex.quote(folder)}; exit $rc")
+            return self._run(full, timeout + 5)
+        finally:
+            self._run(f"rm -rf {shlex.quote(folder)}", 15)
+
+
+def pyinfra_shell(target: Any) -> Shell:
+    """A Shell on a pyinfra host, at execution time (any connector, its connector arguments)."""
+    def run(command: str, timeout: int) -> tuple[bool, str]:
+        try:
+            ok, output = target.run_shell_command(StringCommand(command), print_output=False,
+                                                  print_input=False, _timeout=timeout)
+        except (TimeoutError, OSError) as exc:
+            return False, f"{type(exc).__name__}: {exc or 'timed out'}"
+        return ok, output.stdout if ok else output.output
+
+    def put(content: str, path: str) -> bool:
+        return bool(target.put_file(io.BytesIO(content.encode()), path, print_output=False))
+
+    return Shell(run, put)
+
+
+def runner_shell(run: Callable[[str], tuple[bool, str]]) -> Shell:
+    """A Shell over a plain ``run(command) -> (ok, output)`` callable (no uploads)."""
+    return Shell(lambda command, timeout: run(command))

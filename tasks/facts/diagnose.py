@@ -1,0 +1,46 @@
+"""The diagnosis fact: what log-signature matching needs from a host, read in one command.
+
+Read-only, any connector: ``docker inspect`` state and ``docker logs`` of the named containers,
+the last-run record and the host's clock. Matching and decisions are pure
+(tasks/core/signatures.py).
+"""
+from __future__ import annotations
+
+import shlex
+
+from pyinfra.api import FactBase
+
+from tasks.core.signatures import SECTION, parse_diagnosis_output
+
+
+class HostDiagnosis(FactBase):
+    """
+    Everything diagnosis needs from a host, read-only, in one command: for each container its
+    ``docker inspect`` state and restart count and ``docker logs --timestamps --since --tail``
+    (stdout and stderr), the last-run record, and the host's clock.
+
+    + containers: container names (a tuple: fact arguments are hashed)
+    + since: ``docker logs --since`` (a Go duration like ``2h``, or an RFC 3339 time)
+    + tail: at most this many lines per container
+    + record_path: the last-run record on the host
+
+    Returns ``{"now": str, "record": dict | None, "record_error": str | None,
+    "containers": {name: {"exists": bool, "state": dict, "restart_count": int, "lines": [str]}}}``.
+    """
+
+    requires_command = "docker"
+
+    def command(self, containers: tuple, since: str, tail: int, record_path: str):
+        parts = []
+        for name in containers:
+            q = shlex.quote(name)
+            parts.append(f"echo '{SECTION}state {name}'; docker inspect --type container "
+                         f"-f '{{{{json .State}}}} {{{{.RestartCount}}}}' {q} 2>/dev/null || echo missing")
+            parts.append(f"echo '{SECTION}logs {name}'; docker logs --timestamps "
+                         f"--since {shlex.quote(since)} --tail {int(tail)} {q} 2>&1 || true")
+        parts.append(f"echo '{SECTION}record'; cat {shlex.quote(record_path)} 2>/dev/null || true")
+        parts.append(f"echo '{SECTION}now'; date -u +%Y-%m-%dT%H:%M:%S.%NZ")
+        return "; ".join(parts)
+
+    def process(self, output):
+        return parse_diagnosis_output(output)
