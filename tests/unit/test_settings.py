@@ -4,7 +4,7 @@ from tasks.core.sizes import GIB, MIB, docker_size, human_size, parse_size
 from tasks.settings import SettingsError
 from tasks.settings import load as load_settings
 from tasks.settings.mlflow import MlflowSettings, resolve_secret_env
-from tasks.settings.types import SecretSource
+from tasks.settings.types import SecretSource, looks_secret
 
 
 @pytest.mark.parametrize(
@@ -203,3 +203,10 @@ def test_secret_file_path_may_start_with_home(tmp_path, monkeypatch):
     settings = load_settings("mlflow", 
         "h", {"secret_env": {"AWS_SECRET_ACCESS_KEY": {"file": "~/minio_secret"}}})
     assert resolve_secret_env("h", settings, environ={}) == {"AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+
+
+@pytest.mark.parametrize("name, secret", [("AWS_SECRET_ACCESS_KEY", True), ("MINIO_ACCESS_KEY", True),
+                                          ("AWS_ACCESS_KEY_ID", False), ("PGPASSWORD", True)])
+def test_an_access_key_id_is_not_a_secret(name, secret):
+    # The lab (and operators) set AWS_ACCESS_KEY_ID in plain env; only its secret half is one.
+    assert looks_secret(name) is secret
