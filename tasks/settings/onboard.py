@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
+from pydantic import Field, StrictBool, StrictInt, WithJsonSchema, field_validator, model_validator
 
 from tasks.settings.base import Block, Pattern
 from tasks.settings.types import Size, looks_secret
@@ -31,6 +31,13 @@ _SUDO_BAD_RE = re.compile(r"[,:=\\\n\r#]|^ALL$|\bALL\b")
 # Characters a path must not hold: it goes into shell command lines unquoted in places.
 _UNSAFE_PATH_CHARS = set("'\"$`\\")
 
+# Key lines, or {"file": path} read on the controller (the schema says so; the validator reads).
+PublicKeys = Annotated[tuple[str, ...], WithJsonSchema({
+    "type": "array", "minItems": 1,
+    "items": {"anyOf": [{"type": "string"},
+                        {"type": "object", "properties": {"file": {"type": "string"}},
+                         "required": ["file"], "additionalProperties": False}]},
+    "description": 'required: public key lines or {"file": "/path/on/controller.pub"}'})]
 UserName = Pattern(USER_NAME, "a user name: lower-case letters, digits, _ and -, at most 32")
 FileName = Pattern(r"[A-Za-z0-9_./-]+", "letters, digits, _ . / -")
 
@@ -81,9 +88,7 @@ def compose_problems(document: Any) -> list[str]:
 class OnboardSettings(Block):
     """A fresh host made a managed member of the fleet: deploy user, sudo, Docker, stack files."""
 
-    authorized_keys: tuple[str, ...] = Field(
-        (), validate_default=True,
-        description='required: public key lines or {"file": "/path/on/controller.pub"}')
+    authorized_keys: PublicKeys = Field((), validate_default=True)
     user: UserName = Field("deploy", description="the deploy user pyinfra and people log in as afterwards")  # type: ignore[valid-type]
     exclusive_keys: StrictBool = Field(False, description="remove authorized keys not listed")
     shell: str = "/bin/bash"
