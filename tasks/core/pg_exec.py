@@ -16,22 +16,17 @@ So:
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from tasks.settings.types import SecretSource
 
 PSQL_FLAGS = ("-X", "-q", "-v", "ON_ERROR_STOP=1", "-At")  # no psqlrc, quiet, stop on error
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CONTAINER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # docker's own name rule
 _HOST = re.compile(r"[A-Za-z0-9._:\-\[\]%]+\Z|/\S*\Z")  # name, IPv4/IPv6, or a socket directory
-
-
-class PgTargetError(ValueError):
-    """A connection setting that cannot work; raised before anything runs."""
 
 
 @dataclass(frozen=True)
@@ -39,8 +34,8 @@ class PgTarget:
     """Where and how to run SQL.
 
     - ``mode="psql"``: psql on the target host connects to ``host``:``port`` as ``user``;
-      ``password_source`` is ``{"env": "VAR"}`` or ``{"file": "/path"}`` on the controller, or
-      None (e.g. trust/peer auth, or a ``.pgpass`` already on the host).
+      ``password_source`` is a :class:`tasks.settings.types.SecretSource` read on the controller,
+      or None (e.g. trust/peer auth, or a ``.pgpass`` already on the host).
     - ``mode="docker"``: ``docker exec -i -u <os_user> <container> psql`` over the container's
       socket; no host/port/password.
     """
@@ -52,7 +47,7 @@ class PgTarget:
     port: int = 5432
     container: str | None = None
     os_user: str = "postgres"  # docker mode: the OS user psql runs as inside the container
-    password_source: Mapping[str, str] | None = field(default=None)
+    password_source: SecretSource | None = field(default=None)
     connect_timeout: int = 10
 
     def __post_init__(self):
@@ -61,78 +56,49 @@ class PgTarget:
 
 def _check_name(what: str, value: object) -> None:
     if not isinstance(value, str) or not value:
-        raise PgTargetError(f"{what} must be a non-empty string")
+        raise ValueError(f"{what} must be a non-empty string")
     if "\x00" in value or "\n" in value:
-        raise PgTargetError(f"{what} {value!r} contains a NUL or newline")
+        raise ValueError(f"{what} {value!r} contains a NUL or newline")
 
 
 def validate_target(t: PgTarget) -> None:
     if t.mode not in ("psql", "docker"):
-        raise PgTargetError(f"mode must be 'psql' or 'docker', not {t.mode!r}")
+        raise ValueError(f"mode must be 'psql' or 'docker', not {t.mode!r}")
     _check_name("database", t.database)
     _check_name("user", t.user)
     if isinstance(t.connect_timeout, bool) or not isinstance(t.connect_timeout, int) or t.connect_timeout < 1:
-        raise PgTargetError("connect_timeout must be a positive number of seconds")
+        raise ValueError("connect_timeout must be a positive number of seconds")
     if t.mode == "psql":
         if t.container is not None:
-            raise PgTargetError("container is only used in docker mode")
+            raise ValueError("container is only used in docker mode")
         _check_name("host", t.host)
         if not _HOST.match(t.host):
-            raise PgTargetError(f"host {t.host!r} is not a host name, IP address or socket directory")
+            raise ValueError(f"host {t.host!r} is not a host name, IP address or socket directory")
         if isinstance(t.port, bool) or not isinstance(t.port, int) or not 1 <= t.port <= 65535:
-            raise PgTargetError(f"port must be an integer 1-65535, not {t.port!r}")
+            raise ValueError(f"port must be an integer 1-65535, not {t.port!r}")
         _check_password_source(t.password_source)
     else:
         if not isinstance(t.container, str) or not _CONTAINER.match(t.container):
-            raise PgTargetError(
+            raise ValueError(
                 f"docker mode needs a container name ([A-Za-z0-9][A-Za-z0-9_.-]*), got {t.container!r}"
             )
         if t.host is not None:
-            raise PgTargetError("docker mode connects over the container's socket: drop host")
+            raise ValueError("docker mode connects over the container's socket: drop host")
         if t.password_source is not None:
-            raise PgTargetError(
+            raise ValueError(
                 "docker mode uses the container's local socket as the postgres OS user "
                 "(peer auth): drop password_source"
             )
         _check_name("os_user", t.os_user)
         if t.os_user.startswith("-"):
-            raise PgTargetError(f"os_user {t.os_user!r} must not start with '-'")
+            raise ValueError(f"os_user {t.os_user!r} must not start with '-'")
 
 
-def _check_password_source(source: Mapping[str, str] | None) -> None:
-    if source is None:
-        return
-    if not isinstance(source, Mapping) or len(source) != 1:
-        raise PgTargetError('password_source must be {"env": "VAR"} or {"file": "/path"}')
-    ((kind, value),) = source.items()
-    if kind == "env":
-        if not isinstance(value, str) or not _ENV_NAME.match(value):
-            raise PgTargetError(f"password_source env {value!r} is not a variable name")
-    elif kind == "file":
-        _check_name("password_source file", value)
-    else:
-        raise PgTargetError(f'password_source key must be "env" or "file", not {kind!r}')
-
-
-def resolve_password(source: Mapping[str, str], environ: Mapping[str, str] | None = None) -> str:
-    """Read the password on the controller (env var, or a file's first line). Errors name the
-    source, never the value."""
-    _check_password_source(source)
-    ((kind, value),) = source.items()
-    if kind == "env":
-        env = os.environ if environ is None else environ
-        if not env.get(value):
-            raise PgTargetError(f"password environment variable {value} is unset or empty")
-        return env[value]
-    path = Path(value).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PgTargetError(f"cannot read password file {path}: {exc.strerror}") from None
-    password = text.splitlines()[0] if text else ""
-    if not password:
-        raise PgTargetError(f"password file {path} is empty")
-    return password
+def _check_password_source(source: object) -> None:
+    # The source's own shape (env or file, a valid name) is the settings layer's to check.
+    if source is not None and not callable(getattr(source, "read", None)):
+        raise ValueError("password_source must be a secret source (tasks.settings.types.SecretSource), "
+                         f"not a {type(source).__name__}")
 
 
 def _dbname_arg(database: str) -> str:
@@ -152,14 +118,14 @@ def psql_argv(target: PgTarget, *, passfile: str | None = None) -> list[str]:
     validate_target(target)
     if target.mode == "docker":
         if passfile is not None:
-            raise PgTargetError("docker mode takes no password file")
+            raise ValueError("docker mode takes no password file")
         return [
             "docker", "exec", "-i", "-u", target.os_user, target.container,
             "psql", *PSQL_FLAGS, "-U", target.user, "-d", _dbname_arg(target.database),
         ]  # fmt: skip
     env = [f"PGCONNECT_TIMEOUT={target.connect_timeout}"]
     if target.password_source is not None and not passfile:
-        raise PgTargetError("password_source is set: pass the uploaded password file path")
+        raise ValueError("password_source is set: pass the uploaded password file path")
     if passfile:
         env.append(f"PGPASSFILE={passfile}")
     return [
@@ -177,7 +143,7 @@ def pgpass_line(user: str, password: str) -> str:
     same run connects to several databases."""
     for what, value in (("user", user), ("password", password)):
         if not value or "\n" in value or "\r" in value or "\x00" in value:
-            raise PgTargetError(f"{what} for the password file must be non-empty, one line, no NUL")
+            raise ValueError(f"{what} for the password file must be non-empty, one line, no NUL")
     esc = lambda s: s.replace("\\", "\\\\").replace(":", "\\:")  # noqa: E731
     return f"*:*:*:{esc(user)}:{esc(password)}\n"
 
@@ -185,6 +151,6 @@ def pgpass_line(user: str, password: str) -> str:
 def shell_command(argv: list[str], stdin_path: str) -> str:
     """A shell command line running ``argv`` with ``stdin_path`` on stdin (all words quoted)."""
     if not argv:
-        raise PgTargetError("empty argv")
+        raise ValueError("empty argv")
     _check_name("stdin_path", stdin_path)
     return " ".join(shlex.quote(a) for a in argv) + " < " + shlex.quote(stdin_path)

@@ -1,22 +1,23 @@
 """
-PostgreSQL facts and operations: roles, databases and grants that change only what differs.
+PostgreSQL operations: roles, databases and grants that change only what differs.
 
 The SQL itself (quoting, catalog query, minimal plans) lives in :mod:`tasks.core.pg_sql`, the way to
-reach the server (``docker exec`` or host-side ``psql``) in :mod:`tasks.core.pg_exec`, and SCRAM in
-:mod:`tasks.core.scram`. This module is the pyinfra side: facts read, operations yield commands.
+reach the server (``docker exec`` or host-side ``psql``) in :mod:`tasks.core.pg_exec`, SCRAM in
+:mod:`tasks.core.scram`, and what the server holds (the catalog, password status) in
+:mod:`tasks.facts.postgres`. This module is the pyinfra side that changes things.
 
 Every operation takes ``target``, a :class:`tasks.core.pg_exec.PgTarget` (a superuser connection:
 ``docker`` mode runs ``docker exec -i -u postgres <container> psql`` over the local socket, ``psql``
-mode runs the host's ``psql`` with a 0600 ``PGPASSFILE``). Passwords are given as *sources*
-(``{"env": "VAR"}`` or ``{"file": "/path"}``) and read on the controller when needed, so no
-operation argument, name, fact argument or command line ever holds one.
+mode runs the host's ``psql`` with a 0600 ``PGPASSFILE``); the host's is
+``settings.of_host(host, "postgres").target``. Passwords are given as *sources*
+(:class:`tasks.settings.types.SecretSource`, or ``{"env": "VAR"}`` / ``{"file": "/path"}``) and
+read on the controller when needed, so no operation argument, name, fact argument or command line
+ever holds one.
 
 Secrets, end to end:
 
-- Facts never return or print a stored verifier: the catalog fact asks the server for a *digest*
-  of it (salt and iteration count in clear, ``sha256`` of the keys) and the controller decides
-  ``match`` / ``mismatch`` / ``md5-match-upgrade`` / ``absent`` by recomputing the same digest from
-  the desired password. Even ``-vvv`` (fact output) shows only that digest.
+- The catalog fact returns a digest of each stored verifier, never the verifier (see
+  :mod:`tasks.facts.postgres`).
 - SQL that carries a verifier is uploaded into a fresh 0700 directory on the target (0600 file)
   and fed to psql on stdin; the same shell command removes the directory. psql runs with
   ``VERBOSITY terse`` so an error never echoes the statement.
@@ -30,22 +31,20 @@ reports "No changes" (unlike ``python.call``, which always counts as a change).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import io
 import json
-import secrets
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from pyinfra import host as current_host
-from pyinfra.api import FactBase, FileUploadCommand, FunctionCommand, StringCommand, operation
-from pyinfra.api.exceptions import FactProcessError, OperationError
+from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 
 from tasks.checks.runner import Broken, ChecksFailed, NotYet, RetryPolicy, format_table, run_checks
-from tasks.core.pg_exec import PgTarget, pgpass_line, psql_argv, resolve_password, shell_command
+from tasks.checks import postgres as postgres_checks
+from tasks.checks.runner import Session
+from tasks.checks.shell import pyinfra_shell
+from tasks.core.pg_exec import PgTarget, pgpass_line, psql_argv, shell_command
 from tasks.core.pg_sql import (
     PRIVILEGES,
     Catalog,
@@ -56,9 +55,6 @@ from tasks.core.pg_sql import (
     RoleSpec,
     Statement,
     _expand,
-    _literal_array,
-    catalog_query,
-    parse_catalog_json,
     plan_database,
     plan_grants,
     plan_memberships,
@@ -67,31 +63,32 @@ from tasks.core.pg_sql import (
     quote_literal,
     render_script,
 )
-from tasks.core.scram import md5_verifier, scram_verifier
-from tasks.checks import postgres as postgres_checks
-from tasks.checks.runner import Session
-from tasks.checks.shell import pyinfra_shell
+from tasks.facts.postgres import (
+    PostgresCatalog,
+    pgpass_content,
+    private_dir,
+    run_and_clean,
+    upload_private,
+)
+from tasks.settings.types import SecretSource
 
 # Where psql listens inside the database container (docker mode verification logs in over TCP
 # on the container's loopback, so pg_hba's `host ... scram-sha-256` rule is what is exercised).
 CONTAINER_PG_PORT = 5432
 VERIFY_POLICY = RetryPolicy(attempts=5, seconds=20.0, wait=1.0)
-_TMP_ROOT = "/tmp"
+
+# A password source as operations take it: the settings' SecretSource, or its plain mapping form.
+PasswordSource = SecretSource | Mapping[str, str]
+
+
+def secret_source(value: PasswordSource | None) -> SecretSource | None:
+    """``value`` as a SecretSource (one reader rule for every password an operation reads)."""
+    if value is None or isinstance(value, SecretSource):
+        return value
+    return SecretSource.model_validate(value)
 
 
 # --- running SQL on the target -----------------------------------------------------------------
-
-
-def _private_dir() -> str:
-    # Named on the controller; `mkdir -m 0700` (no -p) fails if the path exists, so nobody can
-    # pre-plant it. Files inside are 0600; the command that uses them removes the directory.
-    return f"{_TMP_ROOT}/quant-pg-{secrets.token_hex(8)}"
-
-
-def _pgpass(target: PgTarget) -> str | None:
-    if target.mode != "psql" or target.password_source is None:
-        return None
-    return pgpass_line(target.user, resolve_password(target.password_source))
 
 
 def _script(statements: Iterable[Statement]) -> str:
@@ -99,161 +96,38 @@ def _script(statements: Iterable[Statement]) -> str:
     return "\\set VERBOSITY terse\n" + render_script(statements)
 
 
-def _run_and_clean(command: str, workdir: str) -> str:
-    return f"{command}; rc=$?; rm -rf {shlex.quote(workdir)}; exit $rc"
-
-
 def sql_commands(target: PgTarget, statements: Iterable[Statement]):
     """Commands that run ``statements`` through psql: SQL and password file uploaded as 0600
     files into a fresh 0700 directory, SQL on stdin, the directory removed by the same command."""
-    workdir = _private_dir()
+    workdir = private_dir()
     yield StringCommand("mkdir", "-m", "0700", workdir)
     yield FileUploadCommand(io.StringIO(_script(statements)), f"{workdir}/script.sql")
     passfile = None
-    pgpass = _pgpass(target)
+    pgpass = pgpass_content(target)
     if pgpass is not None:
         passfile = f"{workdir}/pgpass"
         yield FileUploadCommand(io.StringIO(pgpass), passfile)
     run = shell_command(psql_argv(target, passfile=passfile), f"{workdir}/script.sql")
     yield StringCommand(
-        _run_and_clean(f"chmod 0600 {shlex.quote(workdir)}/* && {run}", workdir)
+        run_and_clean(f"chmod 0600 {shlex.quote(workdir)}/* && {run}", workdir)
     )
 
 
-def _upload_private(host, files: Mapping[str, str]) -> str:
-    """Fact-time transport (facts cannot yield uploads): a fresh 0700 directory holding
-    ``files`` (0600). The caller's command must remove it (see :func:`_run_and_clean`)."""
-    workdir = _private_dir()
-    ok, _ = host.run_shell_command(StringCommand("mkdir", "-m", "0700", workdir))
-    if not ok:
-        raise OSError(f"cannot create {workdir} on {host.name}")
-    for name, content in files.items():
-        if not host.put_file(io.StringIO(content), f"{workdir}/{name}"):
-            host.run_shell_command(StringCommand("rm", "-rf", workdir))
-            raise OSError(f"cannot upload {workdir}/{name} to {host.name}")
-    return workdir
-
-
-# --- facts ---------------------------------------------------------------------------------------
-
-PasswordSource = Mapping[str, str]
-
-
-def _password_digest_query(roles: Iterable[str]) -> str:
-    """Per role: NULL (no password), ``SCRAM-SHA-256$<iter>:<salt>$<sha256 of the keys>``,
-    ``md5$<sha256 of the md5 hash>`` or ``other``. The verifier itself never leaves the server."""
-    names = sorted(set(roles))
-    if not names:
-        return "'{}'::json"
-    pw = "a.rolpassword"
-    keys = f"split_part({pw}, '$', 3)"
-    return f"""(SELECT coalesce(json_object_agg(a.rolname, CASE
-      WHEN {pw} IS NULL OR {pw} = '' THEN NULL
-      WHEN {pw} LIKE 'SCRAM-SHA-256$%' THEN split_part({pw}, '$', 1) || '$' || split_part({pw}, '$', 2)
-        || '$' || encode(pg_catalog.sha256(convert_to({keys}, 'UTF8')), 'hex')
-      WHEN {pw} ~ '^md5[0-9a-f]{{32}}$' THEN
-        'md5$' || encode(pg_catalog.sha256(convert_to({pw}, 'UTF8')), 'hex')
-      ELSE 'other' END), '{{}}'::json)
-    FROM pg_catalog.pg_authid a WHERE a.rolname = ANY({_literal_array(names)}))"""
-
-
-def _sha256_hex(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def password_status_from_digest(digest: str | None, password: str, username: str) -> str:
-    """``absent`` / ``match`` / ``md5-match-upgrade`` / ``mismatch``, decided on the controller
-    from what :func:`_password_digest_query` returns (same meaning as
-    :func:`tasks.core.scram.password_status`)."""
-    if not digest:
-        return "absent"
-    if digest.startswith("SCRAM-SHA-256$"):
-        try:
-            _, params, keys_hash = digest.split("$")
-            iterations, salt = params.split(":")
-            mine = scram_verifier(password, salt=base64.b64decode(salt, validate=True),
-                                  iterations=int(iterations))
-        except ValueError:
-            return "mismatch"
-        same = hmac.compare_digest(_sha256_hex(mine.split("$")[2]), keys_hash)
-        return "match" if same else "mismatch"
-    if digest.startswith("md5$"):
-        same = hmac.compare_digest(_sha256_hex(md5_verifier(password, username)), digest[4:])
-        return "md5-match-upgrade" if same else "mismatch"
-    return "mismatch"
-
-
-def _stand_in(status: str, password: str, username: str) -> str | None:
-    """A locally made stored value that :func:`tasks.core.scram.password_status` judges exactly as
-    the server's real one was judged, so :func:`tasks.core.pg_sql.plan_role` can plan from it."""
-    if status == "absent":
-        return None
-    if status == "match":
-        return scram_verifier(password)
-    if status == "md5-match-upgrade":
-        return md5_verifier(password, username)
-    return "unknown"  # any other format: password_status() says "mismatch"
-
-
-@dataclass(frozen=True)
-class PgState:
-    """What :class:`PostgresCatalog` returns: the catalog (roles, memberships, databases,
-    schemas, objects, ACLs, default ACLs) and, per role asked about, whether its stored password
-    matches the desired one (the verifier itself is not kept)."""
-
-    catalog: Catalog
-    password_status: Mapping[str, str]
-
-
-class PostgresCatalog(FactBase):
-    """
-    Roles (attributes, memberships, password status), databases, schemas, objects and their
-    privileges, and default privileges, as seen from ``database``: one psql round trip.
-
-    + target: a ``PgTarget`` (superuser connection)
-    + database: database to read schemas/objects/default privileges from
-    + passwords: ``{role: password source}``: roles whose password is checked (on the controller)
-    + schemas: limit objects to these schemas (``None``: all non-system schemas)
-
-    .. code:: python
-
-        state = host.get_fact(PostgresCatalog, target=target, database="quant",
-                              passwords={"quant_user": {"file": "/run/secrets/quant_user"}})
-        state.password_status["quant_user"]  # "match", "mismatch", "md5-match-upgrade", "absent"
-    """
-
-    def command(self, target: PgTarget, database: str = "postgres",
-                passwords: Mapping[str, PasswordSource] | None = None,
-                schemas: Iterable[str] | None = None):
-        self._passwords = dict(passwords or {})
-        query = (
-            "SELECT json_build_object('catalog', ("
-            + catalog_query(schemas=None if schemas is None else list(schemas))
-            + "), 'passwords', "
-            + _password_digest_query(self._passwords)
-            + ")"
-        )
-        return query_command(current_host, replace(target, database=database), query)
-
-    def process(self, output):
-        text = "\n".join(output)
-        try:
-            doc = json.loads(text)
-            catalog = parse_catalog_json(json.dumps(doc["catalog"]))
-            digests = doc["passwords"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise FactProcessError(f"unexpected catalog output ({len(text)} chars): {exc}") from None
-        statuses = {}
-        roles = dict(catalog.roles)
-        for role, source in self._passwords.items():
-            if role not in roles:
-                continue
-            password = resolve_password(source)
-            statuses[role] = status = password_status_from_digest(digests.get(role), password, role)
-            # The stored verifier stays on the server: plan from a stand-in with the same status.
-            roles[role] = replace(roles[role], password=_stand_in(status, password, role),
-                                  password_known=True)
-        return PgState(replace(catalog, roles=roles), statuses)
+def run_script(host, target: PgTarget, script: str) -> tuple[bool, list[str], list[str]]:
+    """Run a psql ``script`` (taken as is: psql meta-commands allowed) from a ``FunctionCommand``,
+    the script on psql's stdin. A password file, when the target needs one, goes as a 0600 file
+    into a fresh 0700 directory removed by the same command; without one (docker mode, or no
+    password) this is a single remote command. Returns (ok, stdout lines, stderr lines)."""
+    pgpass = pgpass_content(target)
+    if pgpass is None:
+        command = " ".join(shlex.quote(a) for a in psql_argv(target))
+    else:
+        workdir = upload_private(host, {"pgpass": pgpass})
+        argv = psql_argv(target, passfile=f"{workdir}/pgpass")
+        command = run_and_clean(f"chmod 0600 {shlex.quote(workdir)}/* && "
+                                 + " ".join(shlex.quote(a) for a in argv), workdir)
+    ok, output = host.run_shell_command(StringCommand(command), _stdin=script)
+    return ok, list(output.stdout_lines), list(output.stderr_lines)
 
 
 # --- verification (runs on the target, driven from the controller) ----------------------------
@@ -263,8 +137,8 @@ def _tcp_probe(host, target: PgTarget, role: str, password_source: PasswordSourc
                database: str, sql: str):
     """Log in as ``role`` over TCP with its password (password file, never argv) and run
     ``sql``. Returns (ok, stdout, stderr)."""
-    pgpass = pgpass_line(role, resolve_password(password_source))
-    workdir = _upload_private(host, {"pgpass": pgpass})
+    pgpass = pgpass_line(role, secret_source(password_source).read())
+    workdir = upload_private(host, {"pgpass": pgpass})
     passfile = f"{workdir}/pgpass"
     flags = ["-w", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=terse"]
     if target.mode == "psql":
@@ -280,7 +154,7 @@ def _tcp_probe(host, target: PgTarget, role: str, password_source: PasswordSourc
                  f'PGPASSFILE="$f" PGCONNECT_TIMEOUT=5 {inner_psql}; rc=$?; rm -f "$f"; exit $rc')
         argv = ["docker", "exec", "-i", "-u", target.os_user, target.container, "sh", "-c", inner]
         command = shell_command(argv, passfile)
-    ok, output = host.run_shell_command(StringCommand(_run_and_clean(command, workdir)))
+    ok, output = host.run_shell_command(StringCommand(run_and_clean(command, workdir)))
     return ok, "\n".join(output.stdout_lines), " ".join(output.stderr_lines)
 
 
@@ -417,7 +291,7 @@ def role(
     + role: name of the role (any name; always quoted)
     + target: ``PgTarget`` to connect with (a superuser, so stored passwords can be checked)
     + present: whether the role should exist (dropping fails if it still owns objects)
-    + password: ``{"env": "VAR"}`` or ``{"file": "/path"}``; sent as a SCRAM-SHA-256 verifier
+    + password: a ``SecretSource`` (or ``{"env": "VAR"}`` / ``{"file": "/path"}``); sent as a SCRAM-SHA-256 verifier
       computed on the controller, and only when the stored one does not match (an md5 hash of
       the same password is upgraded)
     + login/superuser/createdb/createrole/inherit/replication/bypassrls: ``None`` = leave as is
@@ -442,7 +316,8 @@ def role(
             connection_limit=20,
         )
     """
-    spec_password = resolve_password(password) if password is not None and present else None
+    password = secret_source(password)
+    spec_password = password.read() if password is not None and present else None
     spec = RoleSpec(
         name=role, present=present, login=login, superuser=superuser, createdb=createdb,
         createrole=createrole, inherit=inherit, replication=replication, bypassrls=bypassrls,
@@ -549,6 +424,7 @@ def grants(
         return
     checks = []
     for grantee, source in sorted((logins or {}).items()):
+        source = secret_source(source)
         own = [g for g in mine if isinstance(g, GrantSpec) and g.grantee == grantee]
         if not own:
             continue
@@ -561,42 +437,3 @@ def grants(
         ))
     if checks:
         yield FunctionCommand(_verify, (checks,), {})
-
-
-__all__ = [
-    "PgState", "PostgresCatalog", "database", "grants", "password_status_from_digest", "role",
-    "sql_commands", "OperationError",
-]
-
-
-# --- public helpers for other task modules (tasks.operations.cleanup) ------------------------------------
-
-
-def query_command(host, target: PgTarget, sql: str) -> StringCommand:
-    """A fact's command running one read-only ``sql`` through psql for ``target`` (every
-    PostgreSQL fact here uses it): on the command line in docker mode (no secret involved),
-    else from a fresh 0700 directory holding the query and the 0600 password file, removed by
-    the same command."""
-    pgpass = _pgpass(target)
-    if pgpass is None:
-        return StringCommand(*(shlex.quote(a) for a in psql_argv(target)), "-c", shlex.quote(sql))
-    workdir = _upload_private(host, {"pgpass": pgpass, "query.sql": sql + ";\n"})
-    argv = psql_argv(target, passfile=f"{workdir}/pgpass")
-    return StringCommand(_run_and_clean(shell_command(argv, f"{workdir}/query.sql"), workdir))
-
-
-def run_script(host, target: PgTarget, script: str) -> tuple[bool, list[str], list[str]]:
-    """Run a psql ``script`` (taken as is: psql meta-commands allowed) from a ``FunctionCommand``,
-    the script on psql's stdin. A password file, when the target needs one, goes as a 0600 file
-    into a fresh 0700 directory removed by the same command; without one (docker mode, or no
-    password) this is a single remote command. Returns (ok, stdout lines, stderr lines)."""
-    pgpass = _pgpass(target)
-    if pgpass is None:
-        command = " ".join(shlex.quote(a) for a in psql_argv(target))
-    else:
-        workdir = _upload_private(host, {"pgpass": pgpass})
-        argv = psql_argv(target, passfile=f"{workdir}/pgpass")
-        command = _run_and_clean(f"chmod 0600 {shlex.quote(workdir)}/* && "
-                                 + " ".join(shlex.quote(a) for a in argv), workdir)
-    ok, output = host.run_shell_command(StringCommand(command), _stdin=script)
-    return ok, list(output.stdout_lines), list(output.stderr_lines)

@@ -11,13 +11,14 @@ operator's group data may set fleet-wide values as ``<block>_defaults``, which t
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from tasks.settings.base import Block, parse_block
 from tasks.settings.errors import SettingsError
 from tasks.settings.cleanup import CleanupSettings
 from tasks.settings.mlflow import MlflowSettings
 from tasks.settings.schedule import ScheduleSettings
+from tasks.settings.postgres import DB_KEYS, DbSettings, PostgresSettings, gather_db
 from tasks.settings.onboard import OnboardSettings
 from tasks.settings.backend import BackendSettings
 from tasks.settings.stack import StackSettings
@@ -28,10 +29,22 @@ BLOCKS: dict[str, type[Block]] = {
     "mlflow": MlflowSettings,
     "cleanup": CleanupSettings,
     "cleanup_schedule": ScheduleSettings,
+    "postgres": PostgresSettings,
+    "db": DbSettings,
     "onboard": OnboardSettings,
     "backend": BackendSettings,
     "stack": StackSettings,
     "remediate": RemediateSettings,
+}
+
+# Blocks gathered from several top-level host-data keys (``db_roles``, ``db_grants``, ...) rather
+# than one mapping: block -> function(host data) -> the block's mapping. Their errors name the
+# keys as written (no block prefix); TOP_LEVEL_KEYS says which schema property is which key.
+GATHER: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "db": gather_db,
+}
+TOP_LEVEL_KEYS: dict[str, dict[str, str]] = {
+    "db": {key: key for key in DB_KEYS},
 }
 
 _CACHE_ATTR = "_quant_settings"
@@ -40,7 +53,7 @@ _CACHE_ATTR = "_quant_settings"
 def load(block: str, host_name: str, data: Mapping[str, Any] | None,
          group: Mapping[str, Any] | None = None) -> Any:
     """Validate one block: the model's defaults, then ``group``, then ``data`` (key by key)."""
-    return parse_block(BLOCKS[block], host_name, block, group, data)
+    return parse_block(BLOCKS[block], host_name, "" if block in GATHER else block, group, data)
 
 
 def of_host(host: Any, block: str) -> Any:
@@ -51,8 +64,8 @@ def of_host(host: Any, block: str) -> Any:
         host = host._get_module()
     cache = host.__dict__.setdefault(_CACHE_ATTR, {})
     if block not in cache:
-        cache[block] = load(block, host.name, host.data.get(block),
-                            host.data.get(f"{block}_defaults"))
+        data = GATHER[block](host.data) if block in GATHER else host.data.get(block)
+        cache[block] = load(block, host.name, data, host.data.get(f"{block}_defaults"))
     return cache[block]
 
 

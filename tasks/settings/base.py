@@ -42,7 +42,8 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for item in loc[:-1]:
         if isinstance(item, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
             continue
-        field = current.model_fields.get(str(item))
+        # A field may be written under its alias (``schema``, ``db_roles``): match either.
+        field = next((f for name, f in current.model_fields.items() if str(item) in (name, f.alias)), None)
         if field is None:
             return []
         annotation = field.annotation
@@ -53,7 +54,7 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
                     current = c
                     break
     if isinstance(current, type) and issubclass(current, BaseModel):
-        return [name for name, f in current.model_fields.items()]
+        return [f.alias or name for name, f in current.model_fields.items()]
     return []
 
 
