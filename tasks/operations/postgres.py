@@ -45,24 +45,10 @@ from tasks.checks import postgres as postgres_checks
 from tasks.checks.runner import Session
 from tasks.checks.shell import pyinfra_shell
 from tasks.core.pg_exec import PgTarget, pgpass_line, psql_argv, shell_command
-from tasks.core.pg_sql import (
-    PRIVILEGES,
-    Catalog,
-    DatabaseSpec,
-    DefaultPrivilegeSpec,
-    GrantSpec,
-    Plan,
-    RoleSpec,
-    Statement,
-    _expand,
-    plan_database,
-    plan_grants,
-    plan_memberships,
-    plan_role,
-    quote_ident,
-    quote_literal,
-    render_script,
-)
+from tasks.core.pg_catalog import Catalog
+from tasks.core.pg_grants import DefaultPrivilegeSpec, GrantSpec, plan_grants
+from tasks.core.pg_roles import DatabaseSpec, RoleSpec, plan_database, plan_memberships, plan_role
+from tasks.core.pg_sql import PRIVILEGES, Plan, Statement, _expand, quote_ident, quote_literal, render_script
 from tasks.facts.postgres import (
     PostgresCatalog,
     pgpass_content,

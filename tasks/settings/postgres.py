@@ -59,7 +59,8 @@ from typing import Any, Literal, Mapping
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
 from tasks.core.pg_exec import PgTarget
-from tasks.core.pg_sql import DatabaseSpec, DefaultPrivilegeSpec, GrantSpec, RoleSpec
+from tasks.core.pg_grants import DefaultPrivilegeSpec, GrantSpec
+from tasks.core.pg_roles import DatabaseSpec, RoleSpec
 from tasks.settings.base import Block, Pattern
 from tasks.settings.types import SecretSource
 
@@ -96,17 +97,21 @@ class PostgresSettings(Block):
     ``database`` (the maintenance database), ``connect_timeout`` (seconds). ``target`` is the
     :class:`tasks.core.pg_exec.PgTarget` every PostgreSQL operation and fact takes."""
 
-    access: Literal["docker", "psql"] = Field(
-        None, description="docker: docker exec into the container; psql: host-side psql to host:port "
-                          "(default: docker when a container is named, else psql)")  # type: ignore[assignment]
-    container: ContainerName | None = Field(None, description="docker mode: the database container")  # type: ignore[valid-type]
+    # None only until _default_access fills it in.
+    access: Literal["docker", "psql"] = Field(  # type: ignore[assignment]
+        None, description="docker: docker exec into the container; psql: host-side psql to "
+                          "host:port (default: docker when a container is named, else psql)")
+    container: ContainerName | None = Field(  # type: ignore[valid-type]
+        None, description="docker mode: the database container")
     host: ServerHost | None = Field(None, description="psql mode: server address")  # type: ignore[valid-type]
     port: StrictInt = Field(5432, ge=1, le=65535, description="psql mode: server port")
     superuser: Name = Field("postgres", description="role to connect as")  # type: ignore[valid-type]
     superuser_password: SecretSource | None = Field(
         None, description='psql mode: {"env": "VAR"} or {"file": "/path"}, sent in a 0600 PGPASSFILE')
-    database: Name = Field("postgres", description="maintenance database (roles, databases)")  # type: ignore[valid-type]
-    os_user: OsUser = Field("postgres", description="docker mode: OS user psql runs as in the container")  # type: ignore[valid-type]
+    database: Name = Field(  # type: ignore[valid-type]
+        "postgres", description="maintenance database (roles, databases)")
+    os_user: OsUser = Field(  # type: ignore[valid-type]
+        "postgres", description="docker mode: OS user psql runs as in the container")
     connect_timeout: StrictInt = Field(10, ge=1, description="seconds")
 
     @model_validator(mode="before")
@@ -248,8 +253,9 @@ class DefaultPrivilegeSettings(Block):
         return self
 
     def spec(self) -> DefaultPrivilegeSpec:
-        return DefaultPrivilegeSpec(self.database, self.owner, self.schema_, self.on,  # type: ignore[arg-type]
-                                    self.role, frozenset(self.privileges))
+        on: Any = self.on  # DefaultPrivilegeSpec refuses anything but tables/sequences/functions
+        return DefaultPrivilegeSpec(self.database, self.owner, self.schema_, on, self.role,
+                                    frozenset(self.privileges))
 
 
 class DbSettings(Block):
@@ -262,11 +268,13 @@ class DbSettings(Block):
     roles: tuple[RoleSettings, ...] = Field((), alias="db_roles")
     databases: tuple[DatabaseSettings, ...] = Field((), alias="db_databases")
     grants: tuple[GrantSettings, ...] = Field((), alias="db_grants")
-    default_privileges: tuple[DefaultPrivilegeSettings, ...] = Field((), alias="db_default_privileges")
+    default_privileges: tuple[DefaultPrivilegeSettings, ...] = Field(
+        (), alias="db_default_privileges")
     exclusive: StrictBool = Field(False, alias="db_exclusive",
                                   description="revoke privileges and memberships beyond the settings")
-    verify: StrictBool = Field(True, alias="db_verify",
-                               description="after a change: each login role logs in over TCP and uses its grants")
+    verify: StrictBool = Field(
+        True, alias="db_verify",
+        description="after a change: each login role logs in over TCP and uses its grants")
 
     @model_validator(mode="after")
     def _unique_roles(self) -> DbSettings:

@@ -27,9 +27,9 @@ from pyinfra.context import ctx_host, ctx_state
 # Not pyinfra_testing.operations: it imports pyinfra_cli, which gevent-monkey-patches the process.
 from pyinfra_testing.util import FakeHost, FakeState, get_command_string
 
-from tasks.core import pg_sql
+from tasks.core import pg_roles
 from tasks.core.pg_exec import PgTarget
-from tasks.core.pg_sql import DefaultPrivilegeSpec, GrantSpec
+from tasks.core.pg_grants import DefaultPrivilegeSpec, GrantSpec
 from tasks.core.scram import scram_verifier
 from tasks.facts import postgres as pg_facts
 from tasks.operations import postgres as pg_ops
@@ -141,7 +141,7 @@ class Planned:
 def pinned(monkeypatch) -> Iterator[None]:
     monkeypatch.setattr(pg_ops, "private_dir", lambda: WORKDIR)
     monkeypatch.setattr(pg_facts, "private_dir", lambda: WORKDIR)
-    monkeypatch.setattr(pg_sql, "scram_verifier",
+    monkeypatch.setattr(pg_roles, "scram_verifier",
                         lambda password, **kw: scram_verifier(password, **{"salt": SALT, **kw}))
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     yield

@@ -7,7 +7,7 @@ import pytest
 
 from tasks import settings
 from tasks.core.pg_exec import PgTarget
-from tasks.core.pg_sql import DefaultPrivilegeSpec, GrantSpec
+from tasks.core.pg_grants import DefaultPrivilegeSpec, GrantSpec
 from tasks.core.scram import md5_verifier, password_status, scram_verifier
 from tasks.facts.postgres import password_status_from_digest, stand_in
 from tasks.settings import SettingsError

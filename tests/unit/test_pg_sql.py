@@ -4,30 +4,32 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.pg_sql import (
-    PUBLIC,
+from tasks.core.pg_catalog import (
     Catalog,
-    DatabaseSpec,
     DatabaseState,
     DefaultAclState,
-    DefaultPrivilegeSpec,
-    GrantSpec,
     ObjectState,
-    Plan,
-    RoleSpec,
     RoleState,
-    SchemaSpec,
     SchemaState,
-    SqlInputError,
-    Statement,
     catalog_query,
-    normalize_privileges,
     parse_catalog_json,
+)
+from tasks.core.pg_grants import DefaultPrivilegeSpec, GrantSpec, plan_grants
+from tasks.core.pg_roles import (
+    DatabaseSpec,
+    RoleSpec,
+    SchemaSpec,
     plan_database,
-    plan_grants,
     plan_memberships,
     plan_role,
     plan_schema,
+)
+from tasks.core.pg_sql import (
+    PUBLIC,
+    Plan,
+    SqlInputError,
+    Statement,
+    normalize_privileges,
     quote_ident,
     quote_literal,
     render_script,

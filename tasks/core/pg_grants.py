@@ -1,0 +1,215 @@
+"""Minimal-change plans for privileges: on databases, schemas, all tables/sequences/functions
+in a schema, and default privileges for objects an owner creates later.
+
+Scope notes (documented limits, not accidents):
+- Grant options (``WITH GRANT OPTION``) are ignored when comparing privileges.
+- Revokes are issued by the connecting superuser, which revokes what the object owner granted;
+  privileges granted by a third role (through a grant option) are not touched.
+- The object owner's own privileges are never revoked; PUBLIC is only revoked from when the
+  settings name PUBLIC as a grantee for that object (e.g. with an empty privilege list).
+- Schema-level default privileges cannot revoke what a global ``ALTER DEFAULT PRIVILEGES``
+  (no ``IN SCHEMA``) grants; such grants count as present and are left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tasks.core.pg_catalog import Catalog
+from tasks.core.pg_sql import (
+    Acl,
+    GrantKind,
+    PRIVILEGES,
+    PUBLIC,
+    Plan,
+    SqlInputError,
+    _expand,
+    _privs_sql,
+    normalize_privileges,
+    quote_grantee,
+    quote_ident,
+)
+
+# --- grants ----------------------------------------------------------------------------------
+
+
+def _normalize_grantee(name: str) -> str:
+    if isinstance(name, str) and name.lower() == PUBLIC:
+        return PUBLIC
+    quote_ident(name)
+    return name
+
+
+@dataclass(frozen=True)
+class GrantSpec:
+    """Privileges of ``grantee`` on a database, a schema, or all tables/sequences/functions in
+    a schema. ``database`` is where the objects live (for ``on="database"``, the object itself).
+    An empty privilege list means "none" (useful with exclusive mode, e.g. for PUBLIC)."""
+
+    on: GrantKind
+    database: str
+    grantee: str  # a role, or "public"/"PUBLIC" for PUBLIC
+    privileges: frozenset[str]
+    schema: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "privileges", normalize_privileges(self.on, self.privileges))
+        object.__setattr__(self, "grantee", _normalize_grantee(self.grantee))
+        quote_ident(self.database)
+        if self.on == "database":
+            if self.schema is not None:
+                raise SqlInputError("a database grant takes no schema")
+        elif self.schema is None:
+            raise SqlInputError(f"a grant on {self.on} needs a schema")
+        else:
+            quote_ident(self.schema)
+
+
+@dataclass(frozen=True)
+class DefaultPrivilegeSpec:
+    """ALTER DEFAULT PRIVILEGES FOR ROLE ``owner`` IN SCHEMA ``schema``: what objects ``owner``
+    creates there later grant to ``grantee``."""
+
+    database: str
+    owner: str
+    schema: str
+    on: Literal["tables", "sequences", "functions"]
+    grantee: str
+    privileges: frozenset[str]
+
+    def __post_init__(self):
+        if self.on not in ("tables", "sequences", "functions"):
+            raise SqlInputError(
+                f"default privileges apply to tables, sequences or functions, not {self.on!r}"
+            )
+        object.__setattr__(self, "privileges", normalize_privileges(self.on, self.privileges))
+        object.__setattr__(self, "grantee", _normalize_grantee(self.grantee))
+        for name in (self.database, self.owner, self.schema):
+            quote_ident(name)
+
+
+def _merge(specs: Iterable, key) -> dict[Any, dict[str, frozenset[str]]]:
+    """Group specs by target; the same grantee listed twice gets the union."""
+    out: dict[Any, dict[str, frozenset[str]]] = {}
+    for s in specs:
+        per = out.setdefault(key(s), {})
+        per[s.grantee] = per.get(s.grantee, frozenset()) | s.privileges
+    return out
+
+
+_OBJ_KIND = {"tables": "table", "sequences": "sequence", "functions": "function"}
+_OBJ_SQL = {"tables": "TABLE", "sequences": "SEQUENCE", "functions": "FUNCTION"}
+
+
+# A statement maker: (verb "GRANT"/"REVOKE", privileges SQL, grantee SQL) -> statement.
+def _object_sql(on_sql: str):
+    return lambda verb, privs, who: (
+        f"{verb} {privs} ON {on_sql} {'TO' if verb == 'GRANT' else 'FROM'} {who}"
+    )
+
+
+def _grant_missing(plan: Plan, kind: str, make, label: str, acl: Acl,
+                   want: Mapping[str, frozenset[str]], version: int) -> None:
+    for grantee in sorted(want):
+        missing = _expand(kind, want[grantee], version) - acl.get(grantee, frozenset())
+        if missing:
+            privs, who = _privs_sql(kind, missing), quote_grantee(grantee)
+            plan.add(make("GRANT", privs, who), f"{label}: grant {privs} to {who}")
+
+
+def _revoke_extra(plan: Plan, kind: str, make, label: str, owner: str | None, acl: Acl,
+                  want: Mapping[str, frozenset[str]], version: int) -> None:
+    """Exclusive mode: revoke what grantees hold beyond ``want``; never the owner's own
+    privileges, and PUBLIC's only when the settings list PUBLIC for this object."""
+    for grantee in sorted(acl):
+        if grantee == owner or (grantee == PUBLIC and PUBLIC not in want):
+            continue
+        extra = acl[grantee] - _expand(kind, want.get(grantee, frozenset()), version)
+        if extra:
+            privs, who = _privs_sql(kind, extra), quote_grantee(grantee)
+            plan.add(make("REVOKE", privs, who), f"{label}: revoke {privs} from {who}")
+
+
+def plan_grants(
+    grants: Iterable[GrantSpec | DefaultPrivilegeSpec], catalog: Catalog, *, exclusive: bool = False
+) -> Plan:
+    """Plan the grants whose ``database`` is the one ``catalog`` was read from.
+
+    A database or schema missing from the catalog is planned as new (empty ACL, no objects),
+    so a deploy that creates it earlier in the same run still gets its grants.
+    """
+    mine = [g for g in grants if g.database == catalog.database]
+    version = catalog.server_version_num
+    plan = Plan()
+
+    objects = [g for g in mine if isinstance(g, GrantSpec)]
+    for (kind, target), want in sorted(_merge(objects, lambda g: (g.on, g.schema or g.database)).items()):
+        if kind in ("database", "schema"):
+            state = (catalog.databases if kind == "database" else catalog.schemas).get(target)
+            owner, acl = (state.owner, state.acl) if state else (None, {})
+            make = _object_sql(f"{kind.upper()} {quote_ident(target)}")
+            label = f"{kind} {quote_ident(target)}"
+            _grant_missing(plan, kind, make, label, acl, want, version)
+            if exclusive:
+                _revoke_extra(plan, kind, make, label, owner, acl, want, version)
+        else:
+            _plan_all_in_schema(plan, kind, target, want, catalog, exclusive)
+
+    defaults = [g for g in mine if isinstance(g, DefaultPrivilegeSpec)]
+    for (owner, schema, on), want in sorted(_merge(defaults, lambda g: (g.owner, g.schema, g.on)).items()):
+        _plan_default(plan, owner, schema, on, want, catalog, exclusive)
+    return plan
+
+
+def _plan_all_in_schema(plan, kind, schema, want, catalog: Catalog, exclusive: bool) -> None:
+    # One GRANT ... ON ALL <kind> IN SCHEMA covers the union of what is missing anywhere (it is
+    # a no-op where already granted); exclusive revokes go per object, so an object's owner and
+    # objects outside the settings are handled one by one.
+    version = catalog.server_version_num
+    objs = [o for o in catalog.objects if o.schema == schema and o.kind == _OBJ_KIND[kind]]
+    label = f"{kind} in schema {quote_ident(schema)}"
+    for grantee in sorted(want):
+        wanted = _expand(kind, want[grantee], version)
+        gaps = [wanted - o.acl.get(grantee, frozenset()) for o in objs]
+        lacking = [g for g in gaps if g]
+        if lacking:
+            privs, who = _privs_sql(kind, frozenset().union(*lacking)), quote_grantee(grantee)
+            plan.add(
+                f"GRANT {privs} ON ALL {kind.upper()} IN SCHEMA {quote_ident(schema)} TO {who}",
+                f"{label}: grant {privs} to {who} ({len(lacking)} of {len(objs)} lacked it)",
+            )
+    if exclusive:
+        word = _OBJ_SQL[kind]
+        for o in objs:
+            make = _object_sql(f"{word} {o.ref}")
+            _revoke_extra(plan, kind, make, f"{word.lower()} {o.ref}", o.owner, o.acl, want, version)
+
+
+def _builtin_default(owner: str, on: str) -> dict[str, frozenset[str]]:
+    # What new objects get when no global pg_default_acl entry exists (see acldefault()).
+    acl = {owner: frozenset(PRIVILEGES[on])}
+    if on == "functions":
+        acl[PUBLIC] = frozenset({"EXECUTE"})
+    return acl
+
+
+def _plan_default(plan, owner, schema, on, want, catalog: Catalog, exclusive: bool) -> None:
+    version = catalog.server_version_num
+    local = catalog.default_acls.get((owner, schema, on))
+    local_acl = local.acl if local else {}
+    glob = catalog.default_acls.get((owner, None, on))
+    global_acl = glob.acl if glob else _builtin_default(owner, on)
+    # New objects get the global entry plus the schema entry: both count as present.
+    effective = {g: local_acl.get(g, frozenset()) | global_acl.get(g, frozenset())
+                 for g in set(local_acl) | set(global_acl)}
+    prefix = f"ALTER DEFAULT PRIVILEGES FOR ROLE {quote_ident(owner)} IN SCHEMA {quote_ident(schema)}"
+
+    def make(verb, privs, who):
+        return f"{prefix} {verb} {privs} ON {on.upper()} {'TO' if verb == 'GRANT' else 'FROM'} {who}"
+
+    label = f"default privileges on {on} by {quote_ident(owner)} in schema {quote_ident(schema)}"
+    _grant_missing(plan, on, make, label, effective, want, version)
+    if exclusive:  # IN SCHEMA can only revoke from the schema-level entry
+        _revoke_extra(plan, on, make, label, owner, local_acl, want, version)
