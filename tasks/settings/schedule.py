@@ -57,7 +57,8 @@ def _cron_field(value: Any) -> Any:
 
 
 AbsolutePath = Annotated[str, AfterValidator(_absolute)]
-# Derived from name/project_dir when left None (the model fills it in before validation).
+# Derived from name/project_dir when left None: the model fills it in before validation, so the
+# None default is never the value (and the schema does not carry this machine's paths).
 DerivedPath = Annotated[str, AfterValidator(_absolute),
                         WithJsonSchema({"type": ["string", "null"], "description": "absolute path; None: derived"})]
 ProjectPath = Annotated[str, AfterValidator(_relative_or_absolute)]
@@ -70,8 +71,8 @@ class ScheduleSettings(Block):
 
     present: StrictBool = Field(True, description="False: remove the entry/timer and the job script (logs stay)")
     name: Pattern(_NAME_RE, "letters, digits, '.', '_', '-' (max 64)") = DEFAULT_NAME  # type: ignore[valid-type]
-    project_dir: DerivedPath = Field(PROJECT_DIR, description="the checkout holding deploys/ (None: this one)")
-    pyinfra: DerivedPath = Field("", description="None: <project_dir>/.venv/bin/pyinfra")
+    project_dir: DerivedPath = Field(None, description="the checkout holding deploys/ (None: this one)")
+    pyinfra: DerivedPath = Field(None, description="None: <project_dir>/.venv/bin/pyinfra")
     inventory: ProjectPath = "inventories/lab.py"
     deploy: ProjectPath = "deploys/cleanup_database.py"
     group_data: ProjectPath = "inventories/group_data"
@@ -85,11 +86,11 @@ class ScheduleSettings(Block):
     scheduler: Literal["auto", "cron", "systemd", "both"] = Field(
         "auto", description="auto: systemd timer where systemd is PID 1, else cron")
     user: Pattern(r"[a-z_][a-z0-9_-]*\$?", "a user name") = "root"  # type: ignore[valid-type]
-    script_path: DerivedPath = Field("", description="None: /usr/local/lib/quant-remediation/<name>.sh")
-    log_file: DerivedPath = Field("", description="None: /var/log/quant-remediation/<name>.log")
+    script_path: DerivedPath = Field(None, description="None: /usr/local/lib/quant-remediation/<name>.sh")
+    log_file: DerivedPath = Field(None, description="None: /var/log/quant-remediation/<name>.log")
     log_max_bytes: Size = Field(5 * MIB, ge=1024, description="rotated by size at the start of a run...")
     log_keep: StrictInt = Field(5, ge=1, description="...keeping this many old logs")
-    lock_file: DerivedPath = Field("", description="None: /run/lock/<name>.lock (a run still going: exit 75)")
+    lock_file: DerivedPath = Field(None, description="None: /run/lock/<name>.lock (a run still going: exit 75)")
     report_path: AbsolutePath | None = Field(None, description="JSON statistics report of each run")
     install_cron: StrictBool = Field(True, description="install the cron package when `crontab` is missing")
 

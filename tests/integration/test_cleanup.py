@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.operations.cleanup import BUSY_MARK, LOCK_KEYS
-from tests.labkit import GROUP_DATA, PYINFRA, REPO, lab_up, run_pyinfra, write_inventory
+from tasks.core.cleanup_sql import BUSY_MARK, LOCK_KEYS
+from tests.labkit import GROUP_DATA, PYINFRA, REPO, ROWS, run_pyinfra, shared_lab, write_inventory
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("lab-incident-1")]
 
 DEPLOY = REPO / "deploys" / "cleanup_database.py"
 TEST_USERS = "(username LIKE 'concurrent\\_%' OR username LIKE 'test\\_%')"
@@ -28,7 +28,7 @@ LAB_CLEANUP = {"foreign_keys": "delete_dependents"}
 
 @pytest.fixture(scope="module")
 def lab(request):
-    return lab_up(request, "qtcl", 36000, "incident")
+    return shared_lab(request, "incident", needs={ROWS}, changes={ROWS})
 
 
 @pytest.fixture(scope="module")
