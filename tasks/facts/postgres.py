@@ -134,7 +134,7 @@ def password_status_from_digest(digest: str | None, password: str, username: str
 
 def stand_in(status: str, password: str, username: str) -> str | None:
     """A locally made stored value that :func:`tasks.core.scram.password_status` judges exactly as
-    the server's real one was judged, so :func:`tasks.core.pg_sql.plan_role` can plan from it."""
+    the server's real one was judged, so :func:`tasks.core.pg_roles.plan_role` can plan from it."""
     if status == "absent":
         return None
     if status == "match":

@@ -1,7 +1,8 @@
 """
 PostgreSQL operations: roles, databases and grants that change only what differs.
 
-The SQL itself (quoting, catalog query, minimal plans) lives in :mod:`tasks.core.pg_sql`, the way to
+The SQL itself (quoting, catalog query, minimal plans) lives in :mod:`tasks.core.pg_sql`,
+:mod:`tasks.core.pg_catalog`, :mod:`tasks.core.pg_roles` and :mod:`tasks.core.pg_grants`, the way to
 reach the server (``docker exec`` or host-side ``psql``) in :mod:`tasks.core.pg_exec`, SCRAM in
 :mod:`tasks.core.scram`, and what the server holds (the catalog, password status) in
 :mod:`tasks.facts.postgres`. This module is the pyinfra side that changes things.
@@ -48,7 +49,15 @@ from tasks.core.pg_exec import PgTarget, pgpass_line, psql_argv, shell_command
 from tasks.core.pg_catalog import Catalog
 from tasks.core.pg_grants import DefaultPrivilegeSpec, GrantSpec, plan_grants
 from tasks.core.pg_roles import DatabaseSpec, RoleSpec, plan_database, plan_memberships, plan_role
-from tasks.core.pg_sql import PRIVILEGES, Plan, Statement, _expand, quote_ident, quote_literal, render_script
+from tasks.core.pg_sql import (
+    PRIVILEGES,
+    Plan,
+    Statement,
+    _expand,
+    quote_ident,
+    quote_literal,
+    render_script,
+)
 from tasks.facts.postgres import (
     PostgresCatalog,
     pgpass_content,
@@ -371,7 +380,7 @@ def grants(
 
     + database: the database the grants live in (the fact connects to it: one round trip)
     + target: ``PgTarget`` to connect with
-    + grants: ``GrantSpec`` / ``DefaultPrivilegeSpec`` list (see ``tasks.core.pg_sql``)
+    + grants: ``GrantSpec`` / ``DefaultPrivilegeSpec`` list (see ``tasks.core.pg_grants``)
     + exclusive: revoke what grantees hold beyond the settings on the objects named
     + logins: ``{role: password source}``: after a change, log in as each of these over TCP and
       check it can use what it was granted and cannot use what it was not
