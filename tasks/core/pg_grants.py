@@ -30,6 +30,7 @@ from tasks.core.pg_sql import (
     normalize_privileges,
     quote_grantee,
     quote_ident,
+    quote_literal,
 )
 
 # --- grants ----------------------------------------------------------------------------------
@@ -213,3 +214,54 @@ def _plan_default(plan, owner, schema, on, want, catalog: Catalog, exclusive: bo
     _grant_missing(plan, on, make, label, effective, want, version)
     if exclusive:  # IN SCHEMA can only revoke from the schema-level entry
         _revoke_extra(plan, on, make, label, owner, local_acl, want, version)
+
+
+# --- proving grants: the SQL a role runs as itself -------------------------------------
+
+
+def usage_sql(grants: list[GrantSpec], catalog: Catalog) -> tuple[str, list[str]]:
+    """SQL run *as the role*: real reads of granted tables, then one JSON list of
+    ``{what, want, all, any}`` built with ``has_*_privilege`` for every privilege of every
+    object kind the settings name for this role (granted ones: want true)."""
+    version = catalog.server_version_num
+    uses: list[str] = []
+    items: list[str] = []
+    merged: dict[tuple, frozenset[str]] = {}
+    for g in grants:
+        key = (g.on, g.schema)
+        merged[key] = merged.get(key, frozenset()) | _expand(g.on, g.privileges, version)
+    for (on, schema), want in sorted(merged.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        for priv in PRIVILEGES[on]:
+            p = quote_literal(priv)
+            label = f"{priv} on "
+            if on == "database":
+                label += f"database {quote_ident(catalog.database)}"
+                agg_all = agg_any = f"has_database_privilege(current_database(), {p})"
+                agg_pub = f"has_database_privilege('public', current_database(), {p})"
+            elif on == "schema":
+                label += f"schema {quote_ident(schema)}"
+                agg_all = agg_any = f"has_schema_privilege({quote_literal(schema)}, {p})"
+                agg_pub = f"has_schema_privilege('public', {quote_literal(schema)}, {p})"
+            else:
+                label += f"all {on} in schema {quote_ident(schema)}"
+                if on == "functions":
+                    source = ("pg_catalog.pg_proc o JOIN pg_catalog.pg_namespace n ON n.oid = o.pronamespace"
+                              f" WHERE n.nspname = {quote_literal(schema)}")
+                    fn = "has_function_privilege"
+                else:
+                    kinds = "'S'" if on == "sequences" else "'r', 'v', 'm', 'f', 'p'"
+                    fn = "has_sequence_privilege" if on == "sequences" else "has_table_privilege"
+                    source = ("pg_catalog.pg_class o JOIN pg_catalog.pg_namespace n ON n.oid = o.relnamespace"
+                              f" WHERE n.nspname = {quote_literal(schema)} AND o.relkind IN ({kinds})")
+                agg_all = f"(SELECT bool_and({fn}(o.oid, {p})) FROM {source})"
+                agg_any = f"(SELECT bool_or({fn}(o.oid, {p})) FROM {source})"
+                agg_pub = f"(SELECT bool_or({fn}('public', o.oid, {p})) FROM {source})"
+            items.append(
+                f"json_build_object('what', {quote_literal(label)}, 'want', {'true' if priv in want else 'false'},"
+                f" 'all', {agg_all}, 'any', {agg_any}, 'public', {agg_pub})"
+            )
+        if on == "tables" and "SELECT" in want:
+            tables = [o for o in catalog.objects if o.kind == "table" and o.schema == schema]
+            uses += [f"SELECT 1 FROM {o.ref} LIMIT 0" for o in tables[:20]]
+    final = "SELECT json_agg(x) FROM (VALUES " + ", ".join(f"({i})" for i in items) + ") AS v(x)"
+    return "; ".join(uses + [final]), uses

@@ -33,7 +33,6 @@ reports "No changes" (unlike ``python.call``, which always counts as a change).
 from __future__ import annotations
 
 import io
-import json
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -41,23 +40,14 @@ from dataclasses import replace
 from pyinfra import host as current_host
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 
-from tasks.checks.runner import Broken, ChecksFailed, NotYet, RetryPolicy, format_table, run_checks
+from tasks.checks import pg_usage
 from tasks.checks import postgres as postgres_checks
-from tasks.checks.runner import Session
+from tasks.checks.runner import ChecksFailed, RetryPolicy, Session, format_table, run_checks
 from tasks.checks.shell import pyinfra_shell
-from tasks.core.pg_exec import PgTarget, pgpass_line, psql_argv, shell_command
-from tasks.core.pg_catalog import Catalog
+from tasks.core.pg_exec import PgTarget, psql_argv, shell_command
 from tasks.core.pg_grants import DefaultPrivilegeSpec, GrantSpec, plan_grants
 from tasks.core.pg_roles import DatabaseSpec, RoleSpec, plan_database, plan_memberships, plan_role
-from tasks.core.pg_sql import (
-    PRIVILEGES,
-    Plan,
-    Statement,
-    _expand,
-    quote_ident,
-    quote_literal,
-    render_script,
-)
+from tasks.core.pg_sql import Plan, Statement, quote_ident, render_script
 from tasks.facts.postgres import (
     PostgresCatalog,
     pgpass_content,
@@ -67,9 +57,7 @@ from tasks.facts.postgres import (
 )
 from tasks.settings.types import SecretSource
 
-# Where psql listens inside the database container (docker mode verification logs in over TCP
-# on the container's loopback, so pg_hba's `host ... scram-sha-256` rule is what is exercised).
-CONTAINER_PG_PORT = 5432
+CONTAINER_PG_PORT = pg_usage.CONTAINER_PG_PORT
 VERIFY_POLICY = RetryPolicy(attempts=5, seconds=20.0, wait=1.0)
 
 # A password source as operations take it: the settings' SecretSource, or its plain mapping form.
@@ -125,32 +113,7 @@ def run_script(host, target: PgTarget, script: str) -> tuple[bool, list[str], li
     return ok, list(output.stdout_lines), list(output.stderr_lines)
 
 
-# --- verification (runs on the target, driven from the controller) ----------------------------
-
-
-def _tcp_probe(host, target: PgTarget, role: str, password_source: PasswordSource,
-               database: str, sql: str):
-    """Log in as ``role`` over TCP with its password (password file, never argv) and run
-    ``sql``. Returns (ok, stdout, stderr)."""
-    pgpass = pgpass_line(role, secret_source(password_source).read())
-    workdir = upload_private(host, {"pgpass": pgpass})
-    passfile = f"{workdir}/pgpass"
-    flags = ["-w", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=terse"]
-    if target.mode == "psql":
-        argv = ["env", "PGCONNECT_TIMEOUT=5", f"PGPASSFILE={passfile}", "psql", *flags,
-                "-h", target.host, "-p", str(target.port), "-U", role, "-d", database, "-c", sql]
-        command = f"chmod 0600 {shlex.quote(passfile)} && " + " ".join(shlex.quote(a) for a in argv)
-    else:
-        # The password file goes into the container on stdin, into a mktemp file removed after.
-        inner_psql = " ".join(shlex.quote(a) for a in [
-            "psql", *flags, "-h", "127.0.0.1", "-p", str(CONTAINER_PG_PORT),
-            "-U", role, "-d", database, "-c", sql])
-        inner = ('umask 077; f=$(mktemp) || exit 1; cat > "$f"; '
-                 f'PGPASSFILE="$f" PGCONNECT_TIMEOUT=5 {inner_psql}; rc=$?; rm -f "$f"; exit $rc')
-        argv = ["docker", "exec", "-i", "-u", target.os_user, target.container, "sh", "-c", inner]
-        command = shell_command(argv, passfile)
-    ok, output = host.run_shell_command(StringCommand(run_and_clean(command, workdir)))
-    return ok, "\n".join(output.stdout_lines), " ".join(output.stderr_lines)
+# --- verification (runs on the target, driven from the controller; the probes: tasks/checks) ---
 
 
 def login_probe(host, target, role, source, database):
@@ -160,80 +123,6 @@ def login_probe(host, target, role, source, database):
         Session(pyinfra_shell(host)), role, source, database, access=target.mode,
         container=target.container, os_user=target.os_user, container_port=CONTAINER_PG_PORT,
         host=target.host, port=target.port)
-
-
-def _usage_sql(grants: list[GrantSpec], catalog: Catalog) -> tuple[str, list[str]]:
-    """SQL run *as the role*: real reads of granted tables, then one JSON list of
-    ``{what, want, all, any}`` built with ``has_*_privilege`` for every privilege of every
-    object kind the settings name for this role (granted ones: want true)."""
-    version = catalog.server_version_num
-    uses: list[str] = []
-    items: list[str] = []
-    merged: dict[tuple, frozenset[str]] = {}
-    for g in grants:
-        key = (g.on, g.schema)
-        merged[key] = merged.get(key, frozenset()) | _expand(g.on, g.privileges, version)
-    for (on, schema), want in sorted(merged.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
-        for priv in PRIVILEGES[on]:
-            p = quote_literal(priv)
-            label = f"{priv} on "
-            if on == "database":
-                label += f"database {quote_ident(catalog.database)}"
-                agg_all = agg_any = f"has_database_privilege(current_database(), {p})"
-                agg_pub = f"has_database_privilege('public', current_database(), {p})"
-            elif on == "schema":
-                label += f"schema {quote_ident(schema)}"
-                agg_all = agg_any = f"has_schema_privilege({quote_literal(schema)}, {p})"
-                agg_pub = f"has_schema_privilege('public', {quote_literal(schema)}, {p})"
-            else:
-                label += f"all {on} in schema {quote_ident(schema)}"
-                if on == "functions":
-                    source = ("pg_catalog.pg_proc o JOIN pg_catalog.pg_namespace n ON n.oid = o.pronamespace"
-                              f" WHERE n.nspname = {quote_literal(schema)}")
-                    fn = "has_function_privilege"
-                else:
-                    kinds = "'S'" if on == "sequences" else "'r', 'v', 'm', 'f', 'p'"
-                    fn = "has_sequence_privilege" if on == "sequences" else "has_table_privilege"
-                    source = ("pg_catalog.pg_class o JOIN pg_catalog.pg_namespace n ON n.oid = o.relnamespace"
-                              f" WHERE n.nspname = {quote_literal(schema)} AND o.relkind IN ({kinds})")
-                agg_all = f"(SELECT bool_and({fn}(o.oid, {p})) FROM {source})"
-                agg_any = f"(SELECT bool_or({fn}(o.oid, {p})) FROM {source})"
-                agg_pub = f"(SELECT bool_or({fn}('public', o.oid, {p})) FROM {source})"
-            items.append(
-                f"json_build_object('what', {quote_literal(label)}, 'want', {'true' if priv in want else 'false'},"
-                f" 'all', {agg_all}, 'any', {agg_any}, 'public', {agg_pub})"
-            )
-        if on == "tables" and "SELECT" in want:
-            tables = [o for o in catalog.objects if o.kind == "table" and o.schema == schema]
-            uses += [f"SELECT 1 FROM {o.ref} LIMIT 0" for o in tables[:20]]
-    final = "SELECT json_agg(x) FROM (VALUES " + ", ".join(f"({i})" for i in items) + ") AS v(x)"
-    return "; ".join(uses + [final]), uses
-
-
-def _usage_probe(host, target, role, source, database, grants, catalog, exclusive):
-    sql, uses = _usage_sql(grants, catalog)
-
-    def probe():
-        ok, out, err = _tcp_probe(host, target, role, source, database, sql)
-        if not ok:
-            if "permission denied" in err:
-                raise Broken(f"cannot use what it was granted: {err.strip()[:200]}")
-            raise NotYet(f"probe failed: {err.strip()[:200]}")
-        rows = json.loads(out.strip().splitlines()[-1])
-        lacking = [r["what"] for r in rows if r["want"] and r["all"] is False]
-        # What PUBLIC holds every role holds; only exclusive mode with PUBLIC listed revokes it.
-        extra = [r["what"] for r in rows if not r["want"] and r["any"] and not r["public"]]
-        if lacking:
-            raise Broken("lacks " + ", ".join(lacking))
-        if extra and exclusive:
-            raise Broken("holds beyond the settings: " + ", ".join(extra))
-        granted = sum(1 for r in rows if r["want"])
-        via_public = sum(1 for r in rows if not r["want"] and r["public"])
-        absent = len(rows) - granted - via_public - len(extra)
-        note = f"; also holds (exclusive off, left alone): {', '.join(extra)}" if extra else ""
-        return (f"{granted} granted privileges hold, {absent} others absent ({via_public} via PUBLIC), "
-                f"{len(uses)} tables read{note}")
-    return probe
 
 
 def _verify(state, host, checks):
@@ -427,7 +316,7 @@ def grants(
             f"role {grantee} can use what it was granted, and only that" if exclusive
             else f"role {grantee} can use what it was granted",
             database,
-            lambda h, grantee=grantee, source=source, own=own: _usage_probe(
+            lambda h, grantee=grantee, source=source, own=own: pg_usage.usage_probe(
                 h, target, grantee, source, database, own, state.catalog, exclusive),
         ))
     if checks:

@@ -583,3 +583,28 @@ def test_parse_errors_never_echo_the_text():
     assert "SCRAM" not in str(err.value)
     with pytest.raises(ValueError, match="not valid JSON"):
         parse_catalog_json("ERROR: permission denied SCRAM-SHA-256$")
+
+
+# --- the SQL a role runs as itself to prove its grants ------------------------------------------
+
+
+def test_usage_sql_reads_granted_tables_and_asks_every_privilege_of_each_named_kind():
+    import re
+
+    from tasks.core.pg_grants import usage_sql
+
+    cat = parse_catalog_json(FIXTURE.read_text())
+    grants = [GrantSpec("database", "quant-db", "quant-user", frozenset({"CONNECT"})),
+              GrantSpec("tables", "quant-db", "quant-user", frozenset({"SELECT"}), schema="app")]
+    sql, uses = usage_sql(grants, cat)
+    # real reads of every granted table (a SELECT privilege that does not work fails here)
+    assert uses == ["SELECT 1 FROM app.t1 LIMIT 0", "SELECT 1 FROM app.t2 LIMIT 0"]
+    final = sql.split("; ")[-1]
+    assert final.startswith("SELECT json_agg(x) FROM (VALUES ")
+    # one row per privilege the kind has: granted ones wanted, the others checked as absent
+    labels = [m.replace("''", "'") for m in re.findall(r"json_build_object\('what', '((?:[^']|'')*)'", final)]
+    assert labels == ['CREATE on database "quant-db"', 'CONNECT on database "quant-db"',
+                      'TEMPORARY on database "quant-db"',
+                      *[f'{p} on all tables in schema "app"' for p in
+                        ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")]]
+    assert "'want', true" in final and final.count("'want', true") == 2
