@@ -1,10 +1,11 @@
-"""Drift-aware Docker containers: a fact reading `docker inspect`, an operation doing the least.
+"""Drift-aware Docker containers: an operation doing the least (the facts: tasks/facts/docker.py).
 
 pyinfra's own `docker.container` never notices drift (upstream #1561). Ours compares the desired
 spec with what runs and then does nothing, `docker update` in place, or recreates: the previous
 container is renamed and stopped, the new one started and verified, and on failure the previous
-one is put back under its name, running. Everything goes through the `docker` CLI on the target,
-so it works over any connector.
+one is put back under its name, running. Verification starts by reading the container again and
+diffing it against the spec, so every managed setting is proven applied. Everything goes through
+the `docker` CLI on the target, so it works over any connector.
 """
 from __future__ import annotations
 
