@@ -20,7 +20,8 @@ from tasks.core.sizes import DOCKER_MIN_MEMORY, SIZE_HINT, parse_size
 # every block: env keys, job variables, compose environment.
 SECRET_NAME_RE = re.compile(
     # ACCESS_KEY but not ACCESS_KEY_ID: an S3 access key id is the public half of the pair.
-    r"PASSWORD|PASSWD|SECRET|TOKEN|PRIVATE_KEY|CREDENTIAL|API_?KEY|ACCESS_KEY(?!_ID)|(^|_)DSN$|DATABASE_URL",
+    r"PASSWORD|PASSWD|SECRET|TOKEN|PRIVATE_KEY|CREDENTIAL|API_?KEY|ACCESS_KEY(?!_ID)|(^|_)DSN$|DATABASE_URL"
+    r"|(^|_)PASS(_|$)|(^|_)KEY(_(?!ID$)|$)",
     re.IGNORECASE,
 )
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

@@ -41,7 +41,7 @@ def test_bad_settings_all_reported():
 
 
 @pytest.mark.parametrize("name", ["PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "API_TOKEN", "SSH_PRIVATE_KEY",
-                                  "DATABASE_URL"])
+                                  "DATABASE_URL", "KEY", "DB_PASS"])
 def test_secret_looking_env_is_refused(name):
     with pytest.raises(SettingsError, match="looks like a secret"):
         settings(env={name: "v"})

@@ -206,7 +206,10 @@ def test_secret_file_path_may_start_with_home(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name, secret", [("AWS_SECRET_ACCESS_KEY", True), ("MINIO_ACCESS_KEY", True),
-                                          ("AWS_ACCESS_KEY_ID", False), ("PGPASSWORD", True)])
+                                          ("AWS_ACCESS_KEY_ID", False), ("PGPASSWORD", True),
+                                          ("KEY", True), ("SIGNING_KEY", True), ("DB_PASS", True),
+                                          ("KEY_FILE_MODE", True), ("MONKEY", False), ("PASSAGE", False),
+                                          ("DATABASE_URL", True), ("QUANTLAB_PREFIX", False)])
 def test_an_access_key_id_is_not_a_secret(name, secret):
     # The lab (and operators) set AWS_ACCESS_KEY_ID in plain env; only its secret half is one.
     assert looks_secret(name) is secret
