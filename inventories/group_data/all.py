@@ -1,26 +1,18 @@
-"""Defaults for every host: the settings the seed's incident ended with.
+"""Group data for every host: where fleet-wide values go.
 
-Per-host data (the inventory) says *where* things are; these say *what* they should be. A host's
-`mlflow` mapping overrides these key by key (see tasks/operations/mlflow.py).
+Defaults live in one place, the settings models (tasks/settings/<block>.py; the JSON Schema of
+host data, tasks/settings/host_data.schema.json, lists every key with its default). Per-host data
+(the inventory) says *where* things are. To change a value for the whole fleet, set
+`<block>_defaults = {...}` here; a host's own `<block>` mapping overrides it key by key.
 """
 
 # MLflow tracking server (deploys/fix_mlflow.py): defaults in tasks/settings/mlflow.py (the
 # incident's fix: 2 sync workers, timeout 60, max-requests 100 + jitter 10, 1 GiB limit, 512 MiB
 # reservation). Fleet-wide values go in `mlflow_defaults = {...}` here; a host's `mlflow` wins.
 
-# PostgreSQL roles and grants (deploys/db_users.py; shapes and rules in tasks/operations/db_users.py).
-# A host's `postgres` mapping says how to reach the server: "access": "docker" (docker exec into
-# the container, no client on the host) or "psql" (host-side psql to host:port, superuser
-# password from {"env": VAR} or {"file": path}, sent in a 0600 PGPASSFILE). Passwords in db_roles
-# are sources too ({"env": ...} / {"file": ...}): a plaintext string is refused.
-# Nothing is managed unless a host lists it; what a host stops listing is left alone (roles are
-# dropped only with "present": False; grants revoked only with db_exclusive).
-db_roles = []  # [{"name", "password", "login", "connection_limit", "valid_until", "member_of", ...}]
-db_databases = []  # [{"name", "owner"}]
-db_grants = []  # [{"role", "database", "schema"?, "on"?: tables|sequences|functions, "privileges"}]
-db_default_privileges = []  # [{"owner", "role", "database", "schema", "on", "privileges"}]
-db_exclusive = False  # revoke privileges and memberships beyond the settings (on named objects)
-db_verify = True  # after a change: each login role logs in over TCP and uses its grants
+# PostgreSQL roles and grants (deploys/db_users.py): the `postgres` block (how to reach the server)
+# and the top-level db_roles, db_databases, db_grants, db_default_privileges, db_exclusive and
+# db_verify keys, with their defaults (nothing managed), in tasks/settings/postgres.py.
 
 # Whole-stack verification (deploys/verify_stack.py): defaults and the services a host's `stack`
 # mapping lists in tasks/settings/stack.py. Fleet-wide values go in `stack_defaults = {...}` here.
