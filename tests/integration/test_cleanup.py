@@ -19,7 +19,7 @@ import pytest
 from tasks.core.cleanup_sql import BUSY_MARK, LOCK_KEYS
 from tests.labkit import GROUP_DATA, PYINFRA, REPO, ROWS, run_pyinfra, shared_lab, write_inventory
 
-pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("lab-incident-1")]
+pytestmark = pytest.mark.lab
 
 DEPLOY = REPO / "deploys" / "cleanup_database.py"
 TEST_USERS = "(username LIKE 'concurrent\\_%' OR username LIKE 'test\\_%')"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tasks.core.mlflow_server import count_workers
-from tests.labkit import REPO, lab_up, run_pyinfra, write_inventory
+from tests.labkit import MLFLOW, REPO, run_pyinfra, shared_lab, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -22,7 +22,7 @@ DEPLOY = REPO / "deploys" / "fix_mlflow.py"
 
 @pytest.fixture(scope="module")
 def lab(request):
-    return lab_up(request, "qtfix", 28000, "incident")
+    return shared_lab(request, "incident", needs={MLFLOW}, changes={MLFLOW})
 
 
 def inventory(tmp_path: Path, lab, **overrides) -> Path:

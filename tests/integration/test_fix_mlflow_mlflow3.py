@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.labkit import lab_up, run_pyinfra, write_inventory
+from tests.labkit import MLFLOW, ROLES, SERVICES, run_pyinfra, shared_lab, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -91,7 +91,8 @@ def _settled_workers(container: str, kind: str, expected: int) -> tuple[list[int
 
 @pytest.fixture(scope="module")
 def lab(request):
-    return lab_up(request, "qtml3", 32000, "healthy")
+    # Ends on MLflow 2 again; MLflow 3 migrated a database of its own (mlflow3), not `mlflow`.
+    return shared_lab(request, "healthy", needs={MLFLOW, ROLES, SERVICES}, changes={MLFLOW})
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.labkit import lab_up, run_pyinfra, write_inventory
+from tests.labkit import MLFLOW, run_pyinfra, shared_lab, write_inventory
 from tests.sshd import sshd  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.lab
@@ -24,7 +24,7 @@ GIB, MIB = 1024 ** 3, 1024 ** 2
 
 @pytest.fixture(scope="module")
 def lab(request):
-    return lab_up(request, "qtssh", 31000, "incident")
+    return shared_lab(request, "incident", needs={MLFLOW}, changes={MLFLOW})
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import docker.errors
 import pytest
 
 from tests.fleet import Fleet, _keygen
-from tests.labkit import REPO, lab_up, run_pyinfra
+from tests.labkit import REPO, ROLES, SERVICES, run_pyinfra, shared_lab
 
 pytestmark = pytest.mark.lab
 
@@ -33,7 +33,8 @@ PARALLEL = "4"
 
 @pytest.fixture(scope="module")
 def lab(request):
-    handle = lab_up(request, "qtfl", 32000, "healthy")
+    # Its MLflow is stopped and the fleet's run beside it: nothing left for another module.
+    handle = shared_lab(request, "healthy", needs={ROLES, SERVICES})
     # The lab's own MLflow is not part of this test; stopping it leaves the CPU to the fleet's.
     handle.container("mlflow").stop(timeout=10)
     return handle

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.labkit import REPO, lab_up, run_pyinfra
+from tests.labkit import REPO, ROWS, run_pyinfra, shared_lab
 
 pytestmark = pytest.mark.lab
 
@@ -27,7 +27,7 @@ TEST_USERS = "(username LIKE 'concurrent\\_%' OR username LIKE 'test\\_%')"
 
 @pytest.fixture(scope="module")
 def lab(request):
-    return lab_up(request, "qtcl", 37000, "incident")
+    return shared_lab(request, "incident", needs={ROWS}, changes={ROWS})
 
 
 @pytest.fixture(scope="module")
