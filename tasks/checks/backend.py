@@ -5,7 +5,7 @@ inside the container, and no watchfiles error since it started. Through a
 from __future__ import annotations
 
 import shlex
-from typing import Callable
+from collections.abc import Callable
 
 from tasks.checks.containers import container_state
 from tasks.checks.runner import Broken, CheckResult, NotYet, RetryPolicy, run_checks

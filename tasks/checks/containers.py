@@ -6,9 +6,9 @@ import json
 import re
 import shlex
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from tasks.checks.runner import Broken, NotYet, RetryPolicy, Session, Warned, ONCE
+from tasks.checks.runner import ONCE, Broken, NotYet, RetryPolicy, Session, Warned
 
 Runner = Callable[[str], tuple[bool, str]]
 
@@ -68,7 +68,7 @@ def inspect(session: Session, name: str) -> dict:
     try:
         data = json.loads(out)[0]
     except (ValueError, IndexError):
-        raise NotYet(f"unreadable docker inspect output: {out.strip()[:120]}")
+        raise NotYet(f"unreadable docker inspect output: {out.strip()[:120]}") from None
     session.inspected[name] = data
     return data
 
@@ -138,7 +138,7 @@ def _memory(session: Session, name: str, warn_percent: float, fail_percent: floa
         try:
             usage = stats_size(out.strip().splitlines()[-1].split("/")[0])
         except (ValueError, IndexError):
-            raise NotYet(f"unreadable docker stats output: {out.strip()[:80]}")
+            raise NotYet(f"unreadable docker stats output: {out.strip()[:80]}") from None
         verdict, text = memory_verdict(usage, limit, warn_percent, fail_percent)
         if verdict == "fail":
             raise Broken(text)

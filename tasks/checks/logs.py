@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Mapping
+from collections.abc import Mapping
 
 from tasks.checks.runner import Broken, NotYet, Session
 from tasks.core.signatures import match_signatures

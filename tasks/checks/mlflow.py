@@ -9,7 +9,7 @@ import json
 import secrets as _secrets
 import shlex
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tasks.checks import containers
 from tasks.checks.http import http_probe, request, where
@@ -55,7 +55,7 @@ def _artifact_probe(session: Session, conf: MlflowService):
             return (f"PUT+GET+DELETE of an artifact of run {info['run_id'][:8]} in scratch experiment "
                     f"{exp_id} through /api/2.0/mlflow-artifacts; experiment deleted")
         except (KeyError, ValueError) as exc:
-            raise NotYet(f"unexpected MLflow answer: {type(exc).__name__} {exc}")
+            raise NotYet(f"unexpected MLflow answer: {type(exc).__name__} {exc}") from None
         finally:
             if exp_id is not None:
                 try:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tasks.checks.runner import Broken, CheckResult, NotYet, RetryPolicy, run_check
 from tasks.core.sizes import docker_size

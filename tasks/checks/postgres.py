@@ -7,7 +7,8 @@ the same way by db_users, remediate and verify_stack.
 from __future__ import annotations
 
 import shlex
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tasks.checks import containers
 from tasks.checks.runner import Broken, NotYet, Session
@@ -54,7 +55,7 @@ def login_probe(session: Session, role: str, password: SecretSource | Mapping[st
         try:
             secret = _source(password).read(session.environ)
         except ValueError as exc:
-            raise Broken(f"cannot read the password source: {exc}")
+            raise Broken(f"cannot read the password source: {exc}") from None
         session.shell.secrets.append(secret)
         sql = "SELECT current_user"
         if access == "docker":

@@ -39,7 +39,7 @@ def format_report(results: list[CheckResult]) -> str:
 
 def report_dict(host_name: str, results: list[CheckResult], started: float, elapsed: float,
                 deadline: float) -> dict:
-    return {"host": host_name, "started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(),
+    return {"host": host_name, "started": _dt.datetime.fromtimestamp(started, _dt.UTC).isoformat(),
             "elapsed": round(elapsed, 2), "deadline": deadline, "totals": totals(results),
             "checks": [{k: v for k, v in asdict(r).items()} | {"elapsed": round(r.elapsed, 2)}
                        for r in results]}

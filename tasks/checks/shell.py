@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 import secrets as _secrets
 import shlex
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pyinfra.api import StringCommand
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, operation
@@ -39,8 +40,14 @@ from tasks.checks.shell import Shell, pyinfra_shell
 from tasks.core.signatures import Signature, load_catalog, log_patterns
 from tasks.settings import SettingsError
 from tasks.settings.remediate import host_catalog
-from tasks.settings.stack import (INHERITED_POSTGRES_KEYS, SERVICES, BackendService, StackSettings,
-                                  with_environment, with_host_blocks)
+from tasks.settings.stack import (
+    INHERITED_POSTGRES_KEYS,
+    SERVICES,
+    BackendService,
+    StackSettings,
+    with_environment,
+    with_host_blocks,
+)
 
 
 def check_backend(session: Session, conf: BackendService, memory: tuple[float, float] = (85, 95)) -> None:

@@ -14,14 +14,18 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Callable, Mapping
 
 import yaml
 
 from tasks.core.compose import ComposeError, merge_environment, same_command
-from tasks.core.container_spec import (MANAGED_ENV_LABEL, ContainerSpec, image_defaults_from_inspect,
-                                       spec_from_inspect)
+from tasks.core.container_spec import (
+    MANAGED_ENV_LABEL,
+    ContainerSpec,
+    image_defaults_from_inspect,
+    spec_from_inspect,
+)
 
 POLLING_ENV = "WATCHFILES_FORCE_POLLING"
 HEADER = "# Managed in part by deploys/fix_mlflow.py and deploys/fix_backend_reload.py.\n"

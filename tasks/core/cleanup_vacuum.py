@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -198,7 +198,7 @@ def format_report(before: Mapping | None, after: Mapping | None) -> str:
 def report_document(s: CleanupSettings, before, after, deletion=None, vacuum=None) -> dict:
     return {
         "database": s.database,
-        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "deletion": deletion,
         "vacuum": vacuum,
         "before": before,

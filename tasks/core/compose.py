@@ -16,7 +16,8 @@ Do not pass secret values here: a compose file is plaintext on disk. For a secre
 from __future__ import annotations
 
 import shlex
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 

@@ -21,8 +21,9 @@ import hashlib
 import hmac
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from tasks.core.sizes import docker_size, human_size
 
@@ -162,7 +163,7 @@ def spec_from_inspect(inspect_json: Any) -> ContainerSpec:
         memory_swap=host.get("MemorySwap"),
         restart_policy=_restart_policy(host.get("RestartPolicy")),
         ports=_ports_from_bindings(host.get("PortBindings")),
-        networks=tuple(sorted(((data.get("NetworkSettings") or {}).get("Networks") or {}))),
+        networks=tuple(sorted((data.get("NetworkSettings") or {}).get("Networks") or {})),
         image_id=data.get("Image"),
         managed_env_keys=frozenset(k for k in managed.split(",") if k),
     )

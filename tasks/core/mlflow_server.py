@@ -25,8 +25,9 @@ Facts this module relies on (read in MLflow's source, mlflow/cli.py and mlflow/s
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from tasks.core.container_spec import ContainerSpec, normalize_port
 

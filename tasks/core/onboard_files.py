@@ -8,7 +8,8 @@ Pure: settings are handed in, nothing here reads a host.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import yaml
 

@@ -5,7 +5,8 @@ Can this host be onboarded as asked? The answer from the ``OnboardProbe`` fact's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # settings are handed in; core imports no settings layer
     from tasks.settings.onboard import OnboardSettings

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tasks.core.pg_sql import Acl, _DEFAULT_ACL_OBJTYPE, _literal_array, quote_ident
+from tasks.core.pg_sql import _DEFAULT_ACL_OBJTYPE, Acl, _literal_array, quote_ident
 
 # --- observed state --------------------------------------------------------------------------
 

@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 from tasks.core.pg_catalog import Catalog
 from tasks.core.pg_sql import (
-    Acl,
-    GrantKind,
     PRIVILEGES,
     PUBLIC,
+    Acl,
+    GrantKind,
     Plan,
     SqlInputError,
     _expand,

@@ -8,10 +8,10 @@ database or a schema; a role is dropped only when the settings say ``present=Fal
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tasks.core.pg_catalog import DatabaseState, RoleState, SchemaState
-from tasks.core.pg_sql import Plan, SqlInputError, _RESERVED_ROLE_NAMES, quote_ident, quote_literal
+from tasks.core.pg_sql import _RESERVED_ROLE_NAMES, Plan, SqlInputError, quote_ident, quote_literal
 from tasks.core.scram import password_status, scram_verifier
 
 # --- roles -----------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ def _parse_timestamp(value: str | datetime | None) -> datetime | None:
         if value.strip().lower() == "infinity":
             return None
         ts = datetime.fromisoformat(value.strip())
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,8 @@ class RoleSpec:
                     f"role {self.name!r}: valid_until {self.valid_until!r} is not an ISO 8601 "
                     "timestamp or 'infinity'"
                 ) from None
-        if self.password is not None:
-            if not isinstance(self.password, str) or not self.password or "\x00" in self.password:
+        if self.password is not None and (
+                not isinstance(self.password, str) or not self.password or "\x00" in self.password):
                 raise SqlInputError(f"role {self.name!r}: password must be a non-empty string")
         if self.member_of is not None:
             if isinstance(self.member_of, str):

@@ -9,8 +9,8 @@ no record: they are reported on every run while their lines are inside ``since``
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Mapping
 
 from tasks.core.signatures import DEFAULT_THROTTLE, SEVERITIES, Finding, Signature, iso_time, parse_time
 

@@ -30,9 +30,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -250,7 +251,7 @@ def parse_time(text: str | None) -> _dt.datetime | None:
         value = _dt.datetime.fromisoformat(f"{match[1]}.{fraction}{zone}")
     except ValueError:
         return None
-    return None if value.year < 1970 else value.astimezone(_dt.timezone.utc)
+    return None if value.year < 1970 else value.astimezone(_dt.UTC)
 
 
 def iso_time(value: _dt.datetime | None) -> str | None:

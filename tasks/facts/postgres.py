@@ -27,8 +27,8 @@ from pyinfra import host as current_host
 from pyinfra.api import FactBase, StringCommand
 from pyinfra.api.exceptions import FactProcessError
 
-from tasks.core.pg_exec import PgTarget, pgpass_line, psql_argv, shell_command
 from tasks.core.pg_catalog import Catalog, catalog_query, parse_catalog_json
+from tasks.core.pg_exec import PgTarget, pgpass_line, psql_argv, shell_command
 from tasks.core.pg_sql import _literal_array
 from tasks.core.scram import md5_verifier, scram_verifier
 from tasks.settings.types import SecretSource

@@ -22,13 +22,12 @@ from pathlib import Path
 import docker.errors
 import yaml
 
-from tasks.core.mlflow_server import server_spec
-from tasks.settings.mlflow import MlflowSettings
 from tasks.checks.containers import oom_kills
-
+from tasks.core.mlflow_server import server_spec
 from tasks.lab import images as lab_images
 from tasks.lab.images import Progress
 from tasks.lab.layout import ARTIFACT_BUCKET, S3_ACCESS_KEY, check_prefix, default_home
+from tasks.settings.mlflow import MlflowSettings
 
 SERVICES = ("postgres", "minio", "redis", "mlflow", "backend")
 PORT_OFFSETS = {"mlflow": 0, "postgres": 1, "redis": 2, "minio": 3, "backend": 4}

@@ -21,7 +21,7 @@ data names are touched. Settings: tasks/settings/backend.py; the patches: tasks/
 from __future__ import annotations
 
 import io
-from typing import Mapping
+from collections.abc import Mapping
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, deploy, operation

@@ -43,12 +43,24 @@ from tasks import settings as host_settings
 from tasks.checks.runner import CheckResult, NotYet, RetryPolicy, format_table, run_check
 from tasks.core.cleanup_catalog import CleanupRefused, Dependent, dependents_of
 from tasks.core.cleanup_sql import (
-    BUSY_MARK, count_sql, delete_script, describe_deletion, parse_counts, parse_delete_output,
-    plan_deletion, shown,
+    BUSY_MARK,
+    count_sql,
+    delete_script,
+    describe_deletion,
+    parse_counts,
+    parse_delete_output,
+    plan_deletion,
+    shown,
 )
 from tasks.core.cleanup_vacuum import (
-    describe_vacuum, format_report, parse_statistics_line, parse_vacuum_output, report_document,
-    stats_sql, vacuum_script, write_report,
+    describe_vacuum,
+    format_report,
+    parse_statistics_line,
+    parse_vacuum_output,
+    report_document,
+    stats_sql,
+    vacuum_script,
+    write_report,
 )
 from tasks.core.pg_exec import PgTarget
 from tasks.core.pg_sql import quote_ident

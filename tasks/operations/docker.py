@@ -13,15 +13,23 @@ import functools
 import io
 import shlex
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
 
 from tasks.checks.runner import CheckResult, format_table
-from tasks.core.container_spec import (ContainerSpec, Plan, diff_spec, docker_run_args, docker_update_args,
-                                       env_file_text, format_plan, image_defaults_from_inspect,
-                                       spec_from_inspect)
+from tasks.core.container_spec import (
+    ContainerSpec,
+    Plan,
+    diff_spec,
+    docker_run_args,
+    docker_update_args,
+    env_file_text,
+    format_plan,
+    image_defaults_from_inspect,
+    spec_from_inspect,
+)
 from tasks.facts.docker import PREVIOUS_SUFFIX, ContainerInspect
 
 STOP_GRACE_SECONDS = 5

@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import io
 import shlex
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, StringCommand, deploy, operation

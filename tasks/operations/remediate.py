@@ -26,9 +26,10 @@ import json
 import os
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, deploy, operation
@@ -124,8 +125,10 @@ def _finish(state, host, ran: list, catalog, settings: RemediateSettings, record
             verifiers: dict):
     ok, out = run_now(host, "date -u +%Y-%m-%dT%H:%M:%S.%NZ")
     ran_at = out.strip().splitlines()[-1] if ok and out.strip() else \
-        _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    run = (lambda command: run_now(host, command))
+        _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    def run(command):
+        return run_now(host, command)
+
     results: list[CheckResult] = []
     per_action = {}
     if settings.verify:
@@ -251,7 +254,7 @@ def remediate():
         findings += signatures.match_lines(catalog, role, name, seen.get("lines") or [])
         findings += signatures.match_state(catalog, role, name, seen.get("state"),
                                            seen.get("restart_count", 0))
-    now = signatures.parse_time(facts["now"]) or _dt.datetime.now(_dt.timezone.utc)
+    now = signatures.parse_time(facts["now"]) or _dt.datetime.now(_dt.UTC)
     # db_roles are read (and validated) only when a finding names a role.
     roles_listed = configured_roles(host) if any(f.remediation == "db_users" for f in findings) else []
     actions = remediation.decide(findings, catalog, facts["record"], now, roles_listed)

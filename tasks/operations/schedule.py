@@ -23,7 +23,12 @@ from pyinfra.facts.server import Which
 from pyinfra.operations import apt, crontab, files, server, systemd
 
 from tasks.core.schedule_units import (
-    choose_schedulers, cron_command, job_script, on_calendar, service_unit, timer_unit,
+    choose_schedulers,
+    cron_command,
+    job_script,
+    on_calendar,
+    service_unit,
+    timer_unit,
     without_named_entry,
 )
 from tasks.facts.schedule import CrontabText, InitSystem

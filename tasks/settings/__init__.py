@@ -11,18 +11,19 @@ operator's group data may set fleet-wide values as ``<block>_defaults``, which t
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from tasks.settings.base import Block, parse_block
-from tasks.settings.errors import SettingsError
-from tasks.settings.cleanup import CleanupSettings
-from tasks.settings.mlflow import MlflowSettings
-from tasks.settings.schedule import ScheduleSettings
-from tasks.settings.postgres import DB_KEYS, DbSettings, PostgresSettings, gather_db
-from tasks.settings.onboard import OnboardSettings
 from tasks.settings.backend import BackendSettings
-from tasks.settings.stack import StackSettings
+from tasks.settings.base import Block, parse_block
+from tasks.settings.cleanup import CleanupSettings
+from tasks.settings.errors import SettingsError
+from tasks.settings.mlflow import MlflowSettings
+from tasks.settings.onboard import OnboardSettings
+from tasks.settings.postgres import DB_KEYS, DbSettings, PostgresSettings, gather_db
 from tasks.settings.remediate import RemediateSettings
+from tasks.settings.schedule import ScheduleSettings
+from tasks.settings.stack import StackSettings
 
 # Block name in host data -> its model. Every deploy reads its blocks through of_host().
 BLOCKS: dict[str, type[Block]] = {

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Annotated, Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError, WithJsonSchema
 
@@ -110,7 +111,8 @@ def problems_of(model: type[BaseModel], error: ValidationError, prefix: str) -> 
             hint = f"; did you mean '{close[0]}'?" if close else ""
             lines.append(f"{where}: unknown setting{hint} (known: {', '.join(known)})")
             continue
-        message = _FRIENDLY.get(item["type"], lambda ctx: item["msg"])(item.get("ctx") or {})
+        friendly = _FRIENDLY.get(item["type"])
+        message = friendly(item.get("ctx") or {}) if friendly else item["msg"]
         for noise in ("Value error, ", "Assertion failed, "):
             message = message.replace(noise, "")
         lines.extend(_located(prefix, loc, message))
@@ -144,7 +146,7 @@ def parse_block(model: type[M], host_name: str, block: str, *layers: Mapping[str
     The layers are what the operator wrote: group-wide values (``<block>_defaults`` in their
     group data, if any), then the host's own ``<block>`` mapping."""
     merged: dict[str, Any] = {}
-    for index, layer in enumerate(layers):
+    for layer in layers:
         if layer is None:
             continue
         if not isinstance(layer, Mapping):

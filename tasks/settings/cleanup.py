@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Annotated, Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StrictBool, StrictInt, field_validator
 

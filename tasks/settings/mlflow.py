@@ -15,7 +15,8 @@ Defaults are the seed incident's fix: 2 sync workers, timeout 60, max-requests 1
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, StrictInt, StringConstraints, field_validator, model_validator

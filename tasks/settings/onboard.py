@@ -13,8 +13,9 @@ Only ``authorized_keys`` is required: public key lines, or ``{"file": "/path/on/
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictBool, StrictInt, WithJsonSchema, field_validator, model_validator
 

@@ -17,7 +17,7 @@ catalog is a settings problem (:func:`host_catalog`), reported before anything r
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from pydantic import Field, StrictBool, StrictInt
 
