@@ -1,5 +1,6 @@
 """Container checks, for any service: present, running, healthy, not OOM-killed, memory below
 its limit, restart count stable. Read through the ``docker`` CLI on the host."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,17 @@ Runner = Callable[[str], tuple[bool, str]]
 
 # --- pure helpers --------------------------------------------------------------------------------
 
-_STATS_UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
-                "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4}
+_STATS_UNITS = {
+    "b": 1,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+}
 
 
 def stats_size(text: str) -> int:
@@ -57,6 +67,7 @@ def container_state(run: Runner, name: str) -> dict:
 
 # --- probes --------------------------------------------------------------------------------------
 
+
 def inspect(session: Session, name: str) -> dict:
     """``docker inspect`` of a container, kept in ``session.inspected``."""
     ok, out = session.sh(f"docker inspect --type container {shlex.quote(name)}")
@@ -78,6 +89,7 @@ def _present(session: Session, name: str):
         data = inspect(session, name)
         session.first_restarts.setdefault(name, (int(data.get("RestartCount") or 0), time.monotonic()))
         return f"image {data.get('Config', {}).get('Image', '?')}, created {data.get('Created', '?')[:19]}"
+
     return probe
 
 
@@ -89,9 +101,12 @@ def _running(session: Session, name: str):
         if state.get("Status") != "running":
             oom = ", OOM-killed" if state.get("OOMKilled") else ""
             error = f", {state['Error']}" if state.get("Error") else ""
-            raise Broken(f"{state.get('Status')} (exit code {state.get('ExitCode')}{oom}{error}, "
-                         f"finished {str(state.get('FinishedAt', '?'))[:19]})")
+            raise Broken(
+                f"{state.get('Status')} (exit code {state.get('ExitCode')}{oom}{error}, "
+                f"finished {str(state.get('FinishedAt', '?'))[:19]})"
+            )
         return f"running since {str(state.get('StartedAt', '?'))[:19]}"
+
     return probe
 
 
@@ -104,14 +119,17 @@ def _healthy(session: Session, name: str):
         if status == "healthy":
             return f"healthy (streak of failures: {health.get('FailingStreak', 0)})"
         raise NotYet(f"health {status}: last probe exit {last.get('ExitCode')} {detail}".strip())
+
     return probe
 
 
 def _not_oom(session: Session, name: str):
     def probe():
         state = inspect(session, name)["State"]
-        cat = ("cat /sys/fs/cgroup/memory.events 2>/dev/null "
-               "|| cat /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null")
+        cat = (
+            "cat /sys/fs/cgroup/memory.events 2>/dev/null "
+            "|| cat /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null"
+        )
         kills = None
         if state.get("Status") == "running":
             ok, out = session.sh(f"docker exec {shlex.quote(name)} sh -c {shlex.quote(cat)}")
@@ -120,12 +138,14 @@ def _not_oom(session: Session, name: str):
         if state.get("OOMKilled"):
             problems.append(f"OOM-killed (Docker's State.OOMKilled, exit code {state.get('ExitCode')})")
         if kills:
-            problems.append(f"the kernel OOM-killed {kills} process(es) in its memory cgroup "
-                            "(SIGKILL: out of memory)")
+            problems.append(
+                f"the kernel OOM-killed {kills} process(es) in its memory cgroup (SIGKILL: out of memory)"
+            )
         if problems:
             raise Broken("; ".join(problems))
         where = "no OOM kill in its memory cgroup" if kills == 0 else "cgroup OOM counter unreadable"
         return f"State.OOMKilled false, {where}"
+
     return probe
 
 
@@ -143,12 +163,14 @@ def _memory(session: Session, name: str, warn_percent: float, fail_percent: floa
         if verdict == "fail":
             raise Broken(text)
         return Warned(text) if verdict == "warn" else text
+
     return probe
 
 
 def restarts_stable(session: Session, name: str, window: float):
     """A probe: the restart count read when the container was first seen has not moved after at
     least ``window`` seconds."""
+
     def probe():
         first, at = session.first_restarts[name]
         wait = window - (time.monotonic() - at)
@@ -159,24 +181,34 @@ def restarts_stable(session: Session, name: str, window: float):
         if now != first:
             raise Broken(f"restart count went {first} -> {now} within {span:.0f}s")
         return f"restart count {now}, unchanged over {span:.0f}s"
+
     return probe
 
 
-def container_checks(session: Session, name: str, memory_warn_percent: float = 85,
-                     memory_fail_percent: float = 95) -> bool:
+def container_checks(
+    session: Session, name: str, memory_warn_percent: float = 85, memory_fail_percent: float = 95
+) -> bool:
     """Present, running, healthy (if it has a healthcheck), not OOM-killed, memory below its
     limit. False when the container is absent or not running: the service's own checks
     would only repeat that, so the caller skips them (:func:`skip_service`)."""
-    if session.check(f"container {name} is present", name, _present(session, name),
-                     RetryPolicy(3, 10, 1)).status != "pass":
+    if (
+        session.check(
+            f"container {name} is present", name, _present(session, name), RetryPolicy(3, 10, 1)
+        ).status
+        != "pass"
+    ):
         return False
     running = session.check(f"container {name} is running", name, _running(session, name)).status == "pass"
     if running and (session.inspected.get(name, {}).get("State") or {}).get("Health") is not None:
         session.check(f"container {name} is healthy", name, _healthy(session, name))
     session.check(f"container {name} is not OOM-killed", name, _not_oom(session, name), ONCE)
     if running:
-        session.check(f"container {name} memory is below its limit", name,
-                      _memory(session, name, memory_warn_percent, memory_fail_percent), RetryPolicy(2, 10, 1))
+        session.check(
+            f"container {name} memory is below its limit",
+            name,
+            _memory(session, name, memory_warn_percent, memory_fail_percent),
+            RetryPolicy(2, 10, 1),
+        )
     return running
 
 

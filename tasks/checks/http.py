@@ -1,5 +1,6 @@
 """HTTP from the checks: one request as a shell command on the host (curl, else python3) or
 inside a container (its python3, when the service publishes no port), and its answer read back."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,14 @@ _PY_HTTP = (
 )
 
 
-def http_command(method: str, url: str, timeout: int, body: str = "",
-                 content_type: str = "application/json", container: str | None = None) -> str:
+def http_command(
+    method: str,
+    url: str,
+    timeout: int,
+    body: str = "",
+    content_type: str = "application/json",
+    container: str | None = None,
+) -> str:
     """A shell command doing one HTTP request and printing the body, then ``HTTP <code>``.
     On the host: curl, else python3. In a container (no published port): its python3."""
     py_args = [method, url, str(timeout), body, content_type]
@@ -37,9 +44,11 @@ def http_command(method: str, url: str, timeout: int, body: str = "",
     if method in ("POST", "PUT"):
         curl += ["-H", f"Content-Type: {content_type}", "--data-binary", body]
     curl.append(url)
-    return (f"if command -v curl >/dev/null 2>&1; then {shlex.join(curl)}; "
-            f"elif command -v python3 >/dev/null 2>&1; then {python}; "
-            "else echo 'neither curl nor python3 on this host' >&2; exit 127; fi")
+    return (
+        f"if command -v curl >/dev/null 2>&1; then {shlex.join(curl)}; "
+        f"elif command -v python3 >/dev/null 2>&1; then {python}; "
+        "else echo 'neither curl nor python3 on this host' >&2; exit 127; fi"
+    )
 
 
 def parse_http(ok: bool, output: str, timeout: int) -> tuple[int, str]:
@@ -82,8 +91,14 @@ def where(service: Any) -> str:
     return service.url or service.container or "?"
 
 
-def request(session: Session, service: Any, method: str, path: str, body: str = "",
-            content_type: str = "application/json") -> tuple[int, str, str]:
+def request(
+    session: Session,
+    service: Any,
+    method: str,
+    path: str,
+    body: str = "",
+    content_type: str = "application/json",
+) -> tuple[int, str, str]:
     """(status, body, what was asked) of one request to ``service`` (``url``, else inside its
     ``container`` on ``container_port``)."""
     if service.url:
@@ -96,9 +111,16 @@ def request(session: Session, service: Any, method: str, path: str, body: str = 
     return code, text, f"{method} {url if not inside else path + ' (in ' + inside + ')'}"
 
 
-def http_probe(session: Session, service: Any, path: str, expect: str | None = None,
-               method: str = "GET", accept: tuple[int, ...] = (200,)):
+def http_probe(
+    session: Session,
+    service: Any,
+    path: str,
+    expect: str | None = None,
+    method: str = "GET",
+    accept: tuple[int, ...] = (200,),
+):
     """A probe: ``path`` answers with an accepted status (and ``expect`` in the body)."""
+
     def probe():
         code, body, what = request(session, service, method, path)
         flat = " ".join(body.split())
@@ -107,4 +129,5 @@ def http_probe(session: Session, service: Any, path: str, expect: str | None = N
         if expect and expect not in body:
             raise NotYet(f"{what} -> {code} but the body lacks {expect!r}: {flat[:120]}")
         return f"{what} -> {code} {flat[:60]}".strip()
+
     return probe

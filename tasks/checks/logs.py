@@ -1,5 +1,6 @@
 """Log checks: a container's logs since a time show none of the known failure signatures
 (tasks/core/signatures.yml, through tasks.core.signatures.log_patterns)."""
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,10 @@ def grep_pattern(patterns: Mapping[str, str]) -> str:
 def logs_command(name: str, since: str, patterns: Mapping[str, str]) -> str:
     """`docker logs --since` filtered on the host (a container's logs can be large), with
     docker's exit code as the last line: no marker means the read itself failed."""
-    return (f"{{ docker logs --since {shlex.quote(since)} {shlex.quote(name)} 2>&1; "
-            f"echo \"{MARKER}$?\"; }} | grep -a -P {shlex.quote(grep_pattern(patterns))} | tail -n 200")
+    return (
+        f"{{ docker logs --since {shlex.quote(since)} {shlex.quote(name)} 2>&1; "
+        f'echo "{MARKER}$?"; }} | grep -a -P {shlex.quote(grep_pattern(patterns))} | tail -n 200'
+    )
 
 
 def no_known_failure(session: Session, name: str, patterns: Mapping[str, str], since: str):
@@ -37,11 +40,12 @@ def no_known_failure(session: Session, name: str, patterns: Mapping[str, str], s
         if not lines or not lines[-1].startswith(MARKER):
             raise NotYet(f"reading the logs failed: {out.strip()[-160:] or 'timed out'}")
         if lines[-1] != f"{MARKER}0":
-            raise NotYet(f"docker logs failed ({lines[-1][len(MARKER):]})")
+            raise NotYet(f"docker logs failed ({lines[-1][len(MARKER) :]})")
         found = match_signatures(lines[:-1], patterns)
         if found:
             summary = "; ".join(f"{len(hits)}x {sig}" for sig, hits in found.items())
             last = next(iter(found.values()))[-1]
             raise Broken(f"since {since}: {summary} (e.g. {last[-160:]!r})")
         return f"no known failure signature since {since}"
+
     return probe

@@ -3,6 +3,7 @@ narrow sudo, docker.io, daemon.json log rotation, the docker group, the engine r
 sudo, its logging driver, the stack files. Read-only, through a ``run(command) -> (ok, output)``
 callable on the target host.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ ENGINE = RetryPolicy(attempts=5, seconds=20, wait=2)
 ENGINE_LOGGING = "the engine uses json-file logging"
 
 
-def onboard_checks(settings: OnboardSettings, run: Runner, expected_gid: int | None, compose: str,
-                   target: str = "host") -> list[CheckResult]:
+def onboard_checks(
+    settings: OnboardSettings, run: Runner, expected_gid: int | None, compose: str, target: str = "host"
+) -> list[CheckResult]:
     """Every check, in order; the engine's logging is skipped when the engine is not the host's."""
     user, q_user = settings.user, shlex.quote(settings.user)
     keys_file = f"{settings.home_dir}/.ssh/authorized_keys"
@@ -45,8 +47,10 @@ def onboard_checks(settings: OnboardSettings, run: Runner, expected_gid: int | N
         return f"{user}: home {fields[5]}, shell {fields[6]}"
 
     def keys_present():
-        stat = must(f"stat -c '%U %a' {shlex.quote(keys_file)} {shlex.quote(settings.home_dir + '/.ssh')}",
-                    "authorized_keys missing")
+        stat = must(
+            f"stat -c '%U %a' {shlex.quote(keys_file)} {shlex.quote(settings.home_dir + '/.ssh')}",
+            "authorized_keys missing",
+        )
         owners = stat.split()
         if owners[0] != user or owners[2] != user or owners[1] not in ("600", "400") or owners[3] != "700":
             raise Broken(f"ownership/modes {stat!r}")
@@ -59,7 +63,9 @@ def onboard_checks(settings: OnboardSettings, run: Runner, expected_gid: int | N
     def sudo_narrow():
         must("visudo -c -q", "visudo -c rejects the sudo configuration")
         out = must(f"sudo -l -n -U {q_user}", "sudo -l failed")
-        allowed = [line.strip() for line in out.splitlines() if "NOPASSWD" in line or line.startswith("    (")]
+        allowed = [
+            line.strip() for line in out.splitlines() if "NOPASSWD" in line or line.startswith("    (")
+        ]
         if re.search(r"\)\s*(NOPASSWD:\s*)?ALL\b", out):
             raise Broken(f"{user} may run ALL: {' '.join(allowed)[:120]}")
         for command in settings.sudo_commands:
@@ -80,8 +86,11 @@ def onboard_checks(settings: OnboardSettings, run: Runner, expected_gid: int | N
         except ValueError:
             raise Broken("daemon.json is not valid JSON") from None
         opts = config.get("log-opts") or {}
-        if config.get("log-driver") != "json-file" or opts.get("max-size") != max_size \
-                or opts.get("max-file") != str(settings.log_max_file):
+        if (
+            config.get("log-driver") != "json-file"
+            or opts.get("max-size") != max_size
+            or opts.get("max-file") != str(settings.log_max_file)
+        ):
             raise Broken(f"log-driver {config.get('log-driver')}, log-opts {opts}")
         return f"json-file, max-size {opts['max-size']}, max-file {opts['max-file']}"
 
@@ -94,7 +103,9 @@ def onboard_checks(settings: OnboardSettings, run: Runner, expected_gid: int | N
             raise Broken(f"docker group gid {gid}, settings want {expected_gid}")
         ok, socket = run(f"stat -c %g {shlex.quote(settings.docker_socket)}")
         if ok and socket.strip().isdigit() and int(socket.strip()) != gid:
-            raise Broken(f"docker group gid {gid}, but {settings.docker_socket} belongs to gid {socket.strip()}")
+            raise Broken(
+                f"docker group gid {gid}, but {settings.docker_socket} belongs to gid {socket.strip()}"
+            )
         return f"{user} in docker (gid {gid}" + (", the socket's" if ok else "") + ")"
 
     def engine_reachable():

@@ -4,6 +4,7 @@ changed grants (tasks.operations.postgres.grants).
 The role's password goes to the target in a 0600 password file (a fresh 0700 directory the same
 command removes; into the container on stdin), never on a command line.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,7 @@ from tasks.settings.types import SecretSource
 CONTAINER_PG_PORT = 5432
 
 
-def query_as_role(host, target: PgTarget, role: str, password_source: SecretSource,
-               database: str, sql: str):
+def query_as_role(host, target: PgTarget, role: str, password_source: SecretSource, database: str, sql: str):
     """Log in as ``role`` over TCP with its password (password file, never argv) and run
     ``sql``. Returns (ok, stdout, stderr)."""
     pgpass = pgpass_line(role, password_source.read())
@@ -32,24 +32,63 @@ def query_as_role(host, target: PgTarget, role: str, password_source: SecretSour
     passfile = f"{workdir}/pgpass"
     flags = ["-w", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=terse"]
     if target.mode == "psql":
-        argv = ["env", "PGCONNECT_TIMEOUT=5", f"PGPASSFILE={passfile}", "psql", *flags,
-                "-h", target.host, "-p", str(target.port), "-U", role, "-d", database, "-c", sql]
+        argv = [
+            "env",
+            "PGCONNECT_TIMEOUT=5",
+            f"PGPASSFILE={passfile}",
+            "psql",
+            *flags,
+            "-h",
+            target.host,
+            "-p",
+            str(target.port),
+            "-U",
+            role,
+            "-d",
+            database,
+            "-c",
+            sql,
+        ]
         command = f"chmod 0600 {shlex.quote(passfile)} && " + " ".join(shlex.quote(a) for a in argv)
     else:
         # The password file goes into the container on stdin, into a mktemp file removed after.
-        inner_psql = " ".join(shlex.quote(a) for a in [
-            "psql", *flags, "-h", "127.0.0.1", "-p", str(CONTAINER_PG_PORT),
-            "-U", role, "-d", database, "-c", sql])
-        inner = ('umask 077; f=$(mktemp) || exit 1; cat > "$f"; '
-                 f'PGPASSFILE="$f" PGCONNECT_TIMEOUT=5 {inner_psql}; rc=$?; rm -f "$f"; exit $rc')
+        inner_psql = " ".join(
+            shlex.quote(a)
+            for a in [
+                "psql",
+                *flags,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(CONTAINER_PG_PORT),
+                "-U",
+                role,
+                "-d",
+                database,
+                "-c",
+                sql,
+            ]
+        )
+        inner = (
+            'umask 077; f=$(mktemp) || exit 1; cat > "$f"; '
+            f'PGPASSFILE="$f" PGCONNECT_TIMEOUT=5 {inner_psql}; rc=$?; rm -f "$f"; exit $rc'
+        )
         argv = ["docker", "exec", "-i", "-u", target.os_user, target.container, "sh", "-c", inner]
         command = shell_command(argv, passfile)
     ok, output = host.run_shell_command(StringCommand(run_and_clean(command, workdir)))
     return ok, "\n".join(output.stdout_lines), " ".join(output.stderr_lines)
 
 
-def usage_probe(host, target: PgTarget, role: str, source: SecretSource, database: str,
-                grants: list[GrantSpec], catalog: Catalog, exclusive: bool):
+def usage_probe(
+    host,
+    target: PgTarget,
+    role: str,
+    source: SecretSource,
+    database: str,
+    grants: list[GrantSpec],
+    catalog: Catalog,
+    exclusive: bool,
+):
     """A probe: ``role`` logs in to ``database`` and uses what ``grants`` give it (real reads of
     granted tables), and every privilege the settings name for it is held; with ``exclusive``,
     nothing beyond them (what PUBLIC holds, every role holds: not counted against it)."""
@@ -73,6 +112,9 @@ def usage_probe(host, target: PgTarget, role: str, source: SecretSource, databas
         via_public = sum(1 for r in rows if not r["want"] and r["public"])
         absent = len(rows) - granted - via_public - len(extra)
         note = f"; also holds (exclusive off, left alone): {', '.join(extra)}" if extra else ""
-        return (f"{granted} granted privileges hold, {absent} others absent ({via_public} via PUBLIC), "
-                f"{len(uses)} tables read{note}")
+        return (
+            f"{granted} granted privileges hold, {absent} others absent ({via_public} via PUBLIC), "
+            f"{len(uses)} tables read{note}"
+        )
+
     return probe

@@ -1,5 +1,6 @@
 """Redis checks: PING, and a scratch key written, read back and deleted (with the password, if
 the service has one, on stdin as REDISCLI_AUTH)."""
+
 from __future__ import annotations
 
 import secrets as _secrets
@@ -22,7 +23,9 @@ def check_redis(session: Session, conf: RedisService, memory: tuple[float, float
             inner = f"IFS= read -r REDISCLI_AUTH; export REDISCLI_AUTH; {call}"
             return session.shell.run_with_secret(
                 shlex.join(["docker", "exec", "-i", name, "sh", "-c", inner]),
-                source.read(session.environ), session.command_timeout)
+                source.read(session.environ),
+                session.command_timeout,
+            )
         return session.sh(shlex.join(["docker", "exec", name, "redis-cli", "--raw", *args]))
 
     def ping():
@@ -41,5 +44,6 @@ def check_redis(session: Session, conf: RedisService, memory: tuple[float, float
         if not ok or out.strip() != value:
             raise NotYet(f"GET {key} returned {' '.join(out.split())[-80:]!r}, not what was written")
         return f"SET (EX 60) + GET {key} round trip, key deleted"
+
     session.check(f"Redis {name} answers PING", name, ping)
     session.check(f"Redis {name} writes and reads a scratch key", name, write_read)

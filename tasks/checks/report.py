@@ -1,5 +1,6 @@
 """verify_stack's report: the per-host table in pyinfra's output, and a JSON file on the
 controller merging the hosts of one run."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -26,23 +27,39 @@ def totals(results: list[CheckResult]) -> dict[str, int]:
 def format_report(results: list[CheckResult]) -> str:
     """The per-host table: check, target, result, attempts, elapsed, evidence; then totals."""
     columns = ("check", "target", "result", "attempts", "elapsed", "evidence")
-    rows = [(r.name, r.target, r.status.upper(), str(r.attempts), f"{r.elapsed:.1f}s",
-             r.evidence.replace("\n", " ")[:140]) for r in results]
+    rows = [
+        (
+            r.name,
+            r.target,
+            r.status.upper(),
+            str(r.attempts),
+            f"{r.elapsed:.1f}s",
+            r.evidence.replace("\n", " ")[:140],
+        )
+        for r in results
+    ]
     widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns[:-1])]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths + [0])).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths + [0])).rstrip() for row in rows]
     t = totals(results)
-    lines.append(f"totals: {t['pass']} pass, {t['warn']} warn, {t['fail']} fail, {t['skip']} skip "
-                 f"({t['total']} checks)")
+    lines.append(
+        f"totals: {t['pass']} pass, {t['warn']} warn, {t['fail']} fail, {t['skip']} skip "
+        f"({t['total']} checks)"
+    )
     return "\n".join(lines)
 
 
-def report_dict(host_name: str, results: list[CheckResult], started: float, elapsed: float,
-                deadline: float) -> dict:
-    return {"host": host_name, "started": _dt.datetime.fromtimestamp(started, _dt.UTC).isoformat(),
-            "elapsed": round(elapsed, 2), "deadline": deadline, "totals": totals(results),
-            "checks": [{k: v for k, v in asdict(r).items()} | {"elapsed": round(r.elapsed, 2)}
-                       for r in results]}
+def report_dict(
+    host_name: str, results: list[CheckResult], started: float, elapsed: float, deadline: float
+) -> dict:
+    return {
+        "host": host_name,
+        "started": _dt.datetime.fromtimestamp(started, _dt.UTC).isoformat(),
+        "elapsed": round(elapsed, 2),
+        "deadline": deadline,
+        "totals": totals(results),
+        "checks": [{k: v for k, v in asdict(r).items()} | {"elapsed": round(r.elapsed, 2)} for r in results],
+    }
 
 
 def write_report(path: str | Path, host_report: dict, run_id: str = _RUN_ID) -> None:

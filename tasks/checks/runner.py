@@ -7,6 +7,7 @@ that stops the retries at once. Every attempt's reason is kept, so a failure say
 :class:`Session` runs the checks of one host in order under one deadline, with the shell they
 send commands through; every per-service check module (tasks/checks/<service>.py) takes one.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,9 @@ class RetryPolicy:
     wait: float = 1.0
 
 
-def run_check(name: str, target: str, probe: Callable[[], str],
-              policy: RetryPolicy = RetryPolicy()) -> CheckResult:
+def run_check(
+    name: str, target: str, probe: Callable[[], str], policy: RetryPolicy = RetryPolicy()
+) -> CheckResult:
     """Run `probe` until it holds, is Broken, or the policy's attempts or time run out."""
     result = CheckResult(name, target, "fail")
     started = time.monotonic()
@@ -87,8 +89,9 @@ def run_check(name: str, target: str, probe: Callable[[], str],
     return result
 
 
-def run_checks(checks: list[tuple[str, str, Callable[[], str], RetryPolicy]],
-               stop_on_failure: bool = True) -> list[CheckResult]:
+def run_checks(
+    checks: list[tuple[str, str, Callable[[], str], RetryPolicy]], stop_on_failure: bool = True
+) -> list[CheckResult]:
     """Run checks in order; after a failure the rest are reported as skipped (they would only
     repeat it) unless `stop_on_failure` is False."""
     results = []
@@ -102,16 +105,25 @@ def run_checks(checks: list[tuple[str, str, Callable[[], str], RetryPolicy]],
 
 def format_table(results: list[CheckResult]) -> str:
     columns = ("check", "target", "result", "attempts", "elapsed", "evidence")
-    rows = [(r.name, r.target, r.status.upper(), str(r.attempts), f"{r.elapsed:.1f}s",
-             r.evidence.replace("\n", " ")[:90]) for r in results]
-    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c)
-              for i, c in enumerate(columns)]
+    rows = [
+        (
+            r.name,
+            r.target,
+            r.status.upper(),
+            str(r.attempts),
+            f"{r.elapsed:.1f}s",
+            r.evidence.replace("\n", " ")[:90],
+        )
+        for r in results
+    ]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
     passed = sum(1 for r in results if r.status == "pass")
     skipped = sum(1 for r in results if r.status == "skip")
-    lines.append(f"{passed}/{len(results) - skipped} checks passed"
-                 + (f", {skipped} skipped" if skipped else ""))
+    lines.append(
+        f"{passed}/{len(results) - skipped} checks passed" + (f", {skipped} skipped" if skipped else "")
+    )
     return "\n".join(lines)
 
 
@@ -154,9 +166,16 @@ class Session:
     + environ: where secret sources named ``env`` are read (default: the process environment)
     """
 
-    def __init__(self, shell: Any, *, retry: RetryPolicy = RetryPolicy(5, 20.0, 2.0),
-                 deadline: float = 240.0, command_timeout: int = 15, http_timeout: int = 5,
-                 environ: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        shell: Any,
+        *,
+        retry: RetryPolicy = RetryPolicy(5, 20.0, 2.0),
+        deadline: float = 240.0,
+        command_timeout: int = 15,
+        http_timeout: int = 5,
+        environ: Mapping[str, str] | None = None,
+    ):
         self.shell, self.retry = shell, retry
         self.command_timeout, self.http_timeout = int(command_timeout), int(http_timeout)
         self.environ = os.environ if environ is None else environ
@@ -165,12 +184,17 @@ class Session:
         self.inspected: dict[str, dict] = {}  # container -> its last `docker inspect`
         self.first_restarts: dict[str, tuple[int, float]] = {}  # container -> (count, when read)
 
-    def check(self, name: str, target: str, probe: Callable[[], str],
-              policy: RetryPolicy | None = None) -> CheckResult:
+    def check(
+        self, name: str, target: str, probe: Callable[[], str], policy: RetryPolicy | None = None
+    ) -> CheckResult:
         policy = policy or self.retry
         if self.deadline.left <= 0:
-            result = CheckResult(name, target, "fail", evidence=f"not run: the {self.deadline.seconds:.0f}s "
-                                 "deadline for this host had passed")
+            result = CheckResult(
+                name,
+                target,
+                "fail",
+                evidence=f"not run: the {self.deadline.seconds:.0f}s deadline for this host had passed",
+            )
         else:
             result = run_check(name, target, probe, self.deadline.clip(policy))
             if result.status == "pass" and isinstance(result.evidence, Warned):

@@ -1,4 +1,5 @@
 """S3 (MinIO) checks: the health path answers, the artifact bucket exists."""
+
 from __future__ import annotations
 
 from tasks.checks import containers
@@ -12,7 +13,9 @@ def check_s3(session: Session, conf: S3Service, memory: tuple[float, float] = (8
     if name and not containers.container_checks(session, name, *memory):
         return containers.skip_service(session, "s3", name)
     at = where(conf)
-    session.check(f"S3 health path {conf.health_path} answers", at, http_probe(session, conf, conf.health_path))
+    session.check(
+        f"S3 health path {conf.health_path} answers", at, http_probe(session, conf, conf.health_path)
+    )
     bucket = conf.bucket
     if not bucket:
         session.skip("S3 artifact bucket exists", at, "no bucket configured")
@@ -27,4 +30,5 @@ def check_s3(session: Session, conf: S3Service, memory: tuple[float, float] = (8
         if code == 404:
             raise Broken(f"bucket {bucket} does not exist ({what} -> 404)")
         raise NotYet(f"{what} -> HTTP {code}")
+
     session.check(f"S3 bucket {bucket} exists", at, exists)

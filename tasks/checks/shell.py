@@ -7,6 +7,7 @@ hung service or daemon costs at most N seconds an attempt. Secrets (role and Red
 travel in 0600 files in a fresh 0700 directory on the target, fed on stdin and removed by the
 same command: never on a command line, never in output (evidence is scrubbed of them too).
 """
+
 from __future__ import annotations
 
 import io
@@ -28,8 +29,9 @@ class Shell:
     secret, timeout)` (the secret on the command's stdin from a 0600 file, removed after).
     Both return (ok, output) and never raise for a failed or timed-out command."""
 
-    def __init__(self, run: Callable[[str, int], tuple[bool, str]],
-                 put: Callable[[str, str], bool] | None = None):
+    def __init__(
+        self, run: Callable[[str, int], tuple[bool, str]], put: Callable[[str, str], bool] | None = None
+    ):
         self._run, self._put = run, put
         self.secrets: list[str] = []  # values to scrub from evidence
 
@@ -48,8 +50,10 @@ class Shell:
         try:
             if not self._put(secret + "\n", path):
                 return False, "uploading the secret file failed"
-            full = (f"chmod 0600 {shlex.quote(path)} && {timed(command, timeout)} < {shlex.quote(path)}; "
-                    f"rc=$?; rm -rf {shlex.quote(folder)}; exit $rc")
+            full = (
+                f"chmod 0600 {shlex.quote(path)} && {timed(command, timeout)} < {shlex.quote(path)}; "
+                f"rc=$?; rm -rf {shlex.quote(folder)}; exit $rc"
+            )
             return self._run(full, timeout + 5)
         finally:
             self._run(f"rm -rf {shlex.quote(folder)}", 15)
@@ -57,10 +61,12 @@ class Shell:
 
 def pyinfra_shell(target: Any) -> Shell:
     """A Shell on a pyinfra host, at execution time (any connector, its connector arguments)."""
+
     def run(command: str, timeout: int) -> tuple[bool, str]:
         try:
-            ok, output = target.run_shell_command(StringCommand(command), print_output=False,
-                                                  print_input=False, _timeout=timeout)
+            ok, output = target.run_shell_command(
+                StringCommand(command), print_output=False, print_input=False, _timeout=timeout
+            )
         except (TimeoutError, OSError) as exc:
             return False, f"{type(exc).__name__}: {exc or 'timed out'}"
         return ok, output.stdout if ok else output.output

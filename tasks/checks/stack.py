@@ -16,6 +16,7 @@ pyinfra *executes* it: pyinfra 3.10 calls an operation's generator again at exec
 A failed check → it yields one ``FunctionCommand`` that logs the failure and returns False: the
 operation errors on that host (pyinfra exits non-zero) and, failed, it is not counted a change.
 """
+
 from __future__ import annotations
 
 import os
@@ -89,30 +90,41 @@ def host_stack_settings(target: Any, environ: Mapping[str, str] | None = None) -
             postgres = {key: getattr(pg, key) for key in INHERITED_POSTGRES_KEYS}
         if services.postgres.roles is None:
             db = host_settings.of_host(target, "db")
-            login_roles = [{"name": name, "password": source,
-                            "database": db.login_database(name, "postgres")}
-                           for name, source in db.logins().items()]
+            login_roles = [
+                {"name": name, "password": source, "database": db.login_database(name, "postgres")}
+                for name, source in db.logins().items()
+            ]
     if services.mlflow is not None:
         workers = host_settings.of_host(target, "mlflow").workers
-    stack = with_host_blocks(stack, target.name, postgres=postgres, login_roles=login_roles,
-                             mlflow_workers=workers)
+    stack = with_host_blocks(
+        stack, target.name, postgres=postgres, login_roles=login_roles, mlflow_workers=workers
+    )
     return with_environment(stack, target.name, os.environ if environ is None else environ)
 
 
-def run_stack_checks(shell: Shell, settings: StackSettings, catalog: tuple[Signature, ...] | None = None,
-                     environ: Mapping[str, str] | None = None) -> list[CheckResult]:
+def run_stack_checks(
+    shell: Shell,
+    settings: StackSettings,
+    catalog: tuple[Signature, ...] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[CheckResult]:
     """Every service's checks, then each container's logs and restart count, in one session."""
-    session = Session(shell, retry=RetryPolicy(settings.retry_attempts, settings.retry_seconds,
-                                               settings.retry_wait),
-                      deadline=settings.deadline, command_timeout=int(settings.command_timeout),
-                      http_timeout=int(settings.http_timeout), environ=environ)
+    session = Session(
+        shell,
+        retry=RetryPolicy(settings.retry_attempts, settings.retry_seconds, settings.retry_wait),
+        deadline=settings.deadline,
+        command_timeout=int(settings.command_timeout),
+        http_timeout=int(settings.http_timeout),
+        environ=environ,
+    )
     memory = (settings.memory_warn_percent, settings.memory_fail_percent)
     roles: dict[str, str] = {}  # container -> the service it was checked as
     for service, check in CHECKS.items():
         conf = getattr(settings.services, service)
         if conf is None:
-            session.skip(f"{service} checks", "-", f"not configured on this host "
-                         f"(stack.services has no {service!r})")
+            session.skip(
+                f"{service} checks", "-", f"not configured on this host (stack.services has no {service!r})"
+            )
             continue
         check(session, conf, memory)
         if conf.container:
@@ -121,21 +133,32 @@ def run_stack_checks(shell: Shell, settings: StackSettings, catalog: tuple[Signa
     catalog = load_catalog() if catalog is None else catalog
     for name in list(session.first_restarts):
         patterns = log_patterns(catalog, roles.get(name), settings.log_signatures)
-        session.check(f"container {name} logs show no known failure", name,
-                      no_known_failure(session, name, patterns, settings.logs_since), RetryPolicy(2, 10, 1))
+        session.check(
+            f"container {name} logs show no known failure",
+            name,
+            no_known_failure(session, name, patterns, settings.logs_since),
+            RetryPolicy(2, 10, 1),
+        )
     for name in list(session.first_restarts):
-        session.check(f"container {name} restart count is stable", name,
-                      containers.restarts_stable(session, name, settings.restart_window),
-                      RetryPolicy(2, settings.restart_window + 10, 1))
+        session.check(
+            f"container {name} restart count is stable",
+            name,
+            containers.restarts_stable(session, name, settings.restart_window),
+            RetryPolicy(2, settings.restart_window + 10, 1),
+        )
     return session.results
 
 
 # --- the pyinfra operation ---------------------------------------------------------------------
 
+
 def _report_failure(state, host, failed: list[str]) -> bool:
     # FunctionCommand passes state and host only to a callable whose parameters bear these names.
-    host.log_styled(f"stack verification failed: {len(failed)} check(s):\n  " + "\n  ".join(failed),
-                    fg="red", log_func=logger.error)
+    host.log_styled(
+        f"stack verification failed: {len(failed)} check(s):\n  " + "\n  ".join(failed),
+        fg="red",
+        log_func=logger.error,
+    )
     return False
 
 
@@ -171,8 +194,9 @@ def verify(settings: StackSettings | None = None):
     for line in format_report(results).splitlines():
         host.log(f"verify: {line}")
     if settings.report_path:
-        write_report(settings.report_path, report_dict(host.name, results, started, elapsed,
-                                                       settings.deadline))
+        write_report(
+            settings.report_path, report_dict(host.name, results, started, elapsed, settings.deadline)
+        )
         logger.info(f"{host.print_prefix}verify: JSON report in {settings.report_path}")
     failed = [f"{r.name} ({r.target}): {r.evidence}" for r in results if r.status == "fail"]
     if failed:

@@ -46,9 +46,9 @@ def reload_args(argv: list[str] | tuple[str, ...], delay: float) -> list[str]:
     wanted = _delay_text(delay)
     for i, arg in enumerate(argv):
         if arg == "--reload-delay" and i + 1 < len(argv):
-            return argv[:i + 1] + [wanted] + argv[i + 2:]
+            return argv[: i + 1] + [wanted] + argv[i + 2 :]
         if arg.startswith("--reload-delay="):
-            return argv[:i] + [f"--reload-delay={wanted}"] + argv[i + 1:]
+            return argv[:i] + [f"--reload-delay={wanted}"] + argv[i + 1 :]
     at = argv.index("--reload") + 1
     return argv[:at] + ["--reload-delay", wanted] + argv[at:]
 
@@ -74,7 +74,7 @@ def _instructions(text: str) -> list[tuple[str, int, int, str]]:
             i += 1
         match = _INSTRUCTION.match(body)
         if match:
-            out.append((match["op"].upper(), start, pos, body[match.end():].strip()))
+            out.append((match["op"].upper(), start, pos, body[match.end() :].strip()))
     return out
 
 
@@ -96,8 +96,10 @@ def patch_dockerfile(text: str, delay: float, force_polling: bool = True) -> tup
         exec_form = True
     else:
         if _SHELL_CHARS.search(body):
-            raise ValueError(f"CMD {body!r} is in shell form and uses the shell: rewrite it in "
-                             "JSON-array form by hand; nothing was changed")
+            raise ValueError(
+                f"CMD {body!r} is in shell form and uses the shell: rewrite it in "
+                "JSON-array form by hand; nothing was changed"
+            )
         argv, exec_form = shlex.split(body), False
     new_argv = reload_args(argv, delay)
     new_text = text
@@ -118,8 +120,13 @@ def patch_dockerfile(text: str, delay: float, force_polling: bool = True) -> tup
     return new_text, new_text != text
 
 
-def patch_compose_backend(yaml_text: str, service: str, delay: float, force_polling: bool,
-                          command_if_missing: list[str] | None = None) -> tuple[str, bool]:
+def patch_compose_backend(
+    yaml_text: str,
+    service: str,
+    delay: float,
+    force_polling: bool,
+    command_if_missing: list[str] | None = None,
+) -> tuple[str, bool]:
     """Return ``(text, changed)``: the service's ``environment`` with WATCHFILES_FORCE_POLLING,
     its ``command`` with the reload arguments (set to ``command_if_missing`` when it has none and
     one is given). Unchanged text is returned byte for byte. Raises ComposeError."""
@@ -154,8 +161,13 @@ def patch_compose_backend(yaml_text: str, service: str, delay: float, force_poll
     return HEADER + body.removeprefix(HEADER), True
 
 
-def desired_container(inspect: Mapping, image_inspect: Mapping | None, reload_delay: float,
-                      force_polling: bool, is_secret: Callable[[str], bool]) -> ContainerSpec:
+def desired_container(
+    inspect: Mapping,
+    image_inspect: Mapping | None,
+    reload_delay: float,
+    force_polling: bool,
+    is_secret: Callable[[str], bool],
+) -> ContainerSpec:
     """The running backend as it should be: same everything, plus the polling env and the
     reload arguments. Env and labels the image brings are left to the image. ``is_secret``
     names the env keys whose values a plan must mask."""
@@ -166,12 +178,18 @@ def desired_container(inspect: Mapping, image_inspect: Mapping | None, reload_de
     env = {k: v for k, v in actual.env.items() if image_env.get(k) != v}
     if force_polling:
         env[POLLING_ENV] = "true"
-    labels = {k: v for k, v in actual.labels.items()
-              if k != MANAGED_ENV_LABEL and image_labels.get(k) != v}
+    labels = {k: v for k, v in actual.labels.items() if k != MANAGED_ENV_LABEL and image_labels.get(k) != v}
     entrypoint = actual.entrypoint
     if image is not None and entrypoint == image.entrypoint:
         entrypoint = None
-    return replace(actual, command=tuple(reload_args(actual.command, reload_delay)),
-                   entrypoint=entrypoint, env=env, labels=labels, memory_swap=None,
-                   secret_env_keys=frozenset(k for k in env if is_secret(k)),
-                   image_id=None, managed_env_keys=frozenset())
+    return replace(
+        actual,
+        command=tuple(reload_args(actual.command, reload_delay)),
+        entrypoint=entrypoint,
+        env=env,
+        labels=labels,
+        memory_swap=None,
+        secret_env_keys=frozenset(k for k in env if is_secret(k)),
+        image_id=None,
+        managed_env_keys=frozenset(),
+    )

@@ -27,10 +27,10 @@ def catalog_sql(schema: str, table: str) -> str:
     """One JSON document: does the table exist, its columns, and every foreign key in the
     database (child -> parent, columns in order, the ON DELETE action)."""
     return f"""SELECT json_build_object(
-  'exists', to_regclass({quote_literal(quote_ident(schema) + '.' + quote_ident(table))}) IS NOT NULL,
+  'exists', to_regclass({quote_literal(quote_ident(schema) + "." + quote_ident(table))}) IS NOT NULL,
   'columns', (SELECT coalesce(json_agg(a.attname ORDER BY a.attnum), '[]')
      FROM pg_catalog.pg_attribute a
-    WHERE a.attrelid = to_regclass({quote_literal(quote_ident(schema) + '.' + quote_ident(table))})
+    WHERE a.attrelid = to_regclass({quote_literal(quote_ident(schema) + "." + quote_ident(table))})
       AND a.attnum > 0 AND NOT a.attisdropped),
   'fks', (SELECT coalesce(json_agg(json_build_object(
        'name', c.conname,
@@ -80,9 +80,16 @@ class TableCatalog:
 def parse_catalog(text: str) -> TableCatalog:
     doc = json.loads(text)
     fks = tuple(
-        ForeignKey(f["name"], f["child_schema"], f["child_table"], tuple(f["child_cols"]),
-                   f["parent_schema"], f["parent_table"], tuple(f["parent_cols"]),
-                   _FK_ACTIONS.get(f["on_delete"], f["on_delete"]))
+        ForeignKey(
+            f["name"],
+            f["child_schema"],
+            f["child_table"],
+            tuple(f["child_cols"]),
+            f["parent_schema"],
+            f["parent_table"],
+            tuple(f["parent_cols"]),
+            _FK_ACTIONS.get(f["on_delete"], f["on_delete"]),
+        )
         for f in doc["fks"]
     )
     return TableCatalog(bool(doc["exists"]), tuple(doc["columns"] or ()), fks)
@@ -113,7 +120,8 @@ def dependents_of(schema: str, table: str, fks: Sequence[ForeignKey]) -> list[De
     :data:`MAX_FK_DEPTH` is refused (it needs a human)."""
     out: list[Dependent] = []
     queue: list[tuple[int | None, tuple[str, str], tuple[tuple[str, str], ...], int]] = [
-        (None, (schema, table), ((schema, table),), 1)]
+        (None, (schema, table), ((schema, table),), 1)
+    ]
     while queue:
         parent, (ps, pt), path, depth = queue.pop(0)
         for fk in fks:
@@ -124,13 +132,15 @@ def dependents_of(schema: str, table: str, fks: Sequence[ForeignKey]) -> list[De
                 raise CleanupRefused(
                     f"foreign key {quote_ident(fk.name)} on {fk.child} makes a cycle back to "
                     f"{quote_ident(child[0])}.{quote_ident(child[1])}: cyclic references are not "
-                    "handled automatically; clean these rows up by hand")
+                    "handled automatically; clean these rows up by hand"
+                )
             if depth > MAX_FK_DEPTH:
-                raise CleanupRefused(f"foreign key chains deeper than {MAX_FK_DEPTH} below "
-                                     f"{quote_ident(schema)}.{quote_ident(table)}: refused")
+                raise CleanupRefused(
+                    f"foreign key chains deeper than {MAX_FK_DEPTH} below "
+                    f"{quote_ident(schema)}.{quote_ident(table)}: refused"
+                )
             dep = Dependent(len(out), fk, parent, depth)
             out.append(dep)
             if fk.on_delete in ("cascade", "restrict", "no action"):
                 queue.append((dep.index, child, path + (child,), depth + 1))
     return out
-

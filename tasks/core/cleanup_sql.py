@@ -59,7 +59,6 @@ def check_pattern(pattern: Any) -> str | None:
     return None
 
 
-
 # --- matching, counting, planning, deleting ---------------------------------------------
 
 
@@ -67,8 +66,7 @@ def match_condition(s: CleanupSettings) -> str:
     col = quote_ident(s.column)
     cond = "(" + " OR ".join(f"{col} LIKE {quote_literal(p)}" for p in s.patterns) + ")"
     if s.min_age is not None:
-        cond += (f" AND {quote_ident(s.age_column)} < now() - make_interval(secs => "
-                 f"{int(s.min_age)})")
+        cond += f" AND {quote_ident(s.age_column)} < now() - make_interval(secs => {int(s.min_age)})"
     return cond
 
 
@@ -87,16 +85,17 @@ def rows_sql(dep: Dependent, deps: Sequence[Dependent], root_rows: str) -> str:
     parent = root_rows if dep.parent is None else rows_sql(deps[dep.parent], deps, root_rows)
     fk = dep.fk
     inner = ", ".join(f"p{dep.index}.{quote_ident(c)}" for c in fk.parent_cols)
-    return (f"SELECT * FROM {fk.child} WHERE {_cols(fk.child_cols)} IN "
-            f"(SELECT {inner} FROM ({parent}) AS p{dep.index})")
+    return (
+        f"SELECT * FROM {fk.child} WHERE {_cols(fk.child_cols)} IN "
+        f"(SELECT {inner} FROM ({parent}) AS p{dep.index})"
+    )
 
 
 def count_sql(s: CleanupSettings, deps: Sequence[Dependent]) -> str:
     """JSON: matched rows, total rows, a sample of names, and per dependent its row count."""
     root = f"SELECT * FROM {s.relation} WHERE {match_condition(s)}"
     col = quote_ident(s.column)
-    parts = ", ".join(f"'{d.index}', (SELECT count(*) FROM ({rows_sql(d, deps, root)}) AS d)"
-                      for d in deps)
+    parts = ", ".join(f"'{d.index}', (SELECT count(*) FROM ({rows_sql(d, deps, root)}) AS d)" for d in deps)
     return (
         "SELECT json_build_object("
         f"'matched', (SELECT count(*) FROM ({root}) AS m), "
@@ -117,8 +116,12 @@ class Counts:
 
 def parse_counts(text: str) -> Counts:
     doc = json.loads(text)
-    return Counts(int(doc["matched"]), int(doc["total"]), tuple(doc["sample"]),
-                  {int(k): int(v) for k, v in (doc["dependents"] or {}).items()})
+    return Counts(
+        int(doc["matched"]),
+        int(doc["total"]),
+        tuple(doc["sample"]),
+        {int(k): int(v) for k, v in (doc["dependents"] or {}).items()},
+    )
 
 
 @dataclass
@@ -133,8 +136,9 @@ class DeletionPlan:
         return self.counts.matched > 0
 
 
-def plan_deletion(s: CleanupSettings, catalog: TableCatalog, deps: list[Dependent], counts: Counts
-                  ) -> DeletionPlan:
+def plan_deletion(
+    s: CleanupSettings, catalog: TableCatalog, deps: list[Dependent], counts: Counts
+) -> DeletionPlan:
     """Check every guard against the counts (raise :class:`CleanupRefused` with the figures)
     and say what goes. Nothing here has side effects."""
     c = counts
@@ -143,22 +147,30 @@ def plan_deletion(s: CleanupSettings, catalog: TableCatalog, deps: list[Dependen
     if c.matched == 0:
         return plan
     if c.matched >= c.total:
-        raise CleanupRefused(f"{REFUSED_MARK}: the patterns match every row of {s.relation} "
-                             f"({c.matched} of {c.total}); nothing deleted")
+        raise CleanupRefused(
+            f"{REFUSED_MARK}: the patterns match every row of {s.relation} "
+            f"({c.matched} of {c.total}); nothing deleted"
+        )
     if c.matched > s.max_rows and not s.allow_over_max:
-        raise CleanupRefused(f"{REFUSED_MARK}: {c.matched} rows of {s.relation} match, over "
-                             f"max_rows {s.max_rows} (set allow_over_max to go ahead); nothing deleted")
+        raise CleanupRefused(
+            f"{REFUSED_MARK}: {c.matched} rows of {s.relation} match, over "
+            f"max_rows {s.max_rows} (set allow_over_max to go ahead); nothing deleted"
+        )
     blocking = [d for d in deps if d.fk.blocks and c.dependents.get(d.index, 0) > 0]
     if blocking and s.foreign_keys == "refuse":
         what = "; ".join(f"{c.dependents[d.index]} rows in {d.label}" for d in blocking)
-        raise CleanupRefused(f"{REFUSED_MARK}: matched rows of {s.relation} still have dependents "
-                             f"behind foreign keys without ON DELETE CASCADE: {what}. "
-                             "foreign_keys is 'refuse': nothing deleted "
-                             "(set foreign_keys: delete_dependents to delete them too)")
+        raise CleanupRefused(
+            f"{REFUSED_MARK}: matched rows of {s.relation} still have dependents "
+            f"behind foreign keys without ON DELETE CASCADE: {what}. "
+            "foreign_keys is 'refuse': nothing deleted "
+            "(set foreign_keys: delete_dependents to delete them too)"
+        )
     plan.explicit = sorted(blocking, key=lambda d: -d.depth)
-    plan.lines.append(f"delete {c.matched} of {c.total} rows from {s.relation} where {where} "
-                      f"LIKE {', '.join(shown(p) for p in s.patterns)}"
-                      + (f" and is older than {int(s.min_age)}s" if s.min_age else ""))
+    plan.lines.append(
+        f"delete {c.matched} of {c.total} rows from {s.relation} where {where} "
+        f"LIKE {', '.join(shown(p) for p in s.patterns)}"
+        + (f" and is older than {int(s.min_age)}s" if s.min_age else "")
+    )
     if c.sample:
         more = f" (+{c.matched - len(c.sample)} more)" if c.matched > len(c.sample) else ""
         plan.lines.append("  e.g. " + ", ".join(c.sample) + more)
@@ -166,9 +178,11 @@ def plan_deletion(s: CleanupSettings, catalog: TableCatalog, deps: list[Dependen
         n = c.dependents.get(d.index, 0)
         if not n:
             continue
-        how = {"cascade": "deleted by ON DELETE CASCADE", "set null": "set to NULL (rows stay)",
-               "set default": "set to their default (rows stay)"}.get(
-            d.fk.on_delete, "deleted first (foreign_keys: delete_dependents)")
+        how = {
+            "cascade": "deleted by ON DELETE CASCADE",
+            "set null": "set to NULL (rows stay)",
+            "set default": "set to their default (rows stay)",
+        }.get(d.fk.on_delete, "deleted first (foreign_keys: delete_dependents)")
         plan.lines.append(f"  {n} rows in {d.label}: {how}")
     return plan
 
@@ -214,7 +228,8 @@ def delete_script(s: CleanupSettings, plan: DeletionPlan) -> str:
                 guards.append(
                     f"  IF EXISTS ({rows_sql(d, deps, root)}) THEN RAISE EXCEPTION "
                     f"{quote_literal(REFUSED_MARK + ': dependents appeared in ' + d.label + '; nothing deleted')};"
-                    " END IF;")
+                    " END IF;"
+                )
     lines = [
         "\\set VERBOSITY terse",
         "\\set ON_ERROR_STOP 1",
@@ -237,10 +252,12 @@ def delete_script(s: CleanupSettings, plan: DeletionPlan) -> str:
         lines.append(
             f"WITH gone AS (DELETE FROM {fk.child} WHERE {_cols(fk.child_cols)} IN "
             f"(SELECT {inner} FROM ({parent}) AS p) RETURNING 1) "
-            f"SELECT 'deleted|{d.index}|' || count(*) FROM gone;")
+            f"SELECT 'deleted|{d.index}|' || count(*) FROM gone;"
+        )
     lines.append(
         f"WITH gone AS (DELETE FROM {s.relation} WHERE ctid IN (SELECT quant_ctid FROM {TARGETS}) "
-        "RETURNING 1) SELECT 'deleted|root|' || count(*) FROM gone;")
+        "RETURNING 1) SELECT 'deleted|root|' || count(*) FROM gone;"
+    )
     lines.append("COMMIT;")
     return "\n".join(lines) + "\n"
 
@@ -262,8 +279,10 @@ def parse_delete_output(lines: Sequence[str]) -> dict:
 
 
 def describe_deletion(s: CleanupSettings, deps: Sequence[Dependent], result: Mapping) -> list[str]:
-    lines = [f"deleted {result['root'] or 0} rows from {s.relation}"
-             + ("" if result["root"] else " (nothing matched any more: another run got them first)")]
+    lines = [
+        f"deleted {result['root'] or 0} rows from {s.relation}"
+        + ("" if result["root"] else " (nothing matched any more: another run got them first)")
+    ]
     for d in deps:
         n = result["dependents"].get(d.index, 0)
         if not n:
@@ -275,4 +294,3 @@ def describe_deletion(s: CleanupSettings, deps: Sequence[Dependent], result: Map
         else:
             lines.append(f"  {n} rows in {d.label} kept ({d.fk.on_delete})")
     return lines
-

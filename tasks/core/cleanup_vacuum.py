@@ -38,9 +38,11 @@ def vacuum_script(s: CleanupSettings, tables: Sequence[tuple[str, str]], statist
     for i, (schema, table) in enumerate(tables):
         rel = f"{quote_ident(schema)}.{quote_ident(table)}"
         oid = f"{quote_literal(rel)}::regclass"
-        stats = (f"coalesce(n_dead_tup, 0) || '|' || coalesce(n_live_tup, 0) || '|' || "
-                 f"(coalesce(vacuum_count, 0) + coalesce(autovacuum_count, 0)) FROM "
-                 f"pg_catalog.pg_stat_user_tables WHERE relid = {oid}")
+        stats = (
+            f"coalesce(n_dead_tup, 0) || '|' || coalesce(n_live_tup, 0) || '|' || "
+            f"(coalesce(vacuum_count, 0) + coalesce(autovacuum_count, 0)) FROM "
+            f"pg_catalog.pg_stat_user_tables WHERE relid = {oid}"
+        )
         lines += [
             f"SELECT 'before|{i}|' || {stats};",
             "SELECT coalesce((SELECT pid::text FROM pg_catalog.pg_stat_progress_vacuum "
@@ -67,7 +69,7 @@ def parse_statistics_line(lines: Sequence[str]) -> dict | None:
     for line in lines:
         if line.startswith("stats|"):
             try:
-                return json.loads(line[len("stats|"):])
+                return json.loads(line[len("stats|") :])
             except ValueError:
                 return None
     return None
@@ -87,8 +89,9 @@ def parse_vacuum_output(lines: Sequence[str], tables: Sequence[tuple[str, str]])
         elif parts[0] == "after" and len(parts) == 5:
             row.update(dead_after=int(parts[2]), live_after=int(parts[3]), vacuums_after=int(parts[4]))
             if row["vacuums_after"] == row.get("vacuums_before"):
-                row.update(status="skipped",
-                           note="its lock is held (another VACUUM or maintenance): SKIP_LOCKED")
+                row.update(
+                    status="skipped", note="its lock is held (another VACUUM or maintenance): SKIP_LOCKED"
+                )
             else:
                 row["status"] = "vacuumed"
     return rows
@@ -98,8 +101,10 @@ def describe_vacuum(rows: Sequence[Mapping]) -> list[str]:
     out = []
     for r in rows:
         if r["status"] == "vacuumed":
-            out.append(f"VACUUM ANALYZE {r['table']}: dead tuples {r['dead_before']} -> "
-                       f"{r['dead_after']}, live {r['live_before']} -> {r['live_after']}")
+            out.append(
+                f"VACUUM ANALYZE {r['table']}: dead tuples {r['dead_before']} -> "
+                f"{r['dead_after']}, live {r['live_before']} -> {r['live_after']}"
+            )
         elif r["status"] == "skipped":
             out.append(f"VACUUM ANALYZE {r['table']}: skipped, {r['note']}")
         else:
@@ -166,11 +171,22 @@ def _longest(stats: Mapping | None) -> str:
 def format_report(before: Mapping | None, after: Mapping | None) -> str:
     """Before/after statistics as a table of text."""
     rows = [
-        ("database size", human_bytes((before or {}).get("database_size_bytes")),
-         human_bytes((after or {}).get("database_size_bytes"))),
+        (
+            "database size",
+            human_bytes((before or {}).get("database_size_bytes")),
+            human_bytes((after or {}).get("database_size_bytes")),
+        ),
         ("tables", str((before or {}).get("table_count", "-")), str((after or {}).get("table_count", "-"))),
-        ("live tuples", str((before or {}).get("live_tuples", "-")), str((after or {}).get("live_tuples", "-"))),
-        ("dead tuples", str((before or {}).get("dead_tuples", "-")), str((after or {}).get("dead_tuples", "-"))),
+        (
+            "live tuples",
+            str((before or {}).get("live_tuples", "-")),
+            str((after or {}).get("live_tuples", "-")),
+        ),
+        (
+            "dead tuples",
+            str((before or {}).get("dead_tuples", "-")),
+            str((after or {}).get("dead_tuples", "-")),
+        ),
         ("connections (client backends)", _conn(before), _conn(after)),
         ("longest running query", _longest(before), _longest(after)),
     ]
@@ -180,11 +196,17 @@ def format_report(before: Mapping | None, after: Mapping | None) -> str:
     for t in largest:
         name = t["table"]
         b, a = tables_b.get(name, {}), tables_a.get(name, {})
-        size_b = next((x["total_bytes"] for x in (before or {}).get("largest_tables") or []
-                       if x["table"] == name), None)
-        rows.append((f"  {name}", f"{human_bytes(size_b)} live {b.get('live', '-')} dead {b.get('dead', '-')}",
-                     f"{human_bytes(t['total_bytes']) if after else '-'} live {a.get('live', '-')} "
-                     f"dead {a.get('dead', '-')}"))
+        size_b = next(
+            (x["total_bytes"] for x in (before or {}).get("largest_tables") or [] if x["table"] == name), None
+        )
+        rows.append(
+            (
+                f"  {name}",
+                f"{human_bytes(size_b)} live {b.get('live', '-')} dead {b.get('dead', '-')}",
+                f"{human_bytes(t['total_bytes']) if after else '-'} live {a.get('live', '-')} "
+                f"dead {a.get('dead', '-')}",
+            )
+        )
     name = (after or before or {}).get("database", "?")
     head = (f"statistics of {name}", "before", "after")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
@@ -212,4 +234,3 @@ def write_report(path: str, document: Mapping) -> None:
     tmp = p.with_name(p.name + ".tmp")
     tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
     tmp.replace(p)
-

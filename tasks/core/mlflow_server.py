@@ -175,8 +175,10 @@ def server_spec(settings: MlflowSettings, mlflow_version: str | tuple[int, ...])
     env = dict(NEUTRALIZED_ENV)
     if version[0] >= 3 and "MLFLOW_SERVER_ENABLE_JOB_EXECUTION" not in settings.env:
         env.update(JOB_EXECUTION_ENV)
-        notes.append("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: the job runner's worker processes "
-                     "do not fit the memory limit; set it to true in env to keep them")
+        notes.append(
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: the job runner's worker processes "
+            "do not fit the memory limit; set it to true in env to keep them"
+        )
     return ServerSpec(
         kind=kind,
         command=tuple(command),
@@ -216,7 +218,7 @@ PROCESS_LIST_COMMAND = (
     "for d in /proc/[0-9]*; do "
     "ppid=$(sed -n 's/^PPid:[[:space:]]*//p' \"$d/status\" 2>/dev/null); "
     "args=$(tr '\\000\\n' '  ' < \"$d/cmdline\" 2>/dev/null); "
-    "if [ -n \"$ppid\" ] && [ -n \"$args\" ]; then printf '%s %s %s\\n' \"${d#/proc/}\" \"$ppid\" \"$args\"; fi; "
+    'if [ -n "$ppid" ] && [ -n "$args" ]; then printf \'%s %s %s\\n\' "${d#/proc/}" "$ppid" "$args"; fi; '
     "done; fi"
 )
 
@@ -266,9 +268,7 @@ def count_workers(ps_output: str, server_kind: str) -> int:
         return sum(1 for ppid in gunicorn.values() if ppid in masters)
     if server_kind == "uvicorn":
         supervisors = {pid for pid, _, args in rows if _runs(args, "uvicorn")}
-        children = [
-            pid for pid, ppid, args in rows if ppid in supervisors and "spawn_main" in args
-        ]
+        children = [pid for pid, ppid, args in rows if ppid in supervisors and "spawn_main" in args]
         if children:
             return len(children)
         return len(supervisors)

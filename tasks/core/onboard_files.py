@@ -62,25 +62,40 @@ def default_compose(settings: OnboardSettings, mlflow: MlflowSettings, mlflow_sp
         "environment": env,
         "restart": mlflow.restart_policy,
         "depends_on": ["postgres", "minio"],
-        "deploy": {"resources": {"limits": {"memory": docker_size(mlflow.memory_limit)},
-                                 "reservations": {"memory": docker_size(mlflow.memory_reservation)}}},
+        "deploy": {
+            "resources": {
+                "limits": {"memory": docker_size(mlflow.memory_limit)},
+                "reservations": {"memory": docker_size(mlflow.memory_reservation)},
+            }
+        },
     }
     if mlflow.ports:
         service["ports"] = list(mlflow.ports)
     return {
         "name": settings.compose_project,
         "services": {
-            "postgres": {"image": "postgres:15", "restart": "unless-stopped",
-                         "environment": {"POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"},
-                         "volumes": ["./data/postgres:/var/lib/postgresql/data"]},
-            "minio": {"image": "minio/minio:latest", "restart": "unless-stopped",
-                      "command": ["server", "/data"],
-                      "environment": {"MINIO_ROOT_USER": "${MINIO_ROOT_USER:?set MINIO_ROOT_USER}",
-                                      "MINIO_ROOT_PASSWORD": "${MINIO_ROOT_PASSWORD:?set MINIO_ROOT_PASSWORD}"},
-                      "volumes": ["./data/minio:/data"]},
-            "redis": {"image": "redis:7", "restart": "unless-stopped",
-                      "command": ["redis-server", "--appendonly", "yes"],
-                      "volumes": ["./data/redis:/data"]},
+            "postgres": {
+                "image": "postgres:15",
+                "restart": "unless-stopped",
+                "environment": {"POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"},
+                "volumes": ["./data/postgres:/var/lib/postgresql/data"],
+            },
+            "minio": {
+                "image": "minio/minio:latest",
+                "restart": "unless-stopped",
+                "command": ["server", "/data"],
+                "environment": {
+                    "MINIO_ROOT_USER": "${MINIO_ROOT_USER:?set MINIO_ROOT_USER}",
+                    "MINIO_ROOT_PASSWORD": "${MINIO_ROOT_PASSWORD:?set MINIO_ROOT_PASSWORD}",
+                },
+                "volumes": ["./data/minio:/data"],
+            },
+            "redis": {
+                "image": "redis:7",
+                "restart": "unless-stopped",
+                "command": ["redis-server", "--appendonly", "yes"],
+                "volumes": ["./data/redis:/data"],
+            },
             mlflow.compose_service: service,
         },
     }

@@ -95,9 +95,7 @@ def _acl_json(acl_expr: str) -> str:
     )
 
 
-def catalog_query(
-    *, password_roles: Iterable[str] = (), schemas: Iterable[str] | None = None
-) -> str:
+def catalog_query(*, password_roles: Iterable[str] = (), schemas: Iterable[str] | None = None) -> str:
     """One SELECT returning one JSON document; parse it with :func:`parse_catalog_json`.
 
     Run it once per database whose schemas/objects matter (shared catalogs - roles, memberships,
@@ -110,8 +108,7 @@ def catalog_query(
         quote_ident(name)  # validates
     known = f"r.rolname = ANY({_literal_array(pw_roles)})" if pw_roles else "false"
     password = (
-        f"CASE WHEN {known} THEN (SELECT a.rolpassword FROM pg_catalog.pg_authid a"
-        " WHERE a.oid = r.oid) END"
+        f"CASE WHEN {known} THEN (SELECT a.rolpassword FROM pg_catalog.pg_authid a WHERE a.oid = r.oid) END"
         if pw_roles
         else "NULL::text"
     )

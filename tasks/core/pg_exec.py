@@ -97,8 +97,10 @@ def validate_target(t: PgTarget) -> None:
 def _check_password_source(source: object) -> None:
     # The source's own shape (env or file, a valid name) is the settings layer's to check.
     if source is not None and not callable(getattr(source, "read", None)):
-        raise ValueError("password_source must be a secret source (tasks.settings.types.SecretSource), "
-                         f"not a {type(source).__name__}")
+        raise ValueError(
+            "password_source must be a secret source (tasks.settings.types.SecretSource), "
+            f"not a {type(source).__name__}"
+        )
 
 
 def _dbname_arg(database: str) -> str:

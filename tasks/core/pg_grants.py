@@ -106,13 +106,12 @@ _OBJ_SQL = {"tables": "TABLE", "sequences": "SEQUENCE", "functions": "FUNCTION"}
 
 # A statement maker: (verb "GRANT"/"REVOKE", privileges SQL, grantee SQL) -> statement.
 def _object_sql(on_sql: str):
-    return lambda verb, privs, who: (
-        f"{verb} {privs} ON {on_sql} {'TO' if verb == 'GRANT' else 'FROM'} {who}"
-    )
+    return lambda verb, privs, who: f"{verb} {privs} ON {on_sql} {'TO' if verb == 'GRANT' else 'FROM'} {who}"
 
 
-def _grant_missing(plan: Plan, kind: str, make, label: str, acl: Acl,
-                   want: Mapping[str, frozenset[str]], version: int) -> None:
+def _grant_missing(
+    plan: Plan, kind: str, make, label: str, acl: Acl, want: Mapping[str, frozenset[str]], version: int
+) -> None:
     for grantee in sorted(want):
         missing = _expand(kind, want[grantee], version) - acl.get(grantee, frozenset())
         if missing:
@@ -120,8 +119,16 @@ def _grant_missing(plan: Plan, kind: str, make, label: str, acl: Acl,
             plan.add(make("GRANT", privs, who), f"{label}: grant {privs} to {who}")
 
 
-def _revoke_extra(plan: Plan, kind: str, make, label: str, owner: str | None, acl: Acl,
-                  want: Mapping[str, frozenset[str]], version: int) -> None:
+def _revoke_extra(
+    plan: Plan,
+    kind: str,
+    make,
+    label: str,
+    owner: str | None,
+    acl: Acl,
+    want: Mapping[str, frozenset[str]],
+    version: int,
+) -> None:
     """Exclusive mode: revoke what grantees hold beyond ``want``; never the owner's own
     privileges, and PUBLIC's only when the settings list PUBLIC for this object."""
     for grantee in sorted(acl):
@@ -203,8 +210,10 @@ def _plan_default(plan, owner, schema, on, want, catalog: Catalog, exclusive: bo
     glob = catalog.default_acls.get((owner, None, on))
     global_acl = glob.acl if glob else _builtin_default(owner, on)
     # New objects get the global entry plus the schema entry: both count as present.
-    effective = {g: local_acl.get(g, frozenset()) | global_acl.get(g, frozenset())
-                 for g in set(local_acl) | set(global_acl)}
+    effective = {
+        g: local_acl.get(g, frozenset()) | global_acl.get(g, frozenset())
+        for g in set(local_acl) | set(global_acl)
+    }
     prefix = f"ALTER DEFAULT PRIVILEGES FOR ROLE {quote_ident(owner)} IN SCHEMA {quote_ident(schema)}"
 
     def make(verb, privs, who):
@@ -245,14 +254,18 @@ def usage_sql(grants: list[GrantSpec], catalog: Catalog) -> tuple[str, list[str]
             else:
                 label += f"all {on} in schema {quote_ident(schema)}"
                 if on == "functions":
-                    source = ("pg_catalog.pg_proc o JOIN pg_catalog.pg_namespace n ON n.oid = o.pronamespace"
-                              f" WHERE n.nspname = {quote_literal(schema)}")
+                    source = (
+                        "pg_catalog.pg_proc o JOIN pg_catalog.pg_namespace n ON n.oid = o.pronamespace"
+                        f" WHERE n.nspname = {quote_literal(schema)}"
+                    )
                     fn = "has_function_privilege"
                 else:
                     kinds = "'S'" if on == "sequences" else "'r', 'v', 'm', 'f', 'p'"
                     fn = "has_sequence_privilege" if on == "sequences" else "has_table_privilege"
-                    source = ("pg_catalog.pg_class o JOIN pg_catalog.pg_namespace n ON n.oid = o.relnamespace"
-                              f" WHERE n.nspname = {quote_literal(schema)} AND o.relkind IN ({kinds})")
+                    source = (
+                        "pg_catalog.pg_class o JOIN pg_catalog.pg_namespace n ON n.oid = o.relnamespace"
+                        f" WHERE n.nspname = {quote_literal(schema)} AND o.relkind IN ({kinds})"
+                    )
                 agg_all = f"(SELECT bool_and({fn}(o.oid, {p})) FROM {source})"
                 agg_any = f"(SELECT bool_or({fn}(o.oid, {p})) FROM {source})"
                 agg_pub = f"(SELECT bool_or({fn}('public', o.oid, {p})) FROM {source})"

@@ -83,8 +83,9 @@ class RoleSpec:
                     "timestamp or 'infinity'"
                 ) from None
         if self.password is not None and (
-                not isinstance(self.password, str) or not self.password or "\x00" in self.password):
-                raise SqlInputError(f"role {self.name!r}: password must be a non-empty string")
+            not isinstance(self.password, str) or not self.password or "\x00" in self.password
+        ):
+            raise SqlInputError(f"role {self.name!r}: password must be a non-empty string")
         if self.member_of is not None:
             if isinstance(self.member_of, str):
                 raise SqlInputError(f"role {self.name!r}: member_of must be a list of role names")
@@ -181,9 +182,7 @@ def plan_role(spec: RoleSpec, observed: RoleState | None) -> Plan:
     return plan
 
 
-def plan_memberships(
-    spec: RoleSpec, observed: RoleState | None, *, exclusive: bool = False
-) -> Plan:
+def plan_memberships(spec: RoleSpec, observed: RoleState | None, *, exclusive: bool = False) -> Plan:
     """GRANT the groups in ``spec.member_of`` the role lacks; with ``exclusive``, REVOKE others."""
     plan = Plan()
     if spec.member_of is None or not spec.present:

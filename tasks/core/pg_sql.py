@@ -42,9 +42,7 @@ def quote_ident(name: str) -> str:
         raise SqlInputError(f"identifier {name!r} contains a NUL character")
     if len(name.encode("utf-8")) > MAX_IDENT_BYTES:
         # PostgreSQL would truncate it and every later comparison would miss: refuse up front.
-        raise SqlInputError(
-            f"identifier {name[:20]!r}... is longer than {MAX_IDENT_BYTES} bytes (UTF-8)"
-        )
+        raise SqlInputError(f"identifier {name[:20]!r}... is longer than {MAX_IDENT_BYTES} bytes (UTF-8)")
     return '"' + name.replace('"', '""') + '"'
 
 

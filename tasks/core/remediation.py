@@ -6,6 +6,7 @@ triggers anything again. A finding dated after it is fresh: inside the throttle 
 reported "throttled", after the window the remediation runs again. Informational signatures have
 no record: they are reported on every run while their lines are inside ``since``.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -53,8 +54,13 @@ def _target(finding: Finding) -> str:
     return finding.container
 
 
-def decide(findings: Iterable[Finding], catalog: Iterable[Signature], record: Mapping | None,
-           now: _dt.datetime, configured_roles: Iterable[str] = ()) -> list[Action]:
+def decide(
+    findings: Iterable[Finding],
+    catalog: Iterable[Signature],
+    record: Mapping | None,
+    now: _dt.datetime,
+    configured_roles: Iterable[str] = (),
+) -> list[Action]:
     """One Action per (remediation, target): run, throttled, handled, informational or reported."""
     by_id = {s.id: s for s in catalog}
     runs = (record or {}).get("runs") or {}
@@ -74,15 +80,15 @@ def decide(findings: Iterable[Finding], catalog: Iterable[Signature], record: Ma
         action = Action(key, remediation, target, STATUS_RUN, severity, sig_ids, "", throttle)
         if remediation == "none":
             action.status = STATUS_INFO if severity == "info" else STATUS_REPORTED
-            action.reason = ("no action" if severity == "info"
-                             else "no packaged fix for this: reported, nothing changed")
+            action.reason = (
+                "no action" if severity == "info" else "no packaged fix for this: reported, nothing changed"
+            )
             action.findings = group
             actions.append(action)
             continue
         if remediation == "db_users" and target not in roles:
             action.status = STATUS_REPORTED
-            action.reason = (f"user {target!r} is not a configured role (db_roles): reported, "
-                             "never created")
+            action.reason = f"user {target!r} is not a configured role (db_roles): reported, never created"
             action.findings = group
             actions.append(action)
             continue
@@ -98,11 +104,14 @@ def decide(findings: Iterable[Finding], catalog: Iterable[Signature], record: Ma
             until = last + _dt.timedelta(seconds=throttle)
             action.status = STATUS_THROTTLED
             action.throttled_until = iso_time(until)
-            action.reason = (f"throttled: {remediation} ran for {target} at {iso_time(last)}; "
-                             f"not again before {iso_time(until)} ({len(fresh)} new finding(s) since)")
+            action.reason = (
+                f"throttled: {remediation} ran for {target} at {iso_time(last)}; "
+                f"not again before {iso_time(until)} ({len(fresh)} new finding(s) since)"
+            )
         else:
-            action.reason = (f"{len(fresh)} finding(s)"
-                             + (f" since its last run at {iso_time(last)}" if last else ""))
+            action.reason = f"{len(fresh)} finding(s)" + (
+                f" since its last run at {iso_time(last)}" if last else ""
+            )
         actions.append(action)
     rank = {STATUS_RUN: 0, STATUS_THROTTLED: 1, STATUS_REPORTED: 2, STATUS_INFO: 3, STATUS_HANDLED: 4}
     actions.sort(key=lambda a: (rank[a.status], -order.get(a.severity, 0), a.key))
@@ -114,9 +123,13 @@ def updated_record(record: Mapping | None, ran: Iterable[Action], ran_at: str, r
     data = dict(record or {})
     runs = dict(data.get("runs") or {})
     for action in ran:
-        runs[action.key] = {"ran_at": ran_at, "remediation": action.remediation,
-                            "target": action.target, "signatures": action.signatures,
-                            "result": result}
+        runs[action.key] = {
+            "ran_at": ran_at,
+            "remediation": action.remediation,
+            "target": action.target,
+            "signatures": action.signatures,
+            "result": result,
+        }
     return {"version": RECORD_VERSION, "runs": runs}
 
 
@@ -124,8 +137,13 @@ def format_actions(actions: Iterable[Action], evidence: int = 3) -> list[str]:
     """Lines for the log: each action with its reason and its latest evidence lines."""
     lines = []
     for a in actions:
-        label = {"run": f"-> {a.remediation}", "throttled": "throttled", "handled": "nothing to do",
-                 "informational": "informational", "reported": "reported"}[a.status]
+        label = {
+            "run": f"-> {a.remediation}",
+            "throttled": "throttled",
+            "handled": "nothing to do",
+            "informational": "informational",
+            "reported": "reported",
+        }[a.status]
         lines.append(f"[{a.severity}] {', '.join(a.signatures)} ({a.target}): {label}; {a.reason}")
         shown = a.findings[-evidence:]
         for f in shown:

@@ -31,8 +31,7 @@ def _abs(s: ScheduleSettings, path: str) -> str:
 
 
 def pyinfra_argv(s: ScheduleSettings) -> list[str]:
-    return [s.pyinfra, "-y", "--group-data", _abs(s, s.group_data), _abs(s, s.inventory),
-            _abs(s, s.deploy)]
+    return [s.pyinfra, "-y", "--group-data", _abs(s, s.group_data), _abs(s, s.inventory), _abs(s, s.deploy)]
 
 
 def cron_command(s: ScheduleSettings) -> str:
@@ -86,7 +85,7 @@ if [ "$size" -ge "$MAX_BYTES" ]; then
 fi
 cd {q(s.project_dir)} || {{ echo "$(stamp) {s.name}: cannot enter {s.project_dir}" >>"$LOG"; exit {EXIT_SETUP}; }}
 out=$(mktemp) || exit {EXIT_SETUP}
-echo "$(stamp) {s.name}: start: {run.replace('"', '')}" >>"$LOG"
+echo "$(stamp) {s.name}: start: {run.replace('"', "")}" >>"$LOG"
 {run} </dev/null >"$out" 2>&1
 rc=$?
 cat "$out" >>"$LOG"
@@ -107,8 +106,10 @@ def on_calendar(s: ScheduleSettings) -> str:
     if simple and num(s.minute) and (num(s.hour) or s.hour == "*"):
         hour = "*" if s.hour == "*" else f"{int(s.hour):02d}"
         return f"*-*-* {hour}:{int(s.minute):02d}:00"
-    raise ValueError(f"cleanup_schedule: cannot turn cron fields {' '.join(s.cron_fields)} into a "
-                     "systemd OnCalendar expression: set on_calendar")
+    raise ValueError(
+        f"cleanup_schedule: cannot turn cron fields {' '.join(s.cron_fields)} into a "
+        "systemd OnCalendar expression: set on_calendar"
+    )
 
 
 def service_unit(s: ScheduleSettings) -> str:

@@ -53,8 +53,7 @@ class ScramVerifier:
     def __str__(self) -> str:
         b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
         return (
-            f"{SCRAM_PREFIX}${self.iterations}:{b64(self.salt)}"
-            f"${b64(self.stored_key)}:{b64(self.server_key)}"
+            f"{SCRAM_PREFIX}${self.iterations}:{b64(self.salt)}${b64(self.stored_key)}:{b64(self.server_key)}"
         )
 
 
@@ -139,9 +138,7 @@ def parse_scram_verifier(stored: str) -> ScramVerifier | None:
     if not m:
         return None
     try:
-        salt, stored_key, server_key = (
-            base64.b64decode(part, validate=True) for part in m.group(2, 3, 4)
-        )
+        salt, stored_key, server_key = (base64.b64decode(part, validate=True) for part in m.group(2, 3, 4))
     except (binascii.Error, ValueError):
         return None
     iterations = int(m.group(1))

@@ -25,6 +25,7 @@ have no record: they are reported on every run while their lines are inside ``si
 The read itself is the fact :class:`tasks.facts.diagnose.HostDiagnosis`; its output is parsed
 here (:func:`parse_diagnosis_output`).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -91,10 +92,10 @@ def _entry_problems(where: str, item: Any, known_remediations: Iterable[str]) ->
     if isinstance(containers, str):
         containers = [containers]
     if containers not in (None, "", []):
-        if not isinstance(containers, list) or not all(isinstance(c, str) and _ROLE.match(c)
-                                                       for c in containers):
-            problems.append(f"{where}: containers must be a list of service roles "
-                            "(e.g. [mlflow, postgres])")
+        if not isinstance(containers, list) or not all(
+            isinstance(c, str) and _ROLE.match(c) for c in containers
+        ):
+            problems.append(f"{where}: containers must be a list of service roles (e.g. [mlflow, postgres])")
         else:
             out["containers"] = tuple(containers)
     severity = item.get("severity")
@@ -105,14 +106,12 @@ def _entry_problems(where: str, item: Any, known_remediations: Iterable[str]) ->
     remediation = item.get("remediation")
     known = tuple(known_remediations)
     if remediation not in (None, "") and remediation not in known:
-        problems.append(f"{where}: unknown remediation {remediation!r} "
-                        f"(known: {', '.join(known)})")
+        problems.append(f"{where}: unknown remediation {remediation!r} (known: {', '.join(known)})")
     else:
         out["remediation"] = remediation
     pattern, state = item.get("pattern"), item.get("state")
     if (pattern is None) == (state is None):
-        problems.append(f"{where}: give exactly one of 'pattern' (a regex) or 'state' "
-                        f"({' | '.join(STATES)})")
+        problems.append(f"{where}: give exactly one of 'pattern' (a regex) or 'state' ({' | '.join(STATES)})")
     if pattern is not None:
         if not isinstance(pattern, str) or not pattern.strip():
             problems.append(f"{where}: pattern must be a non-empty regex")
@@ -125,8 +124,10 @@ def _entry_problems(where: str, item: Any, known_remediations: Iterable[str]) ->
                 if compiled.search(""):
                     problems.append(f"{where}: pattern {pattern!r} matches every line")
                 elif remediation == "db_users" and "role" not in compiled.groupindex:
-                    problems.append(f"{where}: remediation db_users needs a (?P<role>...) group "
-                                    "naming the role in the pattern")
+                    problems.append(
+                        f"{where}: remediation db_users needs a (?P<role>...) group "
+                        "naming the role in the pattern"
+                    )
                 else:
                     out["pattern"] = pattern
     if state is not None:
@@ -158,8 +159,9 @@ def _entry_problems(where: str, item: Any, known_remediations: Iterable[str]) ->
     return problems, out
 
 
-def read_catalog(path: str | Path | None = None, text: str | None = None,
-                 known_remediations: Iterable[str] = REMEDIATIONS) -> tuple[tuple[Signature, ...], list[str]]:
+def read_catalog(
+    path: str | Path | None = None, text: str | None = None, known_remediations: Iterable[str] = REMEDIATIONS
+) -> tuple[tuple[Signature, ...], list[str]]:
     """(signatures, problems) of a catalog (the packaged one by default). Every problem names
     its entry (``signatures[2] 'my-id': ...``); with any problem the signatures are not to be used."""
     if text is None:
@@ -195,8 +197,9 @@ def read_catalog(path: str | Path | None = None, text: str | None = None,
     return tuple(signatures), problems
 
 
-def load_catalog(path: str | Path | None = None, text: str | None = None,
-                 known_remediations: Iterable[str] = REMEDIATIONS) -> tuple[Signature, ...]:
+def load_catalog(
+    path: str | Path | None = None, text: str | None = None, known_remediations: Iterable[str] = REMEDIATIONS
+) -> tuple[Signature, ...]:
     """The signatures of a valid catalog; ValueError listing every problem otherwise. (Deploys
     read a host's catalog through tasks.settings.remediate.host_catalog: a SettingsError.)"""
     signatures, problems = read_catalog(path, text, known_remediations)
@@ -215,9 +218,12 @@ _MASKS = (
     # Authorization: Bearer xxx / Basic xxx
     (re.compile(r"(?i)(?P<k>\b(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\g<k>***"),
     # password=..., "token": "...", AWS_SECRET_ACCESS_KEY=..., X-Amz-Signature=...
-    (re.compile(r"""(?ix)(?P<k>\b[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key
+    (
+        re.compile(r"""(?ix)(?P<k>\b[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key
                      |private[_-]?key|credential|signature|session[_-]?key)[\w.-]*["']?\s*[=:]\s*["']?)
-                     (?!\*\*\*)[^\s"'&,;)}\]]+"""), r"\g<k>***"),
+                     (?!\*\*\*)[^\s"'&,;)}\]]+"""),
+        r"\g<k>***",
+    ),
     # JSON Web Tokens anywhere
     (re.compile(r"\beyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]+"), MASK),
 )
@@ -286,8 +292,9 @@ def split_log_line(line: str) -> tuple[str | None, str]:
     return None, line
 
 
-def match_lines(signatures: Iterable[Signature], role: str, container: str,
-                lines: Iterable[str]) -> list[Finding]:
+def match_lines(
+    signatures: Iterable[Signature], role: str, container: str, lines: Iterable[str]
+) -> list[Finding]:
     """Findings for the pattern signatures that read ``role``'s container: at most one per line,
     for the first entry (in catalog order) that matches it."""
     wanted = [s for s in signatures if s.pattern and role in s.containers]
@@ -300,18 +307,30 @@ def match_lines(signatures: Iterable[Signature], role: str, container: str,
             match = sig.regex.search(message)
             if match:
                 params = {k: v for k, v in match.groupdict().items() if v is not None}
-                findings.append(Finding(sig.id, sig.severity, sig.remediation, role, container,
-                                        stamp, mask_secrets(message.strip())[:500], params))
+                findings.append(
+                    Finding(
+                        sig.id,
+                        sig.severity,
+                        sig.remediation,
+                        role,
+                        container,
+                        stamp,
+                        mask_secrets(message.strip())[:500],
+                        params,
+                    )
+                )
                 break
     return findings
 
 
-def log_patterns(signatures: Iterable[Signature], role: str | None,
-                 extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def log_patterns(
+    signatures: Iterable[Signature], role: str | None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """verify_stack's view of the catalog: name -> regex of every pattern entry that reads
     ``role``'s container (informational ones are no failure), then ``extra`` (for any role)."""
-    found = {s.id: s.pattern for s in signatures
-             if s.pattern and s.severity != "info" and role in s.containers}
+    found = {
+        s.id: s.pattern for s in signatures if s.pattern and s.severity != "info" and role in s.containers
+    }
     return {**found, **(extra or {})}  # type: ignore[dict-item]
 
 
@@ -327,8 +346,9 @@ def match_signatures(lines: Iterable[str], patterns: Mapping[str, str]) -> dict[
     return found
 
 
-def match_state(signatures: Iterable[Signature], role: str, container: str,
-                state: Mapping | None, restart_count: int) -> list[Finding]:
+def match_state(
+    signatures: Iterable[Signature], role: str, container: str, state: Mapping | None, restart_count: int
+) -> list[Finding]:
     """Findings for the state signatures: OOM-killed (dated when it ended), restart loop
     (dated at its latest start)."""
     findings: list[Finding] = []
@@ -339,15 +359,33 @@ def match_state(signatures: Iterable[Signature], role: str, container: str,
             continue
         if sig.state == "oom_killed" and state.get("OOMKilled"):
             stamp = state.get("FinishedAt") if parse_time(state.get("FinishedAt")) else state.get("StartedAt")
-            findings.append(Finding(sig.id, sig.severity, sig.remediation, role, container, stamp,
-                                    f"docker inspect: OOMKilled=true, status {state.get('Status')}, "
-                                    f"exit code {state.get('ExitCode')}", source="state"))
+            findings.append(
+                Finding(
+                    sig.id,
+                    sig.severity,
+                    sig.remediation,
+                    role,
+                    container,
+                    stamp,
+                    f"docker inspect: OOMKilled=true, status {state.get('Status')}, "
+                    f"exit code {state.get('ExitCode')}",
+                    source="state",
+                )
+            )
         elif sig.state == "restart_loop" and restart_count >= sig.min_restarts:
-            findings.append(Finding(sig.id, sig.severity, sig.remediation, role, container,
-                                    state.get("StartedAt"),
-                                    f"docker inspect: restarted {restart_count} times "
-                                    f"(status {state.get('Status')}, exit code {state.get('ExitCode')})",
-                                    source="state"))
+            findings.append(
+                Finding(
+                    sig.id,
+                    sig.severity,
+                    sig.remediation,
+                    role,
+                    container,
+                    state.get("StartedAt"),
+                    f"docker inspect: restarted {restart_count} times "
+                    f"(status {state.get('Status')}, exit code {state.get('ExitCode')})",
+                    source="state",
+                )
+            )
     return findings
 
 
@@ -361,7 +399,7 @@ def parse_diagnosis_output(output: Iterable[str]) -> dict:
     current = None
     for line in output:
         if line.startswith(SECTION):
-            current = line[len(SECTION):].strip()
+            current = line[len(SECTION) :].strip()
             sections[current] = []
         elif current is not None:
             sections[current].append(line)
@@ -375,11 +413,13 @@ def parse_diagnosis_output(output: Iterable[str]) -> dict:
                 entry.update(exists=False, state={}, restart_count=0)
             else:
                 state_json, _, count = text.rpartition(" ")
-                entry.update(exists=True, state=json.loads(state_json),
-                             restart_count=int(count) if count.isdigit() else 0)
+                entry.update(
+                    exists=True,
+                    state=json.loads(state_json),
+                    restart_count=int(count) if count.isdigit() else 0,
+                )
         elif kind == "logs":
-            entry = result["containers"].setdefault(name, {"exists": False, "state": {},
-                                                           "restart_count": 0})
+            entry = result["containers"].setdefault(name, {"exists": False, "state": {}, "restart_count": 0})
             entry["lines"] = lines
         elif kind == "record":
             text = "\n".join(lines).strip()
@@ -389,5 +429,5 @@ def parse_diagnosis_output(output: Iterable[str]) -> dict:
                 except json.JSONDecodeError as exc:
                     result["record_error"] = f"unreadable ({exc.msg}); treated as empty"
         elif kind == "now":
-            result["now"] = (lines[0].strip() if lines else None)
+            result["now"] = lines[0].strip() if lines else None
     return result

@@ -17,7 +17,6 @@ _SIZE_RE = re.compile(r"(\d+)([bkmgt]?)", re.IGNORECASE)
 SIZE_HINT = "use bytes, or a number with b/k/m/g, like 512m or 1g"
 
 
-
 def parse_size(value: Any) -> int:
     """
     Bytes from Docker's memory forms: an int, ``"1073741824"``, ``"512m"``, ``"1g"``,
@@ -57,5 +56,3 @@ def human_size(num_bytes: int) -> str:
             text = f"{value:.0f}" if num_bytes % unit == 0 else f"{value:.1f}"
             return f"{text} {name}"
     return f"{num_bytes} B"
-
-

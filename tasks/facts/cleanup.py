@@ -76,4 +76,3 @@ class PostgresStatistics(FactBase):
 
     def process(self, output):
         return _json_output(output, "statistics")
-

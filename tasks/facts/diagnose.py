@@ -4,6 +4,7 @@ Read-only, any connector: ``docker inspect`` state and ``docker logs`` of the na
 the last-run record and the host's clock. Matching and decisions are pure
 (tasks/core/signatures.py).
 """
+
 from __future__ import annotations
 
 import shlex
@@ -34,10 +35,14 @@ class HostDiagnosis(FactBase):
         parts = []
         for name in containers:
             q = shlex.quote(name)
-            parts.append(f"echo '{SECTION}state {name}'; docker inspect --type container "
-                         f"-f '{{{{json .State}}}} {{{{.RestartCount}}}}' {q} 2>/dev/null || echo missing")
-            parts.append(f"echo '{SECTION}logs {name}'; docker logs --timestamps "
-                         f"--since {shlex.quote(since)} --tail {int(tail)} {q} 2>&1 || true")
+            parts.append(
+                f"echo '{SECTION}state {name}'; docker inspect --type container "
+                f"-f '{{{{json .State}}}} {{{{.RestartCount}}}}' {q} 2>/dev/null || echo missing"
+            )
+            parts.append(
+                f"echo '{SECTION}logs {name}'; docker logs --timestamps "
+                f"--since {shlex.quote(since)} --tail {int(tail)} {q} 2>&1 || true"
+            )
         parts.append(f"echo '{SECTION}record'; cat {shlex.quote(record_path)} 2>/dev/null || true")
         parts.append(f"echo '{SECTION}now'; date -u +%Y-%m-%dT%H:%M:%S.%NZ")
         return "; ".join(parts)

@@ -3,6 +3,7 @@
 Read-only: they never change a host, and they return no secret the caller did not already hold
 (`docker inspect` shows the env the deploy itself wrote).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,15 +34,17 @@ class ContainerInspect(FactBase):
         # so that a plan never says "create" for a container it could not see.
         names = f"{shlex.quote(container)} {shlex.quote(container + PREVIOUS_SUFFIX)}"
         header = shlex.quote(f"{SECTION}containers {container}")
-        return (f"echo {header}; {{ found=$(docker container inspect {names} 2>&1 1>&3); }} 3>&1; "
-                f"echo '{SECTION}image'; {{ image=$(docker image inspect {shlex.quote(image)} 2>&1 1>&3); }} 3>&1; "
-                """printf '%s\\n' "$found" "$image" | grep -v -e 'No such' -e '^$' >&2 && exit 1; true""")
+        return (
+            f"echo {header}; {{ found=$(docker container inspect {names} 2>&1 1>&3); }} 3>&1; "
+            f"echo '{SECTION}image'; {{ image=$(docker image inspect {shlex.quote(image)} 2>&1 1>&3); }} 3>&1; "
+            """printf '%s\\n' "$found" "$image" | grep -v -e 'No such' -e '^$' >&2 && exit 1; true"""
+        )
 
     def process(self, output):
         sections, current, container = {}, None, ""
         for line in output:
             if line.startswith(SECTION):
-                current, _, container_ = line[len(SECTION):].strip().partition(" ")
+                current, _, container_ = line[len(SECTION) :].strip().partition(" ")
                 container = container_ or container
                 sections[current] = []
             elif current:
@@ -52,9 +55,11 @@ class ContainerInspect(FactBase):
             value = json.loads(text) if text else []
             found[key] = value if isinstance(value, list) else []
         by_name = {item.get("Name", "").lstrip("/"): item for item in found["containers"]}
-        return {"container": by_name.get(container),
-                "previous": by_name.get(container + PREVIOUS_SUFFIX),
-                "image": found["image"][0] if found["image"] else None}
+        return {
+            "container": by_name.get(container),
+            "previous": by_name.get(container + PREVIOUS_SUFFIX),
+            "image": found["image"][0] if found["image"] else None,
+        }
 
 
 class ImageVersion(FactBase):
@@ -64,10 +69,12 @@ class ImageVersion(FactBase):
     requires_command = "docker"
 
     def command(self, image, distribution):
-        script = ("import importlib.metadata as m, sys; print('version ' + m.version(sys.argv[1]))")
+        script = "import importlib.metadata as m, sys; print('version ' + m.version(sys.argv[1]))"
         probe = f"python3 -c {shlex.quote(script)} {shlex.quote(distribution)}"
-        return (f"docker run --rm --network none --entrypoint sh {shlex.quote(image)} -c "
-                f"{shlex.quote(probe)} 2>&1 || true")
+        return (
+            f"docker run --rm --network none --entrypoint sh {shlex.quote(image)} -c "
+            f"{shlex.quote(probe)} 2>&1 || true"
+        )
 
     def process(self, output):
         for line in output:

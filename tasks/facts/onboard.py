@@ -2,6 +2,7 @@
 
 Read-only: they never change a host.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -20,19 +21,21 @@ class OnboardProbe(FactBase):
 
     def command(self, socket: str):
         q = shlex.quote(socket)
-        return "; ".join([
-            "echo uid=$(id -u)",
-            "echo os_id=$(. /etc/os-release 2>/dev/null; echo ${ID:-unknown})",
-            "echo os_like=$(. /etc/os-release 2>/dev/null; echo ${ID_LIKE:-})",
-            "echo apt_get=$(command -v apt-get || true)",
-            "echo dpkg=$(command -v dpkg || true)",
-            "echo pid1=$(cat /proc/1/comm 2>/dev/null || echo unknown)",
-            "echo systemd=$([ -d /run/systemd/system ] && echo yes || echo no)",
-            "echo sbin_init=$([ -e /sbin/init ] && echo yes || echo no)",
-            "echo policy_rc_d=$([ -x /usr/sbin/policy-rc.d ] && echo yes || echo no)",
-            f"echo socket=$(stat -c '%F|%g' {q} 2>/dev/null || echo missing)",
-            "echo docker_group=$(getent group docker | cut -d: -f3)",
-        ])
+        return "; ".join(
+            [
+                "echo uid=$(id -u)",
+                "echo os_id=$(. /etc/os-release 2>/dev/null; echo ${ID:-unknown})",
+                "echo os_like=$(. /etc/os-release 2>/dev/null; echo ${ID_LIKE:-})",
+                "echo apt_get=$(command -v apt-get || true)",
+                "echo dpkg=$(command -v dpkg || true)",
+                "echo pid1=$(cat /proc/1/comm 2>/dev/null || echo unknown)",
+                "echo systemd=$([ -d /run/systemd/system ] && echo yes || echo no)",
+                "echo sbin_init=$([ -e /sbin/init ] && echo yes || echo no)",
+                "echo policy_rc_d=$([ -x /usr/sbin/policy-rc.d ] && echo yes || echo no)",
+                f"echo socket=$(stat -c '%F|%g' {q} 2>/dev/null || echo missing)",
+                "echo docker_group=$(getent group docker | cut -d: -f3)",
+            ]
+        )
 
     def process(self, output):
         values = {}
@@ -43,7 +46,9 @@ class OnboardProbe(FactBase):
         kind, _, gid = values.get("socket", "missing").partition("|")
         values["socket_kind"] = kind
         values["socket_gid"] = int(gid) if gid.isdigit() else None
-        values["docker_group_gid"] = int(values["docker_group"]) if values.get("docker_group", "").isdigit() else None
+        values["docker_group_gid"] = (
+            int(values["docker_group"]) if values.get("docker_group", "").isdigit() else None
+        )
         return values
 
 

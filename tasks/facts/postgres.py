@@ -120,8 +120,9 @@ def password_status_from_digest(digest: str | None, password: str, username: str
         try:
             _, params, keys_hash = digest.split("$")
             iterations, salt = params.split(":")
-            mine = scram_verifier(password, salt=base64.b64decode(salt, validate=True),
-                                  iterations=int(iterations))
+            mine = scram_verifier(
+                password, salt=base64.b64decode(salt, validate=True), iterations=int(iterations)
+            )
         except ValueError:
             return "mismatch"
         same = hmac.compare_digest(_sha256_hex(mine.split("$")[2]), keys_hash)
@@ -174,9 +175,13 @@ class PostgresCatalog(FactBase):
         state.password_status["quant_user"]  # "match", "mismatch", "md5-match-upgrade", "absent"
     """
 
-    def command(self, target: PgTarget, database: str = "postgres",
-                passwords: Mapping[str, SecretSource] | None = None,
-                schemas: Iterable[str] | None = None):
+    def command(
+        self,
+        target: PgTarget,
+        database: str = "postgres",
+        passwords: Mapping[str, SecretSource] | None = None,
+        schemas: Iterable[str] | None = None,
+    ):
         self._passwords = dict(passwords or {})
         query = (
             "SELECT json_build_object('catalog', ("
@@ -203,6 +208,5 @@ class PostgresCatalog(FactBase):
             password = source.read()
             statuses[role] = status = password_status_from_digest(digests.get(role), password, role)
             # The stored verifier stays on the server: plan from a stand-in with the same status.
-            roles[role] = replace(roles[role], password=stand_in(status, password, role),
-                                  password_known=True)
+            roles[role] = replace(roles[role], password=stand_in(status, password, role), password_known=True)
         return PgState(replace(catalog, roles=roles), statuses)

@@ -13,15 +13,20 @@ class InitSystem(FactBase):
     checks), PID 1's name, and whether a cron daemon runs."""
 
     def command(self):
-        return ("if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi; "
-                "echo pid1=$(cat /proc/1/comm 2>/dev/null || echo unknown); "
-                "if pgrep -x cron >/dev/null 2>&1 || pgrep -x crond >/dev/null 2>&1; "
-                "then echo cron=running; else echo cron=stopped; fi")
+        return (
+            "if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi; "
+            "echo pid1=$(cat /proc/1/comm 2>/dev/null || echo unknown); "
+            "if pgrep -x cron >/dev/null 2>&1 || pgrep -x crond >/dev/null 2>&1; "
+            "then echo cron=running; else echo cron=stopped; fi"
+        )
 
     def process(self, output):
         values = dict(line.split("=", 1) for line in output if "=" in line)
-        return {"systemd": values.get("systemd") == "yes", "pid1": values.get("pid1", "unknown"),
-                "cron_running": values.get("cron") == "running"}
+        return {
+            "systemd": values.get("systemd") == "yes",
+            "pid1": values.get("pid1", "unknown"),
+            "cron_running": values.get("cron") == "running",
+        }
 
 
 class CrontabText(FactBase):
@@ -33,8 +38,11 @@ class CrontabText(FactBase):
         return "crontab"
 
     def command(self, user=None):
-        return f"crontab -l -u {shlex.quote(user)} 2>/dev/null || true" if user else \
-            "crontab -l 2>/dev/null || true"
+        return (
+            f"crontab -l -u {shlex.quote(user)} 2>/dev/null || true"
+            if user
+            else "crontab -l 2>/dev/null || true"
+        )
 
     def process(self, output):
         return list(output or [])

@@ -1,4 +1,5 @@
 """`scripts/lab up|status|down|images`: the lab's command line."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,13 +13,21 @@ from tasks.lab.stack import SCENARIOS, Lab, Stack
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/lab", description="The offline quant-stack lab.")
     parser.add_argument("--prefix", default="quant", help="name prefix of every lab resource")
-    parser.add_argument("--port-base", type=int, default=15500,
-                        help="first 127.0.0.1 port (mlflow +0, postgres +1, redis +2, s3 +3, backend +4)")
+    parser.add_argument(
+        "--port-base",
+        type=int,
+        default=15500,
+        help="first 127.0.0.1 port (mlflow +0, postgres +1, redis +2, s3 +3, backend +4)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="bring the stack up, or converge it to a scenario")
     up.add_argument("--scenario", choices=SCENARIOS, default="healthy")
-    up.add_argument("--images", choices=("local", "official"), default="local",
-                    help="local: built here from recipes (offline); official: public registry images")
+    up.add_argument(
+        "--images",
+        choices=("local", "official"),
+        default="local",
+        help="local: built here from recipes (offline); official: public registry images",
+    )
     sub.add_parser("status", help="one line a service: state, health, memory, restarts, OOM")
     sub.add_parser("down", help="remove this prefix's containers, network, volume and lab folder")
     sub.add_parser("images", help="build the lab images that are missing, reuse the rest")
@@ -29,8 +38,11 @@ def main(argv=None) -> int:
         lab_images.ensure_images(client)
         return 0
     if getattr(args, "images", "local") == "official":
-        print("lab: --images official needs a registry; it is not supported by this lab build yet "
-              "(see README: 'Official images').", file=sys.stderr)
+        print(
+            "lab: --images official needs a registry; it is not supported by this lab build yet "
+            "(see README: 'Official images').",
+            file=sys.stderr,
+        )
         return 2
     stack = Stack(Lab(prefix=args.prefix, port_base=args.port_base), client)
     if args.command == "up":

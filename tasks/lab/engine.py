@@ -1,4 +1,5 @@
 """Find or start the Docker engine the lab runs on."""
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,9 @@ def ensure_engine(wait_seconds: float = 60.0, dockerd: str | None = None, log=pr
     DOCKERD_LOG.parent.mkdir(parents=True, exist_ok=True)
     log(f"lab: starting {dockerd} (log: {DOCKERD_LOG})")
     with open(DOCKERD_LOG, "ab") as out:
-        subprocess.Popen([dockerd], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True)
+        subprocess.Popen(
+            [dockerd], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     started = time.monotonic()
     while time.monotonic() - started < wait_seconds:
         client = _ping(timeout=2)

@@ -5,6 +5,7 @@ other image is a Dockerfile under recipes/ built FROM its parent. An image's tag
 recipe files and of its parent's tag, so a changed recipe rebuilds it and everything below it, and an
 unchanged one is reused as it is.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -127,8 +128,9 @@ def _build_base(client, ref: str, log, build_log: Path):
     with tempfile.TemporaryDirectory(prefix="quantlab-rootfs-", dir="/var/tmp") as tmp:
         rootfs = Path(tmp) / "rootfs"
         with open(build_log, "ab") as out:
-            proc = subprocess.Popen(["debootstrap", *DEBOOTSTRAP_ARGS, str(rootfs)],
-                                    stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                ["debootstrap", *DEBOOTSTRAP_ARGS, str(rootfs)], stdout=out, stderr=subprocess.STDOUT
+            )
             while proc.poll() is None:
                 progress.tick("waiting for debootstrap")
                 time.sleep(1)
@@ -140,9 +142,14 @@ def _build_base(client, ref: str, log, build_log: Path):
         progress.tick("importing the root filesystem", force=True)
         repo, tag = ref.split(":")
         client.api.import_image_from_file(
-            str(tarball), repository=repo, tag=tag,
-            changes=['ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-                     'CMD ["/bin/bash"]'])
+            str(tarball),
+            repository=repo,
+            tag=tag,
+            changes=[
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                'CMD ["/bin/bash"]',
+            ],
+        )
     progress.done()
 
 
@@ -154,16 +161,25 @@ def _build_dockerfile(client, name: str, ref: str, parent_ref: str, log, build_l
         Path(ctx, "host-ca.crt").write_bytes(HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.exists() else b"")
         last_step = "starting"
         with open(build_log, "a") as out, progress.heartbeat(lambda: f"at {last_step}"):
-            for chunk in client.api.build(path=ctx, tag=ref, buildargs={"BASE": parent_ref}, rm=True,
-                                          forcerm=True, decode=True, labels={"quantlab.recipe": name}):
+            for chunk in client.api.build(
+                path=ctx,
+                tag=ref,
+                buildargs={"BASE": parent_ref},
+                rm=True,
+                forcerm=True,
+                decode=True,
+                labels={"quantlab.recipe": name},
+            ):
                 if "stream" in chunk:
                     out.write(chunk["stream"])
                     if chunk["stream"].startswith("Step "):
                         last_step = chunk["stream"].strip()[:100]
                 if "error" in chunk:
                     out.write(chunk["error"] + "\n")
-                    raise SystemExit(f"building {ref} failed at {last_step}: {chunk['error'].strip()} "
-                                     f"(full log: {build_log})")
+                    raise SystemExit(
+                        f"building {ref} failed at {last_step}: {chunk['error'].strip()} "
+                        f"(full log: {build_log})"
+                    )
     progress.done()
 
 

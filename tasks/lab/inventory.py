@@ -1,4 +1,5 @@
 """Host data for the lab, read from the state `scripts/lab up` writes (ports, names, secret files)."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ def lab_state(prefix: str | None = None) -> dict:
     prefix = prefix or os.environ.get("QUANTLAB_PREFIX", "quant")
     path = state_file(prefix)
     if not path.exists():
-        raise SystemExit(f"the lab {prefix!r} is not up ({path} is missing): "
-                         f"run `scripts/lab --prefix {prefix} up` first")
+        raise SystemExit(
+            f"the lab {prefix!r} is not up ({path} is missing): run `scripts/lab --prefix {prefix} up` first"
+        )
     return json.loads(path.read_text())
 
 
@@ -29,14 +31,20 @@ def lab_host_data(prefix: str | None = None, mlflow_image: str = "mlflow2") -> d
             "network": state["network"],
             "backend_store_uri": f"postgresql://mlflow@{names['postgres']}:5432/mlflow",
             "artifacts_destination": f"s3://{ARTIFACT_BUCKET}",
-            "env": {"MLFLOW_S3_ENDPOINT_URL": f"http://{names['minio']}:9000",
-                    "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY},
-            "secret_env": {"PGPASSWORD": {"file": secret_files["mlflow_db_password"]},
-                           "AWS_SECRET_ACCESS_KEY": {"file": secret_files["s3_secret_key"]}},
+            "env": {
+                "MLFLOW_S3_ENDPOINT_URL": f"http://{names['minio']}:9000",
+                "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            },
+            "secret_env": {
+                "PGPASSWORD": {"file": secret_files["mlflow_db_password"]},
+                "AWS_SECRET_ACCESS_KEY": {"file": secret_files["s3_secret_key"]},
+            },
             # quantlab.prefix: a container the deploy recreates still belongs to this lab.
-            "labels": {"com.docker.compose.project": state["prefix"],
-                       "com.docker.compose.service": "mlflow",
-                       "quantlab.prefix": state["prefix"]},
+            "labels": {
+                "com.docker.compose.project": state["prefix"],
+                "com.docker.compose.service": "mlflow",
+                "quantlab.prefix": state["prefix"],
+            },
             "compose_file": state["compose_file"],
         },
         "postgres": {
@@ -50,23 +58,44 @@ def lab_host_data(prefix: str | None = None, mlflow_image: str = "mlflow2") -> d
         # deploys/db_users.py: the role the backend logs in as (missing in the incident), with
         # its password read from the lab's secret file, and what it may do in `quant`.
         "db_roles": [
-            {"name": "quant_user", "password": {"file": secret_files["quant_user_password"]},
-             "login": True},
+            {"name": "quant_user", "password": {"file": secret_files["quant_user_password"]}, "login": True},
         ],
         "db_databases": [{"name": "quant", "owner": "postgres"}],
         "db_grants": [
             {"role": "quant_user", "database": "quant", "privileges": ["CONNECT"]},
             {"role": "quant_user", "database": "quant", "schema": "public", "privileges": ["USAGE"]},
-            {"role": "quant_user", "database": "quant", "schema": "public", "on": "tables",
-             "privileges": ["SELECT", "INSERT", "UPDATE", "DELETE"]},
-            {"role": "quant_user", "database": "quant", "schema": "public", "on": "sequences",
-             "privileges": ["USAGE", "SELECT"]},
+            {
+                "role": "quant_user",
+                "database": "quant",
+                "schema": "public",
+                "on": "tables",
+                "privileges": ["SELECT", "INSERT", "UPDATE", "DELETE"],
+            },
+            {
+                "role": "quant_user",
+                "database": "quant",
+                "schema": "public",
+                "on": "sequences",
+                "privileges": ["USAGE", "SELECT"],
+            },
         ],
         "db_default_privileges": [
-            {"owner": "postgres", "role": "quant_user", "database": "quant", "schema": "public",
-             "on": "tables", "privileges": ["SELECT", "INSERT", "UPDATE", "DELETE"]},
-            {"owner": "postgres", "role": "quant_user", "database": "quant", "schema": "public",
-             "on": "sequences", "privileges": ["USAGE", "SELECT"]},
+            {
+                "owner": "postgres",
+                "role": "quant_user",
+                "database": "quant",
+                "schema": "public",
+                "on": "tables",
+                "privileges": ["SELECT", "INSERT", "UPDATE", "DELETE"],
+            },
+            {
+                "owner": "postgres",
+                "role": "quant_user",
+                "database": "quant",
+                "schema": "public",
+                "on": "sequences",
+                "privileges": ["USAGE", "SELECT"],
+            },
         ],
         # deploys/verify_stack.py: which services to expect here (tasks/checks/stack.py). The
         # postgres entry takes access and roles from `postgres` and `db_roles` above.
@@ -75,10 +104,12 @@ def lab_host_data(prefix: str | None = None, mlflow_image: str = "mlflow2") -> d
                 "postgres": {"container": names["postgres"]},
                 "mlflow": {"container": names["mlflow"], "url": f"http://127.0.0.1:{ports['mlflow']}"},
                 "redis": {"container": names["redis"]},
-                "s3": {"container": names["minio"], "url": f"http://127.0.0.1:{ports['minio']}",
-                       "bucket": ARTIFACT_BUCKET},
-                "backend": {"container": names["backend"],
-                            "url": f"http://127.0.0.1:{ports['backend']}"},
+                "s3": {
+                    "container": names["minio"],
+                    "url": f"http://127.0.0.1:{ports['minio']}",
+                    "bucket": ARTIFACT_BUCKET,
+                },
+                "backend": {"container": names["backend"], "url": f"http://127.0.0.1:{ports['backend']}"},
             },
         },
         # deploys/cleanup_database.py (tasks/operations/cleanup.py): the load test gave some test users a
@@ -88,8 +119,10 @@ def lab_host_data(prefix: str | None = None, mlflow_image: str = "mlflow2") -> d
         # compose file to keep in step (no Dockerfile: the lab's recipe is not the user's file).
         "backend": {"container": names["backend"], "compose_file": state["compose_file"]},
         # deploys/remediate.py: this lab's last-run record and run records stay in its folder.
-        "remediate": {"record_path": f"{state['home']}/remediation-runs.json",
-                      "report_dir": f"{state['home']}/remediation-reports"},
+        "remediate": {
+            "record_path": f"{state['home']}/remediation-runs.json",
+            "report_dir": f"{state['home']}/remediation-reports",
+        },
         "lab_secret_files": secret_files,
         "lab_ports": ports,
         "lab_containers": names,

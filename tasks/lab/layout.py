@@ -1,5 +1,6 @@
 """Where a lab lives and the few fixed names its host data uses: what an inventory needs to read
 a lab's state without importing the Docker SDK and the stack (tasks.lab.stack re-exports these)."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,9 @@ ARTIFACT_BUCKET = "mlflow-artifacts"
 
 def check_prefix(prefix: str) -> str:
     if not prefix or not prefix.replace("-", "").isalnum() or not prefix[0].isalpha():
-        raise SystemExit(f"lab: prefix {prefix!r} must start with a letter and hold only "
-                         "letters, digits and '-'")
+        raise SystemExit(
+            f"lab: prefix {prefix!r} must start with a letter and hold only letters, digits and '-'"
+        )
     return prefix
 
 

@@ -4,6 +4,7 @@ Every resource is named `<prefix>-<service>` and labelled `quantlab.prefix=<pref
 different prefixes run side by side and `down` removes exactly one of them. Services publish on
 127.0.0.1 only, at `port_base + offset`.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -32,8 +33,13 @@ from tasks.settings.mlflow import MlflowSettings
 SERVICES = ("postgres", "minio", "redis", "mlflow", "backend")
 PORT_OFFSETS = {"mlflow": 0, "postgres": 1, "redis": 2, "minio": 3, "backend": 4}
 CONTAINER_PORTS = {"mlflow": 5000, "postgres": 5432, "redis": 6379, "minio": 9000, "backend": 8000}
-SERVICE_IMAGES = {"postgres": "postgres", "minio": "s3", "redis": "redis", "mlflow": "mlflow2",
-                  "backend": "backend"}
+SERVICE_IMAGES = {
+    "postgres": "postgres",
+    "minio": "s3",
+    "redis": "redis",
+    "mlflow": "mlflow2",
+    "backend": "backend",
+}
 SECRET_NAMES = ("postgres_password", "mlflow_db_password", "quant_user_password", "s3_secret_key")
 SCENARIOS = ("healthy", "incident")
 SQL_DIR = Path(__file__).parent / "sql"
@@ -119,10 +125,18 @@ def mlflow_command(lab: Lab, scenario: str) -> list[str]:
         # already fixed: the deploy finds nothing to change there.
         return list(healthy_server_spec(lab).command)
     command = [
-        "mlflow", "server", "--host", "0.0.0.0", "--port", "5000",
-        "--backend-store-uri", f"postgresql://mlflow@{lab.name('postgres')}:5432/mlflow",
-        "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}",
-        "--workers", str(settings["workers"]),
+        "mlflow",
+        "server",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "5000",
+        "--backend-store-uri",
+        f"postgresql://mlflow@{lab.name('postgres')}:5432/mlflow",
+        "--artifacts-destination",
+        f"s3://{ARTIFACT_BUCKET}",
+        "--workers",
+        str(settings["workers"]),
     ]
     return command
 
@@ -131,7 +145,8 @@ def healthy_server_spec(lab: Lab):
     fixed = MlflowSettings(
         container_name=lab.name("mlflow"),
         backend_store_uri=f"postgresql://mlflow@{lab.name('postgres')}:5432/mlflow",
-        artifacts_destination=f"s3://{ARTIFACT_BUCKET}")
+        artifacts_destination=f"s3://{ARTIFACT_BUCKET}",
+    )
     return server_spec(fixed, LAB_MLFLOW_VERSION)
 
 
@@ -146,21 +161,33 @@ def mlflow_env(lab: Lab, values: dict) -> dict:
 
 
 def backend_env(lab: Lab, values: dict) -> dict:
-    return {"DB_HOST": lab.name("postgres"), "DB_PORT": "5432", "DB_NAME": "quant",
-            "DB_USER": "quant_user", "PGPASSWORD": values["quant_user_password"]}
+    return {
+        "DB_HOST": lab.name("postgres"),
+        "DB_PORT": "5432",
+        "DB_NAME": "quant",
+        "DB_USER": "quant_user",
+        "PGPASSWORD": values["quant_user_password"],
+    }
 
 
 def container_specs(lab: Lab, scenario: str, refs: dict, values: dict) -> dict[str, dict]:
     """Keyword arguments for `containers.run`, one entry a service."""
     mlflow = MLFLOW_SCENARIOS[scenario]
     specs = {
-        "postgres": {"environment": {"POSTGRES_PASSWORD": values["postgres_password"]},
-                     "volumes": {lab.pg_volume: {"bind": "/var/lib/postgresql/data", "mode": "rw"}}},
-        "minio": {"environment": {"MINIO_ROOT_USER": S3_ACCESS_KEY,
-                                  "MINIO_ROOT_PASSWORD": values["s3_secret_key"]}},
+        "postgres": {
+            "environment": {"POSTGRES_PASSWORD": values["postgres_password"]},
+            "volumes": {lab.pg_volume: {"bind": "/var/lib/postgresql/data", "mode": "rw"}},
+        },
+        "minio": {
+            "environment": {"MINIO_ROOT_USER": S3_ACCESS_KEY, "MINIO_ROOT_PASSWORD": values["s3_secret_key"]}
+        },
         "redis": {},
-        "mlflow": {"command": mlflow_command(lab, scenario), "environment": mlflow_env(lab, values),
-                   "mem_limit": mlflow["memory"], "restart": mlflow["restart"]},
+        "mlflow": {
+            "command": mlflow_command(lab, scenario),
+            "environment": mlflow_env(lab, values),
+            "mem_limit": mlflow["memory"],
+            "restart": mlflow["restart"],
+        },
         "backend": {"environment": backend_env(lab, values)},
     }
     if mlflow["reservation"]:
@@ -173,14 +200,17 @@ def container_specs(lab: Lab, scenario: str, refs: dict, values: dict) -> dict[s
         spec["image"] = refs[SERVICE_IMAGES[service]]
         spec.setdefault("restart", "unless-stopped")
         spec["labels"] = {
-            **lab.labels, "quantlab.service": service,
-            "com.docker.compose.project": lab.prefix, "com.docker.compose.service": service,
+            **lab.labels,
+            "quantlab.service": service,
+            "com.docker.compose.project": lab.prefix,
+            "com.docker.compose.service": service,
         }
         if service == "mlflow":
             spec["labels"][VERSION_LABEL] = LAB_MLFLOW_VERSION
         # A fingerprint of the spec, so `up` can tell a container made for another scenario.
         spec["labels"]["quantlab.spec"] = hashlib.sha256(
-            json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            json.dumps(spec, sort_keys=True, default=str).encode()
+        ).hexdigest()[:12]
     return specs
 
 
@@ -193,6 +223,7 @@ def _restart_policy(text: str) -> dict:
 
 
 # the stack -----------------------------------------------------------------------------------------
+
 
 class Stack:
     def __init__(self, lab: Lab, client):
@@ -230,17 +261,41 @@ class Stack:
         kwargs = dict(spec)
         restart = kwargs.pop("restart")
         container = self.client.containers.run(
-            detach=True, name=self.lab.name(service), network=self.lab.network,
+            detach=True,
+            name=self.lab.name(service),
+            network=self.lab.network,
             ports={f"{CONTAINER_PORTS[service]}/tcp": ("127.0.0.1", self.lab.port(service))},
-            restart_policy=_restart_policy(restart), **kwargs)
+            restart_policy=_restart_policy(restart),
+            **kwargs,
+        )
         return container, True
 
     def psql(self, sql: str, database: str = "postgres", check: bool = True) -> str:
         """Run SQL as postgres over the container's local socket; SQL (and secrets) on stdin."""
         proc = subprocess.run(
-            ["docker", "exec", "-i", "-u", "postgres", self.lab.name("postgres"),
-             "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", database, "-f", "-"],
-            input=sql, capture_output=True, text=True, timeout=120)
+            [
+                "docker",
+                "exec",
+                "-i",
+                "-u",
+                "postgres",
+                self.lab.name("postgres"),
+                "psql",
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                database,
+                "-f",
+                "-",
+            ],
+            input=sql,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if check and proc.returncode != 0:
             raise SystemExit(f"lab: psql in {self.lab.name('postgres')} failed: {proc.stderr.strip()}")
         return proc.stdout.strip()
@@ -248,8 +303,9 @@ class Stack:
     def _http(self, service: str, path: str, payload: dict | None = None, timeout: float = 5.0):
         url = f"http://127.0.0.1:{self.lab.port(service)}{path}"
         data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(url, data=data, method="POST" if data else "GET",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            url, data=data, method="POST" if data else "GET", headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, response.read().decode()
@@ -269,16 +325,20 @@ class Stack:
                 last_error = str(exc)
             progress.tick(f"waiting for {waiting_for} ({last_error})")
             time.sleep(0.5)
-        raise SystemExit(f"lab: {step}: gave up after {timeout:.0f}s waiting for {waiting_for} "
-                         f"(last: {last_error}); see `docker logs {step.split()[-1]}`")
+        raise SystemExit(
+            f"lab: {step}: gave up after {timeout:.0f}s waiting for {waiting_for} "
+            f"(last: {last_error}); see `docker logs {step.split()[-1]}`"
+        )
 
     def _health(self, service: str) -> bool:
         container = self.container(service)
         container.reload()
         state = container.attrs["State"]
         if state["Status"] in ("exited", "dead") or state.get("Restarting"):
-            raise SystemExit(f"lab: {container.name} is {state['Status']} (exit code {state['ExitCode']}); "
-                             f"see `docker logs {container.name}`")
+            raise SystemExit(
+                f"lab: {container.name} is {state['Status']} (exit code {state['ExitCode']}); "
+                f"see `docker logs {container.name}`"
+            )
         return state.get("Health", {}).get("Status") == "healthy"
 
     # scenario steps
@@ -287,21 +347,27 @@ class Stack:
         self.psql(sql)
 
     def _grant_quant_user_sql(self, values: dict) -> str:
-        return (f"\\set pw '{values['quant_user_password']}'\n"
-                "SELECT format('CREATE ROLE quant_user LOGIN PASSWORD %L', :'pw') "
-                " WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'quant_user') \\gexec\n"
-                "GRANT CONNECT ON DATABASE quant TO quant_user;\n"
-                "\\connect quant\n"
-                "GRANT USAGE ON SCHEMA public TO quant_user;\n"
-                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO quant_user;\n"
-                "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO quant_user;\n")
+        return (
+            f"\\set pw '{values['quant_user_password']}'\n"
+            "SELECT format('CREATE ROLE quant_user LOGIN PASSWORD %L', :'pw') "
+            " WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'quant_user') \\gexec\n"
+            "GRANT CONNECT ON DATABASE quant TO quant_user;\n"
+            "\\connect quant\n"
+            "GRANT USAGE ON SCHEMA public TO quant_user;\n"
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO quant_user;\n"
+            "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO quant_user;\n"
+        )
 
     def _role_exists(self, role: str) -> bool:
         return self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'") == "1"
 
     def _test_user_count(self) -> int:
-        return int(self.psql("SELECT count(*) FROM users WHERE username LIKE 'concurrent\\_%' "
-                             "OR username LIKE 'test\\_%'", database="quant"))
+        return int(
+            self.psql(
+                "SELECT count(*) FROM users WHERE username LIKE 'concurrent\\_%' OR username LIKE 'test\\_%'",
+                database="quant",
+            )
+        )
 
     def _load_test_burst(self):
         """What the seed's load test did: concurrent registrations with epoch-second names, so
@@ -311,44 +377,55 @@ class Stack:
         names = [f"concurrent_{epoch + second}" for second in range(6) for _ in range(5)]
         names += [f"test_user_{n}" for n in range(1, 9)] + [f"test_load_{n}" for n in range(1, 5)]
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-            codes = list(pool.map(lambda n: self._http("backend", "/register", {"username": n},
-                                                       timeout=20)[0], names))
+            codes = list(
+                pool.map(lambda n: self._http("backend", "/register", {"username": n}, timeout=20)[0], names)
+            )
         if codes.count(200) < 10:
             raise SystemExit(f"lab: the load-test burst mostly failed (codes: {sorted(set(codes))})")
         # Some test users got portfolios: their rows block a plain DELETE (no ON DELETE CASCADE).
-        self.psql("INSERT INTO portfolios (user_id, name) SELECT id, 'loadtest' FROM users "
-                  "WHERE username LIKE 'test\\_user\\_%' AND id % 2 = 0;"
-                  "INSERT INTO audit_log (user_id, action) SELECT (g % 40) + 1, 'login' "
-                  "FROM generate_series(1, 20000) g;"
-                  "DELETE FROM audit_log WHERE id % 4 <> 0;", database="quant")
+        self.psql(
+            "INSERT INTO portfolios (user_id, name) SELECT id, 'loadtest' FROM users "
+            "WHERE username LIKE 'test\\_user\\_%' AND id % 2 = 0;"
+            "INSERT INTO audit_log (user_id, action) SELECT (g % 40) + 1, 'login' "
+            "FROM generate_series(1, 20000) g;"
+            "DELETE FROM audit_log WHERE id % 4 <> 0;",
+            database="quant",
+        )
         progress.done(f"{codes.count(200)} registered, {codes.count(409)} duplicates")
 
     def _converge_incident_database(self, values: dict):
         if self._test_user_count() == 0:
             # The role must exist while the load test runs; then it goes missing, as after a reset.
             self.psql(self._grant_quant_user_sql(values))
-            self._wait(f"starting {self.lab.name('backend')}", lambda: self._health("backend"),
-                       "the backend's /health")
+            self._wait(
+                f"starting {self.lab.name('backend')}",
+                lambda: self._health("backend"),
+                "the backend's /health",
+            )
             self._load_test_burst()
         if self._role_exists("quant_user"):
             self.psql("\\connect quant\nDROP OWNED BY quant_user;\nDROP ROLE quant_user;")
         # The backend's next request fails to authenticate: PostgreSQL logs it, the backend too.
-        self._wait(f"starting {self.lab.name('backend')}", lambda: self._health("backend"),
-                   "the backend's /health")
+        self._wait(
+            f"starting {self.lab.name('backend')}", lambda: self._health("backend"), "the backend's /health"
+        )
         status, _ = self._http("backend", "/health/db", timeout=20)
         if status != 503:
             raise SystemExit(f"lab: expected the backend's database check to fail, got HTTP {status}")
 
     def _converge_healthy_database(self, values: dict):
         self.psql(self._grant_quant_user_sql(values))
-        self.psql("DELETE FROM portfolios WHERE user_id IN (SELECT id FROM users WHERE "
-                  "username LIKE 'concurrent\\_%' OR username LIKE 'test\\_%');"
-                  "DELETE FROM users WHERE username LIKE 'concurrent\\_%' OR username LIKE 'test\\_%';",
-                  database="quant")
+        self.psql(
+            "DELETE FROM portfolios WHERE user_id IN (SELECT id FROM users WHERE "
+            "username LIKE 'concurrent\\_%' OR username LIKE 'test\\_%');"
+            "DELETE FROM users WHERE username LIKE 'concurrent\\_%' OR username LIKE 'test\\_%';",
+            database="quant",
+        )
 
     def _create_bucket(self):
-        request = urllib.request.Request(f"http://127.0.0.1:{self.lab.port('minio')}/{ARTIFACT_BUCKET}",
-                                         method="PUT")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.lab.port('minio')}/{ARTIFACT_BUCKET}", method="PUT"
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             if response.status != 200:
                 raise SystemExit(f"lab: creating bucket {ARTIFACT_BUCKET} failed: HTTP {response.status}")
@@ -360,6 +437,7 @@ class Stack:
     def _reproduce_oom(self, spec: dict, tries: int = 3):
         """Wait for gunicorn's SIGKILL line. The kernel picks the OOM victim; should the container
         die without a worker being the one killed, start it again (bounded)."""
+
         def probe():
             if SIGKILL_LINE in self._mlflow_logs():
                 return True
@@ -371,12 +449,18 @@ class Stack:
 
         for attempt in range(1, tries + 1):
             try:
-                self._wait(f"reproducing the OOM in {self.lab.name('mlflow')}", probe,
-                           "gunicorn's SIGKILL line in the logs", timeout=180)
+                self._wait(
+                    f"reproducing the OOM in {self.lab.name('mlflow')}",
+                    probe,
+                    "gunicorn's SIGKILL line in the logs",
+                    timeout=180,
+                )
                 return
             except _Exhausted as exc:
-                self.log(f"lab: {self.lab.name('mlflow')} exited (code {exc}) before a worker was "
-                         f"SIGKILLed; starting it again ({attempt}/{tries})")
+                self.log(
+                    f"lab: {self.lab.name('mlflow')} exited (code {exc}) before a worker was "
+                    f"SIGKILLed; starting it again ({attempt}/{tries})"
+                )
                 self.container("mlflow").remove(force=True)
                 self._ensure_container("mlflow", spec)
         raise SystemExit(f"lab: no SIGKILL line from {self.lab.name('mlflow')} after {tries} starts")
@@ -387,21 +471,27 @@ class Stack:
             raise SystemExit(f"lab: unknown scenario {scenario!r} (choose from {', '.join(SCENARIOS)})")
         started = time.monotonic()
         self.lab.home.mkdir(parents=True, exist_ok=True)
-        refs = lab_images.ensure_images(self.client, set(SERVICE_IMAGES.values()) | {"mlflow3"},
-                                        log=self.log, build_log=self.lab.home / "build.log")
+        refs = lab_images.ensure_images(
+            self.client,
+            set(SERVICE_IMAGES.values()) | {"mlflow3"},
+            log=self.log,
+            build_log=self.lab.home / "build.log",
+        )
         values = self.lab.secrets()
         specs = container_specs(self.lab, scenario, refs, values)
         self._ensure_network()
         self._ensure_volume()
 
         self._ensure_container("postgres", specs["postgres"])
-        self._wait(f"starting {self.lab.name('postgres')}", lambda: self._health("postgres"),
-                   "pg_isready")
+        self._wait(f"starting {self.lab.name('postgres')}", lambda: self._health("postgres"), "pg_isready")
         self._seed_database(values)
 
         self._ensure_container("minio", specs["minio"])
-        self._wait(f"starting {self.lab.name('minio')}", lambda: self._health("minio"),
-                   "the S3 endpoint's health path")
+        self._wait(
+            f"starting {self.lab.name('minio')}",
+            lambda: self._health("minio"),
+            "the S3 endpoint's health path",
+        )
         self._create_bucket()
         self._ensure_container("redis", specs["redis"])
         self._ensure_container("backend", specs["backend"])
@@ -409,15 +499,22 @@ class Stack:
             self._converge_incident_database(values)
         else:
             self._converge_healthy_database(values)
-            self._wait(f"starting {self.lab.name('backend')}", lambda: self._health("backend"),
-                       "the backend's /health")
+            self._wait(
+                f"starting {self.lab.name('backend')}",
+                lambda: self._health("backend"),
+                "the backend's /health",
+            )
 
         self._ensure_container("mlflow", specs["mlflow"])
         if scenario == "incident":
             self._reproduce_oom(specs["mlflow"])
         else:
-            self._wait(f"starting {self.lab.name('mlflow')}", lambda: self._health("mlflow"),
-                       "MLflow's /health", timeout=180)
+            self._wait(
+                f"starting {self.lab.name('mlflow')}",
+                lambda: self._health("mlflow"),
+                "MLflow's /health",
+                timeout=180,
+            )
         self._wait(f"starting {self.lab.name('redis')}", lambda: self._health("redis"), "redis PING")
         self.write_compose(specs)
         self.write_state(scenario, refs)
@@ -425,10 +522,16 @@ class Stack:
 
     def down(self):
         removed = []
-        labelled = self.client.containers.list(all=True, filters={"label": f"quantlab.prefix={self.lab.prefix}"})
+        labelled = self.client.containers.list(
+            all=True, filters={"label": f"quantlab.prefix={self.lab.prefix}"}
+        )
         # Also by name: a deploy may have recreated a service without the lab's label.
-        named = [c for s in SERVICES for n in (self.lab.name(s), self.lab.name(s) + "-previous")
-                 for c in self.client.containers.list(all=True, filters={"name": f"^/{n}$"})]
+        named = [
+            c
+            for s in SERVICES
+            for n in (self.lab.name(s), self.lab.name(s) + "-previous")
+            for c in self.client.containers.list(all=True, filters={"name": f"^/{n}$"})
+        ]
         for container in {c.id: c for c in labelled + named}.values():
             container.remove(force=True, v=True)
             removed.append(container.name)
@@ -448,8 +551,17 @@ class Stack:
         for service in SERVICES:
             container = self.container(service)
             if container is None:
-                rows.append({"service": service, "container": self.lab.name(service), "state": "absent",
-                             "health": "-", "memory": "-", "restarts": "-", "oom_killed": "-"})
+                rows.append(
+                    {
+                        "service": service,
+                        "container": self.lab.name(service),
+                        "state": "absent",
+                        "health": "-",
+                        "memory": "-",
+                        "restarts": "-",
+                        "oom_killed": "-",
+                    }
+                )
                 continue
             state = container.attrs["State"]
             limit = container.attrs["HostConfig"].get("Memory") or 0
@@ -460,13 +572,17 @@ class Stack:
                 inner = memory.get("stats", {})
                 if "usage" in memory:
                     usage = memory["usage"] - inner.get("total_inactive_file", inner.get("inactive_file", 0))
-            rows.append({
-                "service": service, "container": container.name, "state": state["Status"],
-                "health": state.get("Health", {}).get("Status", "-"),
-                "memory": f"{_mib(usage)} / {_mib(limit) if limit else 'no limit'}",
-                "restarts": str(container.attrs.get("RestartCount", 0)),
-                "oom_killed": _oom_text(container, state),
-            })
+            rows.append(
+                {
+                    "service": service,
+                    "container": container.name,
+                    "state": state["Status"],
+                    "health": state.get("Health", {}).get("Status", "-"),
+                    "memory": f"{_mib(usage)} / {_mib(limit) if limit else 'no limit'}",
+                    "restarts": str(container.attrs.get("RestartCount", 0)),
+                    "oom_killed": _oom_text(container, state),
+                }
+            )
         return rows
 
     def status_table(self) -> str:
@@ -483,10 +599,13 @@ class Stack:
         env_lines = []
         secret_values = set(self.lab.secrets().values())
         for service, spec in specs.items():
-            entry = {"image": spec["image"], "container_name": self.lab.name(service),
-                     "restart": spec["restart"],
-                     "ports": [f"127.0.0.1:{self.lab.port(service)}:{CONTAINER_PORTS[service]}"],
-                     "networks": ["lab"]}
+            entry = {
+                "image": spec["image"],
+                "container_name": self.lab.name(service),
+                "restart": spec["restart"],
+                "ports": [f"127.0.0.1:{self.lab.port(service)}:{CONTAINER_PORTS[service]}"],
+                "networks": ["lab"],
+            }
             if spec.get("command"):
                 entry["command"] = spec["command"]
             environment = {}
@@ -509,10 +628,13 @@ class Stack:
             if resources:
                 entry["deploy"] = {"resources": resources}
             services[service] = entry
-        compose = {"name": self.lab.prefix, "services": services,
-                   "networks": {"lab": {"name": self.lab.network}},
-                   "volumes": {"pgdata": {"name": self.lab.pg_volume}}}
-        header = ("# The lab's quant stack, as users describe theirs. Secrets come from .env beside it.\n")
+        compose = {
+            "name": self.lab.prefix,
+            "services": services,
+            "networks": {"lab": {"name": self.lab.network}},
+            "volumes": {"pgdata": {"name": self.lab.pg_volume}},
+        }
+        header = "# The lab's quant stack, as users describe theirs. Secrets come from .env beside it.\n"
         self.lab.compose_file.write_text(header + yaml.safe_dump(compose, sort_keys=False))
         env_path = self.lab.home / ".env"
         fd = os.open(env_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -521,7 +643,9 @@ class Stack:
 
     def write_state(self, scenario: str, refs: dict):
         state = {
-            "prefix": self.lab.prefix, "scenario": scenario, "home": str(self.lab.home),
+            "prefix": self.lab.prefix,
+            "scenario": scenario,
+            "home": str(self.lab.home),
             "network": self.lab.network,
             "containers": {s: self.lab.name(s) for s in SERVICES},
             "ports": {s: self.lab.port(s) for s in SERVICES},
@@ -537,8 +661,14 @@ def _oom_text(container, state: dict) -> str:
     memory cgroup also shows workers killed inside a container that kept running."""
     kills = None
     if state["Status"] == "running":
-        result = container.exec_run(["sh", "-c", "cat /sys/fs/cgroup/memory.events 2>/dev/null || "
-                                     "cat /sys/fs/cgroup/memory/memory.oom_control"])
+        result = container.exec_run(
+            [
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/memory.events 2>/dev/null || "
+                "cat /sys/fs/cgroup/memory/memory.oom_control",
+            ]
+        )
         kills = oom_kills(result.output.decode(errors="replace")) if result.exit_code == 0 else None
     if state.get("OOMKilled"):
         return "yes"

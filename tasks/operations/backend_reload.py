@@ -18,6 +18,7 @@ The image is not rebuilt (the Dockerfile's build context may not be on the host)
 gets the command explicitly and the next build carries the patched CMD. Only the files the host
 data names are touched. Settings: tasks/settings/backend.py; the patches: tasks/core/backend_patch.py.
 """
+
 from __future__ import annotations
 
 import io
@@ -65,8 +66,13 @@ def dockerfile(path: str, reload_delay: float = 2, force_polling: bool = True):
 
 
 @operation()
-def compose_service(path: str, service: str = "backend", reload_delay: float = 2,
-                    force_polling: bool = True, command_if_missing: tuple[str, ...] = ()):
+def compose_service(
+    path: str,
+    service: str = "backend",
+    reload_delay: float = 2,
+    force_polling: bool = True,
+    command_if_missing: tuple[str, ...] = (),
+):
     """
     The backend's compose service: polling env and reload arguments.
 
@@ -83,8 +89,9 @@ def compose_service(path: str, service: str = "backend", reload_delay: float = 2
     if lines is None:
         raise OperationError(f"compose file {path} does not exist on this host")
     try:
-        text, changed = patch_compose_backend(_text(lines), service, reload_delay, force_polling,
-                                              list(command_if_missing) or None)
+        text, changed = patch_compose_backend(
+            _text(lines), service, reload_delay, force_polling, list(command_if_missing) or None
+        )
     except ComposeError as exc:
         raise OperationError(f"{path}: {exc}") from exc
     if not changed:
@@ -105,8 +112,13 @@ def inspect_backend(name: str) -> tuple[Mapping, Mapping | None, dict]:
 
 
 @operation()
-def container(container: str, reload_delay: float = 2, force_polling: bool = True, port: int = 8000,
-              health_path: str = "/health"):
+def container(
+    container: str,
+    reload_delay: float = 2,
+    force_polling: bool = True,
+    port: int = 8000,
+    health_path: str = "/health",
+):
     """
     The running backend with the polling env and reload arguments: recreated (verified, rolled
     back on failure) only when it differs.
@@ -133,8 +145,12 @@ def container(container: str, reload_delay: float = 2, force_polling: bool = Tru
 def fix_backend_reload(settings: BackendSettings | None = None):
     settings = settings or host_settings.of_host(host, "backend")
     if settings.dockerfile:
-        dockerfile(name=f"Backend Dockerfile {settings.dockerfile}", path=settings.dockerfile,
-                   reload_delay=settings.reload_delay, force_polling=settings.force_polling)
+        dockerfile(
+            name=f"Backend Dockerfile {settings.dockerfile}",
+            path=settings.dockerfile,
+            reload_delay=settings.reload_delay,
+            force_polling=settings.force_polling,
+        )
     if settings.compose_file:
         # Without a Dockerfile to carry the CMD, compose must name the command itself.
         fallback: tuple[str, ...] = ()
@@ -144,10 +160,19 @@ def fix_backend_reload(settings: BackendSettings | None = None):
             except docker.HostFailed:
                 return
             fallback = tuple(current["Config"].get("Cmd") or ())
-        compose_service(name=f"Compose service {settings.compose_service} in {settings.compose_file}",
-                        path=settings.compose_file, service=settings.compose_service,
-                        reload_delay=settings.reload_delay, force_polling=settings.force_polling,
-                        command_if_missing=fallback)
-    container(name=f"Backend container {settings.container}", container=settings.container,
-              reload_delay=settings.reload_delay, force_polling=settings.force_polling,
-              port=settings.port, health_path=settings.health_path)
+        compose_service(
+            name=f"Compose service {settings.compose_service} in {settings.compose_file}",
+            path=settings.compose_file,
+            service=settings.compose_service,
+            reload_delay=settings.reload_delay,
+            force_polling=settings.force_polling,
+            command_if_missing=fallback,
+        )
+    container(
+        name=f"Backend container {settings.container}",
+        container=settings.container,
+        reload_delay=settings.reload_delay,
+        force_polling=settings.force_polling,
+        port=settings.port,
+        health_path=settings.health_path,
+    )

@@ -113,13 +113,14 @@ def _run_delete(state, host, settings: CleanupSettings, target: PgTarget, deps, 
     if not ok:
         message = _failure(err)
         if BUSY_MARK in message:
-            return _fail(host, "cleanup: " + message[message.index(BUSY_MARK):])
+            return _fail(host, "cleanup: " + message[message.index(BUSY_MARK) :])
         return _fail(host, f"cleanup: deletion rolled back, nothing changed: {message}")
     result = parse_delete_output(out)
     for line in describe_deletion(settings, deps, result):
         host.log(f"cleanup: {line}")
     _results(host)["deletion"] = {
-        "table": f"{settings.schema}.{settings.table}", "deleted": result["root"] or 0,
+        "table": f"{settings.schema}.{settings.table}",
+        "deleted": result["root"] or 0,
         "dependents": {deps[i].key: n for i, n in result["dependents"].items()},
         "deleted_first": {deps[i].key: n for i, n in result["deleted"].items()},
     }
@@ -130,8 +131,9 @@ def _run_delete(state, host, settings: CleanupSettings, target: PgTarget, deps, 
     return True
 
 
-def _verify_nothing_matches(host, settings: CleanupSettings, target: PgTarget,
-                            deps: Sequence[Dependent]) -> CheckResult:
+def _verify_nothing_matches(
+    host, settings: CleanupSettings, target: PgTarget, deps: Sequence[Dependent]
+) -> CheckResult:
     """After the transaction: a fresh count (the check library's retried check) finds no match."""
     from tasks.operations.postgres import run_script
 
@@ -144,8 +146,12 @@ def _verify_nothing_matches(host, settings: CleanupSettings, target: PgTarget,
             raise NotYet(f"{matched} rows still match")
         return f"0 rows of {settings.relation} match {', '.join(map(shown, settings.patterns))}"
 
-    return run_check(f"no row of {settings.relation} matches the patterns", settings.database, probe,
-                     RetryPolicy(attempts=3, seconds=15, wait=1))
+    return run_check(
+        f"no row of {settings.relation} matches the patterns",
+        settings.database,
+        probe,
+        RetryPolicy(attempts=3, seconds=15, wait=1),
+    )
 
 
 @operation()
@@ -171,13 +177,16 @@ def delete_matching_rows(settings: CleanupSettings, target: PgTarget):
     s = settings
     catalog = current_host.get_fact(CleanupTable, target=target, schema=s.schema, table=s.table)
     if not catalog.exists:
-        raise OperationError(f"table {s.relation} does not exist in database "
-                             f"{quote_ident(s.database)}: nothing deleted")
+        raise OperationError(
+            f"table {s.relation} does not exist in database {quote_ident(s.database)}: nothing deleted"
+        )
     needed = [s.column] + ([s.age_column] if s.min_age is not None else [])
     missing = [c for c in needed if c not in catalog.columns]
     if missing:
-        raise OperationError(f"table {s.relation} has no column {', '.join(map(quote_ident, missing))} "
-                             f"(columns: {', '.join(catalog.columns)}): nothing deleted")
+        raise OperationError(
+            f"table {s.relation} has no column {', '.join(map(quote_ident, missing))} "
+            f"(columns: {', '.join(catalog.columns)}): nothing deleted"
+        )
     try:
         deps = dependents_of(s.schema, s.table, catalog.fks)
         counts = current_host.get_fact(CleanupCounts, target=target, sql=count_sql(s, deps))
@@ -235,22 +244,27 @@ def vacuum_analyze(settings: CleanupSettings, target: PgTarget, stats: Mapping |
         for t in s.vacuum_tables:
             found = [p for p in present if p[1] == t and (p[0] == s.schema or "." not in t)]
             if not found:
-                raise OperationError(f"vacuum_tables: table {quote_ident(t)} does not exist in "
-                                     f"database {quote_ident(s.database)}")
+                raise OperationError(
+                    f"vacuum_tables: table {quote_ident(t)} does not exist in "
+                    f"database {quote_ident(s.database)}"
+                )
             tables.append(next((p for p in found if p[0] == s.schema), found[0]))
     if not tables:
         current_host.noop(f"no tables to VACUUM in {quote_ident(s.database)}")
         return
     if _planning():
         dead = {k: v.get("dead") for k, v in (stats.get("tables") or {}).items()}
-        current_host.log("plan: VACUUM (ANALYZE) " + ", ".join(
-            f"{sc}.{t} ({dead.get(f'{sc}.{t}', '?')} dead)" for sc, t in tables)
-            + " - always reported as a change")
+        current_host.log(
+            "plan: VACUUM (ANALYZE) "
+            + ", ".join(f"{sc}.{t} ({dead.get(f'{sc}.{t}', '?')} dead)" for sc, t in tables)
+            + " - always reported as a change"
+        )
     yield FunctionCommand(_run_vacuum, (s, target, tables), {})
 
 
-def _write_statistics(state, host, settings: CleanupSettings, target: PgTarget, before,
-                      report_path: str | None):
+def _write_statistics(
+    state, host, settings: CleanupSettings, target: PgTarget, before, report_path: str | None
+):
     from tasks.operations.postgres import run_script
 
     after = _results(host).pop(_STATS_AFTER_KEY, None)
@@ -263,8 +277,10 @@ def _write_statistics(state, host, settings: CleanupSettings, target: PgTarget, 
         host.log(f"stats: {line}")
     if report_path:
         results = _results(host)
-        write_report(report_path, report_document(
-            settings, before, after, results.get("deletion"), results.get("vacuum")))
+        write_report(
+            report_path,
+            report_document(settings, before, after, results.get("deletion"), results.get("vacuum")),
+        )
         host.log(f"stats: JSON report written to {report_path}")
 
 

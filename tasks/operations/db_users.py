@@ -38,8 +38,7 @@ def db_users(db: DbSettings | None = None, target: PgTarget | None = None):
             **r.operation_kwargs(),
         )
     for d in db.databases:
-        postgres.database(name=f"PostgreSQL database {d.name}", database=d.name, target=target,
-                          owner=d.owner)
+        postgres.database(name=f"PostgreSQL database {d.name}", database=d.name, target=target, owner=d.owner)
     grant_specs = db.grant_specs()
     for database in db.grant_databases():
         postgres.grants(

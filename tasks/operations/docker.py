@@ -7,6 +7,7 @@ one is put back under its name, running. Verification starts by reading the cont
 diffing it against the spec, so every managed setting is proven applied. Everything goes through
 the `docker` CLI on the target, so it works over any connector.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,8 +39,7 @@ STOP_GRACE_SECONDS = 5
 def run_now(target, command: str) -> tuple[bool, str]:
     """Run a command on the host now (inside an operation's callback): stdout when it worked,
     stdout and stderr when it did not."""
-    ok, output = target.run_shell_command(StringCommand(command), print_output=False,
-                                          print_input=False)
+    ok, output = target.run_shell_command(StringCommand(command), print_output=False, print_input=False)
     return ok, output.stdout if ok else output.output
 
 
@@ -112,12 +112,14 @@ def _fail(host, message: str) -> bool:
 
 def _reported(step):
     """A callback's OperationError becomes a clean red line and a failed operation."""
+
     @functools.wraps(step)
     def run(state, host, *args, **kwargs):
         try:
             return step(state, host, *args, **kwargs)
         except OperationError as exc:
             return _fail(host, str(exc))
+
     return run
 
 
@@ -128,9 +130,12 @@ _pause = time.sleep  # the ops tests replace it: their recorded answers need no 
 def _restored_state(host, name: str) -> str:
     """Whether the restored container stays up for a few seconds (it may have been broken too)."""
     for _ in range(RESTORED_WATCH_SECONDS):
-        ok, out = run_now(host, "docker inspect --type container -f "
-                               f"'{{{{.State.Status}}}} {{{{.State.Restarting}}}} {{{{.State.ExitCode}}}}' "
-                               f"{shlex.quote(name)}")
+        ok, out = run_now(
+            host,
+            "docker inspect --type container -f "
+            f"'{{{{.State.Status}}}} {{{{.State.Restarting}}}} {{{{.State.ExitCode}}}}' "
+            f"{shlex.quote(name)}",
+        )
         status, restarting, code = (out.split() + ["?", "?", "?"])[:3]
         if not ok or status != "running" or restarting == "true":
             return f", but it is not staying up (state {status}, exit code {code})"
@@ -138,8 +143,9 @@ def _restored_state(host, name: str) -> str:
     return ", and it is running"
 
 
-def _keep_or_roll_back(host, spec: ContainerSpec, have_backup: bool, verify: Verifier | None,
-                       reasons: list[str] | None = None) -> bool:
+def _keep_or_roll_back(
+    host, spec: ContainerSpec, have_backup: bool, verify: Verifier | None, reasons: list[str] | None = None
+) -> bool:
     """Verify the new container; keep it (the previous copy goes) or put the previous one back."""
     name, previous = spec.name, spec.name + PREVIOUS_SUFFIX
     q_name, q_prev = shlex.quote(name), shlex.quote(previous)
@@ -156,13 +162,19 @@ def _keep_or_roll_back(host, spec: ContainerSpec, have_backup: bool, verify: Ver
     if have_backup:
         _must(host, f"docker rename {q_prev} {q_name}", f"restoring {name}")
         ok, out = run_now(host, f"docker start {q_name}")
-        restored = ("previous container restored and started" if ok
-                    else f"previous container restored but did not start: {out.strip()}")
+        restored = (
+            "previous container restored and started"
+            if ok
+            else f"previous container restored but did not start: {out.strip()}"
+        )
         if ok:
             restored += _restored_state(host, name)
-    return _fail(host, f"{name}: the new container failed verification; {restored}.\nReasons:\n  "
-                 + "\n  ".join(reasons)
-                 + ("\nLast log lines of the failed container:\n" + tail.strip() if tail.strip() else ""))
+    return _fail(
+        host,
+        f"{name}: the new container failed verification; {restored}.\nReasons:\n  "
+        + "\n  ".join(reasons)
+        + ("\nLast log lines of the failed container:\n" + tail.strip() if tail.strip() else ""),
+    )
 
 
 @_reported
@@ -199,8 +211,11 @@ def _update(state, host, spec: ContainerSpec, verify: Verifier | None):
     _must(host, shlex.join(docker_update_args(spec)), f"docker update {spec.name}")
     failed = [r for r in _verify(host, spec, verify) if not r.passed]
     if failed:
-        return _fail(host, f"{spec.name}: updated in place but verification failed: "
-                     + "; ".join(f"{r.name}: {r.evidence}" for r in failed))
+        return _fail(
+            host,
+            f"{spec.name}: updated in place but verification failed: "
+            + "; ".join(f"{r.name}: {r.evidence}" for r in failed),
+        )
     return True
 
 
@@ -258,15 +273,19 @@ def container(spec: ContainerSpec, verify: Verifier | None = None, facts: dict |
     plan = plan_from_facts(spec, facts)
     if not plan.changed:
         if facts["container"] and facts["previous"]:
-            logger.info(f"{host.print_prefix}container {spec.name} matches the settings, but "
-                        f"{spec.name}{PREVIOUS_SUFFIX} is left from an unfinished run: verify "
-                        f"{spec.name}, then remove the copy or put it back")
+            logger.info(
+                f"{host.print_prefix}container {spec.name} matches the settings, but "
+                f"{spec.name}{PREVIOUS_SUFFIX} is left from an unfinished run: verify "
+                f"{spec.name}, then remove the copy or put it back"
+            )
             yield FunctionCommand(_finish, (spec, verify), {})
             return
         host.noop(f"container {spec.name} matches the settings")
         return
-    logger.info(f"{host.print_prefix}{plan.action} {spec.name}:\n"
-                + "\n".join(f"    {line}" for line in format_plan(plan)))
+    logger.info(
+        f"{host.print_prefix}{plan.action} {spec.name}:\n"
+        + "\n".join(f"    {line}" for line in format_plan(plan))
+    )
     if plan.action == "update":
         yield FunctionCommand(_update, (spec, verify), {})
     else:

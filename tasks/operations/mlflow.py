@@ -1,4 +1,5 @@
 """Packaged deploy: the MLflow tracking server brought to its settings, verified, compose kept in sync."""
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,10 @@ def image_mlflow_version(settings: MlflowSettings, facts: dict | None = None) ->
     ``facts``: the ContainerInspect fact already read by the caller, if any."""
     facts = facts if facts is not None else docker.inspect_facts(settings.container_name, settings.image)
     if facts["image"] is None:
-        raise OperationError(f"image {settings.image} is not on this host: pull or build it first "
-                             f"(`docker pull {settings.image}`); nothing was changed")
+        raise OperationError(
+            f"image {settings.image} is not on this host: pull or build it first "
+            f"(`docker pull {settings.image}`); nothing was changed"
+        )
     current = facts["container"]
     if current and current.get("Image") == facts["image"]["Id"]:
         label = (current.get("Config", {}).get("Labels") or {}).get(VERSION_LABEL)
@@ -58,12 +61,15 @@ def _refuse_downgrade_on_same_store(settings: MlflowSettings, version: str, fact
         return
     running = (current.get("Config", {}).get("Labels") or {}).get(VERSION_LABEL)
     command = current.get("Config", {}).get("Cmd") or []
-    store = command[command.index("--backend-store-uri") + 1] if "--backend-store-uri" in command[:-1] else None
+    store = (
+        command[command.index("--backend-store-uri") + 1] if "--backend-store-uri" in command[:-1] else None
+    )
     if running and store == settings.backend_store_uri and _version_tuple(version) < _version_tuple(running):
         raise OperationError(
             f"{settings.container_name} runs MLflow {running} and {settings.image} has MLflow {version}: "
             f"MLflow {running} has migrated the backend store's schema, which {version} cannot open. "
-            "Nothing was changed. Restore the database from before the upgrade, or use another store.")
+            "Nothing was changed. Restore the database from before the upgrade, or use another store."
+        )
 
 
 @operation()
@@ -124,9 +130,14 @@ def compose_service(settings: MlflowSettings, secret_values: dict):
     spec_ = server_spec(settings, version)
     environment = {**settings.env, **spec_.env}
     try:
-        text, changed = patch_compose_service("\n".join(lines) + "\n", settings.compose_service,
-                                              list(spec_.command), environment,
-                                              settings.memory_limit, settings.memory_reservation)
+        text, changed = patch_compose_service(
+            "\n".join(lines) + "\n",
+            settings.compose_service,
+            list(spec_.command),
+            environment,
+            settings.memory_limit,
+            settings.memory_reservation,
+        )
     except ComposeError as exc:
         raise OperationError(f"{settings.compose_file}: {exc}") from exc
     if not changed:
@@ -139,8 +150,10 @@ def compose_service(settings: MlflowSettings, secret_values: dict):
 def fix_mlflow():
     settings = host_mlflow_settings()
     secret_values = resolve_secret_env(host.name, settings)
-    server(name=f"MLflow container {settings.container_name}", settings=settings,
-           secret_values=secret_values)
+    server(name=f"MLflow container {settings.container_name}", settings=settings, secret_values=secret_values)
     if settings.compose_file:
-        compose_service(name=f"Compose service {settings.compose_service} in {settings.compose_file}",
-                        settings=settings, secret_values=secret_values)
+        compose_service(
+            name=f"Compose service {settings.compose_service} in {settings.compose_file}",
+            settings=settings,
+            secret_values=secret_values,
+        )

@@ -33,6 +33,7 @@ A second run reports no changes. With ``engine: socket`` the daemon serving the 
 host's own (a container with the engine's socket mounted, a host using a remote engine):
 daemon.json is written for when it runs its own, and verification says it cannot prove it.
 """
+
 from __future__ import annotations
 
 import io
@@ -152,29 +153,40 @@ def sudoers(filename: str, text: str):
     yield StringCommand(
         f"chown root:root {staged} && chmod 0440 {staged} && "
         f"(visudo -cf {staged} || (rm -f {staged}; echo 'sudoers text rejected by visudo' >&2; exit 1)) "
-        f"&& mv -f {staged} {path}")
+        f"&& mv -f {staged} {path}"
+    )
 
 
 # -- verification (read-only) -------------------------------------------------------------------
 
+
 def _runner(target) -> Callable[[str], tuple[bool, str]]:
     """Run on the host with the operation's connector arguments (its _sudo etc.)."""
-    arguments = {key: value for key, value in (target.current_op_global_arguments or {}).items()
-                 if key in CONNECTOR_ARGUMENT_KEYS}
+    arguments = {
+        key: value
+        for key, value in (target.current_op_global_arguments or {}).items()
+        if key in CONNECTOR_ARGUMENT_KEYS
+    }
 
     def run(command: str) -> tuple[bool, str]:
         try:
-            ok, output = target.run_shell_command(StringCommand(f"timeout 20 sh -c {shlex.quote(command)}"),
-                                                  print_output=False, print_input=False, **arguments)
+            ok, output = target.run_shell_command(
+                StringCommand(f"timeout 20 sh -c {shlex.quote(command)}"),
+                print_output=False,
+                print_input=False,
+                **arguments,
+            )
         except (TimeoutError, OSError) as exc:
             return False, f"{type(exc).__name__}: {exc}"
         return ok, output.stdout if ok else output.output
+
     return run
 
 
 def _report(state, host, failed: list[str]) -> bool:
-    host.log_styled("onboarding verification failed:\n  " + "\n  ".join(failed), fg="red",
-                    log_func=logger.error)
+    host.log_styled(
+        "onboarding verification failed:\n  " + "\n  ".join(failed), fg="red", log_func=logger.error
+    )
     return False
 
 
@@ -202,6 +214,7 @@ def verify(settings: OnboardSettings, expected_gid: int | None, compose: str):
 
 # -- the packaged deploy -----------------------------------------------------------------------
 
+
 def render_compose(settings: OnboardSettings) -> str:
     """The stack's compose file: the settings' own document, or the default stack with the
     host's MLflow service as deploys/fix_mlflow.py computes it."""
@@ -227,28 +240,59 @@ def onboard(settings: OnboardSettings | None = None):
         group_gid(name=f"Group docker with gid {gid}", group="docker", gid=gid)
     installed = host.get_fact(DebPackages) or {}
     missing = [p for p in settings.packages if p.split("=")[0] not in installed]
-    apt.packages(name="Docker engine and CLI from Debian's packages", packages=list(settings.packages),
-                 update=bool(missing), cache_time=3600, no_recommends=True)
-    daemon = docker_daemon_json(name="Docker daemon.json: container log rotation",
-                                max_size=docker_size(settings.log_max_size), max_file=settings.log_max_file)
+    apt.packages(
+        name="Docker engine and CLI from Debian's packages",
+        packages=list(settings.packages),
+        update=bool(missing),
+        cache_time=3600,
+        no_recommends=True,
+    )
+    daemon = docker_daemon_json(
+        name="Docker daemon.json: container log rotation",
+        max_size=docker_size(settings.log_max_size),
+        max_file=settings.log_max_file,
+    )
     if settings.engine == "local":
-        systemd.service(name="dockerd enabled and running", service="docker.service", running=True,
-                        enabled=True)
-        systemd.service(name="Restart dockerd for the new daemon.json", service="docker.service",
-                        restarted=True, _if=daemon.did_change)
+        systemd.service(
+            name="dockerd enabled and running", service="docker.service", running=True, enabled=True
+        )
+        systemd.service(
+            name="Restart dockerd for the new daemon.json",
+            service="docker.service",
+            restarted=True,
+            _if=daemon.did_change,
+        )
 
-    server.user(name=f"Deploy user {settings.user}", user=settings.user, home=settings.home_dir,
-                shell=settings.shell, groups=["docker"], append=True,
-                public_keys=list(settings.authorized_keys), delete_keys=settings.exclusive_keys,
-                password="*", ensure_home=True)
-    sudoers(name=f"Narrow sudo for {settings.user} ({settings.sudoers_path})",
-            filename=settings.sudoers_name, text=sudoers_text(settings.user, settings.sudo_commands))
+    server.user(
+        name=f"Deploy user {settings.user}",
+        user=settings.user,
+        home=settings.home_dir,
+        shell=settings.shell,
+        groups=["docker"],
+        append=True,
+        public_keys=list(settings.authorized_keys),
+        delete_keys=settings.exclusive_keys,
+        password="*",
+        ensure_home=True,
+    )
+    sudoers(
+        name=f"Narrow sudo for {settings.user} ({settings.sudoers_path})",
+        filename=settings.sudoers_name,
+        text=sudoers_text(settings.user, settings.sudo_commands),
+    )
 
     for folder in ("", *settings.directories):
         path = f"{settings.stack_dir}/{folder}".rstrip("/")
-        files.directory(name=f"Stack directory {path}", path=path, user=settings.owner,
-                        group=settings.owner, mode="0750")
-    files.put(name=f"Compose file {settings.compose_path}", src=io.BytesIO(compose.encode()),
-              dest=settings.compose_path, user=settings.owner, group=settings.owner, mode="0640")
+        files.directory(
+            name=f"Stack directory {path}", path=path, user=settings.owner, group=settings.owner, mode="0750"
+        )
+    files.put(
+        name=f"Compose file {settings.compose_path}",
+        src=io.BytesIO(compose.encode()),
+        dest=settings.compose_path,
+        user=settings.owner,
+        group=settings.owner,
+        mode="0640",
+    )
     if settings.verify:
         verify(name="Verify the onboarded host", settings=settings, expected_gid=gid, compose=compose)

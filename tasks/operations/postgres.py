@@ -91,9 +91,7 @@ def sql_commands(target: PgTarget, statements: Iterable[Statement]):
         passfile = f"{workdir}/pgpass"
         yield FileUploadCommand(io.StringIO(pgpass), passfile)
     run = shell_command(psql_argv(target, passfile=passfile), f"{workdir}/script.sql")
-    yield StringCommand(
-        run_and_clean(f"chmod 0600 {shlex.quote(workdir)}/* && {run}", workdir)
-    )
+    yield StringCommand(run_and_clean(f"chmod 0600 {shlex.quote(workdir)}/* && {run}", workdir))
 
 
 def run_script(host, target: PgTarget, script: str) -> tuple[bool, list[str], list[str]]:
@@ -107,8 +105,9 @@ def run_script(host, target: PgTarget, script: str) -> tuple[bool, list[str], li
     else:
         workdir = upload_private(host, {"pgpass": pgpass})
         argv = psql_argv(target, passfile=f"{workdir}/pgpass")
-        command = run_and_clean(f"chmod 0600 {shlex.quote(workdir)}/* && "
-                                 + " ".join(shlex.quote(a) for a in argv), workdir)
+        command = run_and_clean(
+            f"chmod 0600 {shlex.quote(workdir)}/* && " + " ".join(shlex.quote(a) for a in argv), workdir
+        )
     ok, output = host.run_shell_command(StringCommand(command), _stdin=script)
     return ok, list(output.stdout_lines), list(output.stderr_lines)
 
@@ -120,9 +119,17 @@ def login_probe(host, target, role, source, database):
     """`role` logs in over TCP with its password: the whole-stack library's check
     (tasks.checks.postgres.login_probe), so db_users verifies logins exactly as verify_stack does."""
     return postgres_checks.login_probe(
-        Session(pyinfra_shell(host)), role, source, database, access=target.mode,
-        container=target.container, os_user=target.os_user, container_port=CONTAINER_PG_PORT,
-        host=target.host, port=target.port)
+        Session(pyinfra_shell(host)),
+        role,
+        source,
+        database,
+        access=target.mode,
+        container=target.container,
+        os_user=target.os_user,
+        container_port=CONTAINER_PG_PORT,
+        host=target.host,
+        port=target.port,
+    )
 
 
 def _verify(state, host, checks):
@@ -140,8 +147,9 @@ def _verify(state, host, checks):
 
 
 def _catalog(target: PgTarget, database: str, passwords=None, schemas=()):
-    return current_host.get_fact(PostgresCatalog, target=target, database=database,
-                                 passwords=passwords or {}, schemas=schemas)
+    return current_host.get_fact(
+        PostgresCatalog, target=target, database=database, passwords=passwords or {}, schemas=schemas
+    )
 
 
 def _log_changes(plan: Plan) -> None:
@@ -203,9 +211,18 @@ def role(
     password = secret_source(password)
     spec_password = password.read() if password is not None and present else None
     spec = RoleSpec(
-        name=role, present=present, login=login, superuser=superuser, createdb=createdb,
-        createrole=createrole, inherit=inherit, replication=replication, bypassrls=bypassrls,
-        connection_limit=connection_limit, valid_until=valid_until, password=spec_password,
+        name=role,
+        present=present,
+        login=login,
+        superuser=superuser,
+        createdb=createdb,
+        createrole=createrole,
+        inherit=inherit,
+        replication=replication,
+        bypassrls=bypassrls,
+        connection_limit=connection_limit,
+        valid_until=valid_until,
+        password=spec_password,
         member_of=member_of,
     )
     state = _catalog(target, target.database, {role: password} if spec_password else None, schemas=())
@@ -222,10 +239,19 @@ def role(
     will_login = login if login is not None else bool(observed and observed.login)
     if verify and present and will_login and password is not None:
         database = verify_database or target.database
-        yield FunctionCommand(_verify, ([(
-            f"role {role} can log in with its password", f"{database}",
-            lambda h: login_probe(h, target, role, password, database),
-        )],), {})
+        yield FunctionCommand(
+            _verify,
+            (
+                [
+                    (
+                        f"role {role} can log in with its password",
+                        f"{database}",
+                        lambda h: login_probe(h, target, role, password, database),
+                    )
+                ],
+            ),
+            {},
+        )
 
 
 @operation()
@@ -312,12 +338,16 @@ def grants(
         own = [g for g in mine if isinstance(g, GrantSpec) and g.grantee == grantee]
         if not own:
             continue
-        checks.append((
-            f"role {grantee} can use what it was granted, and only that" if exclusive
-            else f"role {grantee} can use what it was granted",
-            database,
-            lambda h, grantee=grantee, source=source, own=own: pg_usage.usage_probe(
-                h, target, grantee, source, database, own, state.catalog, exclusive),
-        ))
+        checks.append(
+            (
+                f"role {grantee} can use what it was granted, and only that"
+                if exclusive
+                else f"role {grantee} can use what it was granted",
+                database,
+                lambda h, grantee=grantee, source=source, own=own: pg_usage.usage_probe(
+                    h, target, grantee, source, database, own, state.catalog, exclusive
+                ),
+            )
+        )
     if checks:
         yield FunctionCommand(_verify, (checks,), {})

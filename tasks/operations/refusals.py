@@ -3,6 +3,7 @@
 Every deploy file calls ``quiet_refusals()`` first (an explicit call: importing ``tasks`` changes
 nothing in the process).
 """
+
 from __future__ import annotations
 
 import gevent

@@ -18,6 +18,7 @@ Settings: the host's ``remediate`` block (tasks/settings/remediate.py; env
 QUANTLAB_REMEDIATE_REPORT_DIR overrides ``report_dir``); container roles from its ``stack``,
 ``mlflow``, ``postgres`` and ``backend`` blocks, then ``remediate.containers``.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -107,25 +108,41 @@ def _no_new_evidence(run, action: remediation.Action, catalog, since: str) -> li
     results = []
     sigs = [s for s in catalog if s.id in action.signatures and s.pattern]
     for role, name in sorted({(f.role, f.container) for f in action.findings}):
+
         def probe(role=role, name=name):
             ok, out = run(f"docker logs --timestamps --since {shlex.quote(since)} {shlex.quote(name)} 2>&1")
             if not ok:
                 raise NotYet(f"docker logs failed: {out.strip()[:120]}")
-            new = [f for f in signatures.match_lines(sigs, role, name, out.splitlines())
-                   if action.remediation != "db_users" or f.params.get("role") == action.target]
+            new = [
+                f
+                for f in signatures.match_lines(sigs, role, name, out.splitlines())
+                if action.remediation != "db_users" or f.params.get("role") == action.target
+            ]
             if new:
                 raise NotYet(f"{len(new)} new line(s): {new[-1].evidence[:120]}")
             return f"no {', '.join(action.signatures)} since {since[:19]}"
-        results.append(run_check(f"{', '.join(action.signatures)} gone", name, probe,
-                                 RetryPolicy(attempts=1, seconds=5, wait=0)))
+
+        results.append(
+            run_check(
+                f"{', '.join(action.signatures)} gone",
+                name,
+                probe,
+                RetryPolicy(attempts=1, seconds=5, wait=0),
+            )
+        )
     return results
 
 
-def _finish(state, host, ran: list, catalog, settings: RemediateSettings, record, report: dict,
-            verifiers: dict):
+def _finish(
+    state, host, ran: list, catalog, settings: RemediateSettings, record, report: dict, verifiers: dict
+):
     ok, out = run_now(host, "date -u +%Y-%m-%dT%H:%M:%S.%NZ")
-    ran_at = out.strip().splitlines()[-1] if ok and out.strip() else \
-        _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    ran_at = (
+        out.strip().splitlines()[-1]
+        if ok and out.strip()
+        else _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    )
+
     def run(command):
         return run_now(host, command)
 
@@ -146,32 +163,43 @@ def _finish(state, host, ran: list, catalog, settings: RemediateSettings, record
     new_record = remediation.updated_record(record, ran, ran_at, result)
     folder = os.path.dirname(settings.record_path)
     ok, out = run_now(host, f"mkdir -p {shlex.quote(folder)}")
-    written = ok and host.put_file(io.BytesIO((json.dumps(new_record, indent=2) + "\n").encode()),
-                                   settings.record_path, print_output=False)
-    report.update(phase="applied", ran_at=ran_at, result=result, verification=per_action,
-                  record_written=bool(written))
+    written = ok and host.put_file(
+        io.BytesIO((json.dumps(new_record, indent=2) + "\n").encode()),
+        settings.record_path,
+        print_output=False,
+    )
+    report.update(
+        phase="applied", ran_at=ran_at, result=result, verification=per_action, record_written=bool(written)
+    )
     for entry in report["actions"]:
         if entry["status"] == remediation.STATUS_RUN:
-            entry["result"] = result if not per_action.get(entry["key"]) or all(
-                CheckResult(**c).passed for c in per_action[entry["key"]]) else "verification failed"
+            entry["result"] = (
+                result
+                if not per_action.get(entry["key"])
+                or all(CheckResult(**c).passed for c in per_action[entry["key"]])
+                else "verification failed"
+            )
     path = write_report(settings, host.name, report)
     if path:
         logger.info(f"{host.print_prefix}run record: {path}")
     if not written:
-        host.log_styled(f"could not write the last-run record {settings.record_path}: {out.strip()[:200]}",
-                        fg="red", log_func=logger.error)
+        host.log_styled(
+            f"could not write the last-run record {settings.record_path}: {out.strip()[:200]}",
+            fg="red",
+            log_func=logger.error,
+        )
         return False
     if not passed:
         failed = [f"{r.name} ({r.target}): {r.evidence}" for r in results if not r.passed]
-        host.log_styled("remediation verification failed:\n  " + "\n  ".join(failed),
-                        fg="red", log_func=logger.error)
+        host.log_styled(
+            "remediation verification failed:\n  " + "\n  ".join(failed), fg="red", log_func=logger.error
+        )
         return False
     return True
 
 
 @operation()
-def record_and_verify(ran: list, catalog, settings: RemediateSettings, record, report: dict,
-                      verifiers: dict):
+def record_and_verify(ran: list, catalog, settings: RemediateSettings, record, report: dict, verifiers: dict):
     """
     After the remediations: stamp the host's last-run record, verify each remediation, write the
     run record. Yields nothing when no remediation ran (no change in pyinfra's table).
@@ -196,8 +224,9 @@ def _fix_mlflow(actions: list[remediation.Action]) -> Verifier:
     settings = host_settings.of_host(host, "mlflow")
     spec = server_spec(settings, image_mlflow_version(settings))
     fix_mlflow()
-    return lambda host_, run: verify_mlflow(run, settings.container_name, settings.port, spec.kind,
-                                            spec.workers)
+    return lambda host_, run: verify_mlflow(
+        run, settings.container_name, settings.port, spec.kind, spec.workers
+    )
 
 
 def _db_users(actions: list[remediation.Action]) -> Verifier:
@@ -208,11 +237,17 @@ def _db_users(actions: list[remediation.Action]) -> Verifier:
     db_users(db=db, target=target)
 
     def verify(host_, run):
-        return [run_check(f"role {name} can log in", database,
-                          postgres.login_probe(host_, target, name, source, database),
-                          RetryPolicy(attempts=5, seconds=20, wait=2))
-                for name, source in db.logins().items()
-                for database in [db.login_database(name, target.database)]]
+        return [
+            run_check(
+                f"role {name} can log in",
+                database,
+                postgres.login_probe(host_, target, name, source, database),
+                RetryPolicy(attempts=5, seconds=20, wait=2),
+            )
+            for name, source in db.logins().items()
+            for database in [db.login_database(name, target.database)]
+        ]
+
     return verify
 
 
@@ -241,8 +276,13 @@ def remediate():
     roles = container_roles(host, settings)
     needed = {r for s in catalog for r in s.containers}
     wanted = {role: name for role, name in roles.items() if role in needed}
-    facts = host.get_fact(HostDiagnosis, containers=tuple(sorted(set(wanted.values()))),
-                          since=settings.since, tail=settings.tail, record_path=settings.record_path)
+    facts = host.get_fact(
+        HostDiagnosis,
+        containers=tuple(sorted(set(wanted.values()))),
+        since=settings.since,
+        tail=settings.tail,
+        record_path=settings.record_path,
+    )
     if facts is None:
         raise OperationError("docker is not installed on this host: nothing to diagnose")
     findings: list[signatures.Finding] = []
@@ -252,8 +292,9 @@ def remediate():
         if not seen.get("exists"):
             missing.append(name)
         findings += signatures.match_lines(catalog, role, name, seen.get("lines") or [])
-        findings += signatures.match_state(catalog, role, name, seen.get("state"),
-                                           seen.get("restart_count", 0))
+        findings += signatures.match_state(
+            catalog, role, name, seen.get("state"), seen.get("restart_count", 0)
+        )
     now = signatures.parse_time(facts["now"]) or _dt.datetime.now(_dt.UTC)
     # db_roles are read (and validated) only when a finding names a role.
     roles_listed = configured_roles(host) if any(f.remediation == "db_users" for f in findings) else []
@@ -265,17 +306,26 @@ def remediate():
     if missing:
         logger.warning(f"{prefix}containers not found (not diagnosed): {', '.join(missing)}")
     if actions:
-        logger.info(f"{prefix}diagnosis ({len(findings)} finding(s) since {settings.since}):\n"
-                    + "\n".join(f"    {line}" for line in remediation.format_actions(actions)))
+        logger.info(
+            f"{prefix}diagnosis ({len(findings)} finding(s) since {settings.since}):\n"
+            + "\n".join(f"    {line}" for line in remediation.format_actions(actions))
+        )
     else:
         logger.info(f"{prefix}diagnosis: no known signature since {settings.since}")
 
     report = {
-        "host": host.name, "phase": "planned", "diagnosed_at": facts["now"],
-        "catalog": settings.catalog_path, "since": settings.since,
-        "containers": wanted, "missing_containers": missing, "record_path": settings.record_path,
-        "summary": {s: sum(1 for a in actions if a.status == s)
-                    for s in ("run", "throttled", "reported", "informational", "handled")},
+        "host": host.name,
+        "phase": "planned",
+        "diagnosed_at": facts["now"],
+        "catalog": settings.catalog_path,
+        "since": settings.since,
+        "containers": wanted,
+        "missing_containers": missing,
+        "record_path": settings.record_path,
+        "summary": {
+            s: sum(1 for a in actions if a.status == s)
+            for s in ("run", "throttled", "reported", "informational", "handled")
+        },
         "actions": [a.to_dict() for a in actions],
     }
     write_report(settings, host.name, report)
@@ -289,5 +339,12 @@ def remediate():
         if name in by_remediation:
             verify = run_remediation(by_remediation[name])
             verifiers.update({a.key: verify for a in by_remediation[name]})
-    record_and_verify(name="Record and verify the remediations", ran=ran, catalog=catalog,
-                      settings=settings, record=facts["record"], report=report, verifiers=verifiers)
+    record_and_verify(
+        name="Record and verify the remediations",
+        ran=ran,
+        catalog=catalog,
+        settings=settings,
+        record=facts["record"],
+        report=report,
+        verifiers=verifiers,
+    )

@@ -81,19 +81,25 @@ def schedule_cleanup(settings: ScheduleSettings):
         except ValueError as exc:
             raise SettingsError(current_host.name, [str(exc)]) from None
     if not init["systemd"]:
-        current_host.log(f"schedule: systemd is not PID 1 here (PID 1 is {init['pid1']!r}): "
-                         "no systemd timer" + (", cron entry only" if use_cron else ""))
+        current_host.log(
+            f"schedule: systemd is not PID 1 here (PID 1 is {init['pid1']!r}): "
+            "no systemd timer" + (", cron entry only" if use_cron else "")
+        )
     unit_dir = UNIT_DIR
 
     if not s.present:
         cron_entry_absent(name=f"No cron entry {s.name}", entry=s.name, user=s.user)
         if init["systemd"]:
-            timer = systemd.service(name=f"Timer {s.name} stopped", service=f"{s.name}.timer",
-                                    running=False, enabled=False)
-            gone = [files.file(name=f"No unit {s.name}.{kind}", path=f"{unit_dir}/{s.name}.{kind}",
-                               present=False) for kind in ("timer", "service")]
-            systemd.daemon_reload(name="systemd reload",
-                                  _if=lambda: timer.did_change() or any(g.did_change() for g in gone))
+            timer = systemd.service(
+                name=f"Timer {s.name} stopped", service=f"{s.name}.timer", running=False, enabled=False
+            )
+            gone = [
+                files.file(name=f"No unit {s.name}.{kind}", path=f"{unit_dir}/{s.name}.{kind}", present=False)
+                for kind in ("timer", "service")
+            ]
+            systemd.daemon_reload(
+                name="systemd reload", _if=lambda: timer.did_change() or any(g.did_change() for g in gone)
+            )
         files.file(name=f"No job script {s.script_path}", path=s.script_path, present=False)
         current_host.log(f"schedule: log {s.log_file} (and rotations) left in place")
         return
@@ -104,24 +110,37 @@ def schedule_cleanup(settings: ScheduleSettings):
         else:
             server.packages(name="cron is installed", packages=["cron"])
     files.directory(name="Job script directory", path=str(Path(s.script_path).parent), mode="755")
-    files.put(name=f"Job script {s.script_path}", src=io.StringIO(job_script(s)),
-              dest=s.script_path, mode="755")
+    files.put(
+        name=f"Job script {s.script_path}", src=io.StringIO(job_script(s)), dest=s.script_path, mode="755"
+    )
     if use_cron:
         crontab.crontab(
-            name=f"Cron entry {s.name}", command=cron_command(s), cron_name=s.name, user=s.user,
-            minute=s.minute, hour=s.hour, day_of_month=s.day_of_month, month=s.month,
+            name=f"Cron entry {s.name}",
+            command=cron_command(s),
+            cron_name=s.name,
+            user=s.user,
+            minute=s.minute,
+            hour=s.hour,
+            day_of_month=s.day_of_month,
+            month=s.month,
             day_of_week=s.day_of_week,
         )
         if not init["cron_running"]:
-            current_host.log("schedule: no cron daemon is running on this host: the entry is "
-                             "installed but fires only once cron runs")
+            current_host.log(
+                "schedule: no cron daemon is running on this host: the entry is "
+                "installed but fires only once cron runs"
+            )
     else:
-        cron_entry_absent(name=f"No cron entry {s.name} (systemd timer instead)", entry=s.name,
-                          user=s.user)
+        cron_entry_absent(name=f"No cron entry {s.name} (systemd timer instead)", entry=s.name, user=s.user)
     if use_systemd:
-        units = [files.put(name=f"Unit {s.name}.{kind}", src=io.StringIO(text),
-                           dest=f"{unit_dir}/{s.name}.{kind}", mode="644")
-                 for kind, text in (("service", service_unit(s)), ("timer", timer_unit(s)))]
+        units = [
+            files.put(
+                name=f"Unit {s.name}.{kind}",
+                src=io.StringIO(text),
+                dest=f"{unit_dir}/{s.name}.{kind}",
+                mode="644",
+            )
+            for kind, text in (("service", service_unit(s)), ("timer", timer_unit(s)))
+        ]
         systemd.daemon_reload(name="systemd reload", _if=lambda: any(u.did_change() for u in units))
-        systemd.service(name=f"Timer {s.name} enabled", service=f"{s.name}.timer",
-                        running=True, enabled=True)
+        systemd.service(name=f"Timer {s.name} enabled", service=f"{s.name}.timer", running=True, enabled=True)

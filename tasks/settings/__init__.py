@@ -51,8 +51,9 @@ TOP_LEVEL_KEYS: dict[str, dict[str, str]] = {
 _CACHE_ATTR = "_quant_settings"
 
 
-def load(block: str, host_name: str, data: Mapping[str, Any] | None,
-         group: Mapping[str, Any] | None = None) -> Any:
+def load(
+    block: str, host_name: str, data: Mapping[str, Any] | None, group: Mapping[str, Any] | None = None
+) -> Any:
     """Validate one block: the model's defaults, then ``group``, then ``data`` (key by key)."""
     return parse_block(BLOCKS[block], host_name, "" if block in GATHER else block, group, data)
 

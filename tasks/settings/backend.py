@@ -27,9 +27,12 @@ class BackendSettings(Block):
     dockerfile: str | None = Field(None, description="the backend Dockerfile on the host, to patch")
     compose_file: str | None = Field(None, description="the compose file on the host, to patch")
     compose_service: NonEmpty = "backend"
-    reload_delay: Duration = Field(2.0, gt=0, le=60, description="seconds: `--reload-delay N` after `--reload`")
+    reload_delay: Duration = Field(
+        2.0, gt=0, le=60, description="seconds: `--reload-delay N` after `--reload`"
+    )
     force_polling: StrictBool = Field(
-        True, description="WATCHFILES_FORCE_POLLING=true: what actually makes watchfiles poll")
+        True, description="WATCHFILES_FORCE_POLLING=true: what actually makes watchfiles poll"
+    )
     port: StrictInt = Field(8000, ge=1, le=65535, description="inside the container, for the health check")
     health_path: Pattern(r"/\S*", "a path starting with /") = "/health"  # type: ignore[valid-type]
 

@@ -23,8 +23,14 @@ M = TypeVar("M", bound=BaseModel)
 class Block(BaseModel):
     """A settings block: unknown keys refused, values frozen once read."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=False,
-                              arbitrary_types_allowed=False, hide_input_in_errors=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=False,
+        validate_default=False,
+        arbitrary_types_allowed=False,
+        hide_input_in_errors=True,
+    )
 
 
 def _location(prefix: str, loc: tuple[Any, ...]) -> str:
@@ -76,7 +82,9 @@ _FRIENDLY = {
     "greater_than": lambda ctx: f"must be > {ctx.get('gt')}",
     "less_than_equal": lambda ctx: f"must be <= {ctx.get('le')}",
     "less_than": lambda ctx: f"must be < {ctx.get('lt')}",
-    "literal_error": lambda ctx: f"must be one of {ctx.get('expected', '').replace(' or ', ', ')}".replace("'", ""),
+    "literal_error": lambda ctx: f"must be one of {ctx.get('expected', '').replace(' or ', ', ')}".replace(
+        "'", ""
+    ),
     "missing": lambda ctx: "is required",
     "dict_type": lambda ctx: "expected a mapping",
     "list_type": lambda ctx: "expected a list",
@@ -95,8 +103,12 @@ def Pattern(regex: str, hint: str) -> Any:
             raise ValueError(f"{value!r} is not valid ({hint})")
         return value
 
-    return Annotated[str, StringConstraints(min_length=1), AfterValidator(check),
-                     WithJsonSchema({"type": "string", "pattern": f"^(?:{regex})$", "description": hint})]
+    return Annotated[
+        str,
+        StringConstraints(min_length=1),
+        AfterValidator(check),
+        WithJsonSchema({"type": "string", "pattern": f"^(?:{regex})$", "description": hint}),
+    ]
 
 
 def problems_of(model: type[BaseModel], error: ValidationError, prefix: str) -> list[str]:
@@ -150,8 +162,9 @@ def parse_block(model: type[M], host_name: str, block: str, *layers: Mapping[str
         if layer is None:
             continue
         if not isinstance(layer, Mapping):
-            raise SettingsError(host_name, [f"{block}: expected a mapping of settings, "
-                                            f"got {type(layer).__name__}"])
+            raise SettingsError(
+                host_name, [f"{block}: expected a mapping of settings, got {type(layer).__name__}"]
+            )
         merged.update(layer)
     bad_keys = [key for key in merged if not isinstance(key, str)]
     if bad_keys:

@@ -67,30 +67,43 @@ warnings.filterwarnings("ignore", message='Field name "schema" in "CleanupSettin
 class CleanupSettings(Block):
     """The guarded deletion of test rows, VACUUM (ANALYZE) and the statistics report."""
 
-    database: Identifier = Field("quant", description="the database to clean (connection: the postgres block)")
+    database: Identifier = Field(
+        "quant", description="the database to clean (connection: the postgres block)"
+    )
     schema: Identifier = "public"  # type: ignore[assignment]
     table: Identifier = "users"
     column: Identifier = Field("username", description="matched against the patterns")
     patterns: tuple[str, ...] = Field(
         ("concurrent\\_%", "test\\_%"),
-        description="SQL LIKE patterns (% any run, _ one character, \\ escapes); the load tests' leftovers")
-    min_age: Duration | None = Field(None, description="only rows older than this by age_column; None: any age")
+        description="SQL LIKE patterns (% any run, _ one character, \\ escapes); the load tests' leftovers",
+    )
+    min_age: Duration | None = Field(
+        None, description="only rows older than this by age_column; None: any age"
+    )
     age_column: Identifier = "created_at"
     max_rows: StrictInt = Field(1000, ge=1, description="more matches: refuse and change nothing...")
     allow_over_max: StrictBool = Field(False, description="...unless this says otherwise")
     foreign_keys: Literal["refuse", "delete_dependents"] = Field(
-        "refuse", description="dependents behind an FK without ON DELETE CASCADE: refuse (nothing "
-                              "deleted) or delete them first")
+        "refuse",
+        description="dependents behind an FK without ON DELETE CASCADE: refuse (nothing "
+        "deleted) or delete them first",
+    )
     sample_size: StrictInt = Field(10, ge=0, le=1000, description="names listed in the plan (--dry)")
     vacuum: StrictBool = Field(True, description="VACUUM (ANALYZE) after the deletion")
-    vacuum_tables: tuple[Identifier, ...] | None = Field(None, description="None: every table of the database")
+    vacuum_tables: tuple[Identifier, ...] | None = Field(
+        None, description="None: every table of the database"
+    )
     lock_timeout: PgTimeout = Field(5.0, description="for every statement (deletion and VACUUM)")
     statement_timeout: PgTimeout = 900.0
-    lock_wait: Duration = Field(60.0, le=86400, description="wait this long for another run's advisory "
-                                                              "lock, then stop (the scheduled job exits 75)")
+    lock_wait: Duration = Field(
+        60.0,
+        le=86400,
+        description="wait this long for another run's advisory lock, then stop (the scheduled job exits 75)",
+    )
     largest_tables: StrictInt = Field(5, ge=1, le=100, description="rows in the statistics report")
     report_path: Annotated[str, Field(min_length=1)] | None = Field(
-        None, description=f"JSON report on the controller (env {REPORT_ENV} wins)")
+        None, description=f"JSON report on the controller (env {REPORT_ENV} wins)"
+    )
 
     @property
     def relation(self) -> str:
@@ -101,8 +114,7 @@ class CleanupSettings(Block):
     def _patterns(cls, value: Any) -> Any:
         if not isinstance(value, (list, tuple)) or not value:
             raise ValueError("must be a non-empty list of LIKE patterns (e.g. 'test\\_%')")
-        problems = [f"patterns[{i}]: {problem}" for i, p in enumerate(value)
-                    if (problem := check_pattern(p))]
+        problems = [f"patterns[{i}]: {problem}" for i, p in enumerate(value) if (problem := check_pattern(p))]
         if problems:
             raise ValueError("\n".join(problems))
         return value

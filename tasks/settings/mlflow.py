@@ -77,10 +77,13 @@ def _string_map(block: str, value: Any, names: re.Pattern[str] | None) -> dict[s
 class MlflowSettings(Block):
     """The MLflow tracking server: container, server options, memory, compose service."""
 
-    container_name: ContainerName = Field("quant-mlflow", description="the container (compose: its service's container)")
+    container_name: ContainerName = Field(
+        "quant-mlflow", description="the container (compose: its service's container)"
+    )
     image: NonEmpty = Field("quantlab/mlflow:2.9.2", description="image with the `mlflow` package")
     server: Literal["auto", "gunicorn", "uvicorn"] = Field(
-        "auto", description="auto: gunicorn for MLflow < 3.3, uvicorn from 3.3 on")
+        "auto", description="auto: gunicorn for MLflow < 3.3, uvicorn from 3.3 on"
+    )
     host: NonEmpty = "0.0.0.0"
     port: StrictInt = Field(5000, ge=1, le=65535, description="inside the container")
     backend_store_uri: str | None = Field(None, description="no password here: use secret_env")
@@ -95,7 +98,8 @@ class MlflowSettings(Block):
     memory_limit: MemorySize = Field(1 * GIB, description="Docker size: bytes, or 512m, 1g")
     memory_reservation: MemorySize = Field(512 * MIB, description="at most memory_limit")
     restart_policy: Pattern(  # type: ignore[valid-type]
-        r"no|always|unless-stopped|on-failure(:\d+)?", "no, always, unless-stopped, on-failure or on-failure:N"
+        r"no|always|unless-stopped|on-failure(:\d+)?",
+        "no, always, unless-stopped, on-failure or on-failure:N",
     ) = "unless-stopped"
     ports: tuple[str, ...] = Field((), description="[ip:]host_port:container_port[/proto]")
     network: str | None = None
@@ -104,7 +108,9 @@ class MlflowSettings(Block):
     compose_file: str | None = Field(None, description="the compose file on the host to keep in sync")
     compose_service: NonEmpty = "mlflow"
     secret_env: dict[str, SecretSource] = Field(
-        default_factory=dict, description='{"VAR": {"env": "NAME"} or {"file": "/path"}}, read on the controller')
+        default_factory=dict,
+        description='{"VAR": {"env": "NAME"} or {"file": "/path"}}, read on the controller',
+    )
 
     @field_validator("image")
     @classmethod
@@ -122,8 +128,9 @@ class MlflowSettings(Block):
             has_password = False
         if has_password:
             # Command lines show in `ps` and `docker inspect`: keep passwords out.
-            raise ValueError("contains a password; put the URI in secret_env "
-                             "(MLFLOW_BACKEND_STORE_URI) instead")
+            raise ValueError(
+                "contains a password; put the URI in secret_env (MLFLOW_BACKEND_STORE_URI) instead"
+            )
         return value
 
     @field_validator("extra_args", "ports", mode="before")
@@ -147,9 +154,15 @@ class MlflowSettings(Block):
     def _ports(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for port in value:
             match = _PORT_RE.fullmatch(port)
-            if (not match or not all(1 <= int(match[p]) <= 65535 for p in ("host", "container"))
-                    or (match["ip"] and not match["ip"].startswith("[")
-                        and any(int(o) > 255 for o in match["ip"].split(".")))):
+            if (
+                not match
+                or not all(1 <= int(match[p]) <= 65535 for p in ("host", "container"))
+                or (
+                    match["ip"]
+                    and not match["ip"].startswith("[")
+                    and any(int(o) > 255 for o in match["ip"].split("."))
+                )
+            ):
                 raise ValueError(f"{port!r} is not [ip:]host_port:container_port[/proto]")
         return value
 
@@ -160,11 +173,14 @@ class MlflowSettings(Block):
         problems = []
         for name in env:
             if name in MANAGED_ENV_KEYS:
-                problems.append(f"env.{name}: is managed by the deploy (workers, timeout, "
-                                "max_requests ... settings); remove it")
+                problems.append(
+                    f"env.{name}: is managed by the deploy (workers, timeout, "
+                    "max_requests ... settings); remove it"
+                )
             elif looks_secret(name):
-                problems.append(f"env.{name}: looks like a secret; use secret_env so the "
-                                "value never sits in inventory")
+                problems.append(
+                    f"env.{name}: looks like a secret; use secret_env so the value never sits in inventory"
+                )
         if problems:
             raise ValueError("\n".join(problems))
         return env
@@ -188,16 +204,19 @@ class MlflowSettings(Block):
     @model_validator(mode="after")
     def _together(self) -> MlflowSettings:
         if self.memory_limit and self.memory_reservation > self.memory_limit:
-            raise ValueError(f"memory_reservation: {human_size(self.memory_reservation)} is above "
-                             f"memory_limit {human_size(self.memory_limit)}")
+            raise ValueError(
+                f"memory_reservation: {human_size(self.memory_reservation)} is above "
+                f"memory_limit {human_size(self.memory_limit)}"
+            )
         both = sorted(set(self.env) & set(self.secret_env))
         if both:
             raise ValueError(f"secret_env.{both[0]}: is also in env; keep it in one place")
         return self
 
 
-def resolve_secret_env(host_name: str, settings: MlflowSettings,
-                       environ: Mapping[str, str] | None = None, read_file: Any = None) -> dict[str, str]:
+def resolve_secret_env(
+    host_name: str, settings: MlflowSettings, environ: Mapping[str, str] | None = None, read_file: Any = None
+) -> dict[str, str]:
     """Read each ``secret_env`` value on the controller; errors name the source, never a value."""
     values, problems = {}, []
     for name, source in settings.secret_env.items():

@@ -24,8 +24,10 @@ from tasks.settings.types import Size, looks_secret
 
 ENGINES = ("local", "socket")
 USER_NAME = r"[a-z_][a-z0-9_-]{0,31}"
-_KEY_RE = re.compile(r"(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)"
-                     r"@openssh\.com) [A-Za-z0-9+/]+=*( [^\n\r]*)?")
+_KEY_RE = re.compile(
+    r"(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)"
+    r"@openssh\.com) [A-Za-z0-9+/]+=*( [^\n\r]*)?"
+)
 _PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+:~-]+)?")
 # sudoers specials that would widen a rule: a command list, aliases, a user/runas spec, escapes.
 _SUDO_BAD_RE = re.compile(r"[,:=\\\n\r#]|^ALL$|\bALL\b")
@@ -33,12 +35,27 @@ _SUDO_BAD_RE = re.compile(r"[,:=\\\n\r#]|^ALL$|\bALL\b")
 _UNSAFE_PATH_CHARS = set("'\"$`\\")
 
 # Key lines, or {"file": path} read on the controller (the schema says so; the validator reads).
-PublicKeys = Annotated[tuple[str, ...], WithJsonSchema({
-    "type": "array", "minItems": 1,
-    "items": {"anyOf": [{"type": "string"},
-                        {"type": "object", "properties": {"file": {"type": "string"}},
-                         "required": ["file"], "additionalProperties": False}]},
-    "description": 'required: public key lines or {"file": "/path/on/controller.pub"}'})]
+PublicKeys = Annotated[
+    tuple[str, ...],
+    WithJsonSchema(
+        {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "anyOf": [
+                    {"type": "string"},
+                    {
+                        "type": "object",
+                        "properties": {"file": {"type": "string"}},
+                        "required": ["file"],
+                        "additionalProperties": False,
+                    },
+                ]
+            },
+            "description": 'required: public key lines or {"file": "/path/on/controller.pub"}',
+        }
+    ),
+]
 UserName = Pattern(USER_NAME, "a user name: lower-case letters, digits, _ and -, at most 32")
 FileName = Pattern(r"[A-Za-z0-9_./-]+", "letters, digits, _ . / -")
 
@@ -47,8 +64,7 @@ def _unsafe(path: str) -> bool:
     return any(c.isspace() or c in _UNSAFE_PATH_CHARS for c in path)
 
 
-def read_public_keys(item: Any, where: str,
-                     read_file: Any = None) -> tuple[list[str], list[str]]:
+def read_public_keys(item: Any, where: str, read_file: Any = None) -> tuple[list[str], list[str]]:
     """The key lines one ``authorized_keys`` entry stands for, and its problems (``where: text``).
 
     An entry is a key line, or ``{"file": path}`` read here, on the controller (blank lines and
@@ -68,8 +84,11 @@ def read_public_keys(item: Any, where: str,
 
 def compose_problems(document: Any) -> list[str]:
     """A compose document in settings: services as mappings; secret-looking env values only as ${VAR}."""
-    if not isinstance(document, Mapping) or not isinstance(document.get("services"), Mapping) \
-            or not document["services"]:
+    if (
+        not isinstance(document, Mapping)
+        or not isinstance(document.get("services"), Mapping)
+        or not document["services"]
+    ):
         return ["compose: expected a mapping with a non-empty 'services' mapping"]
     problems = []
     for name, service in document["services"].items():
@@ -77,12 +96,17 @@ def compose_problems(document: Any) -> list[str]:
             problems.append(f"compose.services.{name}: expected a mapping")
             continue
         env = service.get("environment") or {}
-        items = env.items() if isinstance(env, Mapping) else (
-            (str(e).partition("=")[0], str(e).partition("=")[2]) for e in env)
+        items = (
+            env.items()
+            if isinstance(env, Mapping)
+            else ((str(e).partition("=")[0], str(e).partition("=")[2]) for e in env)
+        )
         for key, value in items:
             if looks_secret(str(key)) and value not in (None, "") and not str(value).startswith("${"):
-                problems.append(f"compose.services.{name}.environment.{key}: looks like a secret; "
-                                "write ${VAR} and let compose read it from its environment")
+                problems.append(
+                    f"compose.services.{name}.environment.{key}: looks like a secret; "
+                    "write ${VAR} and let compose read it from its environment"
+                )
     return problems
 
 
@@ -95,30 +119,40 @@ class OnboardSettings(Block):
     shell: str = "/bin/bash"
     home: str | None = Field(None, description="None: /home/<user>")
     sudo_commands: tuple[str, ...] = Field(
-        ("/usr/bin/systemctl restart docker", "/usr/bin/systemctl status docker",
-         "/usr/bin/journalctl -u docker"),
-        description="NOPASSWD, these absolute command lines only; ALL is refused")
+        (
+            "/usr/bin/systemctl restart docker",
+            "/usr/bin/systemctl status docker",
+            "/usr/bin/journalctl -u docker",
+        ),
+        description="NOPASSWD, these absolute command lines only; ALL is refused",
+    )
     sudoers_name: Pattern(  # type: ignore[valid-type]
         r"[A-Za-z0-9_-]+", "letters, digits, '-' or '_' (sudo ignores files with '.' in their name)"
     ) = Field("quant-deploy", description="/etc/sudoers.d/<name>")
     engine: Literal["local", "socket"] = Field(
-        "local", description="local: this host runs dockerd (systemd as PID 1); socket: it uses the "
-                             "engine whose socket is at docker_socket")
+        "local",
+        description="local: this host runs dockerd (systemd as PID 1); socket: it uses the "
+        "engine whose socket is at docker_socket",
+    )
     docker_socket: str = "/var/run/docker.sock"
     docker_gid: int | Literal["socket"] | None = Field(
-        None, description='pin the docker group\'s gid; "socket": the socket\'s gid (engine "socket" default)')
+        None, description='pin the docker group\'s gid; "socket": the socket\'s gid (engine "socket" default)'
+    )
     packages: tuple[str, ...] = Field(("docker.io",), description="from the distribution, no recommends")
     log_max_size: Size = Field(10 * 1024 * 1024, gt=0, description="daemon.json log-opts max-size")
     log_max_file: StrictInt = Field(3, ge=1, le=100, description="daemon.json log-opts max-file")
     stack_dir: str = "/opt/quant-stack"
     stack_owner: UserName | None = Field(None, description="None: the deploy user")  # type: ignore[valid-type]
     directories: tuple[str, ...] = Field(
-        ("data/postgres", "data/minio", "data/redis", "logs", "backups"), description="relative to stack_dir")
+        ("data/postgres", "data/minio", "data/redis", "logs", "backups"), description="relative to stack_dir"
+    )
     compose_file: FileName = Field("docker-compose.yml", description="relative to stack_dir, or absolute")  # type: ignore[valid-type]
     compose_project: FileName = "quant"  # type: ignore[valid-type]
     compose: dict[str, Any] | None = Field(
-        None, description="None: postgres, minio, redis and MLflow from the host's mlflow settings; "
-                          "or a whole compose document (secrets only as ${VAR})")
+        None,
+        description="None: postgres, minio, redis and MLflow from the host's mlflow settings; "
+        "or a whole compose document (secrets only as ${VAR})",
+    )
     mlflow_version: FileName = Field("2.9.2", description="the MLflow version in the mlflow image")  # type: ignore[valid-type]
     verify: StrictBool = True
 
@@ -134,8 +168,9 @@ class OnboardSettings(Block):
     @classmethod
     def _keys(cls, value: Any) -> tuple[str, ...]:
         if not value or not isinstance(value, (list, tuple)):
-            raise ValueError('at least one public key is required (a line, or '
-                             '{"file": "/path/on/controller.pub"})')
+            raise ValueError(
+                'at least one public key is required (a line, or {"file": "/path/on/controller.pub"})'
+            )
         keys: list[str] = []
         problems: list[str] = []
         for index, item in enumerate(value):
@@ -183,8 +218,10 @@ class OnboardSettings(Block):
             if not command.startswith("/"):
                 raise ValueError(f"{command!r} must start with an absolute path")
             if _SUDO_BAD_RE.search(command):
-                raise ValueError(f"{command!r} is too wide or not a single command "
-                                 "(no ALL, no ',', ':', '=', '\\', '#'): sudo stays narrow")
+                raise ValueError(
+                    f"{command!r} is too wide or not a single command "
+                    "(no ALL, no ',', ':', '=', '\\', '#'): sudo stays narrow"
+                )
         return value
 
     @field_validator("docker_gid", mode="before")
@@ -235,7 +272,11 @@ class OnboardSettings(Block):
 
     @property
     def compose_path(self) -> str:
-        return self.compose_file if self.compose_file.startswith("/") else f"{self.stack_dir}/{self.compose_file}"
+        return (
+            self.compose_file
+            if self.compose_file.startswith("/")
+            else f"{self.stack_dir}/{self.compose_file}"
+        )
 
     @property
     def sudoers_path(self) -> str:

@@ -66,8 +66,7 @@ from tasks.settings.base import Block, Pattern
 from tasks.settings.types import SecretSource
 
 # The top-level host-data keys the ``db`` block is gathered from.
-DB_KEYS = ("db_roles", "db_databases", "db_grants", "db_default_privileges", "db_exclusive",
-           "db_verify")
+DB_KEYS = ("db_roles", "db_databases", "db_grants", "db_default_privileges", "db_exclusive", "db_verify")
 
 ContainerName = Pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a Docker container name")
 ServerHost = Pattern(r"[A-Za-z0-9._:\-\[\]%]+|/\S*", "a host name, IP address or socket directory")
@@ -78,8 +77,9 @@ Name = Pattern(r"[^\x00\n\r]+", "a name on one line")
 def _plaintext_refused(value: Any) -> Any:
     # A bare string where a source belongs is most likely the password itself: never echo it.
     if isinstance(value, (str, bytes)):
-        raise ValueError('a plaintext password in host data is refused; use {"env": "VAR"} or '
-                         '{"file": "/path"}')
+        raise ValueError(
+            'a plaintext password in host data is refused; use {"env": "VAR"} or {"file": "/path"}'
+        )
     return value
 
 
@@ -100,19 +100,25 @@ class PostgresSettings(Block):
 
     # None only until _default_access fills it in.
     access: Literal["docker", "psql"] = Field(  # type: ignore[assignment]
-        None, description="docker: docker exec into the container; psql: host-side psql to "
-                          "host:port (default: docker when a container is named, else psql)")
+        None,
+        description="docker: docker exec into the container; psql: host-side psql to "
+        "host:port (default: docker when a container is named, else psql)",
+    )
     container: ContainerName | None = Field(  # type: ignore[valid-type]
-        None, description="docker mode: the database container")
+        None, description="docker mode: the database container"
+    )
     host: ServerHost | None = Field(None, description="psql mode: server address")  # type: ignore[valid-type]
     port: StrictInt = Field(5432, ge=1, le=65535, description="psql mode: server port")
     superuser: Name = Field("postgres", description="role to connect as")  # type: ignore[valid-type]
     superuser_password: SecretSource | None = Field(
-        None, description='psql mode: {"env": "VAR"} or {"file": "/path"}, sent in a 0600 PGPASSFILE')
+        None, description='psql mode: {"env": "VAR"} or {"file": "/path"}, sent in a 0600 PGPASSFILE'
+    )
     database: Name = Field(  # type: ignore[valid-type]
-        "postgres", description="maintenance database (roles, databases)")
+        "postgres", description="maintenance database (roles, databases)"
+    )
     os_user: OsUser = Field(  # type: ignore[valid-type]
-        "postgres", description="docker mode: OS user psql runs as in the container")
+        "postgres", description="docker mode: OS user psql runs as in the container"
+    )
     connect_timeout: StrictInt = Field(10, ge=1, description="seconds")
 
     @model_validator(mode="before")
@@ -146,12 +152,23 @@ class PostgresSettings(Block):
     def target(self) -> PgTarget:
         """The superuser connection to the maintenance database."""
         if self.access == "docker":
-            return PgTarget("docker", database=self.database, user=self.superuser,
-                            container=self.container, os_user=self.os_user,
-                            connect_timeout=self.connect_timeout)
-        return PgTarget("psql", database=self.database, user=self.superuser, host=self.host,
-                        port=self.port, password_source=self.superuser_password,
-                        connect_timeout=self.connect_timeout)
+            return PgTarget(
+                "docker",
+                database=self.database,
+                user=self.superuser,
+                container=self.container,
+                os_user=self.os_user,
+                connect_timeout=self.connect_timeout,
+            )
+        return PgTarget(
+            "psql",
+            database=self.database,
+            user=self.superuser,
+            host=self.host,
+            port=self.port,
+            password_source=self.superuser_password,
+            connect_timeout=self.connect_timeout,
+        )
 
 
 class RoleSettings(Block):
@@ -255,8 +272,9 @@ class DefaultPrivilegeSettings(Block):
 
     def spec(self) -> DefaultPrivilegeSpec:
         on: Any = self.on  # DefaultPrivilegeSpec refuses anything but tables/sequences/functions
-        return DefaultPrivilegeSpec(self.database, self.owner, self.schema_, on, self.role,
-                                    frozenset(self.privileges))
+        return DefaultPrivilegeSpec(
+            self.database, self.owner, self.schema_, on, self.role, frozenset(self.privileges)
+        )
 
 
 class DbSettings(Block):
@@ -269,13 +287,15 @@ class DbSettings(Block):
     roles: tuple[RoleSettings, ...] = Field((), alias="db_roles")
     databases: tuple[DatabaseSettings, ...] = Field((), alias="db_databases")
     grants: tuple[GrantSettings, ...] = Field((), alias="db_grants")
-    default_privileges: tuple[DefaultPrivilegeSettings, ...] = Field(
-        (), alias="db_default_privileges")
-    exclusive: StrictBool = Field(False, alias="db_exclusive",
-                                  description="revoke privileges and memberships beyond the settings")
+    default_privileges: tuple[DefaultPrivilegeSettings, ...] = Field((), alias="db_default_privileges")
+    exclusive: StrictBool = Field(
+        False, alias="db_exclusive", description="revoke privileges and memberships beyond the settings"
+    )
     verify: StrictBool = Field(
-        True, alias="db_verify",
-        description="after a change: each login role logs in over TCP and uses its grants")
+        True,
+        alias="db_verify",
+        description="after a change: each login role logs in over TCP and uses its grants",
+    )
 
     @model_validator(mode="after")
     def _unique_roles(self) -> DbSettings:
@@ -304,20 +324,26 @@ class DbSettings(Block):
     def login_database(self, role: str, default: str) -> str:
         """Where a role's login is verified: the first database it is granted CONNECT on."""
         for g in self.grant_specs():
-            if isinstance(g, GrantSpec) and g.on == "database" and g.grantee == role \
-                    and ("CONNECT" in g.privileges or "ALL" in g.privileges):
+            if (
+                isinstance(g, GrantSpec)
+                and g.on == "database"
+                and g.grantee == role
+                and ("CONNECT" in g.privileges or "ALL" in g.privileges)
+            ):
                 return g.database
         return default
 
     def only_roles(self, names: list[str] | set[str]) -> DbSettings:
         """These roles and their grants, never exclusive: what remediating one role touches."""
         keep = set(names)
-        return self.model_copy(update={
-            "roles": tuple(r for r in self.roles if r.name in keep),
-            "grants": tuple(g for g in self.grants if g.role in keep),
-            "default_privileges": tuple(d for d in self.default_privileges if d.role in keep),
-            "exclusive": False,
-        })
+        return self.model_copy(
+            update={
+                "roles": tuple(r for r in self.roles if r.name in keep),
+                "grants": tuple(g for g in self.grants if g.role in keep),
+                "default_privileges": tuple(d for d in self.default_privileges if d.role in keep),
+                "exclusive": False,
+            }
+        )
 
 
 def gather_db(host_data: Any) -> dict[str, Any]:
@@ -329,5 +355,8 @@ def gather_db(host_data: Any) -> dict[str, Any]:
         items = host_data
     else:
         items = {}
-    return {key: value for key, value in items.items()
-            if isinstance(key, str) and key.startswith("db_") and value is not None}
+    return {
+        key: value
+        for key, value in items.items()
+        if isinstance(key, str) and key.startswith("db_") and value is not None
+    }

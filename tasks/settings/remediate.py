@@ -35,16 +35,21 @@ ServiceRole = Pattern(r"[a-z][a-z0-9_-]*", "a service role such as mlflow or pos
 class RemediateSettings(Block):
     """Log-signature remediation: which catalog, how far back, where the record lives."""
 
-    catalog: str | None = Field(None, min_length=1,
-                                description="signature catalog on the controller (None: the packaged one)")
+    catalog: str | None = Field(
+        None, min_length=1, description="signature catalog on the controller (None: the packaged one)"
+    )
     since: Since = Field("2h", description="docker logs --since: a duration or an RFC 3339 time")
     tail: StrictInt = Field(2000, ge=1, le=100000, description="at most this many lines per container")
     record_path: Pattern(r"/.*", "an absolute path on the host") = Field(  # type: ignore[valid-type]
-        "/var/lib/quantlab/remediation-runs.json", description="last runs, on the host (throttle)")
-    report_dir: str | None = Field("remediation-reports", description=(
-        f"run records <host>.json on the controller (env {REPORT_DIR_ENV} overrides)"))
+        "/var/lib/quantlab/remediation-runs.json", description="last runs, on the host (throttle)"
+    )
+    report_dir: str | None = Field(
+        "remediation-reports",
+        description=(f"run records <host>.json on the controller (env {REPORT_DIR_ENV} overrides)"),
+    )
     containers: dict[ServiceRole, ContainerName] = Field(  # type: ignore[valid-type]
-        default_factory=dict, description="{role: container} beyond what the other blocks say")
+        default_factory=dict, description="{role: container} beyond what the other blocks say"
+    )
     verify: StrictBool = Field(True, description="verify each remediation after it ran")
 
     @property
@@ -52,11 +57,13 @@ class RemediateSettings(Block):
         return self.catalog or str(CATALOG)
 
 
-def host_catalog(host_name: str, settings: RemediateSettings,
-                 known_remediations: Iterable[str] = REMEDIATIONS) -> tuple[Signature, ...]:
+def host_catalog(
+    host_name: str, settings: RemediateSettings, known_remediations: Iterable[str] = REMEDIATIONS
+) -> tuple[Signature, ...]:
     """The host's signature catalog, validated; every problem a line naming its entry."""
     signatures, problems = read_catalog(settings.catalog, known_remediations=known_remediations)
     if problems:
-        raise SettingsError(host_name, [f"remediate.catalog {settings.catalog_path}: {problem}"
-                                        for problem in problems])
+        raise SettingsError(
+            host_name, [f"remediate.catalog {settings.catalog_path}: {problem}" for problem in problems]
+        )
     return signatures

@@ -69,17 +69,25 @@ def _cron_field(value: Any) -> Any:
 AbsolutePath = Annotated[str, AfterValidator(_absolute)]
 # Derived from name/project_dir when left None: the model fills it in before validation, so the
 # None default is never the value (and the schema does not carry this machine's paths).
-DerivedPath = Annotated[str, AfterValidator(_absolute),
-                        WithJsonSchema({"type": ["string", "null"], "description": "absolute path; None: derived"})]
+DerivedPath = Annotated[
+    str,
+    AfterValidator(_absolute),
+    WithJsonSchema({"type": ["string", "null"], "description": "absolute path; None: derived"}),
+]
 ProjectPath = Annotated[str, AfterValidator(_relative_or_absolute)]
-CronField = Annotated[str, BeforeValidator(_cron_field),
-                      WithJsonSchema({"type": ["string", "integer"], "description": "a cron field"})]
+CronField = Annotated[
+    str,
+    BeforeValidator(_cron_field),
+    WithJsonSchema({"type": ["string", "integer"], "description": "a cron field"}),
+]
 
 
 class ScheduleSettings(Block):
     """A cron entry and/or a systemd timer running deploys/cleanup_database.py under a lock."""
 
-    present: StrictBool = Field(True, description="False: remove the entry/timer and the job script (logs stay)")
+    present: StrictBool = Field(
+        True, description="False: remove the entry/timer and the job script (logs stay)"
+    )
     name: Pattern(_NAME_RE, "letters, digits, '.', '_', '-' (max 64)") = DEFAULT_NAME  # type: ignore[valid-type]
     project_dir: DerivedPath = Field(None, description="the checkout holding deploys/ (None: this one)")
     pyinfra: DerivedPath = Field(None, description="None: <project_dir>/.venv/bin/pyinfra")
@@ -94,13 +102,16 @@ class ScheduleSettings(Block):
     day_of_week: CronField = "*"
     on_calendar: str | None = Field(None, description="systemd OnCalendar (None: derived from minute/hour)")
     scheduler: Literal["auto", "cron", "systemd", "both"] = Field(
-        "auto", description="auto: systemd timer where systemd is PID 1, else cron")
+        "auto", description="auto: systemd timer where systemd is PID 1, else cron"
+    )
     user: Pattern(r"[a-z_][a-z0-9_-]*\$?", "a user name") = "root"  # type: ignore[valid-type]
     script_path: DerivedPath = Field(None, description="None: /usr/local/lib/quant-remediation/<name>.sh")
     log_file: DerivedPath = Field(None, description="None: /var/log/quant-remediation/<name>.log")
     log_max_bytes: Size = Field(5 * MIB, ge=1024, description="rotated by size at the start of a run...")
     log_keep: StrictInt = Field(5, ge=1, description="...keeping this many old logs")
-    lock_file: DerivedPath = Field(None, description="None: /run/lock/<name>.lock (a run still going: exit 75)")
+    lock_file: DerivedPath = Field(
+        None, description="None: /run/lock/<name>.lock (a run still going: exit 75)"
+    )
     report_path: AbsolutePath | None = Field(None, description="JSON statistics report of each run")
     install_cron: StrictBool = Field(True, description="install the cron package when `crontab` is missing")
 
@@ -139,8 +150,10 @@ class ScheduleSettings(Block):
             if not isinstance(name, str) or not ENV_NAME_RE.match(name):
                 problems.append(f"env.{name}: is not a variable name")
             elif looks_secret(name):
-                problems.append(f"env.{name}: looks like a secret: secrets never go into the job or "
-                                "the crontab; point the inventory at a file holding it instead")
+                problems.append(
+                    f"env.{name}: looks like a secret: secrets never go into the job or "
+                    "the crontab; point the inventory at a file holding it instead"
+                )
             elif not isinstance(item, str) or "\n" in item or "\x00" in item:
                 problems.append(f"env.{name}: must be a one-line string")
         if problems:

@@ -78,9 +78,16 @@ def _since(value: Any) -> str:
 
 # How far back logs are read: a duration (kept as docker's text, 2h) or an RFC 3339 time, as
 # `docker logs --since` takes them. Also used by the remediate block.
-Since = Annotated[str, BeforeValidator(_since), WithJsonSchema(
-    {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
-     "description": f"a duration ({DURATION_HINT}) or an RFC 3339 time"})]
+Since = Annotated[
+    str,
+    BeforeValidator(_since),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
+            "description": f"a duration ({DURATION_HINT}) or an RFC 3339 time",
+        }
+    ),
+]
 
 
 def _whole(value: float) -> float:
@@ -183,12 +190,19 @@ class StackSettings(Block):
     retry_wait: Duration = Field(2, ge=0, le=600, description="...this far apart")
     restart_window: Duration = Field(10, ge=0, le=3600, description="restart counts must not move over this")
     memory_warn_percent: float = Field(85, ge=1, le=100, description="of the memory limit: warn from here...")
-    memory_fail_percent: float = Field(95, ge=1, le=100, validate_default=True,
-                                       description="...fail from here")
-    logs_since: Since = Field("15m", description=f"signatures searched since (env {LOGS_SINCE_ENV} overrides)")
+    memory_fail_percent: float = Field(
+        95, ge=1, le=100, validate_default=True, description="...fail from here"
+    )
+    logs_since: Since = Field(
+        "15m", description=f"signatures searched since (env {LOGS_SINCE_ENV} overrides)"
+    )
     log_signatures: dict[str, str] = Field(
-        default_factory=dict, description="extra {name: regex} beyond the signature catalog, for every container")
-    report_path: str | None = Field(None, description=f"a JSON report on the controller (env {REPORT_ENV} overrides)")
+        default_factory=dict,
+        description="extra {name: regex} beyond the signature catalog, for every container",
+    )
+    report_path: str | None = Field(
+        None, description=f"a JSON report on the controller (env {REPORT_ENV} overrides)"
+    )
     services: Services = Field(default_factory=Services)
 
     @field_validator("memory_warn_percent", "memory_fail_percent", mode="before")
@@ -224,16 +238,17 @@ class StackSettings(Block):
         return {str(name): pattern for name, pattern in value.items()}
 
 
-def with_environment(stack: StackSettings, host_name: str,
-                     environ: Mapping[str, str]) -> StackSettings:
+def with_environment(stack: StackSettings, host_name: str, environ: Mapping[str, str]) -> StackSettings:
     """``QUANTLAB_VERIFY_SINCE`` / ``QUANTLAB_VERIFY_REPORT`` over the host's values, for one run."""
     update: dict[str, Any] = {}
     if environ.get(LOGS_SINCE_ENV):
         try:
             update["logs_since"] = TypeAdapter(Since).validate_python(environ[LOGS_SINCE_ENV])
         except ValidationError as exc:
-            raise SettingsError(host_name, [f"{LOGS_SINCE_ENV}: {e['msg'].removeprefix('Value error, ')}"
-                                            for e in exc.errors()]) from None
+            raise SettingsError(
+                host_name,
+                [f"{LOGS_SINCE_ENV}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()],
+            ) from None
     if environ.get(REPORT_ENV):
         update["report_path"] = environ[REPORT_ENV]
     return stack.model_copy(update=update) if update else stack
@@ -243,10 +258,14 @@ def with_environment(stack: StackSettings, host_name: str,
 INHERITED_POSTGRES_KEYS = ("container", "access", "host", "port", "superuser", "superuser_password")
 
 
-def with_host_blocks(stack: StackSettings, host_name: str, *,
-                     postgres: Mapping[str, Any] | None = None,
-                     login_roles: list[Mapping[str, Any]] | None = None,
-                     mlflow_workers: int | None = None) -> StackSettings:
+def with_host_blocks(
+    stack: StackSettings,
+    host_name: str,
+    *,
+    postgres: Mapping[str, Any] | None = None,
+    login_roles: list[Mapping[str, Any]] | None = None,
+    mlflow_workers: int | None = None,
+) -> StackSettings:
     """The services completed from the host's other blocks, checked as a whole.
 
     + postgres: the host's ``postgres`` settings as a mapping (None: the host has none)
@@ -258,10 +277,18 @@ def with_host_blocks(stack: StackSettings, host_name: str, *,
     update: dict[str, Any] = {}
     if services.postgres is not None:
         own = services.postgres.model_dump(exclude_unset=True)
-        inherited = {k: v for k, v in (postgres or {}).items()
-                     if k in INHERITED_POSTGRES_KEYS and v is not None and k not in own}
-        data = {"access": "docker", "superuser": "postgres", "roles": list(login_roles or []),
-                **inherited, **own}
+        inherited = {
+            k: v
+            for k, v in (postgres or {}).items()
+            if k in INHERITED_POSTGRES_KEYS and v is not None and k not in own
+        }
+        data = {
+            "access": "docker",
+            "superuser": "postgres",
+            "roles": list(login_roles or []),
+            **inherited,
+            **own,
+        }
         pg = parse_block(PostgresService, host_name, "stack.services.postgres", data)
         problems = []
         if pg.access == "docker" and pg.container is None:

@@ -48,11 +48,14 @@ def _duration(value: Any) -> float:
     return parse_duration(value)
 
 
-_SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0},
-                          {"type": "string", "pattern": r"^[0-9]+[bkmgtBKMGT]?$"}],
-                "description": SIZE_HINT}
-_DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
-                    "description": DURATION_HINT}
+_SIZE_SCHEMA = {
+    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^[0-9]+[bkmgtBKMGT]?$"}],
+    "description": SIZE_HINT,
+}
+_DURATION_SCHEMA = {
+    "anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
+    "description": DURATION_HINT,
+}
 
 # Bytes, from Docker's forms: 1073741824, "512m", "1g".
 Size = Annotated[int, BeforeValidator(_size), WithJsonSchema(_SIZE_SCHEMA)]
@@ -92,8 +95,9 @@ class SecretSource(BaseModel):
     def describe(self) -> str:
         return f"environment variable {self.env}" if self.env else f"file {self.file}"
 
-    def read(self, environ: Mapping[str, str] | None = None,
-             read_file: Callable[[str], str] | None = None) -> str:
+    def read(
+        self, environ: Mapping[str, str] | None = None, read_file: Callable[[str], str] | None = None
+    ) -> str:
         """The secret, read on the controller. Raises ValueError naming the source."""
         if self.env:
             value = (os.environ if environ is None else environ).get(self.env)
