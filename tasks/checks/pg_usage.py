@@ -32,6 +32,7 @@ def query_as_role(host, target: PgTarget, role: str, password_source: SecretSour
     passfile = f"{workdir}/pgpass"
     flags = ["-w", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=terse"]
     if target.mode == "psql":
+        assert target.host is not None  # PgTarget validated it: psql mode has a host
         argv = [
             "env",
             "PGCONNECT_TIMEOUT=5",
@@ -73,6 +74,7 @@ def query_as_role(host, target: PgTarget, role: str, password_source: SecretSour
             'umask 077; f=$(mktemp) || exit 1; cat > "$f"; '
             f'PGPASSFILE="$f" PGCONNECT_TIMEOUT=5 {inner_psql}; rc=$?; rm -f "$f"; exit $rc'
         )
+        assert target.container is not None  # PgTarget validated it: docker mode has a container
         argv = ["docker", "exec", "-i", "-u", target.os_user, target.container, "sh", "-c", inner]
         command = shell_command(argv, passfile)
     ok, output = host.run_shell_command(StringCommand(run_and_clean(command, workdir)))

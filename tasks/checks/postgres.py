@@ -137,7 +137,11 @@ def check_postgres(session: Session, conf: PostgresService, memory: tuple[float,
     name = conf.container
     if name and not containers.container_checks(session, name, *memory):
         return containers.skip_service(session, "postgres", name)
-    target = name if conf.access == "docker" else f"{conf.host}:{conf.port}"
+    if conf.access == "docker":
+        assert name is not None  # with_host_blocks refuses docker access without a container
+        target = name
+    else:
+        target = f"{conf.host}:{conf.port}"
     where: dict[str, Any] = dict(
         access=conf.access,
         container=name,

@@ -10,6 +10,7 @@ import secrets as _secrets
 import uuid
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from tasks.checks.runner import CheckResult
 
@@ -66,7 +67,7 @@ def write_report(path: str | Path, host_report: dict, run_id: str = _RUN_ID) -> 
     """Merge this host's report into `path` (one file a run, hosts keyed by name; a file left
     by an earlier run is replaced). Written 0600 through a temp file."""
     path = Path(path).expanduser()
-    report = {"run_id": run_id, "hosts": {}}
+    report: dict[str, Any] = {"run_id": run_id, "hosts": {}}  # JSON, as read back from the file
     try:
         old = json.loads(path.read_text())
         if old.get("run_id") == run_id:

@@ -94,7 +94,7 @@ def run_checks(
 ) -> list[CheckResult]:
     """Run checks in order; after a failure the rest are reported as skipped (they would only
     repeat it) unless `stop_on_failure` is False."""
-    results = []
+    results: list[CheckResult] = []
     for name, target, probe, policy in checks:
         if stop_on_failure and any(r.status == "fail" for r in results):
             results.append(CheckResult(name, target, "skip", evidence="skipped: an earlier check failed"))

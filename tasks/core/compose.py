@@ -51,15 +51,16 @@ def merge_environment(current: Any, wanted: Mapping[str, str]) -> tuple[Any, boo
     if current is None:
         return dict(wanted), bool(wanted)
     if isinstance(current, Mapping):
-        merged, changed = dict(current), False
+        mapping, changed = dict(current), False
         for key, value in wanted.items():
-            old = merged.get(key)
-            if key not in merged or (str(old) if old is not None else None) != value:
-                merged[key] = value
+            old = mapping.get(key)
+            if key not in mapping or (str(old) if old is not None else None) != value:
+                mapping[key] = value
                 changed = True
-        return merged, changed
+        return mapping, changed
     if isinstance(current, list):
-        merged, changed, seen = [], False, set()
+        merged: list[Any] = []
+        changed, seen = False, set()
         for item in current:
             key, sep, value = str(item).partition("=")
             if key in wanted:

@@ -345,6 +345,7 @@ def docker_run_args(spec: ContainerSpec, env_file: str | None) -> list[str]:
     for key, value in sorted(spec.labels.items()):
         args += ["--label", f"{key}={value}"]
     if spec.env:
+        assert env_file  # refused above when missing
         args += ["--label", f"{MANAGED_ENV_LABEL}={','.join(sorted(spec.env))}"]
         args += ["--env-file", env_file]
     if spec.entrypoint is not None:

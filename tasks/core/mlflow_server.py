@@ -132,11 +132,11 @@ def server_spec(settings: MlflowSettings, mlflow_version: str | tuple[int, ...])
         mlflow server --host 0.0.0.0 --port 5000 --workers 2
             --gunicorn-opts "--timeout 60 --max-requests 100 --max-requests-jitter 10 --worker-class sync"
     """
-    version = (
-        parse_mlflow_version(mlflow_version)
-        if isinstance(mlflow_version, str)
-        else tuple(mlflow_version) + (0,) * (3 - len(mlflow_version))
-    )
+    if isinstance(mlflow_version, str):
+        version = parse_mlflow_version(mlflow_version)
+    else:
+        major, minor, patch = (*mlflow_version, 0, 0, 0)[:3]  # (3, 6) is (3, 6, 0)
+        version = (major, minor, patch)
     kind = choose_server(settings, version)
     notes: list[str] = []
 

@@ -16,7 +16,7 @@ def wanted_gid(settings: OnboardSettings, probe: Mapping[str, Any]) -> int | Non
     """The docker group's gid to pin: the setting, or the socket's gid for ``"socket"``."""
     if settings.docker_gid == "socket":
         return probe.get("socket_gid")
-    return settings.docker_gid  # type: ignore[return-value]
+    return settings.docker_gid
 
 
 def preflight_problems(

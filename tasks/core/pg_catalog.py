@@ -223,7 +223,7 @@ def parse_catalog_json(text: str) -> Catalog:
             ObjectState(o["kind"], o["schema"], o["name"], o["owner"], o["ref"], _acl(o["acl"]))
             for o in doc["relations"] + doc["functions"]
         )
-        default_acls = {}
+        default_acls: dict[tuple[str, str | None, str], DefaultAclState] = {}
         for d in doc["default_acls"]:
             on = _DEFAULT_ACL_OBJTYPE[d["objtype"]]
             default_acls[(d["owner"], d["schema"], on)] = DefaultAclState(

@@ -72,6 +72,7 @@ def validate_target(t: PgTarget) -> None:
         if t.container is not None:
             raise ValueError("container is only used in docker mode")
         _check_name("host", t.host)
+        assert t.host is not None  # _check_name refused anything but a non-empty string
         if not _HOST.match(t.host):
             raise ValueError(f"host {t.host!r} is not a host name, IP address or socket directory")
         if isinstance(t.port, bool) or not isinstance(t.port, int) or not 1 <= t.port <= 65535:
@@ -119,12 +120,14 @@ def psql_argv(target: PgTarget, *, passfile: str | None = None) -> list[str]:
     """
     validate_target(target)
     if target.mode == "docker":
+        assert target.container is not None  # validate_target: docker mode needs a container
         if passfile is not None:
             raise ValueError("docker mode takes no password file")
         return [
             "docker", "exec", "-i", "-u", target.os_user, target.container,
             "psql", *PSQL_FLAGS, "-U", target.user, "-d", _dbname_arg(target.database),
         ]  # fmt: skip
+    assert target.host is not None  # validate_target: psql mode needs a host
     env = [f"PGCONNECT_TIMEOUT={target.connect_timeout}"]
     if target.password_source is not None and not passfile:
         raise ValueError("password_source is set: pass the uploaded password file path")

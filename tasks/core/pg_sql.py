@@ -126,6 +126,7 @@ def render_script(statements: Iterable[Statement], *, lock_timeout: str = "10s")
 # --- privileges ------------------------------------------------------------------------------
 
 GrantKind = Literal["database", "schema", "tables", "sequences", "functions"]
+DefaultAclOn = Literal["tables", "sequences", "functions"]
 
 # Canonical order = the order PostgreSQL documents; statements list privileges in this order.
 PRIVILEGES: dict[str, tuple[str, ...]] = {
@@ -136,7 +137,7 @@ PRIVILEGES: dict[str, tuple[str, ...]] = {
     "functions": ("EXECUTE",),
 }
 _ALIASES = {"TEMP": "TEMPORARY", "ALL PRIVILEGES": "ALL"}
-_DEFAULT_ACL_OBJTYPE = {"r": "tables", "S": "sequences", "f": "functions"}
+_DEFAULT_ACL_OBJTYPE: dict[str, DefaultAclOn] = {"r": "tables", "S": "sequences", "f": "functions"}
 
 
 def _known_privileges(kind: str, server_version_num: int = 0) -> tuple[str, ...]:

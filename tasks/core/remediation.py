@@ -33,7 +33,7 @@ class Action:
     severity: str
     signatures: list[str]
     reason: str
-    throttle: int = 0
+    throttle: float = 0  # seconds, as Signature.throttle
     last_run: str | None = None
     throttled_until: str | None = None
     findings: list[Finding] = field(default_factory=list)  # fresh ones

@@ -65,6 +65,8 @@ class Signature:
 
     @property
     def regex(self) -> re.Pattern:
+        if self.pattern is None:
+            raise ValueError(f"signature {self.id} has no pattern")
         return _compiled(self.pattern)
 
 
@@ -331,7 +333,7 @@ def log_patterns(
     found = {
         s.id: s.pattern for s in signatures if s.pattern and s.severity != "info" and role in s.containers
     }
-    return {**found, **(extra or {})}  # type: ignore[dict-item]
+    return {**found, **(extra or {})}
 
 
 def match_signatures(lines: Iterable[str], patterns: Mapping[str, str]) -> dict[str, list[str]]:

@@ -29,7 +29,8 @@ class HostDiagnosis(FactBase):
     "containers": {name: {"exists": bool, "state": dict, "restart_count": int, "lines": [str]}}}``.
     """
 
-    requires_command = "docker"
+    def requires_command(self, *args, **kwargs) -> str:
+        return "docker"
 
     def command(self, containers: tuple, since: str, tail: int, record_path: str):
         parts = []

@@ -25,7 +25,8 @@ class ContainerInspect(FactBase):
     Returns ``{"container": {...} | None, "previous": {...} | None, "image": {...} | None}``.
     """
 
-    requires_command = "docker"
+    def requires_command(self, *args, **kwargs) -> str:
+        return "docker"
 
     def command(self, container, image):
         # `docker container inspect A B` prints the ones that exist (a JSON list) and exits 1 when
@@ -41,7 +42,8 @@ class ContainerInspect(FactBase):
         )
 
     def process(self, output):
-        sections, current, container = {}, None, ""
+        sections: dict[str, list[str]] = {}
+        current, container = None, ""
         for line in output:
             if line.startswith(SECTION):
                 current, _, container_ = line[len(SECTION) :].strip().partition(" ")
@@ -66,7 +68,8 @@ class ImageVersion(FactBase):
     """A Python distribution's version inside an image, read by a throwaway container
     (no network). None when the image or the distribution is missing."""
 
-    requires_command = "docker"
+    def requires_command(self, *args, **kwargs) -> str:
+        return "docker"
 
     def command(self, image, distribution):
         script = "import importlib.metadata as m, sys; print('version ' + m.version(sys.argv[1]))"

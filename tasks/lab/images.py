@@ -62,7 +62,7 @@ def recipe_hashes() -> dict[str, str]:
     hashes: dict[str, str] = {}
     for name, parent in PARENTS.items():
         digest = hashlib.sha256(name.encode())
-        digest.update((hashes.get(parent) or "").encode())
+        digest.update((hashes.get(parent, "") if parent else "").encode())
         if name == "base":
             digest.update(" ".join(["debootstrap", *DEBOOTSTRAP_ARGS]).encode())
         else:
@@ -197,10 +197,11 @@ def ensure_images(client, names=None, log=print, build_log: Path | None = None) 
     for name in PARENTS:  # build order
         if name not in missing:
             continue
-        if name == "base":
+        parent = PARENTS[name]
+        if parent is None:  # base
             _build_base(client, refs[name], log, build_log)
         else:
-            _build_dockerfile(client, name, refs[name], refs[PARENTS[name]], log, build_log)
+            _build_dockerfile(client, name, refs[name], refs[parent], log, build_log)
     if not missing:
         log("lab: images cached (" + ", ".join(sorted(wanted)) + ")")
     return {name: refs[name] for name in wanted}

@@ -17,8 +17,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import docker.errors
 import yaml
@@ -44,9 +46,17 @@ SECRET_NAMES = ("postgres_password", "mlflow_db_password", "quant_user_password"
 SCENARIOS = ("healthy", "incident")
 SQL_DIR = Path(__file__).parent / "sql"
 
+
+class MlflowScenario(TypedDict):
+    workers: int
+    memory: str
+    reservation: str | None  # None: no memory reservation
+    restart: str
+
+
 # MLflow settings per scenario. `healthy` is the seed's fix; `incident` is what the seed ran when
 # gunicorn's workers were SIGKILLed: 4 workers under a limit they cannot fit in (measured: 420 MiB).
-MLFLOW_SCENARIOS = {
+MLFLOW_SCENARIOS: dict[str, MlflowScenario] = {
     "healthy": {"workers": 2, "memory": "1g", "reservation": "512m", "restart": "unless-stopped"},
     "incident": {"workers": 4, "memory": "420m", "reservation": None, "restart": "on-failure:3"},
 }
@@ -54,17 +64,37 @@ SIGKILL_LINE = "was sent SIGKILL! Perhaps out of memory?"
 VERSION_LABEL = "io.quantlab.mlflow-version"  # as tasks.operations.mlflow writes it
 
 
+class ContainerSpec(TypedDict, total=False):
+    """Keyword arguments for `containers.run` (besides name, network, ports and restart_policy,
+    which `Stack._ensure_container` adds; `restart` becomes the restart policy)."""
+
+    image: str
+    command: list[str]
+    environment: dict[str, str]
+    volumes: dict[str, dict[str, str]]
+    mem_limit: str
+    mem_reservation: str
+    restart: str
+    labels: dict[str, str]
+
+
 @dataclass
 class Lab:
     prefix: str = "quant"
     port_base: int = 15500
     images: str = "local"
-    home: Path | None = None
-    log: object = field(default=print, repr=False)
+    home: Path | None = None  # None: default_home(prefix); always a Path after __post_init__
+    log: Callable[[str], object] = field(default=print, repr=False)
 
     def __post_init__(self):
         check_prefix(self.prefix)
         self.home = Path(self.home) if self.home else default_home(self.prefix)
+
+    @property
+    def folder(self) -> Path:
+        """`home`, typed: __post_init__ has set it."""
+        assert self.home is not None
+        return self.home
 
     # names ---------------------------------------------------------------------------------------
     def name(self, service: str) -> str:
@@ -87,19 +117,19 @@ class Lab:
 
     @property
     def compose_file(self) -> Path:
-        return self.home / "docker-compose-ml.yml"
+        return self.folder / "docker-compose-ml.yml"
 
     @property
     def state_file(self) -> Path:
-        return self.home / "state.json"
+        return self.folder / "state.json"
 
     # secrets -------------------------------------------------------------------------------------
     def secret_path(self, name: str) -> Path:
-        return self.home / "secrets" / name
+        return self.folder / "secrets" / name
 
     def secrets(self) -> dict[str, str]:
         """The lab's passwords, made once and kept in 0600 files under the lab folder."""
-        folder = self.home / "secrets"
+        folder = self.folder / "secrets"
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o700)
         values = {}
@@ -170,10 +200,10 @@ def backend_env(lab: Lab, values: dict) -> dict:
     }
 
 
-def container_specs(lab: Lab, scenario: str, refs: dict, values: dict) -> dict[str, dict]:
+def container_specs(lab: Lab, scenario: str, refs: dict, values: dict) -> dict[str, ContainerSpec]:
     """Keyword arguments for `containers.run`, one entry a service."""
     mlflow = MLFLOW_SCENARIOS[scenario]
-    specs = {
+    specs: dict[str, ContainerSpec] = {
         "postgres": {
             "environment": {"POSTGRES_PASSWORD": values["postgres_password"]},
             "volumes": {lab.pg_volume: {"bind": "/var/lib/postgresql/data", "mode": "rw"}},
@@ -190,33 +220,34 @@ def container_specs(lab: Lab, scenario: str, refs: dict, values: dict) -> dict[s
         },
         "backend": {"environment": backend_env(lab, values)},
     }
+    mlflow_environment = specs["mlflow"]["environment"]
     if mlflow["reservation"]:
         specs["mlflow"]["mem_reservation"] = mlflow["reservation"]
     if scenario == "healthy":
-        specs["mlflow"]["environment"].update(healthy_server_spec(lab).env)
+        mlflow_environment.update(healthy_server_spec(lab).env)
     else:
-        specs["mlflow"]["environment"]["GUNICORN_CMD_ARGS"] = "-c /etc/quantlab/gunicorn_incident.py"
+        mlflow_environment["GUNICORN_CMD_ARGS"] = "-c /etc/quantlab/gunicorn_incident.py"
     for service, spec in specs.items():
         spec["image"] = refs[SERVICE_IMAGES[service]]
         spec.setdefault("restart", "unless-stopped")
-        spec["labels"] = {
+        labels = spec["labels"] = {
             **lab.labels,
             "quantlab.service": service,
             "com.docker.compose.project": lab.prefix,
             "com.docker.compose.service": service,
         }
         if service == "mlflow":
-            spec["labels"][VERSION_LABEL] = LAB_MLFLOW_VERSION
+            labels[VERSION_LABEL] = LAB_MLFLOW_VERSION
         # A fingerprint of the spec, so `up` can tell a container made for another scenario.
-        spec["labels"]["quantlab.spec"] = hashlib.sha256(
+        labels["quantlab.spec"] = hashlib.sha256(
             json.dumps(spec, sort_keys=True, default=str).encode()
         ).hexdigest()[:12]
     return specs
 
 
-def _restart_policy(text: str) -> dict:
+def _restart_policy(text: str) -> dict[str, str | int]:
     name, _, count = text.partition(":")
-    policy = {"Name": name}
+    policy: dict[str, str | int] = {"Name": name}
     if count:
         policy["MaximumRetryCount"] = int(count)
     return policy
@@ -248,7 +279,7 @@ class Stack:
         except docker.errors.NotFound:
             self.client.volumes.create(self.lab.pg_volume, labels=self.lab.labels)
 
-    def _ensure_container(self, service: str, spec: dict):
+    def _ensure_container(self, service: str, spec: ContainerSpec):
         """Run the service as specified; replace a container that was made from another spec."""
         current = self.container(service)
         if current is not None:
@@ -258,8 +289,8 @@ class Stack:
                 return current, False
             self.log(f"lab: replacing {current.name} (its settings differ from the asked scenario)")
             current.remove(force=True)
-        kwargs = dict(spec)
-        restart = kwargs.pop("restart")
+        kwargs = {key: value for key, value in spec.items() if key != "restart"}
+        restart = spec["restart"]
         container = self.client.containers.run(
             detach=True,
             name=self.lab.name(service),
@@ -434,7 +465,7 @@ class Stack:
         container = self.container("mlflow")
         return container.logs().decode(errors="replace") if container else ""
 
-    def _reproduce_oom(self, spec: dict, tries: int = 3):
+    def _reproduce_oom(self, spec: ContainerSpec, tries: int = 3):
         """Wait for gunicorn's SIGKILL line. The kernel picks the OOM victim; should the container
         die without a worker being the one killed, start it again (bounded)."""
 
@@ -470,12 +501,12 @@ class Stack:
         if scenario not in SCENARIOS:
             raise SystemExit(f"lab: unknown scenario {scenario!r} (choose from {', '.join(SCENARIOS)})")
         started = time.monotonic()
-        self.lab.home.mkdir(parents=True, exist_ok=True)
+        self.lab.folder.mkdir(parents=True, exist_ok=True)
         refs = lab_images.ensure_images(
             self.client,
             set(SERVICE_IMAGES.values()) | {"mlflow3"},
             log=self.log,
-            build_log=self.lab.home / "build.log",
+            build_log=self.lab.folder / "build.log",
         )
         values = self.lab.secrets()
         specs = container_specs(self.lab, scenario, refs, values)
@@ -541,8 +572,8 @@ class Stack:
         for volume in self.client.volumes.list(filters={"label": f"quantlab.prefix={self.lab.prefix}"}):
             volume.remove(force=True)
             removed.append(volume.name)
-        if self.lab.home.exists():
-            shutil.rmtree(self.lab.home)
+        if self.lab.folder.exists():
+            shutil.rmtree(self.lab.folder)
         self.log(f"lab: {self.lab.prefix} is down (removed {', '.join(removed) or 'nothing'})")
         return removed
 
@@ -594,12 +625,12 @@ class Stack:
         return "\n".join(lines)
 
     # files users have: the compose file and the state the inventory reads
-    def write_compose(self, specs: dict):
+    def write_compose(self, specs: dict[str, ContainerSpec]):
         services = {}
         env_lines = []
         secret_values = set(self.lab.secrets().values())
         for service, spec in specs.items():
-            entry = {
+            entry: dict[str, object] = {
                 "image": spec["image"],
                 "container_name": self.lab.name(service),
                 "restart": spec["restart"],
@@ -636,7 +667,7 @@ class Stack:
         }
         header = "# The lab's quant stack, as users describe theirs. Secrets come from .env beside it.\n"
         self.lab.compose_file.write_text(header + yaml.safe_dump(compose, sort_keys=False))
-        env_path = self.lab.home / ".env"
+        env_path = self.lab.folder / ".env"
         fd = os.open(env_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write("\n".join(env_lines) + "\n")
@@ -645,7 +676,7 @@ class Stack:
         state = {
             "prefix": self.lab.prefix,
             "scenario": scenario,
-            "home": str(self.lab.home),
+            "home": str(self.lab.folder),
             "network": self.lab.network,
             "containers": {s: self.lab.name(s) for s in SERVICES},
             "ports": {s: self.lab.port(s) for s in SERVICES},

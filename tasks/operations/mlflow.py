@@ -118,7 +118,10 @@ def compose_service(settings: MlflowSettings, secret_values: dict):
 
         mlflow_deploy.compose_service(settings=host_mlflow_settings(), secret_values={})
     """
-    lines = host.get_fact(FileContents, path=settings.compose_file)
+    compose_file = settings.compose_file
+    if not compose_file:
+        raise OperationError("mlflow.compose_file is not set: there is no compose file to patch")
+    lines = host.get_fact(FileContents, path=compose_file)
     if docker.host_failed():
         return
     if lines is None:
@@ -143,7 +146,7 @@ def compose_service(settings: MlflowSettings, secret_values: dict):
     if not changed:
         host.noop(f"{settings.compose_file}: service {settings.compose_service} matches the settings")
         return
-    yield FileUploadCommand(io.BytesIO(text.encode()), settings.compose_file)
+    yield FileUploadCommand(io.BytesIO(text.encode()), compose_file)
 
 
 @deploy("Fix the MLflow tracking server")

@@ -36,6 +36,7 @@ import io
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from typing import overload
 
 from pyinfra import host as current_host
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
@@ -64,6 +65,12 @@ VERIFY_POLICY = RetryPolicy(attempts=5, seconds=20.0, wait=1.0)
 PasswordSource = SecretSource | Mapping[str, str]
 
 
+@overload
+def secret_source(value: PasswordSource) -> SecretSource: ...
+@overload
+def secret_source(value: None) -> None: ...
+@overload
+def secret_source(value: PasswordSource | None) -> SecretSource | None: ...
 def secret_source(value: PasswordSource | None) -> SecretSource | None:
     """``value`` as a SecretSource (one reader rule for every password an operation reads)."""
     if value is None or isinstance(value, SecretSource):
@@ -223,7 +230,7 @@ def role(
         connection_limit=connection_limit,
         valid_until=valid_until,
         password=spec_password,
-        member_of=member_of,
+        member_of=tuple(member_of) if isinstance(member_of, list) else member_of,  # RoleSpec refuses a str
     )
     state = _catalog(target, target.database, {role: password} if spec_password else None, schemas=())
     observed = state.catalog.roles.get(role)

@@ -16,14 +16,14 @@ from pydantic import Field, StrictBool, StrictInt, StringConstraints, field_vali
 from tasks.settings.base import Block, Pattern
 from tasks.settings.types import Duration
 
-ContainerName = Pattern(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", "letters, digits, _ . -")
+ContainerName = Annotated[str, Pattern(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", "letters, digits, _ . -")]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 
 
 class BackendSettings(Block):
     """The backend container, and the Dockerfile and compose service that start it."""
 
-    container: ContainerName = Field(description="the backend container's name")  # type: ignore[valid-type]
+    container: ContainerName = Field(description="the backend container's name")
     dockerfile: str | None = Field(None, description="the backend Dockerfile on the host, to patch")
     compose_file: str | None = Field(None, description="the compose file on the host, to patch")
     compose_service: NonEmpty = "backend"
@@ -34,7 +34,7 @@ class BackendSettings(Block):
         True, description="WATCHFILES_FORCE_POLLING=true: what actually makes watchfiles poll"
     )
     port: StrictInt = Field(8000, ge=1, le=65535, description="inside the container, for the health check")
-    health_path: Pattern(r"/\S*", "a path starting with /") = "/health"  # type: ignore[valid-type]
+    health_path: Annotated[str, Pattern(r"/\S*", "a path starting with /")] = "/health"
 
     @field_validator("dockerfile", "compose_file")
     @classmethod

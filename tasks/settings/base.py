@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
-from typing import Annotated, Any, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
 
+from annotated_types import GroupedMetadata
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError, WithJsonSchema
 
 from tasks.settings.errors import SettingsError
@@ -94,21 +95,23 @@ _FRIENDLY = {
 }
 
 
-def Pattern(regex: str, hint: str) -> Any:
-    """A string type matching ``regex``; a mismatch says ``'x' is not valid (hint)``."""
-    compiled = re.compile(regex)
+class Pattern(GroupedMetadata):
+    """``Annotated[str, Pattern(regex, hint)]``: a string matching ``regex``; a mismatch says
+    ``'x' is not valid (hint)``. Pydantic unpacks this grouped metadata into the constraints below."""
 
-    def check(value: str) -> str:
-        if not compiled.fullmatch(value):
-            raise ValueError(f"{value!r} is not valid ({hint})")
+    def __init__(self, regex: str, hint: str):
+        self.regex, self.hint = regex, hint
+        self._compiled = re.compile(regex)
+
+    def _check(self, value: str) -> str:
+        if not self._compiled.fullmatch(value):
+            raise ValueError(f"{value!r} is not valid ({self.hint})")
         return value
 
-    return Annotated[
-        str,
-        StringConstraints(min_length=1),
-        AfterValidator(check),
-        WithJsonSchema({"type": "string", "pattern": f"^(?:{regex})$", "description": hint}),
-    ]
+    def __iter__(self) -> Iterator[object]:
+        yield from StringConstraints(min_length=1)
+        yield AfterValidator(self._check)
+        yield WithJsonSchema({"type": "string", "pattern": f"^(?:{self.regex})$", "description": self.hint})
 
 
 def problems_of(model: type[BaseModel], error: ValidationError, prefix: str) -> list[str]:

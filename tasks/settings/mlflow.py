@@ -44,7 +44,7 @@ _PORT_RE = re.compile(
     r"(?P<host>\d{1,5}):(?P<container>\d{1,5})(?:/(?P<proto>tcp|udp|sctp))?"
 )
 
-ContainerName = Pattern(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", "letters, digits, _ . -")
+ContainerName = Annotated[str, Pattern(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", "letters, digits, _ . -")]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 
 
@@ -94,13 +94,16 @@ class MlflowSettings(Block):
     timeout: StrictInt = Field(60, ge=1, le=86400, description="gunicorn worker timeout, seconds")
     max_requests: StrictInt = Field(100, ge=0, description="recycle a worker after this many requests...")
     max_requests_jitter: StrictInt = Field(10, ge=0, description="...plus up to this many")
-    worker_class: Pattern(r"[A-Za-z_][A-Za-z0-9_.]*", "a gunicorn worker class") = "sync"  # type: ignore[valid-type]
+    worker_class: Annotated[str, Pattern(r"[A-Za-z_][A-Za-z0-9_.]*", "a gunicorn worker class")] = "sync"
     memory_limit: MemorySize = Field(1 * GIB, description="Docker size: bytes, or 512m, 1g")
     memory_reservation: MemorySize = Field(512 * MIB, description="at most memory_limit")
-    restart_policy: Pattern(  # type: ignore[valid-type]
-        r"no|always|unless-stopped|on-failure(:\d+)?",
-        "no, always, unless-stopped, on-failure or on-failure:N",
-    ) = "unless-stopped"
+    restart_policy: Annotated[
+        str,
+        Pattern(
+            r"no|always|unless-stopped|on-failure(:\d+)?",
+            "no, always, unless-stopped, on-failure or on-failure:N",
+        ),
+    ] = "unless-stopped"
     ports: tuple[str, ...] = Field((), description="[ip:]host_port:container_port[/proto]")
     network: str | None = None
     env: dict[str, str] = Field(default_factory=dict, description="non-secret environment")

@@ -56,8 +56,8 @@ PublicKeys = Annotated[
         }
     ),
 ]
-UserName = Pattern(USER_NAME, "a user name: lower-case letters, digits, _ and -, at most 32")
-FileName = Pattern(r"[A-Za-z0-9_./-]+", "letters, digits, _ . / -")
+UserName = Annotated[str, Pattern(USER_NAME, "a user name: lower-case letters, digits, _ and -, at most 32")]
+FileName = Annotated[str, Pattern(r"[A-Za-z0-9_./-]+", "letters, digits, _ . / -")]
 
 
 def _unsafe(path: str) -> bool:
@@ -114,7 +114,7 @@ class OnboardSettings(Block):
     """A fresh host made a managed member of the fleet: deploy user, sudo, Docker, stack files."""
 
     authorized_keys: PublicKeys = Field((), validate_default=True)
-    user: UserName = Field("deploy", description="the deploy user pyinfra and people log in as afterwards")  # type: ignore[valid-type]
+    user: UserName = Field("deploy", description="the deploy user pyinfra and people log in as afterwards")
     exclusive_keys: StrictBool = Field(False, description="remove authorized keys not listed")
     shell: str = "/bin/bash"
     home: str | None = Field(None, description="None: /home/<user>")
@@ -126,9 +126,10 @@ class OnboardSettings(Block):
         ),
         description="NOPASSWD, these absolute command lines only; ALL is refused",
     )
-    sudoers_name: Pattern(  # type: ignore[valid-type]
-        r"[A-Za-z0-9_-]+", "letters, digits, '-' or '_' (sudo ignores files with '.' in their name)"
-    ) = Field("quant-deploy", description="/etc/sudoers.d/<name>")
+    sudoers_name: Annotated[
+        str,
+        Pattern(r"[A-Za-z0-9_-]+", "letters, digits, '-' or '_' (sudo ignores files with '.' in their name)"),
+    ] = Field("quant-deploy", description="/etc/sudoers.d/<name>")
     engine: Literal["local", "socket"] = Field(
         "local",
         description="local: this host runs dockerd (systemd as PID 1); socket: it uses the "
@@ -142,18 +143,18 @@ class OnboardSettings(Block):
     log_max_size: Size = Field(10 * 1024 * 1024, gt=0, description="daemon.json log-opts max-size")
     log_max_file: StrictInt = Field(3, ge=1, le=100, description="daemon.json log-opts max-file")
     stack_dir: str = "/opt/quant-stack"
-    stack_owner: UserName | None = Field(None, description="None: the deploy user")  # type: ignore[valid-type]
+    stack_owner: UserName | None = Field(None, description="None: the deploy user")
     directories: tuple[str, ...] = Field(
         ("data/postgres", "data/minio", "data/redis", "logs", "backups"), description="relative to stack_dir"
     )
-    compose_file: FileName = Field("docker-compose.yml", description="relative to stack_dir, or absolute")  # type: ignore[valid-type]
-    compose_project: FileName = "quant"  # type: ignore[valid-type]
+    compose_file: FileName = Field("docker-compose.yml", description="relative to stack_dir, or absolute")
+    compose_project: FileName = "quant"
     compose: dict[str, Any] | None = Field(
         None,
         description="None: postgres, minio, redis and MLflow from the host's mlflow settings; "
         "or a whole compose document (secrets only as ${VAR})",
     )
-    mlflow_version: FileName = Field("2.9.2", description="the MLflow version in the mlflow image")  # type: ignore[valid-type]
+    mlflow_version: FileName = Field("2.9.2", description="the MLflow version in the mlflow image")
     verify: StrictBool = True
 
     @model_validator(mode="before")

@@ -55,7 +55,7 @@ before any change); the value is dropped and read again when an operation needs 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
@@ -68,10 +68,12 @@ from tasks.settings.types import SecretSource
 # The top-level host-data keys the ``db`` block is gathered from.
 DB_KEYS = ("db_roles", "db_databases", "db_grants", "db_default_privileges", "db_exclusive", "db_verify")
 
-ContainerName = Pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a Docker container name")
-ServerHost = Pattern(r"[A-Za-z0-9._:\-\[\]%]+|/\S*", "a host name, IP address or socket directory")
-OsUser = Pattern(r"[^-\s][^\s]*", "an OS user name, not starting with '-'")
-Name = Pattern(r"[^\x00\n\r]+", "a name on one line")
+ContainerName = Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a Docker container name")]
+ServerHost = Annotated[
+    str, Pattern(r"[A-Za-z0-9._:\-\[\]%]+|/\S*", "a host name, IP address or socket directory")
+]
+OsUser = Annotated[str, Pattern(r"[^-\s][^\s]*", "an OS user name, not starting with '-'")]
+Name = Annotated[str, Pattern(r"[^\x00\n\r]+", "a name on one line")]
 
 
 def _plaintext_refused(value: Any) -> Any:
@@ -99,26 +101,20 @@ class PostgresSettings(Block):
     :class:`tasks.core.pg_exec.PgTarget` every PostgreSQL operation and fact takes."""
 
     # None only until _default_access fills it in.
-    access: Literal["docker", "psql"] = Field(  # type: ignore[assignment]
-        None,
+    access: Literal["docker", "psql"] = Field(
+        None,  # type: ignore[arg-type]  # never the value: _default_access fills it in before validation
         description="docker: docker exec into the container; psql: host-side psql to "
         "host:port (default: docker when a container is named, else psql)",
     )
-    container: ContainerName | None = Field(  # type: ignore[valid-type]
-        None, description="docker mode: the database container"
-    )
-    host: ServerHost | None = Field(None, description="psql mode: server address")  # type: ignore[valid-type]
+    container: ContainerName | None = Field(None, description="docker mode: the database container")
+    host: ServerHost | None = Field(None, description="psql mode: server address")
     port: StrictInt = Field(5432, ge=1, le=65535, description="psql mode: server port")
-    superuser: Name = Field("postgres", description="role to connect as")  # type: ignore[valid-type]
+    superuser: Name = Field("postgres", description="role to connect as")
     superuser_password: SecretSource | None = Field(
         None, description='psql mode: {"env": "VAR"} or {"file": "/path"}, sent in a 0600 PGPASSFILE'
     )
-    database: Name = Field(  # type: ignore[valid-type]
-        "postgres", description="maintenance database (roles, databases)"
-    )
-    os_user: OsUser = Field(  # type: ignore[valid-type]
-        "postgres", description="docker mode: OS user psql runs as in the container"
-    )
+    database: Name = Field("postgres", description="maintenance database (roles, databases)")
+    os_user: OsUser = Field("postgres", description="docker mode: OS user psql runs as in the container")
     connect_timeout: StrictInt = Field(10, ge=1, description="seconds")
 
     @model_validator(mode="before")

@@ -18,6 +18,7 @@ catalog is a settings problem (:func:`host_catalog`), reported before anything r
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Annotated
 
 from pydantic import Field, StrictBool, StrictInt
 
@@ -29,7 +30,7 @@ from tasks.settings.stack import ContainerName, Since
 # Env override for one run: where the run records go.
 REPORT_DIR_ENV = "QUANTLAB_REMEDIATE_REPORT_DIR"
 
-ServiceRole = Pattern(r"[a-z][a-z0-9_-]*", "a service role such as mlflow or postgres")
+ServiceRole = Annotated[str, Pattern(r"[a-z][a-z0-9_-]*", "a service role such as mlflow or postgres")]
 
 
 class RemediateSettings(Block):
@@ -40,14 +41,14 @@ class RemediateSettings(Block):
     )
     since: Since = Field("2h", description="docker logs --since: a duration or an RFC 3339 time")
     tail: StrictInt = Field(2000, ge=1, le=100000, description="at most this many lines per container")
-    record_path: Pattern(r"/.*", "an absolute path on the host") = Field(  # type: ignore[valid-type]
+    record_path: Annotated[str, Pattern(r"/.*", "an absolute path on the host")] = Field(
         "/var/lib/quantlab/remediation-runs.json", description="last runs, on the host (throttle)"
     )
     report_dir: str | None = Field(
         "remediation-reports",
         description=(f"run records <host>.json on the controller (env {REPORT_DIR_ENV} overrides)"),
     )
-    containers: dict[ServiceRole, ContainerName] = Field(  # type: ignore[valid-type]
+    containers: dict[ServiceRole, ContainerName] = Field(
         default_factory=dict, description="{role: container} beyond what the other blocks say"
     )
     verify: StrictBool = Field(True, description="verify each remediation after it ran")

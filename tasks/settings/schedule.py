@@ -88,9 +88,9 @@ class ScheduleSettings(Block):
     present: StrictBool = Field(
         True, description="False: remove the entry/timer and the job script (logs stay)"
     )
-    name: Pattern(_NAME_RE, "letters, digits, '.', '_', '-' (max 64)") = DEFAULT_NAME  # type: ignore[valid-type]
-    project_dir: DerivedPath = Field(None, description="the checkout holding deploys/ (None: this one)")
-    pyinfra: DerivedPath = Field(None, description="None: <project_dir>/.venv/bin/pyinfra")
+    name: Annotated[str, Pattern(_NAME_RE, "letters, digits, '.', '_', '-' (max 64)")] = DEFAULT_NAME
+    project_dir: DerivedPath = Field(None, description="the checkout holding deploys/ (None: this one)")  # type: ignore[assignment]  # see DerivedPath
+    pyinfra: DerivedPath = Field(None, description="None: <project_dir>/.venv/bin/pyinfra")  # type: ignore[assignment]  # see DerivedPath
     inventory: ProjectPath = "inventories/lab.py"
     deploy: ProjectPath = "deploys/cleanup_database.py"
     group_data: ProjectPath = "inventories/group_data"
@@ -104,12 +104,12 @@ class ScheduleSettings(Block):
     scheduler: Literal["auto", "cron", "systemd", "both"] = Field(
         "auto", description="auto: systemd timer where systemd is PID 1, else cron"
     )
-    user: Pattern(r"[a-z_][a-z0-9_-]*\$?", "a user name") = "root"  # type: ignore[valid-type]
-    script_path: DerivedPath = Field(None, description="None: /usr/local/lib/quant-remediation/<name>.sh")
-    log_file: DerivedPath = Field(None, description="None: /var/log/quant-remediation/<name>.log")
+    user: Annotated[str, Pattern(r"[a-z_][a-z0-9_-]*\$?", "a user name")] = "root"
+    script_path: DerivedPath = Field(None, description="None: /usr/local/lib/quant-remediation/<name>.sh")  # type: ignore[assignment]  # see DerivedPath
+    log_file: DerivedPath = Field(None, description="None: /var/log/quant-remediation/<name>.log")  # type: ignore[assignment]  # see DerivedPath
     log_max_bytes: Size = Field(5 * MIB, ge=1024, description="rotated by size at the start of a run...")
     log_keep: StrictInt = Field(5, ge=1, description="...keeping this many old logs")
-    lock_file: DerivedPath = Field(
+    lock_file: DerivedPath = Field(  # type: ignore[assignment]  # see DerivedPath
         None, description="None: /run/lock/<name>.lock (a run still going: exit 75)"
     )
     report_path: AbsolutePath | None = Field(None, description="JSON statistics report of each run")

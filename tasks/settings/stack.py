@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -48,10 +48,10 @@ from tasks.settings.types import Duration, SecretSource
 REPORT_ENV = "QUANTLAB_VERIFY_REPORT"
 LOGS_SINCE_ENV = "QUANTLAB_VERIFY_SINCE"
 
-ContainerName = Pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a Docker container name")
-Url = Pattern(r"https?://[^\s'\"]+", "http(s)://host:port")
-UrlPath = Pattern(r"/\S*", "a path starting with /")
-RoleName = Pattern(r"[A-Za-z_][A-Za-z0-9_$]*", "a plain role name")
+ContainerName = Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a Docker container name")]
+Url = Annotated[str, Pattern(r"https?://[^\s'\"]+", "http(s)://host:port")]
+UrlPath = Annotated[str, Pattern(r"/\S*", "a path starting with /")]
+RoleName = Annotated[str, Pattern(r"[A-Za-z_][A-Za-z0-9_$]*", "a plain role name")]
 NonEmpty = Annotated[str, Field(min_length=1)]
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]
 
@@ -102,7 +102,7 @@ Seconds = Annotated[Duration, AfterValidator(_whole)]
 class LoginRole(Block):
     """A role verification logs in as: ``{name, password, database?}``."""
 
-    name: RoleName  # type: ignore[valid-type]
+    name: RoleName
     password: SecretSource
     database: NonEmpty = "postgres"
 
@@ -110,7 +110,7 @@ class LoginRole(Block):
 class PostgresService(Block):
     """PostgreSQL: unset keys come from the host's ``postgres`` block (and roles from db_roles)."""
 
-    container: ContainerName | None = None  # type: ignore[valid-type]
+    container: ContainerName | None = None
     access: Literal["docker", "psql"] | None = None
     host: NonEmpty | None = None
     port: Port | None = None
@@ -126,8 +126,8 @@ class PostgresService(Block):
 class _WebService(Block):
     """A service checked over HTTP: from the host at ``url``, else inside ``container``."""
 
-    container: ContainerName | None = None  # type: ignore[valid-type]
-    url: Url | None = None  # type: ignore[valid-type]
+    container: ContainerName | None = None
+    url: Url | None = None
 
     @model_validator(mode="after")
     def _reachable(self) -> _WebService:
@@ -143,20 +143,20 @@ class MlflowService(_WebService):
 
 
 class RedisService(Block):
-    container: ContainerName  # type: ignore[valid-type]
+    container: ContainerName
     password: SecretSource | None = None
 
 
 class S3Service(_WebService):
     container_port: Port = 9000
-    health_path: UrlPath = "/minio/health/live"  # type: ignore[valid-type]
+    health_path: UrlPath = "/minio/health/live"
     bucket: NonEmpty | None = None
 
 
 class BackendService(_WebService):
     container_port: Port = 8000
-    health_path: UrlPath = "/health"  # type: ignore[valid-type]
-    db_path: UrlPath = "/health/db"  # type: ignore[valid-type]
+    health_path: UrlPath = "/health"
+    db_path: UrlPath = "/health/db"
 
 
 SERVICES = ("postgres", "mlflow", "redis", "s3", "backend")
@@ -263,7 +263,7 @@ def with_host_blocks(
     host_name: str,
     *,
     postgres: Mapping[str, Any] | None = None,
-    login_roles: list[Mapping[str, Any]] | None = None,
+    login_roles: Sequence[Mapping[str, Any]] | None = None,
     mlflow_workers: int | None = None,
 ) -> StackSettings:
     """The services completed from the host's other blocks, checked as a whole.
