@@ -1,7 +1,7 @@
 """SCRAM-SHA-256 password verifiers, computed exactly as PostgreSQL does.
 
-Why: sending a verifier instead of the password keeps the plaintext on the controller (DESIGN
-principle 5), and recomputing a verifier with the stored salt answers "is the password already
+Why: sending a verifier instead of the password keeps the plaintext on the controller (secrets
+never leave it in clear), and recomputing a verifier with the stored salt answers "is the password already
 right?" without changing it, so a second run reports no change.
 
 Format (PostgreSQL ``rolpassword``)::
