@@ -9,12 +9,8 @@ A cron entry (a systemd timer + service pair where systemd is PID 1) runs a job 
 exit 75 means "skipped: another run holds the lock". Settings: the host's `cleanup_schedule`
 block (documented, with its defaults, in tasks/settings/schedule.py). Idempotent.
 """
-from pyinfra import host
-
-from tasks import settings
 from tasks.operations.refusals import quiet_refusals
 from tasks.operations.schedule import schedule_cleanup
 
 quiet_refusals()
-
-schedule_cleanup(settings.of_host(host, "cleanup_schedule"))
+schedule_cleanup()

@@ -36,7 +36,7 @@ from dataclasses import replace
 from typing import Any
 
 from pyinfra import host as current_host
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand, deploy, operation
 from pyinfra.api.exceptions import OperationError
 
 from tasks import settings as host_settings
@@ -302,3 +302,22 @@ def log_statistics(stats: Mapping) -> None:
     if _planning():
         for line in format_report(stats, None).splitlines():
             current_host.log(f"stats: {line}")
+
+
+@deploy("Clean the database")
+def cleanup_database():
+    """Statistics, the guarded deletion, VACUUM (ANALYZE), statistics again when anything changed."""
+    wanted = host_settings.of_host(current_host, "cleanup")
+    target = cleanup_target(current_host, wanted)
+    before = current_host.get_fact(PostgresStatistics, target=target, largest=wanted.largest_tables)
+    log_statistics(before)
+    steps = [delete_matching_rows(name="Delete load-test rows (guarded)", settings=wanted, target=target)]
+    if wanted.vacuum:
+        steps.append(vacuum_analyze(name="VACUUM (ANALYZE)", settings=wanted, target=target, stats=before))
+    statistics_report(
+        name="Statistics after cleanup",
+        settings=wanted,
+        target=target,
+        before=before,
+        _if=lambda: any(step.did_change() for step in steps),
+    )

@@ -22,6 +22,7 @@ from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, crontab, files, server, systemd
 
+from tasks import settings as host_settings
 from tasks.core.schedule_units import (
     choose_schedulers,
     cron_command,
@@ -68,8 +69,9 @@ def cron_entry_absent(entry: str, user: str | None = None):
 
 
 @deploy("Schedule the database cleanup")
-def schedule_cleanup(settings: ScheduleSettings):
-    s = settings
+def schedule_cleanup(settings: ScheduleSettings | None = None):
+    """The host's `cleanup_schedule` block, or ``settings`` when given."""
+    s = settings or host_settings.of_host(current_host, "cleanup_schedule")
     init = current_host.get_fact(InitSystem)
     try:
         use_cron, use_systemd = choose_schedulers(s.scheduler, init["systemd"])

@@ -158,7 +158,7 @@ def test_second_run_deletes_nothing(lab, folder):
     run = run_pyinfra(inventory(folder, lab, "second"), DEPLOY)
     assert run.returncode == 0, (run.stdout + run.stderr)[-2000:]
     # VACUUM always runs and says so; the deletion reports no change.
-    assert run.changed_ops() == ["VACUUM (ANALYZE)", "Statistics after cleanup"]
+    assert run.changed_ops() == ["Clean the database | VACUUM (ANALYZE)", "Clean the database | Statistics after cleanup"]
     assert "VACUUM ANALYZE public.audit_log: dead tuples 0 -> 0" in run.stdout + run.stderr
 
 
