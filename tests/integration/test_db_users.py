@@ -318,8 +318,10 @@ def test_passwords_never_appear_in_output_or_ps(lab, access):
     def watch_ps():  # sample every process's command line while pyinfra runs
         while not stop.is_set():
             out = subprocess.run(["ps", "-eww", "-o", "args="], capture_output=True, text=True).stdout
+            # "PGPASSWORD=": an assignment; other tests running beside this one (xdist) may
+            # name the variable alone (`docker run --env PGPASSWORD`), which carries no value.
             seen.extend(line for line in out.splitlines()
-                        if rotated in line or superuser_pw in line or "PGPASSWORD" in line)
+                        if rotated in line or superuser_pw in line or "PGPASSWORD=" in line)
             time.sleep(0.02)
 
     inventory = lab.inventory(f"secrets_{access}", f"data['postgres']['access'] = {access!r}\n")
