@@ -3,6 +3,10 @@
 Every resource is named `<prefix>-<service>` and labelled `quantlab.prefix=<prefix>`, so stacks with
 different prefixes run side by side and `down` removes exactly one of them. Services publish on
 127.0.0.1 only, at `port_base + offset`.
+
+Long because the lab is one story told in order: the stack's containers, the two scenarios
+(healthy, incident) with the incident's real load and log lines, and status. Split, each part
+would only be read together with the others; the deploys never import it.
 """
 
 from __future__ import annotations
