@@ -95,8 +95,20 @@ def _present(session: Session, name: str):
 
 def _running(session: Session, name: str):
     def probe():
-        state = inspect(session, name)["State"]
+        data = inspect(session, name)
+        state = data["State"]
         if state.get("Restarting"):
+            # One restart may be a slow start; a restart seen during this check, or one after an
+            # OOM kill, is a crash loop that waiting will not fix (and verification of a recreate
+            # should roll back now rather than after its whole start budget).
+            first = session.first_restarts.get(name, (0, 0.0))[0]
+            restarts = int(data.get("RestartCount") or 0)
+            if state.get("OOMKilled") or restarts > first:
+                oom = ", OOM-killed" if state.get("OOMKilled") else ""
+                raise Broken(
+                    f"crash loop: restarting, {restarts} restart(s) so far "
+                    f"(last exit code {state.get('ExitCode')}{oom})"
+                )
             raise NotYet(f"restarting (last exit code {state.get('ExitCode')})")
         if state.get("Status") != "running":
             oom = ", OOM-killed" if state.get("OOMKilled") else ""

@@ -396,3 +396,46 @@ def test_warned_evidence_makes_a_warn():
     fake = FakeHost()
     session = Session(Shell(fake.run, fake.put), environ=ENV)
     assert session.check("x", "t", lambda: Warned("near the limit")).status == "warn"
+
+
+class RestartingHost(FakeHost):
+    """A container Docker keeps restarting: its restart count goes up by one per inspect."""
+
+    def __init__(self, oom: bool, counts: list[int]):
+        super().__init__()
+        self.oom, self.counts = oom, iter(counts)
+
+    def run(self, command: str, timeout: int):
+        if "docker inspect" in command:
+            self.commands.append(command)
+            state = {"Status": "restarting", "Restarting": True, "ExitCode": 137, "OOMKilled": self.oom}
+            return True, json.dumps([{"State": state, "RestartCount": next(self.counts),
+                                      "HostConfig": {"Memory": 1 << 26}, "Config": {"Image": "img"},
+                                      "Created": "2026"}])
+        return super().run(command, timeout)
+
+
+@pytest.mark.parametrize("oom, counts, attempts", [
+    (True, [1, 1, 1], 1),    # restarting after an OOM kill: a crash loop at once
+    (False, [0, 0, 1, 1], 2),  # a restart seen during the check: a crash loop on the next look
+])
+def test_a_crash_looping_container_fails_without_waiting_out_its_budget(oom, counts, attempts):
+    from tasks.checks.containers import container_checks
+
+    fake = RestartingHost(oom, counts + [counts[-1]] * 50)
+    session = Session(Shell(fake.run, fake.put), retry=RetryPolicy(60, 60.0, 0.01), environ=ENV)
+    assert not container_checks(session, "qt-mlflow", 85, 95)
+    running = next(r for r in session.results if r.name.endswith("running"))
+    assert running.status == "fail" and "crash loop" in running.evidence
+    assert running.attempts == attempts
+
+
+def test_one_restart_without_an_oom_kill_is_waited_for():
+    from tasks.checks.containers import container_checks
+
+    fake = RestartingHost(False, [0] * 60)
+    session = Session(Shell(fake.run, fake.put), retry=RetryPolicy(3, 5.0, 0.01), environ=ENV)
+    container_checks(session, "qt-mlflow", 85, 95)
+    running = next(r for r in session.results if r.name.endswith("running"))
+    assert running.status == "fail" and "crash loop" not in running.evidence
+    assert running.attempts == 3
