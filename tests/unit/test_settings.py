@@ -213,3 +213,29 @@ def test_secret_file_path_may_start_with_home(tmp_path, monkeypatch):
 def test_an_access_key_id_is_not_a_secret(name, secret):
     # The lab (and operators) set AWS_ACCESS_KEY_ID in plain env; only its secret half is one.
     assert looks_secret(name) is secret
+
+
+def test_of_host_through_pyinfras_host_proxy_keeps_hosts_apart():
+    # Deploy code reads `from pyinfra import host`: one proxy for every host. Each host must get
+    # its own block, parsed once, and group-wide `<block>_defaults` under the host's own values.
+    from pyinfra import host as host_proxy
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.context import ctx_host
+
+    from tasks import settings
+
+    inventory = Inventory(
+        (
+            [("h1", {"mlflow": {"container_name": "one"}}),
+             ("h2", {"mlflow": {"container_name": "two", "workers": 4}})],
+            {"mlflow_defaults": {"workers": 3}},  # group data for all hosts
+        )
+    )
+    State(inventory, Config())
+    seen = {}
+    for name in ("h1", "h2", "h1"):
+        with ctx_host.use(inventory.get_host(name)):
+            seen.setdefault(name, []).append(settings.of_host(host_proxy, "mlflow"))
+    assert [s.container_name for s in (seen["h1"][0], seen["h2"][0])] == ["one", "two"]
+    assert (seen["h1"][0].workers, seen["h2"][0].workers) == (3, 4)
+    assert seen["h1"][0] is seen["h1"][1]
