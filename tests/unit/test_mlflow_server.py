@@ -112,7 +112,7 @@ def test_store_flags_and_extra_args_order():
 
 
 def test_desired_container_merges_env_and_marks_secrets():
-    settings = load_settings("mlflow", 
+    settings = load_settings("mlflow",
         "lab",
         {
             "env": {"MLFLOW_X": "1"},

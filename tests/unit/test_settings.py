@@ -63,7 +63,7 @@ def test_defaults_are_the_incident_fix():
 
 
 def test_full_valid_data():
-    s = load_settings("mlflow", 
+    s = load_settings("mlflow",
         "lab",
         {
             "image": "quantlab/mlflow:3.x-abc",
@@ -168,7 +168,7 @@ def test_all_problems_reported_at_once():
 
 def test_secret_in_both_env_and_secret_env_is_refused():
     with pytest.raises(SettingsError, match="also in env"):
-        load_settings("mlflow", 
+        load_settings("mlflow",
             "lab", {"env": {"MLFLOW_X": "1"}, "secret_env": {"MLFLOW_X": {"env": "X"}}}
         )
 
@@ -200,7 +200,7 @@ def test_resolve_secret_env_errors_name_the_reference_not_the_value():
 def test_secret_file_path_may_start_with_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "minio_secret").write_text("s3cr3t\n")
-    settings = load_settings("mlflow", 
+    settings = load_settings("mlflow",
         "h", {"secret_env": {"AWS_SECRET_ACCESS_KEY": {"file": "~/minio_secret"}}})
     assert resolve_secret_env("h", settings, environ={}) == {"AWS_SECRET_ACCESS_KEY": "s3cr3t"}
 
