@@ -43,13 +43,13 @@ import docker  # noqa: E402
 from load import run_load  # noqa: E402
 from sshd_fleet import start_fleet, stock_shell_rc  # noqa: E402
 from tasks.core.container_spec import docker_run_args, env_file_text  # noqa: E402
+from tasks.lab.harness import LabHandle, free_port_base, run_pyinfra, write_inventory  # noqa: E402
 from tasks.lab.inventory import lab_host_data  # noqa: E402
 from tasks.lab.stack import LAB_MLFLOW_VERSION, SIGKILL_LINE, VERSION_LABEL, Lab, mlflow_command, mlflow_env  # noqa: E402
 from tasks.core.mlflow_server import desired_container, server_spec  # noqa: E402
 from tasks.core.sizes import docker_size  # noqa: E402
 from tasks.settings import load as load_settings  # noqa: E402
 from tasks.settings.mlflow import resolve_secret_env  # noqa: E402
-from tests.labkit import LabHandle, free_port_base, run_pyinfra, write_inventory  # noqa: E402
 
 PREFIX = "qtbn"
 os.environ["QUANTLAB_PREFIX"] = PREFIX  # belt and braces: no inventory here may reach another lab

@@ -3,7 +3,7 @@
 Each is `/usr/sbin/sshd -D -e` on its own free port with its own config, pid file and log, all in one
 private folder; they share one host key and one client key (one known_hosts line per port). The
 target behind every one of them is this same machine, so each "host" drives the local Docker engine
-and manages its own, uniquely named MLflow container. Built from tests/sshd.py's pieces (config,
+and manages its own, uniquely named MLflow container. Built from tasks/lab/sshd.py's pieces (config,
 keys, stop), with two differences: several servers, and `LogLevel DEBUG1`, so the log records every
 channel request (`exec` = one remote command, `subsystem` = one sftp session) for counting round trips.
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.sshd import HOST, SSHD, free_port, keygen, sshd_config, stop_sshd  # noqa: E402
+from tasks.lab.sshd import HOST, SSHD, free_port, keygen, sshd_config, stop_sshd  # noqa: E402
 
 # sshd 9.x at DEBUG1: "debug1: server_input_channel_req: channel 0 request exec reply 1"
 CHANNEL_REQUEST = re.compile(r"server_input_channel_req: channel \d+ request (exec|subsystem|shell)\b")

@@ -1,0 +1,176 @@
+"""Driving a private lab from outside, as a user would: bring a stack up and down with
+`scripts/lab`, look into its containers, run pyinfra against it. Shared by the integration tests
+(tests/labkit.py adds the pytest side: fixtures, the lab pool) and the benchmarks (bench/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import docker
+
+REPO = Path(__file__).resolve().parents[2]
+PYINFRA = Path(sys.executable).parent / "pyinfra"
+GROUP_DATA = REPO / "inventories" / "group_data"
+
+
+def free_port_base(start: int, span: int = 10) -> int:
+    """A base port whose next `span` ports on 127.0.0.1 are free right now."""
+    for _ in range(200):
+        base = start + random.randrange(0, 200) * span
+        sockets = []
+        try:
+            for port in range(base, base + span):
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", port))
+                sockets.append(sock)
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no free port range found")
+
+
+@dataclass
+class LabHandle:
+    prefix: str
+    port_base: int
+
+    def cli(self, *args, check=True, timeout=900) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [
+                str(REPO / "scripts" / "lab"),
+                "--prefix",
+                self.prefix,
+                "--port-base",
+                str(self.port_base),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"scripts/lab {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def up(self, scenario: str):
+        return self.cli("up", "--scenario", scenario)
+
+    def down(self):
+        return self.cli("down", check=False)
+
+    @property
+    def state(self) -> dict:
+        return json.loads((REPO / ".lab" / self.prefix / "state.json").read_text())
+
+    def container(self, service: str):
+        return docker.from_env().containers.get(f"{self.prefix}-{service}")
+
+    def psql(self, sql: str, database: str = "quant") -> str:
+        proc = subprocess.run(
+            [
+                "docker",
+                "exec",
+                "-i",
+                "-u",
+                "postgres",
+                f"{self.prefix}-postgres",
+                "psql",
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                database,
+            ],
+            input=sql,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+
+def new_lab(tag: str, port_start: int) -> LabHandle:
+    return LabHandle(prefix=f"{tag}{random.randrange(16**4):04x}", port_base=free_port_base(port_start))
+
+
+@dataclass
+class PyinfraRun:
+    returncode: int
+    results: dict | None
+    stdout: str
+    stderr: str
+
+    @property
+    def changed(self) -> int:
+        return self.results["results"]["totals"]["success"] if self.results else -1
+
+    @property
+    def errors(self) -> int:
+        return self.results["results"]["totals"]["error"] if self.results else -1
+
+    def changed_ops(self) -> list[str]:
+        results = cast(dict, self.results)  # None only when pyinfra printed no JSON
+        return [op["name"] for op in results["results"]["operations"] if op["success"]]
+
+    def report(self, tail: int = 6000) -> str:
+        """Exit code and the tails of stdout/stderr, for an assertion message."""
+        return f"rc={self.returncode}\n--- stdout\n{self.stdout[-tail:]}\n--- stderr\n{self.stderr[-tail:]}"
+
+
+def run_pyinfra(
+    inventory: str | Path, deploy: str | Path, *args: str, env: dict | None = None, timeout: int = 900
+) -> PyinfraRun:
+    """`pyinfra -y --json`, as a user would run it; results parsed from the JSON on stdout."""
+    command = [
+        str(PYINFRA),
+        "-y",
+        "--json",
+        "--group-data",
+        str(GROUP_DATA),
+        *args,
+        str(inventory),
+        str(deploy),
+    ]
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})}
+    )
+    results = None
+    start = proc.stdout.find("{")
+    if start >= 0:
+        try:
+            results = json.loads(proc.stdout[start:])
+        except json.JSONDecodeError:
+            results = None
+    return PyinfraRun(proc.returncode, results, proc.stdout, proc.stderr)
+
+
+def write_inventory(
+    path: Path,
+    prefix: str,
+    mlflow_overrides: dict | None = None,
+    mlflow_image: str = "mlflow2",
+    host: str = "@local",
+    host_data: dict | None = None,
+) -> Path:
+    """An inventory for one lab host, the lab's own host data with `mlflow` overrides merged in."""
+    path.write_text(
+        "from tasks.lab.inventory import lab_host_data\n"
+        f"data = lab_host_data({prefix!r}, mlflow_image={mlflow_image!r})\n"
+        f"data['mlflow'].update({mlflow_overrides or {}!r})\n"
+        f"data.update({host_data or {}!r})\n"
+        f"hosts = [({host!r}, data)]\n"
+    )
+    return path
