@@ -330,11 +330,14 @@ class DbSettings(Block):
         return default
 
     def only_roles(self, names: list[str] | set[str]) -> DbSettings:
-        """These roles and their grants, never exclusive: what remediating one role touches."""
+        """These roles, their grants and the databases they own, never exclusive: what
+        remediating one role touches. Other databases (creating one, changing its owner) are
+        not a role's remediation's business."""
         keep = set(names)
         return self.model_copy(
             update={
                 "roles": tuple(r for r in self.roles if r.name in keep),
+                "databases": tuple(d for d in self.databases if d.owner in keep),
                 "grants": tuple(g for g in self.grants if g.role in keep),
                 "default_privileges": tuple(d for d in self.default_privileges if d.role in keep),
                 "exclusive": False,
