@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tasks.checks.runner import CheckResult
+from tasks.checks.runner import CheckResult, table_lines
 
 _RUN_ID = uuid.uuid4().hex  # one pyinfra run: reports from its hosts are merged, older ones replaced
 
@@ -27,21 +27,7 @@ def totals(results: list[CheckResult]) -> dict[str, int]:
 
 def format_report(results: list[CheckResult]) -> str:
     """The per-host table: check, target, result, attempts, elapsed, evidence; then totals."""
-    columns = ("check", "target", "result", "attempts", "elapsed", "evidence")
-    rows = [
-        (
-            r.name,
-            r.target,
-            r.status.upper(),
-            str(r.attempts),
-            f"{r.elapsed:.1f}s",
-            r.evidence.replace("\n", " ")[:140],
-        )
-        for r in results
-    ]
-    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns[:-1])]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths + [0])).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths + [0])).rstrip() for row in rows]
+    lines = table_lines(results, evidence_chars=140)
     t = totals(results)
     lines.append(
         f"totals: {t['pass']} pass, {t['warn']} warn, {t['fail']} fail, {t['skip']} skip "

@@ -103,7 +103,8 @@ def run_checks(
     return results
 
 
-def format_table(results: list[CheckResult]) -> str:
+def table_lines(results: list[CheckResult], evidence_chars: int) -> list[str]:
+    """Check, target, result, attempts, elapsed, evidence: a header and one line per result."""
     columns = ("check", "target", "result", "attempts", "elapsed", "evidence")
     rows = [
         (
@@ -112,13 +113,19 @@ def format_table(results: list[CheckResult]) -> str:
             r.status.upper(),
             str(r.attempts),
             f"{r.elapsed:.1f}s",
-            r.evidence.replace("\n", " ")[:90],
+            r.evidence.replace("\n", " ")[:evidence_chars],
         )
         for r in results
     ]
-    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns[:-1])] + [0]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+    return lines
+
+
+def format_table(results: list[CheckResult]) -> str:
+    """A deploy's verification: the table, then how many passed."""
+    lines = table_lines(results, evidence_chars=90)
     passed = sum(1 for r in results if r.status == "pass")
     skipped = sum(1 for r in results if r.status == "skip")
     lines.append(
