@@ -93,22 +93,30 @@ def _present(session: Session, name: str):
     return probe
 
 
+def _crash_loop(session: Session, name: str, data: dict) -> None:
+    """Broken when Docker is restarting the container over and over. One restart may be a slow
+    start; a restart seen during this check, or one after an OOM kill, is a crash loop that
+    waiting will not fix (a recreate's verification should roll back now, not after its whole
+    start budget)."""
+    state = data["State"]
+    if not state.get("Restarting"):
+        return
+    first = session.first_restarts.get(name, (0, 0.0))[0]
+    restarts = int(data.get("RestartCount") or 0)
+    if state.get("OOMKilled") or restarts > first:
+        session.crash_looping.add(name)
+        oom = ", OOM-killed" if state.get("OOMKilled") else ""
+        raise Broken(
+            f"crash loop: restarting, {restarts} restart(s) so far (last exit code {state.get('ExitCode')}{oom})"
+        )
+
+
 def _running(session: Session, name: str):
     def probe():
         data = inspect(session, name)
         state = data["State"]
+        _crash_loop(session, name, data)
         if state.get("Restarting"):
-            # One restart may be a slow start; a restart seen during this check, or one after an
-            # OOM kill, is a crash loop that waiting will not fix (and verification of a recreate
-            # should roll back now rather than after its whole start budget).
-            first = session.first_restarts.get(name, (0, 0.0))[0]
-            restarts = int(data.get("RestartCount") or 0)
-            if state.get("OOMKilled") or restarts > first:
-                oom = ", OOM-killed" if state.get("OOMKilled") else ""
-                raise Broken(
-                    f"crash loop: restarting, {restarts} restart(s) so far "
-                    f"(last exit code {state.get('ExitCode')}{oom})"
-                )
             raise NotYet(f"restarting (last exit code {state.get('ExitCode')})")
         if state.get("Status") != "running":
             oom = ", OOM-killed" if state.get("OOMKilled") else ""
@@ -124,7 +132,9 @@ def _running(session: Session, name: str):
 
 def _healthy(session: Session, name: str):
     def probe():
-        health = inspect(session, name)["State"].get("Health") or {}
+        data = inspect(session, name)
+        _crash_loop(session, name, data)
+        health = data["State"].get("Health") or {}
         status = health.get("Status")
         last = (health.get("Log") or [{}])[-1]
         detail = str(last.get("Output", "")).strip().replace("\n", " ")[:120]
@@ -201,8 +211,8 @@ def container_checks(
     session: Session, name: str, memory_warn_percent: float = 85, memory_fail_percent: float = 95
 ) -> bool:
     """Present, running, healthy (if it has a healthcheck), not OOM-killed, memory below its
-    limit. False when the container is absent or not running: the service's own checks
-    would only repeat that, so the caller skips them (:func:`skip_service`)."""
+    limit. False when the container is absent, not running or crash-looping: the service's own
+    checks would only repeat that, so the caller skips them (:func:`skip_service`)."""
     if (
         session.check(
             f"container {name} is present", name, _present(session, name), RetryPolicy(3, 10, 1)
@@ -221,10 +231,17 @@ def container_checks(
             _memory(session, name, memory_warn_percent, memory_fail_percent),
             RetryPolicy(2, 10, 1),
         )
-    return running
+    # A crash-looping container is as good as not running: its service checks would only wait.
+    return running and name not in session.crash_looping
 
 
 def skip_service(session: Session, service: str, name: str) -> None:
     """The service's own checks, skipped because its container is absent or not running."""
-    state = "absent" if name not in session.first_restarts else "not running"
+    state = (
+        "absent"
+        if name not in session.first_restarts
+        else "crash-looping"
+        if name in session.crash_looping
+        else "not running"
+    )
     session.skip(f"{service} service checks", name, f"skipped: container {name} is {state}")

@@ -190,6 +190,7 @@ class Session:
         self.results: list[CheckResult] = []
         self.inspected: dict[str, dict] = {}  # container -> its last `docker inspect`
         self.first_restarts: dict[str, tuple[int, float]] = {}  # container -> (count, when read)
+        self.crash_looping: set[str] = set()  # containers seen restarting over and over
 
     def check(
         self, name: str, target: str, probe: Callable[[], str], policy: RetryPolicy | None = None

@@ -439,3 +439,40 @@ def test_one_restart_without_an_oom_kill_is_waited_for():
     running = next(r for r in session.results if r.name.endswith("running"))
     assert running.status == "fail" and "crash loop" not in running.evidence
     assert running.attempts == 3
+
+
+class OomLoopHost(FakeHost):
+    """A fresh container with a healthcheck: running at first, then restarting after OOM kills."""
+
+    def __init__(self):
+        super().__init__()
+        self.inspects = 0
+
+    def run(self, command: str, timeout: int):
+        if "docker inspect" in command:
+            self.commands.append(command)
+            self.inspects += 1
+            looping = self.inspects > 3
+            state = {"Status": "restarting" if looping else "running", "Restarting": looping,
+                     "ExitCode": 137 if looping else 0, "OOMKilled": looping,
+                     "StartedAt": "2026-01-01T00:00:00Z", "Health": {"Status": "starting", "Log": []}}
+            return True, json.dumps([{"State": state, "RestartCount": 1 if looping else 0,
+                                      "HostConfig": {"Memory": 1 << 26}, "Config": {"Image": "img"},
+                                      "Created": "2026"}])
+        return super().run(command, timeout)
+
+
+def test_a_container_that_starts_crash_looping_fails_health_at_once_and_skips_its_service():
+    from tasks.checks.mlflow import check_mlflow
+    from tasks.settings.stack import MlflowService
+
+    fake = OomLoopHost()
+    session = Session(Shell(fake.run, fake.put), retry=RetryPolicy(60, 60.0, 0.01), environ=ENV)
+    check_mlflow(session, MlflowService(container="qt-mlflow", container_port=5000, workers=2,
+                                        artifacts=False))
+    by_name = {r.name: r for r in session.results}
+    healthy = by_name["container qt-mlflow is healthy"]
+    assert healthy.status == "fail" and "crash loop" in healthy.evidence and healthy.attempts <= 2
+    skipped = by_name["mlflow service checks"]
+    assert skipped.status == "skip" and "crash-looping" in skipped.evidence
+    assert not any("/health" in r.name for r in session.results)
