@@ -39,15 +39,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import docker  # noqa: E402
-
 from load import run_load  # noqa: E402
 from sshd_fleet import start_fleet, stock_shell_rc  # noqa: E402
+
 from tasks.core.container_spec import docker_run_args, env_file_text  # noqa: E402
+from tasks.core.mlflow_server import desired_container, server_spec  # noqa: E402
+from tasks.core.sizes import docker_size  # noqa: E402
 from tasks.lab.harness import LabHandle, free_port_base, run_pyinfra, write_inventory  # noqa: E402
 from tasks.lab.inventory import lab_host_data  # noqa: E402
 from tasks.lab.stack import LAB_MLFLOW_VERSION, SIGKILL_LINE, VERSION_LABEL, Lab, mlflow_command, mlflow_env  # noqa: E402
-from tasks.core.mlflow_server import desired_container, server_spec  # noqa: E402
-from tasks.core.sizes import docker_size  # noqa: E402
 from tasks.settings import load as load_settings  # noqa: E402
 from tasks.settings.mlflow import resolve_secret_env  # noqa: E402
 
@@ -535,7 +535,7 @@ def bench_load(ctx: Ctx) -> dict:
             ctx.run_incident_like(name, port, "420m", "on-failure:3", hook=True)
         else:
             ctx.client.containers.get(name).restart(timeout=20)  # same fresh start as "before"
-        started_iso = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        started_iso = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
         ready = wait_health(port, 90)
         mem = MemorySampler(name)
         load = run_load(f"http://127.0.0.1:{port}", cfg["load_clients"], cfg["load_seconds"],

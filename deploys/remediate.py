@@ -9,8 +9,8 @@ Catalog: tasks/core/signatures.yml (or host data `remediate.catalog`). Settings:
 `remediate` block (tasks/settings/remediate.py). A second run right after a fix reports no
 changes; a signature still present within its throttle window is reported "throttled".
 """
-from tasks.operations.remediate import remediate
 from tasks.operations.refusals import quiet_refusals
+from tasks.operations.remediate import remediate
 
 quiet_refusals()
 

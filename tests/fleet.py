@@ -181,7 +181,7 @@ class Fleet:
         return ensure_images(self.client, ["sshhost"], log=lambda _: None,
                              build_log=self.folder / "build.log")["sshhost"]
 
-    def start(self) -> "Fleet":
+    def start(self) -> Fleet:
         self.folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.folder, 0o700)
         image = self.image()

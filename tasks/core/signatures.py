@@ -1,6 +1,10 @@
 """
 Log signatures, pure: the catalog (tasks/core/signatures.yml), matching, throttling, decisions.
 
+Long because the catalog's validation and its matching are one pure layer over one type
+(:class:`Signature`): each rule the validator enforces is there for a matcher below it, and the two
+are read together; the decisions on top already live apart (tasks/core/remediation.py).
+
 One catalog serves both readers: deploys/remediate.py (which fix a finding calls for) and
 deploys/verify_stack.py (which log lines fail the check "logs show no known failure").
 

@@ -128,11 +128,11 @@ def test_concurrent_runs_clean_up_once(lab, folder):
     for t in threads:
         t.join()
 
-    for n, run in runs.items():
+    for run in runs.values():
         assert run.returncode == 0 and run.errors == 0, (run.stdout + run.stderr)[-3000:]
     # No double work: between them the runs deleted each matching row exactly once.
     deleted = []
-    for n, run in runs.items():
+    for n in runs:
         doc = json.loads(reports[n].read_text())
         deleted.append((doc["deletion"] or {}).get("deleted", 0))
     assert sum(deleted) == matched, deleted

@@ -235,7 +235,7 @@ def test_md5_password_is_upgraded_to_scram(lab):
 def test_role_names_needing_quotes(lab):
     names = ["quant-user", "o'brien \"x\"; DROP ROLE quant_user; --"]
     files = []
-    for i, name in enumerate(names):
+    for i in range(len(names)):
         f = lab.tmp / f"odd_{i}"
         f.write_text(f"pw-{i}-{secrets.token_hex(8)}\n")
         files.append(str(f))

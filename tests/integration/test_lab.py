@@ -156,7 +156,7 @@ def test_incident_mlflow_has_four_workers_under_420_mib(lab, incident):
 def test_incident_mlflow_workers_were_sigkilled_by_gunicorn(lab, incident):
     logs = lab.logs("mlflow")
     assert SIGKILL_LINE in logs
-    assert GUNICORN_SIGKILL.search(logs), [l for l in logs.splitlines() if "SIGKILL" in l][:5]
+    assert GUNICORN_SIGKILL.search(logs), [line for line in logs.splitlines() if "SIGKILL" in line][:5]
     # gunicorn's own lines around it: the real server ran, with four workers booted.
     assert "Starting gunicorn" in logs
     assert len(re.findall(r"\[INFO\] Booting worker with pid: \d+", logs)) >= 4

@@ -123,6 +123,7 @@ def test_sudo_is_narrow(runs, fleet, deploy_key):
 
 def test_daemon_json_and_stack_files(runs, fleet):
     import json
+
     import yaml
     host = fleet.hosts[0]
     code, out = host.exec("cat /etc/docker/daemon.json")

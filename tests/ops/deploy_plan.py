@@ -11,7 +11,8 @@ its name, so a test lists what its plan reads.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from unittest.mock import patch
 
 from pyinfra.api import Config, Inventory, State

@@ -15,15 +15,17 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 from pyinfra.connectors.util import CommandOutput, OutputLine
 from pyinfra.context import ctx_host, ctx_state
+
 # Not pyinfra_testing.operations: it imports pyinfra_cli, which gevent-monkey-patches the test process.
 from pyinfra_testing.util import FakeState, create_host, get_command_string
 

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 from pyinfra.context import ctx_host, ctx_state
+
 # Not pyinfra_testing.operations: it imports pyinfra_cli, which gevent-monkey-patches the process.
 from pyinfra_testing.util import FakeHost, FakeState, get_command_string
 

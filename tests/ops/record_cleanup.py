@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from tasks.core.cleanup_catalog import catalog_sql, dependents_of, parse_catalog
-from tasks.core.cleanup_vacuum import stats_sql
 from tasks.core.cleanup_sql import count_sql
+from tasks.core.cleanup_vacuum import stats_sql
 from tasks.lab.images import image_refs
 from tasks.settings import load
 

@@ -4,8 +4,6 @@ what the catalog query printed, and says what the operation must do: nothing (an
 SQL it uploads and runs, the plan lines it logs, whether it verifies, or how it refuses."""
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from tasks.operations import postgres

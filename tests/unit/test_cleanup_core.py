@@ -13,7 +13,6 @@ from tasks.core.pg_exec import PgTarget
 from tasks.operations.cleanup import cleanup_target
 from tasks.settings import SettingsError
 
-
 PG = {"access": "docker", "container": "lab-postgres"}
 LAB_FKS = (
     ForeignKey("portfolios_user_id_fkey", "public", "portfolios", ("user_id",), "public", "users",

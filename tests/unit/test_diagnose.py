@@ -281,5 +281,5 @@ def test_fact_output_is_parsed():
 
 def test_times():
     assert utc("0001-01-01T00:00:00Z") is None and utc("") is None and utc("garbage") is None
-    assert utc(T0) == dt.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=dt.timezone.utc)
+    assert utc(T0) == dt.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC)
     assert utc("2026-01-02T05:04:05+02:00") == utc("2026-01-02T03:04:05Z")
