@@ -3,15 +3,19 @@
 pyinfra's own `docker.container` never notices drift (upstream #1561). Ours compares the desired
 spec with what runs and then does nothing, `docker update` in place, or recreates: the previous
 container is renamed and stopped, the new one started and verified, and on failure the previous
-one is put back under its name, running. Verification starts by reading the container again and
-diffing it against the spec, so every managed setting is proven applied. Everything goes through
-the `docker` CLI on the target, so it works over any connector.
+one is put back under its name, running. The new container is made from the old one's inspected
+configuration, changed only in managed fields (tasks/core/create_body.py), and created through the
+engine's unix socket, so nothing the deploy does not manage is lost; `docker run` only makes a
+container that did not exist. Verification starts by reading the container again and diffing it
+against the spec, so every managed setting is proven applied. Everything goes through the `docker`
+CLI (curl or python3 for the create) on the target, so it works over any connector.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import json
 import shlex
 import time
 from collections.abc import Callable
@@ -30,6 +34,18 @@ from tasks.core.container_spec import (
     format_plan,
     image_defaults_from_inspect,
     spec_from_inspect,
+)
+from tasks.core.create_body import (
+    ENGINE_COMMAND,
+    CreateBodyError,
+    CreateRequest,
+    Engine,
+    create_command,
+    create_request,
+    created_id,
+    image_changed,
+    network_connect_args,
+    parse_engine,
 )
 from tasks.facts.docker import PREVIOUS_SUFFIX, ContainerInspect
 
@@ -64,6 +80,61 @@ def _start_new(target, spec: ContainerSpec):
         _must(target, shlex.join(docker_run_args(spec, env_file)), f"docker run {spec.name}")
     finally:
         run_now(target, f"rm -rf {shlex.quote(folder)}")
+
+
+def _create_request(target, spec: ContainerSpec, base: dict, image: dict) -> CreateRequest:
+    """The create request from ``base`` (the inspected old container), read before any change:
+    the old image's defaults when the image changes (one `docker image inspect`)."""
+    old_image = None
+    if image_changed(base, image):
+        ok, out = run_now(target, f"docker image inspect {shlex.quote(str(base.get('Image')))}")
+        if ok:
+            old_image = json.loads(out)
+        elif "No such image" not in out:
+            raise OperationError(f"reading the image of {spec.name} failed: {out.strip()[:300]}")
+    try:
+        return create_request(base, spec, old_image, image)
+    except CreateBodyError as exc:
+        raise OperationError(f"{spec.name}: {exc}; nothing was changed") from exc
+
+
+def _engine(target) -> Engine:
+    """The engine's unix socket and a client to POST to it (before any change: a host that has
+    neither, or reaches its engine over tcp/ssh, is refused with nothing changed)."""
+    ok, out = run_now(target, ENGINE_COMMAND)
+    if not ok:
+        raise OperationError(out.strip()[:400] or "looking for the engine's unix socket failed")
+    try:
+        return parse_engine(out)
+    except CreateBodyError as exc:
+        raise OperationError(str(exc)) from exc
+
+
+def _create_from(target, request: CreateRequest, engine: Engine):
+    """Create the container through the engine API (the body, env values included, in a 0600 file
+    in a private temp dir, removed right after), connect its other networks, start it."""
+    name = request.name
+    folder = _must(target, "mktemp -d /tmp/quantlab-create.XXXXXXXX", "mktemp").strip().splitlines()[-1]
+    body = f"{folder}/body.json"
+    try:
+        if not target.put_file(io.BytesIO(request.body_json().encode()), body, print_output=False):
+            raise OperationError(f"uploading the create request for {name} failed")
+        _must(target, f"chmod 600 {shlex.quote(body)}", "chmod")
+        answer = _must(
+            target, create_command(engine, body, f"{folder}/answer.json", name), f"creating {name}"
+        )
+    finally:
+        run_now(target, f"rm -rf {shlex.quote(folder)}")
+    _, warnings = created_id(answer)
+    for warning in warnings:
+        logger.warning(f"{target.print_prefix}{name}: the engine warns: {warning}")
+    for endpoint in request.extra_networks:
+        _must(
+            target,
+            shlex.join(network_connect_args(endpoint, name)),
+            f"connecting {name} to network {endpoint.network}",
+        )
+    _must(target, f"docker start {shlex.quote(name)}", f"starting {name}")
 
 
 Verifier = Callable[[Callable[[str], tuple[bool, str]]], list[CheckResult]]
@@ -178,9 +249,25 @@ def _keep_or_roll_back(
 
 
 @_reported
-def _recreate(state, host, spec: ContainerSpec, had_current: bool, verify: Verifier | None):
+def _recreate(
+    state,
+    host,
+    spec: ContainerSpec,
+    had_current: bool,
+    verify: Verifier | None,
+    base: dict | None = None,
+    image: dict | None = None,
+):
+    """``base``: the inspect the new container is made from (the current container, or the
+    previous copy an interrupted run left); None: nothing to keep, ``docker run`` from the spec.
+    ``image``: the inspect of ``spec.image``."""
     name, previous = spec.name, spec.name + PREVIOUS_SUFFIX
     q_name, q_prev = shlex.quote(name), shlex.quote(previous)
+    # Everything that can refuse runs before the first change.
+    request, engine = None, None
+    if base is not None and image is not None:
+        request = _create_request(host, spec, base, image)
+        engine = _engine(host)
     # An interrupted earlier run may have left a previous copy. If the current container exists,
     # that copy is stale; if it does not, that copy is the only one and becomes our backup.
     if had_current:
@@ -192,7 +279,10 @@ def _recreate(state, host, spec: ContainerSpec, had_current: bool, verify: Verif
         # longer wait is spent idle before the kill (measured in bench/: the full 20 s it was).
         _must(host, f"docker stop -t {STOP_GRACE_SECONDS} {q_prev}", f"stopping {previous}")
     try:
-        _start_new(host, spec)
+        if request is not None and engine is not None:
+            _create_from(host, request, engine)
+        else:
+            _start_new(host, spec)
     except OperationError as exc:
         return _keep_or_roll_back(host, spec, have_backup, verify, reasons=[str(exc)])
     return _keep_or_roll_back(host, spec, have_backup, verify)
@@ -288,5 +378,15 @@ def container(spec: ContainerSpec, verify: Verifier | None = None, facts: dict |
     )
     if plan.action == "update":
         yield FunctionCommand(_update, (spec, verify), {})
-    else:
-        yield FunctionCommand(_recreate, (spec, plan.action == "recreate", verify), {})
+        return
+    # The new container is made from the current one, or from the copy an interrupted run set
+    # aside (the user's original); only with neither is it made from the spec alone.
+    base = facts["container"] or facts["previous"]
+    if base is not None and facts["image"] is None:
+        raise OperationError(
+            f"image {spec.image} is not on this host: pull or build it first "
+            f"(`docker pull {spec.image}`); nothing was changed"
+        )
+    yield FunctionCommand(
+        _recreate, (spec, plan.action == "recreate", verify), {"base": base, "image": facts["image"]}
+    )
