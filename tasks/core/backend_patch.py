@@ -17,9 +17,7 @@ import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-import yaml
-
-from tasks.core.compose import ComposeError, merge_environment, same_command
+from tasks.core.compose import ComposeError, ServicePatch, patch_compose_service_with
 from tasks.core.container_spec import (
     MANAGED_ENV_LABEL,
     ContainerSpec,
@@ -28,7 +26,6 @@ from tasks.core.container_spec import (
 )
 
 POLLING_ENV = "WATCHFILES_FORCE_POLLING"
-HEADER = "# Managed in part by deploys/fix_mlflow.py and deploys/fix_backend_reload.py.\n"
 # A shell-form CMD using any of these needs a shell: it cannot become a JSON array by itself.
 _SHELL_CHARS = re.compile(r"[$`|&;<>(){}*?\\]")
 
@@ -129,36 +126,25 @@ def patch_compose_backend(
 ) -> tuple[str, bool]:
     """Return ``(text, changed)``: the service's ``environment`` with WATCHFILES_FORCE_POLLING,
     its ``command`` with the reload arguments (set to ``command_if_missing`` when it has none and
-    one is given). Unchanged text is returned byte for byte. Raises ComposeError."""
-    try:
-        doc = yaml.safe_load(yaml_text)
-    except yaml.YAMLError as exc:
-        raise ComposeError(f"compose file is not valid YAML: {exc}") from exc
-    services = doc.get("services") if isinstance(doc, dict) else None
-    if not isinstance(services, dict) or not isinstance(services.get(service), dict):
-        known = ", ".join(map(str, services or {})) or "none"
-        raise ComposeError(f"service {service!r} is not in the compose file (services: {known})")
-    svc = services[service]
-    changed = False
-    current = svc.get("command")
-    if current is not None:
-        argv = shlex.split(current) if isinstance(current, str) else [str(a) for a in current]
-        wanted = reload_args(argv, delay)
-        if not same_command(current, wanted):
-            svc["command"] = wanted
-            changed = True
-    elif command_if_missing:
-        svc["command"] = reload_args(command_if_missing, delay)
-        changed = True
-    if force_polling:
-        env, env_changed = merge_environment(svc.get("environment"), {POLLING_ENV: "true"})
-        if env_changed:
-            svc["environment"] = env
-            changed = True
-    if not changed:
-        return yaml_text, False
-    body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True)
-    return HEADER + body.removeprefix(HEADER), True
+    one is given). The file is patched round trip (tasks/core/compose.py): comments, anchors and
+    the rest of the file kept. Unchanged text is returned byte for byte. Raises ComposeError."""
+
+    def make_patch(view: dict) -> ServicePatch:
+        current = view.get("command")
+        command = None
+        if current is not None:
+            try:
+                argv = shlex.split(current) if isinstance(current, str) else [str(a) for a in current]
+            except ValueError as exc:
+                raise ComposeError(f"service {service!r}: command {current!r} does not parse: {exc}") from exc
+            command = tuple(reload_args(argv, delay))
+        elif command_if_missing:
+            command = tuple(reload_args(command_if_missing, delay))
+        environment = {POLLING_ENV: "true"} if force_polling else {}
+        return ServicePatch(command=command, environment=environment)
+
+    text, changed = patch_compose_service_with(yaml_text, service, make_patch)
+    return text, bool(changed)
 
 
 def desired_container(

@@ -12,7 +12,7 @@ from pyinfra.facts.files import FileContents
 
 from tasks import settings as host_settings
 from tasks.checks.mlflow import verify_mlflow
-from tasks.core.compose import ComposeError, patch_compose_service
+from tasks.core.compose import ComposeError, ServicePatch, patch_compose_service
 from tasks.core.mlflow_server import desired_container, server_spec
 from tasks.facts.docker import ImageVersion
 from tasks.operations import docker
@@ -131,16 +131,14 @@ def compose_service(settings: MlflowSettings, secret_values: dict):
     except docker.HostFailed:
         return
     spec_ = server_spec(settings, version)
-    environment = {**settings.env, **spec_.env}
+    patch = ServicePatch(
+        command=tuple(spec_.command),
+        environment={**settings.env, **spec_.env},
+        memory_limit=settings.memory_limit,
+        memory_reservation=settings.memory_reservation,
+    )
     try:
-        text, changed = patch_compose_service(
-            "\n".join(lines) + "\n",
-            settings.compose_service,
-            list(spec_.command),
-            environment,
-            settings.memory_limit,
-            settings.memory_reservation,
-        )
+        text, changed = patch_compose_service("\n".join(lines) + "\n", settings.compose_service, patch)
     except ComposeError as exc:
         raise OperationError(f"{settings.compose_file}: {exc}") from exc
     if not changed:

@@ -106,8 +106,9 @@ def test_compose_command_patched_or_set_when_no_dockerfile_carries_it():
     with_command = COMPOSE.replace("    image: quant/backend\n",
                                    "    image: quant/backend\n    command: uvicorn main:app --reload\n")
     text, _ = br.patch_compose_backend(with_command, "backend", 2, True)
-    assert yaml.safe_load(text)["services"]["backend"]["command"] == [
-        "uvicorn", "main:app", "--reload", "--reload-delay", "2"]
+    # The file's string form is kept (the patch is round trip: only the managed lines change).
+    assert yaml.safe_load(text)["services"]["backend"]["command"] == "uvicorn main:app --reload --reload-delay 2"
+    assert text.startswith("# users' compose file\n")
     assert br.patch_compose_backend(text, "backend", 2, True)[1] is False
     fallback, _ = br.patch_compose_backend(COMPOSE, "backend", 2, True, UVICORN)
     assert yaml.safe_load(fallback)["services"]["backend"]["command"] == UVICORN + ["--reload-delay", "2"]

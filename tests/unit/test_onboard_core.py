@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from tasks.core.compose import patch_compose_service
+from tasks.core.compose import ServicePatch, patch_compose_service
 from tasks.core.mlflow_server import server_spec
 from tasks.core.onboard_files import compose_text, daemon_json, default_compose, sudoers_text
 from tasks.core.onboard_preflight import preflight_problems, wanted_gid
@@ -198,10 +198,9 @@ def test_default_compose_agrees_with_fix_mlflow():
     doc = yaml.safe_load(text)
     assert doc["services"]["mlflow"]["environment"]["PGPASSWORD"].startswith("${PGPASSWORD")
     assert set(doc["services"]) == {"postgres", "minio", "redis", "mlflow"}
-    patched, changed = patch_compose_service(text, "mlflow", list(spec.command),
-                                             {**mlflow.env, **spec.env}, mlflow.memory_limit,
-                                             mlflow.memory_reservation)
-    assert not changed and patched == text
+    patch = ServicePatch(command=tuple(spec.command), environment={**mlflow.env, **spec.env},
+                         memory_limit=mlflow.memory_limit, memory_reservation=mlflow.memory_reservation)
+    assert patch_compose_service(text, "mlflow", patch) == (text, [])
 
 
 def test_default_compose_has_no_secret_values():
