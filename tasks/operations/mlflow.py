@@ -7,16 +7,17 @@ import re
 from dataclasses import replace
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, OperationError, deploy, operation
-from pyinfra.facts.files import FileContents
+from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, deploy, operation
 
 from tasks import settings as host_settings
 from tasks.checks.mlflow import verify_mlflow
-from tasks.core.compose import ComposeError, ServicePatch, patch_compose_service
+from tasks.core.compose import ComposeError, ServicePatch, compose_diff, patch_compose_service, service_view
+from tasks.core.container_spec import ContainerSpec, Plan, format_plan, spec_from_inspect
 from tasks.core.mlflow_server import desired_container, server_spec
+from tasks.facts.compose import ComposeContainer
 from tasks.facts.docker import ImageVersion
-from tasks.operations import docker
-from tasks.settings.mlflow import MlflowSettings, resolve_secret_env
+from tasks.operations import compose, docker
+from tasks.settings.mlflow import MANAGED_ENV_KEYS, MlflowSettings, resolve_secret_env
 
 VERSION_LABEL = "io.quantlab.mlflow-version"
 
@@ -87,6 +88,12 @@ def server(settings: MlflowSettings, secret_values: dict):
         mlflow_deploy.server(settings=host_mlflow_settings(), secret_values={})
     """
     try:
+        if settings.compose_file:
+            fact = compose.read_service(settings.compose_file, settings.compose_service)
+            target = compose_target(settings, fact)
+            if not isinstance(target, str):  # DOCKER_MODE is the one str answer
+                yield from _through_compose(settings, fact, target)
+                return
         # One read of the container, its kept previous copy and the image serves every decision
         # below: each fact read is a remote command, and a no-change run should cost one.
         facts = docker.inspect_facts(settings.container_name, settings.image)
@@ -121,12 +128,13 @@ def compose_service(settings: MlflowSettings, secret_values: dict):
     compose_file = settings.compose_file
     if not compose_file:
         raise OperationError("mlflow.compose_file is not set: there is no compose file to patch")
-    lines = host.get_fact(FileContents, path=compose_file)
-    if docker.host_failed():
-        return
-    if lines is None:
-        raise OperationError(f"compose file {settings.compose_file} does not exist on this host")
     try:
+        fact = compose.read_service(compose_file, settings.compose_service)
+        if compose_target(settings, fact) != DOCKER_MODE:
+            host.noop(f"{compose_file}: applied through compose with the container (above)")
+            return
+        if fact["text"] is None:
+            raise OperationError(f"compose file {settings.compose_file} does not exist on this host")
         version = image_mlflow_version(settings)
     except docker.HostFailed:
         return
@@ -138,13 +146,121 @@ def compose_service(settings: MlflowSettings, secret_values: dict):
         memory_reservation=settings.memory_reservation,
     )
     try:
-        text, changed = patch_compose_service("\n".join(lines) + "\n", settings.compose_service, patch)
+        text, changed = patch_compose_service(fact["text"], settings.compose_service, patch)
     except ComposeError as exc:
         raise OperationError(f"{settings.compose_file}: {exc}") from exc
     if not changed:
         host.noop(f"{settings.compose_file}: service {settings.compose_service} matches the settings")
         return
     yield FileUploadCommand(io.BytesIO(text.encode()), compose_file)
+
+
+# -- compose mode ---------------------------------------------------------------------------------
+
+DOCKER_MODE = "docker"
+
+
+def compose_target(settings: MlflowSettings, fact: dict) -> ComposeContainer | None | str:
+    """Which way the container is managed: through compose (its compose-made container, or None
+    when compose has made none yet) or ``DOCKER_MODE`` (a container the settings name that compose
+    did not make from this file: recreated by the deploy, the file patched to match)."""
+    found = compose.containers_of(fact, settings.compose_file or "", settings.compose_project)
+    made = [c for c in found if c.config_hash]
+    if len(made) > 1:
+        raise OperationError(
+            f"service {settings.compose_service} has {len(made)} containers from {settings.compose_file} "
+            f"({', '.join(c.name for c in made)}): scaled services are not managed; nothing was changed"
+        )
+    if made:
+        return made[0]
+    if "container_name" in settings.model_fields_set or not fact["tool"]:
+        return DOCKER_MODE
+    return None
+
+
+def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContainer | None):
+    file, service = settings.compose_file or "", settings.compose_service
+    if not fact["tool"]:
+        raise OperationError(
+            f"{target.name if target else service} was made by compose from {file}, but this host has no "
+            "compose tool (`docker compose` or `docker-compose`); nothing was changed"
+        )
+    if fact["text"] is None:
+        raise OperationError(f"compose file {file} does not exist on this host")
+    if settings.secret_env:
+        raise OperationError(
+            f"mlflow.secret_env: {service} is managed through {file}, whose secrets stay where the file "
+            "takes them from (env_file, .env); remove secret_env from host data. Nothing was changed"
+        )
+    try:
+        view = service_view(fact["text"], service)
+    except ComposeError as exc:
+        raise OperationError(f"{file}: {exc}") from exc
+    explicit_image = "image" in settings.model_fields_set
+    image = settings.image if explicit_image else view.get("image")
+    if not isinstance(image, str) or not image:
+        raise OperationError(
+            f"{file}: service {service} has no image (a `build:` service is not managed); nothing was changed"
+        )
+    # Before compose made it, the container has no name yet: the service's stands in.
+    name = target.name if target else service
+    local = settings.model_copy(update={"container_name": name, "image": image})
+    facts = docker.inspect_facts(name, image)
+    if not target:
+        facts = {**facts, "container": None, "previous": None}
+    version = image_mlflow_version(local, facts)
+    _refuse_downgrade_on_same_store(local, version, facts)
+    spec_ = server_spec(local, version)
+    for note in spec_.notes:
+        logger.info(f"{host.print_prefix}note (MLflow {version}, {spec_.kind}): {note}")
+    environment = {**settings.env, **spec_.env}
+    labels = {**settings.labels, VERSION_LABEL: version}
+    patch = ServicePatch(
+        image=image if explicit_image else None,
+        command=tuple(spec_.command),
+        environment=environment,
+        remove_environment=frozenset(MANAGED_ENV_KEYS - set(spec_.env)),
+        memory_limit=settings.memory_limit,
+        memory_reservation=settings.memory_reservation,
+        restart=settings.restart_policy,
+        labels=labels,
+    )
+    try:
+        new_text, changed_keys = patch_compose_service(fact["text"], service, patch)
+    except ComposeError as exc:
+        raise OperationError(f"{file}: {exc}") from exc
+    current = facts["container"]
+    desired = ContainerSpec(
+        name=name,
+        image=image,
+        command=tuple(spec_.command),
+        env=environment,
+        labels=labels,
+        memory=settings.memory_limit,
+        memory_reservation=settings.memory_reservation,
+        restart_policy=settings.restart_policy,
+        # Ports and networks are the file's business here: compared with themselves.
+        ports=spec_from_inspect(current).ports if current else (),
+    )
+    plan = docker.plan_from_facts(desired, facts) if current else Plan("create", name)
+    if not changed_keys and not plan.changed:
+        host.noop(f"service {service} in {file} and its container {name} match the settings")
+        return
+    change = compose.ComposeChange(
+        tool=tuple(fact["tool"]),
+        file=file,
+        service=service,
+        project=target.project if target else settings.compose_project,
+        old_text=fact["text"],
+        new_text=new_text,
+        spec=desired,
+    )
+    compose.log_change(change, compose_diff(change.old_text, new_text, file), format_plan(plan))
+
+    def verify_for(container: str):
+        return lambda run: verify_mlflow(run, container, settings.port, spec_.kind, spec_.workers)
+
+    yield FunctionCommand(compose.apply, (change, verify_for), {})
 
 
 @deploy("Fix the MLflow tracking server")

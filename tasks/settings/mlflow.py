@@ -78,9 +78,11 @@ class MlflowSettings(Block):
     """The MLflow tracking server: container, server options, memory, compose service."""
 
     container_name: ContainerName = Field(
-        "quant-mlflow", description="the container (compose: its service's container)"
+        "quant-mlflow", description="the container; unset with compose_file: the one compose made"
     )
-    image: NonEmpty = Field("quantlab/mlflow:2.9.2", description="image with the `mlflow` package")
+    image: NonEmpty = Field(
+        "quantlab/mlflow:2.9.2", description="image with `mlflow`; unset with compose_file: the file's"
+    )
     server: Literal["auto", "gunicorn", "uvicorn"] = Field(
         "auto", description="auto: gunicorn for MLflow < 3.3, uvicorn from 3.3 on"
     )
@@ -109,7 +111,12 @@ class MlflowSettings(Block):
     env: dict[str, str] = Field(default_factory=dict, description="non-secret environment")
     labels: dict[str, str] = Field(default_factory=dict)
     compose_file: str | None = Field(None, description="the compose file on the host to keep in sync")
-    compose_service: NonEmpty = "mlflow"
+    compose_service: NonEmpty = Field(
+        "mlflow", description="the service in compose_file; compose-made containers are found by it"
+    )
+    compose_project: ContainerName | None = Field(
+        None, description="compose project (default: the one whose containers came from compose_file)"
+    )
     secret_env: dict[str, SecretSource] = Field(
         default_factory=dict,
         description='{"VAR": {"env": "NAME"} or {"file": "/path"}}, read on the controller',

@@ -1,0 +1,161 @@
+"""A compose service brought to its settings through compose itself (the facts:
+tasks/facts/compose.py; the file patch: tasks/core/compose.py).
+
+When the user runs a service with compose, compose is the source of truth: a container recreated
+behind its back would be undone by the next `compose up`, or collide with it. So the deploy edits
+the user's file (only the keys it manages), lets the host's compose tool apply it
+(`up -d --no-deps <service>`), reads the container compose made and verifies it; when that fails,
+it writes the previous file back and applies it again.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from pyinfra import host, logger
+from pyinfra.api import OperationError
+
+from tasks.core.container_spec import ContainerSpec
+from tasks.facts.compose import ComposeContainer, ComposeService
+from tasks.operations import docker
+
+# What a verifier is handed: the container's name (compose may rename it on recreate).
+VerifierFor = Callable[[str], docker.Verifier | None]
+
+
+@dataclass(frozen=True)
+class ComposeChange:
+    """Everything the execution half needs, decided at planning time."""
+
+    tool: tuple[str, ...]
+    file: str
+    service: str
+    project: str | None  # None: compose's own default (the file's folder, or its .env)
+    old_text: str
+    new_text: str  # == old_text: only the container drifted; recreate it from the same file
+    spec: ContainerSpec  # the settings as the container must show them (name: before the change)
+    stop_grace: int = docker.STOP_GRACE_SECONDS
+
+    @property
+    def file_changed(self) -> bool:
+        return self.new_text != self.old_text
+
+
+def up_command(change: ComposeChange, force_recreate: bool) -> str:
+    """`<tool> -f FILE [-p PROJECT] up -d --no-deps -t N [--force-recreate] SERVICE`, run in the
+    file's folder (compose reads `.env` and resolves relative paths from there)."""
+    argv = [*change.tool, "-f", change.file]
+    if change.project:
+        argv += ["-p", change.project]
+    argv += ["up", "-d", "--no-deps", "-t", str(change.stop_grace)]
+    if force_recreate:
+        argv.append("--force-recreate")
+    argv.append(change.service)
+    folder = posixpath.dirname(change.file) or "."
+    return f"cd {shlex.quote(folder)} && {shlex.join(argv)} 2>&1"
+
+
+def containers_of(service_fact: dict, file: str, project: str | None) -> list[ComposeContainer]:
+    """The service's containers made from ``file`` (and of ``project`` when it is given)."""
+    return [
+        c
+        for c in service_fact["containers"]
+        if c.made_from(file) and (project is None or c.project == project)
+    ]
+
+
+def _write_file(target, path: str, text: str) -> None:
+    """Write through a temp file and `cat >`, so the file keeps its inode, owner and mode."""
+    folder = (
+        docker._must(target, "mktemp -d /tmp/quantlab-compose.XXXXXXXX", "mktemp").strip().splitlines()[-1]
+    )
+    temp = f"{folder}/compose.yml"
+    try:
+        if not target.put_file(io.BytesIO(text.encode()), temp, print_output=False):
+            raise OperationError(f"uploading the new {path} failed")
+        docker._must(target, f"cat {shlex.quote(temp)} > {shlex.quote(path)}", f"writing {path}")
+    finally:
+        docker.run_now(target, f"rm -rf {shlex.quote(folder)}")
+
+
+def _current_container(target, change: ComposeChange) -> str:
+    fact = ComposeService()
+    ok, out = docker.run_now(target, fact.command(change.file, change.service))
+    if not ok:
+        raise OperationError(
+            f"listing the containers of service {change.service} failed: {out.strip()[:300]}"
+        )
+    found = containers_of(fact.process(out.splitlines()), change.file, change.project)
+    if len(found) != 1:
+        names = ", ".join(c.name for c in found) or "none"
+        raise OperationError(
+            f"after `up`, service {change.service} has {len(found)} containers from {change.file} ({names})"
+        )
+    return found[0].name
+
+
+def _apply(target, change: ComposeChange, text: str, force_recreate: bool) -> str:
+    if change.file_changed:
+        _write_file(target, change.file, text)
+    ok, out = docker.run_now(target, up_command(change, force_recreate))
+    if not ok:
+        raise OperationError(f"compose up {change.service} failed: {out.strip()[-600:]}")
+    return _current_container(target, change)
+
+
+@docker._reported
+def apply(state, target, change: ComposeChange, verify_for: VerifierFor):
+    """Write the file, `up` the service, verify the container compose made; on failure write
+    the previous file back and `up` again."""
+    try:
+        name = _apply(target, change, change.new_text, force_recreate=not change.file_changed)
+        results = docker._verify(target, replace(change.spec, name=name), verify_for(name))
+        reasons = [f"{r.name}: {r.evidence}" for r in results if not r.passed]
+    except OperationError as exc:
+        name, reasons = change.spec.name, [str(exc)]
+    if not reasons:
+        return True
+    _, tail = docker.run_now(target, f"docker logs --tail 15 {shlex.quote(name)} 2>&1")
+    if change.file_changed:
+        try:
+            restored_name = _apply(target, change, change.old_text, force_recreate=False)
+            restored = f"the previous {change.file} is back and applied" + docker._restored_state(
+                target, restored_name
+            )
+        except OperationError as exc:
+            restored = f"the previous {change.file} is back, but applying it failed: {exc}"
+    else:
+        restored = f"{change.file} was not changed (only the container had drifted)"
+    return docker._fail(
+        target,
+        f"{change.service}: the container compose made failed verification; {restored}.\nReasons:\n  "
+        + "\n  ".join(reasons)
+        + ("\nLast log lines of the failed container:\n" + tail.strip() if tail.strip() else ""),
+    )
+
+
+def read_service(file: str, service: str) -> dict:
+    """The ComposeService fact for ``file``/``service``; refusals for what makes compose mode
+    impossible (no tool, no file)."""
+    fact = host.get_fact(ComposeService, path=file, service=service)
+    if fact is None:
+        if docker.host_failed():
+            raise docker.HostFailed()
+        raise OperationError("the docker CLI is not installed on this host")
+    return fact
+
+
+def log_change(change: ComposeChange, file_diff: str, container_lines: list[str]) -> None:
+    lines = []
+    if change.file_changed:
+        lines.append(f"{change.file} (service {change.service}):\n{file_diff.rstrip()}")
+    if container_lines:
+        lines.append(
+            f"container {change.spec.name}:\n" + "\n".join(f"    {line}" for line in container_lines)
+        )
+    how = "recreate through compose" if change.file_changed else "force-recreate through compose"
+    logger.info(f"{host.print_prefix}{how}, service {change.service}:\n" + "\n".join(lines))
