@@ -213,13 +213,16 @@ def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContai
     spec_ = server_spec(local, version)
     for note in spec_.notes:
         logger.info(f"{host.print_prefix}note (MLflow {version}, {spec_.kind}): {note}")
-    environment = {**settings.env, **spec_.env}
+    # The spec blanks the managed keys the image might set; one the image does not set is
+    # simply left out of the file (and must stay out of the container).
+    image_env = {item.partition("=")[0] for item in (facts["image"].get("Config") or {}).get("Env") or []}
+    environment = {**settings.env, **{k: v for k, v in spec_.env.items() if v or k in image_env}}
     labels = {**settings.labels, VERSION_LABEL: version}
     patch = ServicePatch(
         image=image if explicit_image else None,
         command=tuple(spec_.command),
         environment=environment,
-        remove_environment=frozenset(MANAGED_ENV_KEYS - set(spec_.env)),
+        remove_environment=frozenset(MANAGED_ENV_KEYS - set(environment)),
         memory_limit=settings.memory_limit,
         memory_reservation=settings.memory_reservation,
         restart=settings.restart_policy,
@@ -267,7 +270,16 @@ def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContai
 def fix_mlflow():
     settings = host_mlflow_settings()
     secret_values = resolve_secret_env(host.name, settings)
-    server(name=f"MLflow container {settings.container_name}", settings=settings, secret_values=secret_values)
+    through_compose = settings.compose_file and "container_name" not in settings.model_fields_set
+    server(
+        name=(
+            f"MLflow service {settings.compose_service} ({settings.compose_file})"
+            if through_compose
+            else f"MLflow container {settings.container_name}"
+        ),
+        settings=settings,
+        secret_values=secret_values,
+    )
     if settings.compose_file:
         compose_service(
             name=f"Compose service {settings.compose_service} in {settings.compose_file}",
