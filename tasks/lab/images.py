@@ -36,6 +36,8 @@ PARENTS = {
     "backend": "python",
     "mlflow2": "python",
     "mlflow3": "python",
+    "pipbase": "python",  # the official MLflow image's Python, for the production recipe
+    "mlflowprod": "pipbase",
     "sshhost": "base",
 }
 
