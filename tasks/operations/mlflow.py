@@ -178,6 +178,23 @@ def compose_target(settings: MlflowSettings, fact: dict) -> ComposeContainer | N
     return None
 
 
+def _secrets_come_from_the_file(settings: MlflowSettings, view: dict) -> None:
+    """Compose mode never writes a secret: each ``secret_env`` key must come from the service's own
+    ``environment`` (as ``${VAR}``) or an ``env_file``, as the file's author arranged."""
+    environment = view.get("environment") or {}
+    if isinstance(environment, list):
+        environment = {str(item).partition("=")[0]: None for item in environment}
+    if view.get("env_file"):
+        return
+    missing = [name for name in settings.secret_env if name not in environment]
+    if missing:
+        raise OperationError(
+            f"mlflow.secret_env.{missing[0]}: service {settings.compose_service} in {settings.compose_file} "
+            f"does not set it, and the deploy never writes a secret into a compose file: add "
+            f"`{missing[0]}: ${{{missing[0]}}}` or an env_file to the service. Nothing was changed"
+        )
+
+
 def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContainer | None):
     file, service = settings.compose_file or "", settings.compose_service
     if not fact["tool"]:
@@ -187,15 +204,11 @@ def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContai
         )
     if fact["text"] is None:
         raise OperationError(f"compose file {file} does not exist on this host")
-    if settings.secret_env:
-        raise OperationError(
-            f"mlflow.secret_env: {service} is managed through {file}, whose secrets stay where the file "
-            "takes them from (env_file, .env); remove secret_env from host data. Nothing was changed"
-        )
     try:
         view = service_view(fact["text"], service)
     except ComposeError as exc:
         raise OperationError(f"{file}: {exc}") from exc
+    _secrets_come_from_the_file(settings, view)
     explicit_image = "image" in settings.model_fields_set
     image = settings.image if explicit_image else view.get("image")
     if not isinstance(image, str) or not image:
