@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from tasks.lab import images as lab_images
+from tasks.lab.compose_stack import ComposeStack
 from tasks.lab.engine import ensure_engine
+from tasks.lab.layout import COMPOSE_FILE_NAME
 from tasks.lab.stack import SCENARIOS, Lab, Stack
+
+STYLES = ("docker", "compose")
+
+
+def lab_style(lab: Lab) -> str | None:
+    """The style a lab was brought up in, from its state file (or its compose file when `up`
+    stopped before writing the state); None when there is no such lab."""
+    if lab.state_file.exists():
+        return json.loads(lab.state_file.read_text()).get("style", "docker")
+    if (lab.folder / COMPOSE_FILE_NAME).exists():
+        return "compose"
+    return None
 
 
 def main(argv=None) -> int:
@@ -22,6 +37,13 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="bring the stack up, or converge it to a scenario")
     up.add_argument("--scenario", choices=SCENARIOS, default="healthy")
+    up.add_argument(
+        "--style",
+        choices=STYLES,
+        default=None,
+        help="docker: containers made with the Docker API (the default for a new lab); compose: made "
+        "by the host's compose tool from a compose file as users write it. Default: the lab's own style",
+    )
     up.add_argument(
         "--images",
         choices=("local", "official"),
@@ -44,7 +66,17 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    stack = Stack(Lab(prefix=args.prefix, port_base=args.port_base), client)
+    lab = Lab(prefix=args.prefix, port_base=args.port_base)
+    style = lab_style(lab)
+    if args.command == "up" and args.style:
+        if style and style != args.style:
+            print(
+                f"lab: {lab.prefix} is up in the {style} style; `scripts/lab --prefix {lab.prefix} down` first",
+                file=sys.stderr,
+            )
+            return 2
+        style = args.style
+    stack = ComposeStack(lab, client) if style == "compose" else Stack(lab, client)
     if args.command == "up":
         stack.up(args.scenario)
         print(stack.status_table())

@@ -63,8 +63,9 @@ class LabHandle:
             raise AssertionError(f"scripts/lab {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def up(self, scenario: str):
-        return self.cli("up", "--scenario", scenario)
+    def up(self, scenario: str, style: str | None = None):
+        """`scripts/lab up`; style "compose" for the compose-style lab (None: the lab's own, else docker)."""
+        return self.cli("up", "--scenario", scenario, *(("--style", style) if style else ()))
 
     def down(self):
         return self.cli("down", check=False)
@@ -73,8 +74,14 @@ class LabHandle:
     def state(self) -> dict:
         return json.loads((REPO / ".lab" / self.prefix / "state.json").read_text())
 
+    def name(self, service: str) -> str:
+        """The service's container: as the lab state names it (compose's name in the compose style)."""
+        path = REPO / ".lab" / self.prefix / "state.json"
+        names = json.loads(path.read_text())["containers"] if path.exists() else {}
+        return names.get(service, f"{self.prefix}-{service}")
+
     def container(self, service: str):
-        return docker.from_env().containers.get(f"{self.prefix}-{service}")
+        return docker.from_env().containers.get(self.name(service))
 
     def psql(self, sql: str, database: str = "quant") -> str:
         proc = subprocess.run(
@@ -84,7 +91,7 @@ class LabHandle:
                 "-i",
                 "-u",
                 "postgres",
-                f"{self.prefix}-postgres",
+                self.name("postgres"),
                 "psql",
                 "-X",
                 "-At",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from tasks.lab.layout import ARTIFACT_BUCKET, S3_ACCESS_KEY, state_file
+from tasks.lab.layout import ARTIFACT_BUCKET, COMPOSE_STORE_URI, S3_ACCESS_KEY, state_file
 
 
 def lab_state(prefix: str | None = None) -> dict:
@@ -127,3 +127,23 @@ def lab_host_data(prefix: str | None = None, mlflow_image: str = "mlflow2") -> d
         "lab_ports": ports,
         "lab_containers": names,
     }
+
+
+def lab_compose_host_data(prefix: str | None = None) -> dict:
+    """Host data for a compose-style lab (`scripts/lab up --style compose`). MLflow is named by its
+    compose file and service: compose is the source of truth for its container, image, env and
+    secrets (the user's env_file). The other blocks are lab_host_data's, with compose's names."""
+    state = lab_state(prefix)
+    if state.get("style") != "compose":
+        raise SystemExit(
+            f"the lab {state['prefix']!r} was not brought up by compose: run "
+            f"`scripts/lab --prefix {state['prefix']} up --style compose` (after `down`)"
+        )
+    data = lab_host_data(state["prefix"])
+    data["mlflow"] = {
+        "compose_file": state["compose_file"],
+        "compose_service": "mlflow",
+        "backend_store_uri": COMPOSE_STORE_URI,
+        "artifacts_destination": f"s3://{ARTIFACT_BUCKET}",
+    }
+    return data

@@ -9,6 +9,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 S3_ACCESS_KEY = "quantlab"
 ARTIFACT_BUCKET = "mlflow-artifacts"
+# The compose-style lab (tasks/lab/compose_stack.py): its file, and addresses by service name.
+COMPOSE_FILE_NAME = "docker-compose.yml"
+COMPOSE_STORE_URI = "postgresql://mlflow@postgres:5432/mlflow"
+COMPOSE_S3_ENDPOINT = "http://minio:9000"
 
 
 def check_prefix(prefix: str) -> str:

@@ -2,7 +2,9 @@
 
 Every resource is named `<prefix>-<service>` and labelled `quantlab.prefix=<prefix>`, so stacks with
 different prefixes run side by side and `down` removes exactly one of them. Services publish on
-127.0.0.1 only, at `port_base + offset`.
+127.0.0.1 only, at `port_base + offset`. tasks/lab/compose_stack.py tells the same story through
+compose (`scripts/lab up --style compose`): it overrides how containers are found, made and removed,
+and the files written before and after (`_prepare`, `_record`).
 
 Long because the lab is one story told in order: the stack's containers, the two scenarios
 (healthy, incident) with the incident's real load and log lines, and status. Split, each part
@@ -49,6 +51,7 @@ SERVICE_IMAGES = {
 SECRET_NAMES = ("postgres_password", "mlflow_db_password", "quant_user_password", "s3_secret_key")
 SCENARIOS = ("healthy", "incident")
 SQL_DIR = Path(__file__).parent / "sql"
+PSQL = ("psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-f", "-")  # SQL on stdin
 
 
 class MlflowScenario(TypedDict):
@@ -265,9 +268,13 @@ class Stack:
         self.lab, self.client, self.log = lab, client, lab.log
 
     # docker helpers
+    def name(self, service: str) -> str:
+        """The service's container name (compose: the name compose gave it)."""
+        return self.lab.name(service)
+
     def container(self, service: str):
         try:
-            return self.client.containers.get(self.lab.name(service))
+            return self.client.containers.get(self.name(service))
         except docker.errors.NotFound:
             return None
 
@@ -297,7 +304,7 @@ class Stack:
         restart = spec["restart"]
         container = self.client.containers.run(
             detach=True,
-            name=self.lab.name(service),
+            name=self.name(service),
             network=self.lab.network,
             ports={f"{CONTAINER_PORTS[service]}/tcp": ("127.0.0.1", self.lab.port(service))},
             restart_policy=_restart_policy(restart),
@@ -305,34 +312,16 @@ class Stack:
         )
         return container, True
 
+    def _recreate(self, service: str, spec: ContainerSpec):
+        self.container(service).remove(force=True)
+        self._ensure_container(service, spec)
+
     def psql(self, sql: str, database: str = "postgres", check: bool = True) -> str:
         """Run SQL as postgres over the container's local socket; SQL (and secrets) on stdin."""
-        proc = subprocess.run(
-            [
-                "docker",
-                "exec",
-                "-i",
-                "-u",
-                "postgres",
-                self.lab.name("postgres"),
-                "psql",
-                "-X",
-                "-q",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                database,
-                "-f",
-                "-",
-            ],
-            input=sql,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        argv = ["docker", "exec", "-i", "-u", "postgres", self.name("postgres"), *PSQL, "-d", database]
+        proc = subprocess.run(argv, input=sql, capture_output=True, text=True, timeout=120)
         if check and proc.returncode != 0:
-            raise SystemExit(f"lab: psql in {self.lab.name('postgres')} failed: {proc.stderr.strip()}")
+            raise SystemExit(f"lab: psql in {self.name('postgres')} failed: {proc.stderr.strip()}")
         return proc.stdout.strip()
 
     def _http(self, service: str, path: str, payload: dict | None = None, timeout: float = 5.0):
@@ -433,7 +422,7 @@ class Stack:
             # The role must exist while the load test runs; then it goes missing, as after a reset.
             self.psql(self._grant_quant_user_sql(values))
             self._wait(
-                f"starting {self.lab.name('backend')}",
+                f"starting {self.name('backend')}",
                 lambda: self._health("backend"),
                 "the backend's /health",
             )
@@ -442,7 +431,7 @@ class Stack:
             self.psql("\\connect quant\nDROP OWNED BY quant_user;\nDROP ROLE quant_user;")
         # The backend's next request fails to authenticate: PostgreSQL logs it, the backend too.
         self._wait(
-            f"starting {self.lab.name('backend')}", lambda: self._health("backend"), "the backend's /health"
+            f"starting {self.name('backend')}", lambda: self._health("backend"), "the backend's /health"
         )
         status, _ = self._http("backend", "/health/db", timeout=20)
         if status != 503:
@@ -485,7 +474,7 @@ class Stack:
         for attempt in range(1, tries + 1):
             try:
                 self._wait(
-                    f"reproducing the OOM in {self.lab.name('mlflow')}",
+                    f"reproducing the OOM in {self.name('mlflow')}",
                     probe,
                     "gunicorn's SIGKILL line in the logs",
                     timeout=180,
@@ -493,12 +482,21 @@ class Stack:
                 return
             except _Exhausted as exc:
                 self.log(
-                    f"lab: {self.lab.name('mlflow')} exited (code {exc}) before a worker was "
+                    f"lab: {self.name('mlflow')} exited (code {exc}) before a worker was "
                     f"SIGKILLed; starting it again ({attempt}/{tries})"
                 )
-                self.container("mlflow").remove(force=True)
-                self._ensure_container("mlflow", spec)
-        raise SystemExit(f"lab: no SIGKILL line from {self.lab.name('mlflow')} after {tries} starts")
+                self._recreate("mlflow", spec)
+        raise SystemExit(f"lab: no SIGKILL line from {self.name('mlflow')} after {tries} starts")
+
+    def _prepare(self, scenario: str, refs: dict, values: dict):
+        """Before the first container: the network and the volume they use."""
+        self._ensure_network()
+        self._ensure_volume()
+
+    def _record(self, scenario: str, refs: dict, specs: dict[str, ContainerSpec]):
+        """Once the stack runs: the compose file users would have, and the state inventories read."""
+        self.write_compose(specs)
+        self.write_state(scenario, refs)
 
     # public
     def up(self, scenario: str = "healthy"):
@@ -514,16 +512,15 @@ class Stack:
         )
         values = self.lab.secrets()
         specs = container_specs(self.lab, scenario, refs, values)
-        self._ensure_network()
-        self._ensure_volume()
+        self._prepare(scenario, refs, values)
 
         self._ensure_container("postgres", specs["postgres"])
-        self._wait(f"starting {self.lab.name('postgres')}", lambda: self._health("postgres"), "pg_isready")
+        self._wait(f"starting {self.name('postgres')}", lambda: self._health("postgres"), "pg_isready")
         self._seed_database(values)
 
         self._ensure_container("minio", specs["minio"])
         self._wait(
-            f"starting {self.lab.name('minio')}",
+            f"starting {self.name('minio')}",
             lambda: self._health("minio"),
             "the S3 endpoint's health path",
         )
@@ -535,7 +532,7 @@ class Stack:
         else:
             self._converge_healthy_database(values)
             self._wait(
-                f"starting {self.lab.name('backend')}",
+                f"starting {self.name('backend')}",
                 lambda: self._health("backend"),
                 "the backend's /health",
             )
@@ -545,14 +542,13 @@ class Stack:
             self._reproduce_oom(specs["mlflow"])
         else:
             self._wait(
-                f"starting {self.lab.name('mlflow')}",
+                f"starting {self.name('mlflow')}",
                 lambda: self._health("mlflow"),
                 "MLflow's /health",
                 timeout=180,
             )
-        self._wait(f"starting {self.lab.name('redis')}", lambda: self._health("redis"), "redis PING")
-        self.write_compose(specs)
-        self.write_state(scenario, refs)
+        self._wait(f"starting {self.name('redis')}", lambda: self._health("redis"), "redis PING")
+        self._record(scenario, refs, specs)
         self.log(f"lab: {self.lab.prefix} is up ({scenario}) in {time.monotonic() - started:.0f}s")
 
     def down(self):
@@ -564,7 +560,7 @@ class Stack:
         named = [
             c
             for s in SERVICES
-            for n in (self.lab.name(s), self.lab.name(s) + "-previous")
+            for n in (self.name(s), self.name(s) + "-previous")
             for c in self.client.containers.list(all=True, filters={"name": f"^/{n}$"})
         ]
         for container in {c.id: c for c in labelled + named}.values():
@@ -589,7 +585,7 @@ class Stack:
                 rows.append(
                     {
                         "service": service,
-                        "container": self.lab.name(service),
+                        "container": self.name(service),
                         "state": "absent",
                         "health": "-",
                         "memory": "-",
@@ -636,7 +632,7 @@ class Stack:
         for service, spec in specs.items():
             entry: dict[str, object] = {
                 "image": spec["image"],
-                "container_name": self.lab.name(service),
+                "container_name": self.name(service),
                 "restart": spec["restart"],
                 "ports": [f"127.0.0.1:{self.lab.port(service)}:{CONTAINER_PORTS[service]}"],
                 "networks": ["lab"],
@@ -678,11 +674,12 @@ class Stack:
 
     def write_state(self, scenario: str, refs: dict):
         state = {
+            "style": "docker",
             "prefix": self.lab.prefix,
             "scenario": scenario,
             "home": str(self.lab.folder),
             "network": self.lab.network,
-            "containers": {s: self.lab.name(s) for s in SERVICES},
+            "containers": {s: self.name(s) for s in SERVICES},
             "ports": {s: self.lab.port(s) for s in SERVICES},
             "images": refs,
             "secret_files": {n: str(self.lab.secret_path(n)) for n in SECRET_NAMES},

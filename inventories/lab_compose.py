@@ -1,0 +1,14 @@
+"""This machine's compose-style lab, over @local.
+
+`scripts/lab up --style compose` must have run: the stack is a compose project (the lab prefix)
+started from .lab/<prefix>/docker-compose.yml. MLflow is named by that file and its service, as
+for a stack you run with compose yourself; its container, image, environment and secrets are the
+compose file's. QUANTLAB_PREFIX selects another lab than `quant`.
+"""
+import os
+
+from tasks.lab.inventory import lab_compose_host_data
+
+lab_compose = [
+    ("@local", lab_compose_host_data(os.environ.get("QUANTLAB_PREFIX"))),
+]
