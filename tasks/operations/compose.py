@@ -19,8 +19,10 @@ from dataclasses import dataclass, replace
 from pyinfra import host, logger
 from pyinfra.api import OperationError
 
-from tasks.core.container_spec import ContainerSpec
+from tasks.checks.runner import CheckResult, format_table
+from tasks.core.container_spec import ContainerSpec, format_plan, spec_from_inspect
 from tasks.facts.compose import ComposeContainer, ComposeService
+from tasks.facts.docker import ContainerInspect
 from tasks.operations import docker
 
 # What a verifier is handed: the container's name (compose may rename it on recreate).
@@ -98,6 +100,38 @@ def _current_container(target, change: ComposeChange) -> str:
     return found[0].name
 
 
+def _applied_settings(target, spec: ContainerSpec) -> CheckResult:
+    """docker.applied_settings for the container compose made. Its ports and entrypoint are the
+    file's business, not the settings': they are taken as compose made them (the plan knew none
+    before compose first made the container, and the user may have changed them in the file)."""
+    check = CheckResult(f"{spec.name} has every managed setting", spec.name, "fail", attempts=1)
+    fact = ContainerInspect()
+    ok, out = docker.run_now(target, fact.command(spec.name, spec.image))
+    if not ok:
+        check.evidence = f"docker inspect failed: {out.strip()[:300]}"
+        return check
+    facts = fact.process(out.splitlines())
+    if not facts["container"]:
+        check.evidence = f"container {spec.name} does not exist"
+        return check
+    made = spec_from_inspect(facts["container"])
+    plan = docker.plan_from_facts(replace(spec, ports=made.ports, entrypoint=made.entrypoint), facts)
+    if plan.changed:
+        check.evidence = "differs (actual -> wanted): " + "; ".join(format_plan(plan))
+    else:
+        check.status, check.evidence = "pass", "docker inspect matches the settings"
+    return check
+
+
+def _verify(target, spec: ContainerSpec, verify: docker.Verifier | None) -> list[CheckResult]:
+    """The applied settings first; the caller's checks only when they are (as docker._verify)."""
+    results = [_applied_settings(target, spec)]
+    if results[0].passed and verify is not None:
+        results += verify(lambda command: docker.run_now(target, command))
+    logger.info(f"{target.print_prefix}verification:\n" + format_table(results))
+    return results
+
+
 def _apply(target, change: ComposeChange, text: str, force_recreate: bool) -> str:
     if change.file_changed:
         _write_file(target, change.file, text)
@@ -113,7 +147,7 @@ def apply(state, target, change: ComposeChange, verify_for: VerifierFor):
     the previous file back and `up` again."""
     try:
         name = _apply(target, change, change.new_text, force_recreate=not change.file_changed)
-        results = docker._verify(target, replace(change.spec, name=name), verify_for(name))
+        results = _verify(target, replace(change.spec, name=name), verify_for(name))
         reasons = [f"{r.name}: {r.evidence}" for r in results if not r.passed]
     except OperationError as exc:
         name, reasons = change.spec.name, [str(exc)]

@@ -227,9 +227,11 @@ def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContai
     for note in spec_.notes:
         logger.info(f"{host.print_prefix}note (MLflow {version}, {spec_.kind}): {note}")
     # The spec blanks the managed keys the image might set; one the image does not set is
-    # simply left out of the file (and must stay out of the container).
+    # simply left out of the file (and must stay out of the container), unless the service has
+    # an env_file, which may set it: the file's environment overrides the env_file.
     image_env = {item.partition("=")[0] for item in (facts["image"].get("Config") or {}).get("Env") or []}
-    environment = {**settings.env, **{k: v for k, v in spec_.env.items() if v or k in image_env}}
+    blank_ok = image_env if not view.get("env_file") else set(spec_.env)
+    environment = {**settings.env, **{k: v for k, v in spec_.env.items() if v or k in blank_ok}}
     labels = {**settings.labels, VERSION_LABEL: version}
     patch = ServicePatch(
         image=image if explicit_image else None,
@@ -246,6 +248,7 @@ def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContai
     except ComposeError as exc:
         raise OperationError(f"{file}: {exc}") from exc
     current = facts["container"]
+    made = spec_from_inspect(current) if current else None
     desired = ContainerSpec(
         name=name,
         image=image,
@@ -255,8 +258,9 @@ def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContai
         memory=settings.memory_limit,
         memory_reservation=settings.memory_reservation,
         restart_policy=settings.restart_policy,
-        # Ports and networks are the file's business here: compared with themselves.
-        ports=spec_from_inspect(current).ports if current else (),
+        # Ports, entrypoint and networks are the file's business here: compared with themselves.
+        ports=made.ports if made else (),
+        entrypoint=made.entrypoint if made else None,
     )
     plan = docker.plan_from_facts(desired, facts) if current else Plan("create", name)
     if not changed_keys and not plan.changed:
