@@ -6,7 +6,7 @@ import pytest
 
 from tasks.lab import images
 
-CHILDREN_OF_PYTHON = {"s3", "backend", "mlflow2", "mlflow3"}
+CHILDREN_OF_PYTHON = {"s3", "backend", "mlflow2", "mlflow3", "pipbase", "mlflowprod"}  # and below
 
 
 @pytest.fixture
