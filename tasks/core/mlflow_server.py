@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # settings are handed in; core imports no settings layer
     from tasks.settings.mlflow import MlflowSettings
 
 UVICORN_DEFAULT_SINCE = (3, 3)
+# The label saying which MLflow version a container (or a compose service) was set up for.
+VERSION_LABEL = "io.quantlab.mlflow-version"
 
 # Set to "" in the container env whatever the image or an old container had (see above).
 NEUTRALIZED_ENV = {"GUNICORN_CMD_ARGS": "", "MLFLOW_GUNICORN_OPTS": "", "MLFLOW_UVICORN_OPTS": ""}

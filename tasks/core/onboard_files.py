@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tasks.core.mlflow_server import VERSION_LABEL
 from tasks.core.sizes import docker_size
 
 if TYPE_CHECKING:  # settings are handed in; core imports no settings layer
@@ -61,6 +62,8 @@ def default_compose(settings: OnboardSettings, mlflow: MlflowSettings, mlflow_sp
         "command": list(mlflow_spec.command),
         "environment": env,
         "restart": mlflow.restart_policy,
+        # As deploys/fix_mlflow.py writes it: its first run then finds the file as it wants it.
+        "labels": {**mlflow.labels, VERSION_LABEL: settings.mlflow_version},
         "depends_on": ["postgres", "minio"],
         "deploy": {
             "resources": {
@@ -72,7 +75,6 @@ def default_compose(settings: OnboardSettings, mlflow: MlflowSettings, mlflow_sp
     if mlflow.ports:
         service["ports"] = list(mlflow.ports)
     return {
-        "name": settings.compose_project,
         "services": {
             "postgres": {
                 "image": "postgres:15",

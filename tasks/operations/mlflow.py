@@ -13,13 +13,11 @@ from tasks import settings as host_settings
 from tasks.checks.mlflow import verify_mlflow
 from tasks.core.compose import ComposeError, ServicePatch, compose_diff, patch_compose_service, service_view
 from tasks.core.container_spec import ContainerSpec, Plan, format_plan, spec_from_inspect
-from tasks.core.mlflow_server import desired_container, server_spec
+from tasks.core.mlflow_server import VERSION_LABEL, desired_container, server_spec
 from tasks.facts.compose import ComposeContainer
 from tasks.facts.docker import ImageVersion
 from tasks.operations import compose, docker
 from tasks.settings.mlflow import MANAGED_ENV_KEYS, MlflowSettings, resolve_secret_env
-
-VERSION_LABEL = "io.quantlab.mlflow-version"
 
 
 def host_mlflow_settings() -> MlflowSettings:

@@ -148,7 +148,9 @@ class OnboardSettings(Block):
         ("data/postgres", "data/minio", "data/redis", "logs", "backups"), description="relative to stack_dir"
     )
     compose_file: FileName = Field("docker-compose.yml", description="relative to stack_dir, or absolute")
-    compose_project: FileName = "quant"
+    compose_project: FileName | None = Field(
+        None, description="compose names the project after stack_dir's folder; if set, it must be that name"
+    )
     compose: dict[str, Any] | None = Field(
         None,
         description="None: postgres, minio, redis and MLflow from the host's mlflow settings; "
@@ -164,6 +166,18 @@ class OnboardSettings(Block):
         if isinstance(data, Mapping) and data.get("engine") == "socket" and data.get("docker_gid") is None:
             return {**data, "docker_gid": "socket"}
         return data
+
+    @model_validator(mode="after")
+    def _project_is_the_folder(self) -> OnboardSettings:
+        # Compose v1 refuses a top-level `name:`; v1 and v2 both name the project after the
+        # compose file's folder, so that is the one name that holds for either tool.
+        folder = re.sub(r"[^-_a-z0-9]", "", self.stack_dir.rstrip("/").rsplit("/", 1)[-1].lower())
+        if self.compose_project is not None and self.compose_project != folder:
+            raise ValueError(
+                f"compose_project: compose names the project after stack_dir's folder ({folder!r}); "
+                "name stack_dir's folder after the project, or remove compose_project"
+            )
+        return self
 
     @field_validator("authorized_keys", mode="before")
     @classmethod

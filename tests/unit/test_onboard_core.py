@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -198,9 +201,31 @@ def test_default_compose_agrees_with_fix_mlflow():
     doc = yaml.safe_load(text)
     assert doc["services"]["mlflow"]["environment"]["PGPASSWORD"].startswith("${PGPASSWORD")
     assert set(doc["services"]) == {"postgres", "minio", "redis", "mlflow"}
+    # What fix_mlflow's compose mode manages in the service (tasks/operations/mlflow.py).
     patch = ServicePatch(command=tuple(spec.command), environment={**mlflow.env, **spec.env},
-                         memory_limit=mlflow.memory_limit, memory_reservation=mlflow.memory_reservation)
+                         memory_limit=mlflow.memory_limit, memory_reservation=mlflow.memory_reservation,
+                         restart=mlflow.restart_policy,
+                         labels={**mlflow.labels, "io.quantlab.mlflow-version": "2.9.2"})
     assert patch_compose_service(text, "mlflow", patch) == (text, [])
+
+
+@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose (compose v1) is not installed")
+def test_default_compose_is_valid_for_compose_v1(tmp_path):
+    """Debian's docker-compose (v1) accepts the rendered file: no top-level `name:`, which v1 refuses."""
+    mlflow = load_settings("mlflow", "h1", {"secret_env": {"PGPASSWORD": {"env": "PGPASSWORD"}}})
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(compose_text(default_compose(settings(), mlflow, server_spec(mlflow, "2.9.2"))))
+    env = {"PATH": os.environ["PATH"], "PGPASSWORD": "x", "POSTGRES_PASSWORD": "x", "MINIO_ROOT_USER": "x",
+           "MINIO_ROOT_PASSWORD": "x"}
+    proc = subprocess.run(["docker-compose", "-f", str(path), "config", "-q"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_compose_project_must_be_the_folders_name():
+    assert "compose_project: compose names the project after stack_dir's folder ('quant-stack')" in problems_of(
+        authorized_keys=[KEY], compose_project="quant")
+    assert settings(stack_dir="/srv/Quant_1", compose_project="quant_1").compose_project == "quant_1"
 
 
 def test_default_compose_has_no_secret_values():
