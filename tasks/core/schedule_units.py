@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import shlex
 from typing import TYPE_CHECKING
+from urllib.parse import quote as url_quote
 
 from tasks.core.cleanup_sql import BUSY_MARK
 from tasks.core.cleanup_vacuum import REPORT_ENV
+from tasks.core.quoting import check_rendered, export_line, one_line, systemd_exec_word, systemd_value, word
 
 if TYPE_CHECKING:
     from tasks.settings.schedule import ScheduleSettings
@@ -35,21 +37,35 @@ def pyinfra_argv(s: ScheduleSettings) -> list[str]:
 
 
 def cron_command(s: ScheduleSettings) -> str:
-    """The crontab line's command: the job script, nothing else (no secret, no env)."""
+    """The crontab line's command: the job script, nothing else (no secret, no env). A crontab
+    line ends at a newline and cron turns ``%`` into one: both refused."""
+    one_line(s.script_path, "cleanup_schedule.script_path")
+    if "%" in s.script_path:
+        raise ValueError("cleanup_schedule.script_path: cron reads '%' as a newline")
     return shlex.quote(s.script_path)
 
 
 def job_script(s: ScheduleSettings) -> str:
     """The job: fixed environment, ``flock -n``, size-based log rotation, ``pyinfra -y`` with no
-    TTY, the log, and the exit status (75 when another run holds a lock)."""
-    q = shlex.quote
+    TTY, the log, and the exit status (75 when another run holds a lock).
+
+    Every value is assigned once from a single-quoted word and then only expanded (``"$LOG"``):
+    no value is ever inside double quotes, where ``$(...)`` or backquotes would run as the
+    job's user. Values holding a control character are refused (tasks/core/quoting.py)."""
+    q = word
     env = dict(s.env)
     if s.report_path:
         env[REPORT_ENV] = s.report_path
-    exports = "".join(f"{k}={q(v)}; export {k}\n" for k, v in sorted(env.items()))
-    run = " ".join(q(a) for a in pyinfra_argv(s))
-    return f"""#!/bin/sh
-# {s.name}: scheduled database cleanup, installed by deploys/schedule_cleanup.py (pyinfra).
+    exports = "".join(export_line(k, v) + "\n" for k, v in sorted(env.items()))
+    argv = pyinfra_argv(s)
+    for index, arg in enumerate(argv):
+        one_line(arg, f"cleanup_schedule: the job's command, argument {index}")
+    run = shlex.join(argv)
+    for what, value in (("name", s.name), ("log_file", s.log_file), ("lock_file", s.lock_file),
+                        ("project_dir", s.project_dir)):  # fmt: skip
+        one_line(value, f"cleanup_schedule.{what}")
+    text = f"""#!/bin/sh
+# Scheduled database cleanup, installed by deploys/schedule_cleanup.py (pyinfra); NAME below.
 # Edits are overwritten on the next deploy. Exit: pyinfra's status (0 done, non-zero failed),
 # {EXIT_BUSY} skipped because another run holds the lock, {EXIT_SETUP} the job could not start.
 set -u
@@ -58,16 +74,20 @@ PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH
 LANG=C.UTF-8; export LANG
 if [ -z "${{HOME:-}}" ]; then HOME=$(getent passwd "$(id -un)" | cut -d: -f6); HOME=${{HOME:-/}}; fi
 export HOME
-{exports}LOG={q(s.log_file)}
+{exports}NAME={q(s.name)}
+LOG={q(s.log_file)}
 LOCK={q(s.lock_file)}
+PROJECT={q(s.project_dir)}
+COMMAND_TEXT={q(run)}
 MAX_BYTES={int(s.log_max_bytes)}
 KEEP={int(s.log_keep)}
 stamp() {{ date -u +%Y-%m-%dT%H:%M:%SZ; }}
+say() {{ printf '%s %s: %s\\n' "$(stamp)" "$NAME" "$*" >>"$LOG"; }}
 
 mkdir -p "$(dirname "$LOG")" "$(dirname "$LOCK")" || exit {EXIT_SETUP}
 exec 9>>"$LOCK" || exit {EXIT_SETUP}
 if ! flock -n 9; then
-    echo "$(stamp) {s.name}: skipped: a previous run still holds $LOCK" >>"$LOG"
+    say "skipped: a previous run still holds $LOCK"
     exit {EXIT_BUSY}
 fi
 # Rotate by size, under the lock: LOG -> LOG.1 -> ... -> LOG.KEEP (dropped).
@@ -83,17 +103,18 @@ if [ "$size" -ge "$MAX_BYTES" ]; then
     done
     mv -f "$LOG" "$LOG.1"
 fi
-cd {q(s.project_dir)} || {{ echo "$(stamp) {s.name}: cannot enter {s.project_dir}" >>"$LOG"; exit {EXIT_SETUP}; }}
+cd "$PROJECT" || {{ say "cannot enter $PROJECT"; exit {EXIT_SETUP}; }}
 out=$(mktemp) || exit {EXIT_SETUP}
-echo "$(stamp) {s.name}: start: {run.replace('"', "")}" >>"$LOG"
+say "start: $COMMAND_TEXT"
 {run} </dev/null >"$out" 2>&1
 rc=$?
 cat "$out" >>"$LOG"
 if [ "$rc" -ne 0 ] && grep -q {q(BUSY_MARK)} "$out"; then rc={EXIT_BUSY}; fi
 rm -f "$out"
-echo "$(stamp) {s.name}: exit $rc" >>"$LOG"
+say "exit $rc"
 exit "$rc"
 """
+    return check_rendered(text, "cleanup_schedule: the job script")
 
 
 def on_calendar(s: ScheduleSettings) -> str:
@@ -113,33 +134,40 @@ def on_calendar(s: ScheduleSettings) -> str:
 
 
 def service_unit(s: ScheduleSettings) -> str:
-    return f"""[Unit]
-Description=Quant stack database cleanup ({s.name}; deploys/cleanup_database.py)
-Documentation=file://{s.project_dir}/tasks/operations/cleanup.py
+    """The oneshot service. Values go through systemd's own escaping (``%`` specifiers doubled;
+    ``ExecStart`` also ``$``, quoted when spaced); a control character in one is refused, as in
+    the whole text."""
+    docs = "file://" + url_quote(f"{s.project_dir}/tasks/operations/cleanup.py")
+    text = f"""[Unit]
+Description=Quant stack database cleanup ({systemd_value(s.name, "cleanup_schedule.name")}; deploys/cleanup_database.py)
+Documentation={systemd_value(docs, "cleanup_schedule.project_dir")}
 After=network-online.target docker.service
 
 [Service]
 Type=oneshot
-User={s.user}
-ExecStart={s.script_path}
+User={systemd_value(s.user, "cleanup_schedule.user")}
+ExecStart={systemd_exec_word(s.script_path, "cleanup_schedule.script_path")}
 # The job's own status: 75 = skipped (another run held the lock)
 SuccessExitStatus={EXIT_BUSY}
 StandardInput=null
 """
+    return check_rendered(text, "cleanup_schedule: the service unit")
 
 
 def timer_unit(s: ScheduleSettings) -> str:
-    return f"""[Unit]
-Description=Run {s.name}.service on schedule
+    """The timer. ``OnCalendar`` is a calendar expression (settings allow its characters only)."""
+    text = f"""[Unit]
+Description=Run {systemd_value(s.name, "cleanup_schedule.name")}.service on schedule
 
 [Timer]
-OnCalendar={on_calendar(s)}
+OnCalendar={systemd_value(on_calendar(s), "cleanup_schedule.on_calendar")}
 Persistent=true
 RandomizedDelaySec=60
 
 [Install]
 WantedBy=timers.target
 """
+    return check_rendered(text, "cleanup_schedule: the timer unit")
 
 
 def choose_schedulers(setting: str, systemd_running: bool) -> tuple[bool, bool]:

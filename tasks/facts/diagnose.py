@@ -33,16 +33,18 @@ class HostDiagnosis(FactBase):
         return "docker"
 
     def command(self, containers: tuple, since: str, tail: int, record_path: str):
+        # Every value one quoted word: the section lines too (a name never sits inside quotes
+        # written here), and `--` so a name cannot be read as an option.
         parts = []
         for name in containers:
             q = shlex.quote(name)
             parts.append(
-                f"echo '{SECTION}state {name}'; docker inspect --type container "
-                f"-f '{{{{json .State}}}} {{{{.RestartCount}}}}' {q} 2>/dev/null || echo missing"
+                f"echo {shlex.quote(f'{SECTION}state {name}')}; docker inspect --type container "
+                f"-f '{{{{json .State}}}} {{{{.RestartCount}}}}' -- {q} 2>/dev/null || echo missing"
             )
             parts.append(
-                f"echo '{SECTION}logs {name}'; docker logs --timestamps "
-                f"--since {shlex.quote(since)} --tail {int(tail)} {q} 2>&1 || true"
+                f"echo {shlex.quote(f'{SECTION}logs {name}')}; docker logs --timestamps "
+                f"--since {shlex.quote(since)} --tail {int(tail)} -- {q} 2>&1 || true"
             )
         parts.append(f"echo '{SECTION}record'; cat {shlex.quote(record_path)} 2>/dev/null || true")
         parts.append(f"echo '{SECTION}now'; date -u +%Y-%m-%dT%H:%M:%S.%NZ")

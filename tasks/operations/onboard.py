@@ -150,10 +150,11 @@ def sudoers(filename: str, text: str):
         return
     staged = f"/etc/sudoers.d/.{filename}.staged"  # a name with '.' is never read by sudo
     yield FileUploadCommand(io.BytesIO(text.encode()), staged)
+    q_staged, q_path = shlex.quote(staged), shlex.quote(path)
     yield StringCommand(
-        f"chown root:root {staged} && chmod 0440 {staged} && "
-        f"(visudo -cf {staged} || (rm -f {staged}; echo 'sudoers text rejected by visudo' >&2; exit 1)) "
-        f"&& mv -f {staged} {path}"
+        f"chown root:root {q_staged} && chmod 0440 {q_staged} && "
+        f"(visudo -cf {q_staged} || (rm -f {q_staged}; echo 'sudoers text rejected by visudo' >&2; exit 1)) "
+        f"&& mv -f {q_staged} {q_path}"
     )
 
 

@@ -116,8 +116,8 @@ def report(tmp_path) -> dict:
 def test_the_fact_reads_each_container_the_record_and_the_clock_read_only():
     command = HostDiagnosis().command((BACKEND, MLFLOW), "2h", 2000, RECORD_PATH)
     for name in (BACKEND, MLFLOW):
-        assert f"docker inspect --type container -f '{{{{json .State}}}} {{{{.RestartCount}}}}' {name}" in command
-        assert f"docker logs --timestamps --since 2h --tail 2000 {name} 2>&1 || true" in command
+        assert f"docker inspect --type container -f '{{{{json .State}}}} {{{{.RestartCount}}}}' -- {name}" in command
+        assert f"docker logs --timestamps --since 2h --tail 2000 -- {name} 2>&1 || true" in command
     assert f"cat {RECORD_PATH} 2>/dev/null || true" in command
     assert command.endswith("date -u +%Y-%m-%dT%H:%M:%S.%NZ")
     for writes in ("docker rm", "docker restart", "docker update", "docker run", " > ", "tee "):
