@@ -35,7 +35,8 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.core.sizes import MIB
+from tasks.core.cron import CRON_FIELDS, cron_field_problem, on_calendar_problem
+from tasks.core.sizes import GIB, MIB
 from tasks.settings.base import Block, Pattern
 from tasks.settings.types import ENV_NAME_RE, Size, looks_secret
 
@@ -57,14 +58,41 @@ def _relative_or_absolute(value: str) -> str:
     return value
 
 
-def _cron_field(value: Any) -> Any:
-    # 17 and "17" are the same field; the int form is what operators usually write.
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not re.fullmatch(r"[0-9*/,\-]+", value):
-        raise ValueError(f"{value!r} is not a cron field (digits, *, /, ',', -)")
-    return value
+def _cron_field(field: str) -> Any:
+    def check(value: Any) -> Any:
+        # 17 and "17" are the same field; the int form is what operators usually write.
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ValueError(f"is not a cron field, got {type(value).__name__}")
+        problem = cron_field_problem(field, value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
+    return check
+
+
+def _cron_schema(field: str) -> WithJsonSchema:
+    low, high, names = CRON_FIELDS[field]
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": low, "maximum": high},
+                {"type": "string", "minLength": 1, "maxLength": 256},
+            ],
+            "description": f"a cron {field.replace('_', '-')} field: *, {low}-{high}, ranges, "
+            "lists, /steps" + (f", or a name ({names[0]}...)" if names else ""),
+        }
+    )
+
+
+# Each cron field checked against its own range (minute 0-59, hour 0-23, ...).
+Minute = Annotated[str, BeforeValidator(_cron_field("minute")), _cron_schema("minute")]
+Hour = Annotated[str, BeforeValidator(_cron_field("hour")), _cron_schema("hour")]
+DayOfMonth = Annotated[str, BeforeValidator(_cron_field("day_of_month")), _cron_schema("day_of_month")]
+Month = Annotated[str, BeforeValidator(_cron_field("month")), _cron_schema("month")]
+DayOfWeek = Annotated[str, BeforeValidator(_cron_field("day_of_week")), _cron_schema("day_of_week")]
 
 AbsolutePath = Annotated[str, AfterValidator(_absolute)]
 # Derived from name/project_dir when left None: the model fills it in before validation, so the
@@ -75,11 +103,6 @@ DerivedPath = Annotated[
     WithJsonSchema({"type": ["string", "null"], "description": "absolute path; None: derived"}),
 ]
 ProjectPath = Annotated[str, AfterValidator(_relative_or_absolute)]
-CronField = Annotated[
-    str,
-    BeforeValidator(_cron_field),
-    WithJsonSchema({"type": ["string", "integer"], "description": "a cron field"}),
-]
 
 
 class ScheduleSettings(Block):
@@ -95,20 +118,24 @@ class ScheduleSettings(Block):
     deploy: ProjectPath = "deploys/cleanup_database.py"
     group_data: ProjectPath = "inventories/group_data"
     env: dict[str, str] = Field(default_factory=dict, description="non-secret variables for the job")
-    minute: CronField = "17"
-    hour: CronField = "3"
-    day_of_month: CronField = "*"
-    month: CronField = "*"
-    day_of_week: CronField = "*"
-    on_calendar: str | None = Field(None, description="systemd OnCalendar (None: derived from minute/hour)")
+    minute: Minute = "17"
+    hour: Hour = "3"
+    day_of_month: DayOfMonth = "*"
+    month: Month = "*"
+    day_of_week: DayOfWeek = "*"
+    on_calendar: str | None = Field(
+        None, max_length=256, description="systemd OnCalendar (None: derived from minute/hour)"
+    )
     scheduler: Literal["auto", "cron", "systemd", "both"] = Field(
         "auto", description="auto: systemd timer where systemd is PID 1, else cron"
     )
     user: Annotated[str, Pattern(r"[a-z_][a-z0-9_-]*\$?", "a user name")] = "root"
     script_path: DerivedPath = Field(None, description="None: /usr/local/lib/quant-remediation/<name>.sh")  # type: ignore[assignment]  # see DerivedPath
     log_file: DerivedPath = Field(None, description="None: /var/log/quant-remediation/<name>.log")  # type: ignore[assignment]  # see DerivedPath
-    log_max_bytes: Size = Field(5 * MIB, ge=1024, description="rotated by size at the start of a run...")
-    log_keep: StrictInt = Field(5, ge=1, description="...keeping this many old logs")
+    log_max_bytes: Size = Field(
+        5 * MIB, ge=1024, le=GIB, description="rotated by size at the start of a run..."
+    )
+    log_keep: StrictInt = Field(5, ge=1, le=1000, description="...keeping this many old logs")
     lock_file: DerivedPath = Field(  # type: ignore[assignment]  # see DerivedPath
         None, description="None: /run/lock/<name>.lock (a run still going: exit 75)"
     )
@@ -163,8 +190,9 @@ class ScheduleSettings(Block):
     @field_validator("on_calendar")
     @classmethod
     def _on_calendar(cls, value: str | None) -> str | None:
-        if value is not None and (not value.strip() or "\n" in value):
-            raise ValueError("must be a systemd calendar expression")
+        problem = None if value is None else on_calendar_problem(value)
+        if problem:
+            raise ValueError(f"is not a systemd calendar expression: {problem}")
         return value
 
     @property
