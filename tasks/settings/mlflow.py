@@ -14,6 +14,7 @@ Defaults are the seed incident's fix: 2 sync workers, timeout 60, max-requests 1
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -46,6 +47,18 @@ _PORT_RE = re.compile(
 
 ContainerName = Annotated[str, Pattern(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", "letters, digits, _ . -")]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+_HOST_NAME_RE = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def _ip_address(text: str) -> bool:
+    """An IPv4 (each octet 0-255, no leading zeros) or IPv6 address."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _env_value(value: Any) -> str:
@@ -86,7 +99,7 @@ class MlflowSettings(Block):
     server: Literal["auto", "gunicorn", "uvicorn"] = Field(
         "auto", description="auto: gunicorn for MLflow < 3.3, uvicorn from 3.3 on"
     )
-    host: NonEmpty = "0.0.0.0"
+    host: NonEmpty = Field("0.0.0.0", description="address the server binds inside the container")
     port: StrictInt = Field(5000, ge=1, le=65535, description="inside the container")
     backend_store_uri: str | None = Field(None, description="no password here: use secret_env")
     default_artifact_root: str | None = None
@@ -94,8 +107,10 @@ class MlflowSettings(Block):
     extra_args: tuple[str, ...] = Field((), description="more `mlflow server` flags")
     workers: StrictInt = Field(2, ge=1, le=64)
     timeout: StrictInt = Field(60, ge=1, le=86400, description="gunicorn worker timeout, seconds")
-    max_requests: StrictInt = Field(100, ge=0, description="recycle a worker after this many requests...")
-    max_requests_jitter: StrictInt = Field(10, ge=0, description="...plus up to this many")
+    max_requests: StrictInt = Field(
+        100, ge=0, le=10_000_000, description="recycle a worker after this many requests (0: never)..."
+    )
+    max_requests_jitter: StrictInt = Field(10, ge=0, le=10_000_000, description="...plus up to this many")
     worker_class: Annotated[str, Pattern(r"[A-Za-z_][A-Za-z0-9_.]*", "a gunicorn worker class")] = "sync"
     memory_limit: MemorySize = Field(1 * GIB, description="Docker size: bytes, or 512m, 1g")
     memory_reservation: MemorySize = Field(512 * MIB, description="at most memory_limit")
@@ -127,6 +142,13 @@ class MlflowSettings(Block):
     def _image(cls, value: str) -> str:
         if any(ch.isspace() for ch in value) or value.startswith("-"):
             raise ValueError(f"{value!r} is not an image reference")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _bind_host(cls, value: str) -> str:
+        if not (_ip_address(value) or _HOST_NAME_RE.fullmatch(value)):
+            raise ValueError(f"{value!r} is not an IP address or a host name")
         return value
 
     @field_validator("backend_store_uri", "default_artifact_root", "artifacts_destination")
@@ -167,11 +189,7 @@ class MlflowSettings(Block):
             if (
                 not match
                 or not all(1 <= int(match[p]) <= 65535 for p in ("host", "container"))
-                or (
-                    match["ip"]
-                    and not match["ip"].startswith("[")
-                    and any(int(o) > 255 for o in match["ip"].split("."))
-                )
+                or (match["ip"] and not _ip_address(match["ip"].strip("[]")))
             ):
                 raise ValueError(f"{port!r} is not [ip:]host_port:container_port[/proto]")
         return value
