@@ -137,9 +137,10 @@ class Block(BaseModel):
                 data[key] = tuple(data[key])
         return data
 
-    @field_validator("*")
+    @field_validator("*", mode="before")
     @classmethod
     def _plain_text(cls, value: Any, info: ValidationInfo) -> Any:
+        # On the value as written, before any other check can echo it or act on it.
         name = info.field_name or ""
         field = cls.model_fields.get(name)
         where = (field.alias if field is not None and field.alias else None) or name
@@ -274,13 +275,25 @@ def _strings(value: Any, depth: int = 0) -> Iterator[str]:
     if isinstance(value, str):
         yield value
     elif isinstance(value, Mapping):
-        if len(value) == 1 and next(iter(value)) in ("env", "file"):
+        if _names_a_source(value):
             return
         for item in value.values():
             yield from _strings(item, depth + 1)
     elif isinstance(value, (list, tuple, set, frozenset)):
         for item in value:
             yield from _strings(item, depth + 1)
+
+
+def _names_a_source(value: Mapping[Any, Any]) -> bool:
+    """``{"env": "VAR"}`` or ``{"file": "/path"}`` with a plausible name: where a secret is,
+    which an error may say (anything else there may be the secret itself, pasted)."""
+    if len(value) != 1:
+        return False
+    ((kind, where),) = value.items()
+    return isinstance(where, str) and (
+        (kind == "env" and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", where) is not None)
+        or (kind == "file" and where.startswith(("/", "~")) and " " not in where)
+    )
 
 
 def _hidden(line: str, given: Any) -> str:
