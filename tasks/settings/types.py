@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-from tasks.core.durations import DURATION_HINT, parse_duration
+from tasks.core.durations import DURATION_HINT, MAX_SECONDS, parse_duration
 from tasks.core.sizes import DOCKER_MIN_MEMORY, SIZE_HINT, parse_size
 
 # Names whose values must come from a SecretSource, never from inventory text. One list for
@@ -33,12 +33,19 @@ def looks_secret(name: str) -> bool:
     return bool(SECRET_NAME_RE.search(name))
 
 
+# No size setting here means more than this; bigger is a typo (or an overflow waiting to happen).
+MAX_SIZE = 1 << 50  # 1 PiB
+
+
 def _size(value: Any) -> int:
-    return parse_size(value)
+    size = parse_size(value)
+    if size > MAX_SIZE:
+        raise ValueError(f"{value!r} is above the largest size taken here (1 PiB)")
+    return size
 
 
 def _memory(value: Any) -> int:
-    size = parse_size(value)
+    size = _size(value)
     if size < DOCKER_MIN_MEMORY:
         raise ValueError(f"{value!r} is below Docker's minimum of 6m")
     return size
@@ -49,11 +56,14 @@ def _duration(value: Any) -> float:
 
 
 _SIZE_SCHEMA = {
-    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^[0-9]+[bkmgtBKMGT]?$"}],
+    "anyOf": [
+        {"type": "integer", "minimum": 0, "maximum": MAX_SIZE},
+        {"type": "string", "pattern": r"^[0-9]+[bkmgtBKMGT]?$"},
+    ],
     "description": SIZE_HINT,
 }
 _DURATION_SCHEMA = {
-    "anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
+    "anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_SECONDS}, {"type": "string"}],
     "description": DURATION_HINT,
 }
 
