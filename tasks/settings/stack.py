@@ -39,7 +39,7 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.core.durations import DURATION_HINT, parse_duration, short_duration
+from tasks.core.durations import DURATION_HINT, MAX_SECONDS, parse_duration, short_duration
 from tasks.settings.base import Block, Pattern, parse_block
 from tasks.settings.errors import SettingsError
 from tasks.settings.types import Duration, SecretSource
@@ -83,7 +83,7 @@ Since = Annotated[
     BeforeValidator(_since),
     WithJsonSchema(
         {
-            "anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
+            "anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_SECONDS}, {"type": "string"}],
             "description": f"a duration ({DURATION_HINT}) or an RFC 3339 time",
         }
     ),
@@ -119,7 +119,9 @@ class PostgresService(Block):
     os_user: NonEmpty = "postgres"
     container_port: Port = 5432
     roles: tuple[LoginRole, ...] | None = Field(None, description="default: db_roles with a password")
-    connections_margin: StrictInt = Field(10, ge=0, description="free connections below max_connections")
+    connections_margin: StrictInt = Field(
+        10, ge=0, le=10_000, description="free connections below max_connections"
+    )
     database: NonEmpty = "postgres"
 
 
@@ -138,7 +140,7 @@ class _WebService(Block):
 
 class MlflowService(_WebService):
     container_port: Port = 5000
-    workers: StrictInt | None = Field(None, ge=1, description="default: the mlflow block's workers")
+    workers: StrictInt | None = Field(None, ge=1, le=64, description="default: the mlflow block's workers")
     artifacts: StrictBool = Field(True, description="round-trip an artifact through the server")
 
 
