@@ -3,7 +3,12 @@ plan, and the deletion as one psql script run in one transaction under an adviso
 
 Matching is SQL ``LIKE``: ``_`` matches any one character, so ``test_%`` also matches
 ``testXyz``; write ``test\\_%`` for a literal underscore. A pattern made only of wildcards
-(``%``, ``_%``) matches every row and is refused by the settings.
+(``%``, ``_%``) matches every row and is always refused by the settings; a *broad* pattern
+(:func:`broad_pattern`: a leading wildcard, an unescaped ``_``, fewer than
+:data:`MIN_LITERAL_PREFIX` literal characters before the first wildcard, or a literal part with
+no separator, like ``test%``, which also matches ``testarossa_trader``) is refused unless the
+settings say ``allow_broad_patterns``. Whatever the patterns, a match over ``max_share`` of the
+table's rows (or over ``max_rows``) stops the run before anything is deleted.
 """
 
 from __future__ import annotations
@@ -43,6 +48,69 @@ def wildcard_only(pattern: str) -> bool:
     return True
 
 
+MIN_LITERAL_PREFIX = 4  # literal characters before a pattern's first wildcard
+
+
+def like_tokens(pattern: str) -> list[tuple[str, bool]]:
+    """A LIKE pattern as (character, is_wildcard) pairs; ``\\x`` is the literal ``x``."""
+    out: list[tuple[str, bool]] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            out.append((pattern[i + 1], False))
+            i += 2
+            continue
+        out.append((ch, ch in "%_"))
+        i += 1
+    return out
+
+
+def broad_pattern(pattern: str) -> str | None:
+    """Why a (well-formed) LIKE pattern is too broad to delete by unattended, or None.
+
+    Broad: it starts with a wildcard (it matches anywhere in the value); it has an unescaped
+    ``_`` (one *any* character: ``test_%`` also matches ``testXuser``); fewer than
+    :data:`MIN_LITERAL_PREFIX` literal characters come before its first wildcard; or that
+    literal part has no separator (a character other than a letter or digit), so ``test%``
+    also matches ``testarossa_trader``. A pattern without wildcards (one exact value) is never
+    broad."""
+    tokens = like_tokens(pattern)
+    if not any(wild for _, wild in tokens):
+        return None
+    if tokens[0][1]:
+        return (
+            f"{pattern!r} starts with a wildcard: nothing anchors it to the start of a value "
+            "('%a%' matches every name with an 'a' in it)"
+        )
+    if any(ch == "_" and wild for ch, wild in tokens):
+        fixed = "".join(
+            "\\_" if ch == "_" and wild else ("\\" + ch if ch in "%_\\" and not wild else ch)
+            for ch, wild in tokens
+        )
+        return (
+            f"{pattern!r} has an unescaped '_', which LIKE reads as any one character; "
+            f"write {fixed!r} for a literal underscore"
+        )
+    prefix = ""
+    for ch, wild in tokens:
+        if wild:
+            break
+        prefix += ch
+    if len(prefix) < MIN_LITERAL_PREFIX:
+        return (
+            f"{pattern!r} has only {len(prefix)} literal characters before its first wildcard "
+            f"(at least {MIN_LITERAL_PREFIX})"
+        )
+    if prefix.isalnum():
+        return (
+            f"{pattern!r} also matches names that merely start with {prefix!r} "
+            f"(e.g. {prefix + 'arossa_trader'!r}): end the literal part with a separator, "
+            f"e.g. {prefix + chr(92) + '_%'!r}"
+        )
+    return None
+
+
 def check_pattern(pattern: Any) -> str | None:
     """The problem with one LIKE pattern, or None."""
     if not isinstance(pattern, str):
@@ -68,6 +136,10 @@ def match_condition(s: CleanupSettings) -> str:
     if s.min_age is not None:
         cond += f" AND {quote_ident(s.age_column)} < now() - make_interval(secs => {int(s.min_age)})"
     return cond
+
+
+def percent(share: float) -> str:
+    return f"{share * 100:.3g}%"
 
 
 def shown(pattern: str) -> str:
@@ -151,6 +223,14 @@ def plan_deletion(
             f"{REFUSED_MARK}: the patterns match every row of {s.relation} "
             f"({c.matched} of {c.total}); nothing deleted"
         )
+    if c.matched > s.max_share * c.total:
+        raise CleanupRefused(
+            f"{REFUSED_MARK}: {c.matched} of {c.total} rows of {s.relation} match "
+            f"({percent(c.matched / c.total)}), over max_share {s.max_share:g} "
+            f"({percent(s.max_share)} of the table): "
+            "patterns this broad look like a mistake; nothing deleted (raise max_share if "
+            "they are meant)"
+        )
     if c.matched > s.max_rows and not s.allow_over_max:
         raise CleanupRefused(
             f"{REFUSED_MARK}: {c.matched} rows of {s.relation} match, over "
@@ -221,6 +301,9 @@ def delete_script(s: CleanupSettings, plan: DeletionPlan) -> str:
         "nothing deleted', n; END IF;",
         f"  IF n > 0 AND n >= (SELECT count(*) FROM {s.relation}) THEN RAISE EXCEPTION "
         f"'{REFUSED_MARK}: the patterns match every row now; nothing deleted'; END IF;",
+        f"  IF n > {float(s.max_share)!r}::numeric * (SELECT count(*) FROM {s.relation}) THEN "
+        f"RAISE EXCEPTION '{REFUSED_MARK}: % rows match now, over max_share {float(s.max_share):g} "
+        "of the table; nothing deleted', n; END IF;",
     ]
     if s.foreign_keys == "refuse":
         for d in deps:

@@ -8,6 +8,8 @@ The ``cleanup`` block: what deploys/cleanup_database.py deletes, and how careful
         "min_age": "1 hour",          # only rows older than this (by age_column); None: any age
         "max_rows": 1000,             # more matches than this: refuse, change nothing...
         "allow_over_max": False,      # ...unless explicitly allowed
+        "max_share": 0.1,             # more than this share of the table's rows: refuse
+        "allow_broad_patterns": False,  # True: accept patterns the breadth rules refuse
         "foreign_keys": "refuse",     # or "delete_dependents"
         "vacuum_tables": None,        # None: every table of the database
         "lock_timeout": "5s", "statement_timeout": "15min", "lock_wait": "60s",
@@ -16,7 +18,13 @@ The ``cleanup`` block: what deploys/cleanup_database.py deletes, and how careful
 
 Refused before anything runs: unknown keys, empty patterns, patterns made only of wildcards
 (``%``, ``_%``: they match every row), a trailing escape, identifiers that cannot be quoted, bad
-durations and bounds. The connection is the host's ``postgres`` block (see
+durations and bounds; and, unless ``allow_broad_patterns`` is true, broad patterns
+(:func:`tasks.core.cleanup_sql.broad_pattern`): a leading wildcard (``%a%``), an unescaped ``_``
+(``test_%``), fewer than 4 literal characters before the first wildcard, or a literal part
+without a separator (``test%`` also matches ``testarossa_trader``). The scheduled job runs
+with ``-y`` and no ``--dry`` listing, so these are refused rather than warned about. At plan time
+and again inside the deletion's transaction, a match over ``max_share`` of the table (default
+10%) stops the run, nothing deleted. The connection is the host's ``postgres`` block (see
 :func:`tasks.operations.cleanup.cleanup_target`).
 """
 
@@ -27,9 +35,9 @@ import warnings
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, StrictBool, StrictInt, field_validator
+from pydantic import AfterValidator, Field, StrictBool, StrictInt, field_validator, model_validator
 
-from tasks.core.cleanup_sql import check_pattern
+from tasks.core.cleanup_sql import broad_pattern, check_pattern
 from tasks.core.cleanup_vacuum import REPORT_ENV
 from tasks.core.pg_sql import SqlInputError, quote_ident
 from tasks.settings.base import Block
@@ -83,6 +91,19 @@ class CleanupSettings(Block):
     age_column: Identifier = "created_at"
     max_rows: StrictInt = Field(1000, ge=1, description="more matches: refuse and change nothing...")
     allow_over_max: StrictBool = Field(False, description="...unless this says otherwise")
+    max_share: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="matches over this share of the table's rows (0.1 = 10%): refuse and change "
+        "nothing, whatever allow_over_max says",
+    )
+    allow_broad_patterns: StrictBool = Field(
+        False,
+        description="accept broad patterns (leading wildcard, unescaped '_', under 4 literal "
+        "characters before the first wildcard, no separator in them); wildcard-only ones stay refused",
+    )
     foreign_keys: Literal["refuse", "delete_dependents"] = Field(
         "refuse",
         description="dependents behind an FK without ON DELETE CASCADE: refuse (nothing "
@@ -118,6 +139,26 @@ class CleanupSettings(Block):
         if problems:
             raise ValueError("\n".join(problems))
         return value
+
+    @field_validator("max_share", mode="before")
+    @classmethod
+    def _share_is_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("must be a number above 0 and at most 1 (0.1 = 10% of the table)")
+        return value
+
+    @model_validator(mode="after")
+    def _narrow_patterns(self) -> CleanupSettings:
+        if self.allow_broad_patterns:
+            return self
+        problems = [
+            f"patterns[{i}]: {why}; refused (allow_broad_patterns: true accepts it)"
+            for i, p in enumerate(self.patterns)
+            if (why := broad_pattern(p))
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     @field_validator("report_path")
     @classmethod

@@ -16,14 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.cleanup_sql import BUSY_MARK, LOCK_KEYS
+from tasks import settings as host_settings
+from tasks.core.cleanup_catalog import catalog_sql, dependents_of, parse_catalog
+from tasks.core.cleanup_sql import BUSY_MARK, LOCK_KEYS, Counts, delete_script, plan_deletion
 from tests.labkit import GROUP_DATA, PYINFRA, REPO, ROWS, run_pyinfra, shared_lab, write_inventory
 
 pytestmark = pytest.mark.lab
 
 DEPLOY = REPO / "deploys" / "cleanup_database.py"
 TEST_USERS = "(username LIKE 'concurrent\\_%' OR username LIKE 'test\\_%')"
-LAB_CLEANUP = {"foreign_keys": "delete_dependents"}
+LAB_CLEANUP = {"foreign_keys": "delete_dependents", "max_share": 0.5}  # as the lab's inventory
+LOOKALIKE = "testarossa_trader"  # a real user `test%` would take
 
 
 @pytest.fixture(scope="module")
@@ -57,23 +60,62 @@ def test_incident_has_leftovers(lab):
     assert int(lab.psql("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'audit_log'")) > 1000
 
 
+def test_a_real_user_looks_like_a_test_user(lab):
+    lab.psql(f"INSERT INTO users (username, email) VALUES ('{LOOKALIKE}', 'tr@quant.example') "
+             "ON CONFLICT (username) DO NOTHING")
+    assert lab.psql(f"SELECT count(*) FROM users WHERE username LIKE 'test%' "
+                    f"AND username = '{LOOKALIKE}'") == "1"
+
+
 @pytest.mark.parametrize("case, cleanup, needle", [
     ("missing-table", {"table": "no_such_table"}, 'table "public"."no_such_table" does not exist'),
     ("missing-column", {"column": "login"}, 'has no column "login"'),
     ("match-all", {"patterns": ["%"]}, "only wildcards: it matches every row"),
     ("empty", {"patterns": [""]}, "patterns[0]: is empty"),
     ("wildcards", {"patterns": ["test\\_%", "_%"]}, "patterns[1]: '_%' is only wildcards"),
-    ("every-row", {"patterns": ["%.%", "concurrent\\_%", "test\\_%"]}, "match every row"),
+    ("every-row", {"patterns": ["%.%", "concurrent\\_%", "test%"], "allow_broad_patterns": True,
+                   "max_share": 1}, "match every row"),
     ("max-rows", {"max_rows": 3}, "over max_rows 3"),
     ("fk-refuse", {"foreign_keys": "refuse"}, "foreign keys without ON DELETE CASCADE"),
+    # Broad patterns: refused by the settings, before anything is read.
+    ("separator", {"patterns": ["test%"]}, "also matches names that merely start with 'test'"),
+    ("underscore", {"patterns": ["test_%"]}, "has an unescaped '_'"),
+    ("leading", {"patterns": ["%a%"]}, "starts with a wildcard"),
+    # Opted in, the same pattern still stops at the share of the table it would take.
+    ("share", {"patterns": ["test%"], "allow_broad_patterns": True, "max_share": 0.1},
+     "over max_share 0.1"),
+    ("share-default", {"max_share": None}, "over max_share 0.1"),
 ])
 def test_guard_refuses_and_changes_nothing(lab, folder, case, cleanup, needle):
+    cleanup = {k: v for k, v in cleanup.items() if v is not None}
+    if case == "share-default":  # the lab's settings without their max_share: the default
+        path = write_inventory(folder / f"{case}.py", lab.prefix,
+                               host_data={"cleanup": {"foreign_keys": "delete_dependents"}})
+    else:
+        path = inventory(folder, lab, case, **cleanup)
     before = snapshot(lab)
-    run = run_pyinfra(inventory(folder, lab, case, **cleanup), DEPLOY)
+    run = run_pyinfra(path, DEPLOY)
     output = run.stdout + run.stderr
     assert run.returncode != 0, output[-2000:]
     assert needle in output, output[-2000:]
     assert snapshot(lab) == before  # no row deleted, no VACUUM run
+
+
+def test_max_share_is_checked_again_inside_the_transaction(lab):
+    """The deletion script's own guard, on the real server: a plan made when few rows matched
+    (here: made up) meets a table where the match is now over max_share; nothing is deleted."""
+    s = host_settings.load("cleanup", "h", {**LAB_CLEANUP, "max_share": 0.1})
+    catalog = parse_catalog(lab.psql(catalog_sql("public", "users")))
+    deps = dependents_of("public", "users", catalog.fks)
+    plan = plan_deletion(s, catalog, deps, Counts(1, 58, (), {}))  # as if 1 of 58 matched
+    before = snapshot(lab)
+    proc = subprocess.run(["docker", "exec", "-i", "-u", "postgres", f"{lab.prefix}-postgres", "psql",
+                           "-X", "-At", "-d", "quant"], input=delete_script(s, plan),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "cleanup-refused: 18 rows match now, over max_share 0.1 of the table; nothing deleted" \
+        in proc.stderr, proc.stderr
+    assert snapshot(lab) == before
 
 
 def test_dry_lists_counts_and_sample_names(lab, folder):
@@ -141,6 +183,7 @@ def test_concurrent_runs_clean_up_once(lab, folder):
     assert lab.psql("SELECT count(*) FROM user_sessions WHERE user_id NOT IN (SELECT id FROM users)") == "0"
     assert lab.psql(f"SELECT md5(string_agg(u::text, ',' ORDER BY id)) FROM users u "
                     f"WHERE NOT {TEST_USERS}") == real
+    assert lab.psql(f"SELECT count(*) FROM users WHERE username = '{LOOKALIKE}'") == "1"
     # Dead tuples reclaimed, before -> after as pg_stat_user_tables reported them.
     assert int(lab.psql("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'audit_log'")) == 0
     vacuums = [r for n in reports for r in json.loads(reports[n].read_text())["vacuum"]

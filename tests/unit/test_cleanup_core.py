@@ -25,7 +25,9 @@ LAB_FKS = (
 
 
 def settings(**over):
-    return host_settings.load("cleanup", "h", {"patterns": ["concurrent\\_%", "test\\_%"], **over})
+    # max_share 0.5: the lab's table (18 of 58 users are leftovers), as its inventory says.
+    return host_settings.load("cleanup", "h", {"patterns": ["concurrent\\_%", "test\\_%"],
+                                               "max_share": 0.5, **over})
 
 
 def problems(**over):
@@ -52,10 +54,10 @@ def test_defaults_and_target():
 
 
 def test_defaults_come_from_group_data_and_host_wins():
-    host = fake_host({"postgres": PG, "cleanup_defaults": {"patterns": ["x\\_%"], "max_rows": 5},
+    host = fake_host({"postgres": PG, "cleanup_defaults": {"patterns": ["load\\_%"], "max_rows": 5},
                       "cleanup": {"max_rows": 7}})
     s = host_settings.of_host(host, "cleanup")
-    assert s.patterns == ("x\\_%",) and s.max_rows == 7
+    assert s.patterns == ("load\\_%",) and s.max_rows == 7
 
 
 @pytest.mark.parametrize("patterns, needle", [
@@ -72,6 +74,40 @@ def test_defaults_come_from_group_data_and_host_wins():
 ])
 def test_bad_patterns_are_refused_up_front(patterns, needle):
     assert needle in problems(patterns=patterns)
+
+
+@pytest.mark.parametrize("pattern, needle", [
+    ("test%", "also matches names that merely start with 'test' (e.g. 'testarossa_trader')"),
+    ("%a%", "starts with a wildcard"),
+    ("_test\\_%", "starts with a wildcard"),
+    ("test_%", "unescaped '_'"),
+    ("test\\_user_%", "unescaped '_'"),
+    ("exact_name", "unescaped '_'"),
+    ("qa\\_%", "only 3 literal characters before its first wildcard"),
+    ("concurrent%", "merely start with 'concurrent'"),
+    ("user%x", "merely start with 'user'"),
+])
+def test_broad_patterns_are_refused_unless_opted_in(pattern, needle):
+    text = problems(patterns=["test\\_%", pattern])
+    assert "cleanup.patterns[1]: " in text and needle in text and "allow_broad_patterns" in text
+    assert "patterns[0]" not in text
+    assert settings(patterns=[pattern], allow_broad_patterns=True).patterns == (pattern,)
+
+
+@pytest.mark.parametrize("pattern", ["test\\_%", "concurrent\\_%", "concurrent\\_1762%", "load.test%",
+                                     "test\\_%\\_tmp", "exact.name", "tmp-user-%"])
+def test_narrow_patterns_pass(pattern):
+    assert cleanup_sql.broad_pattern(pattern) is None
+    assert settings(patterns=[pattern]).patterns == (pattern,)
+
+
+def test_wildcard_only_stays_refused_with_the_opt_in():
+    assert "only wildcards" in problems(patterns=["%"], allow_broad_patterns=True)
+
+
+@pytest.mark.parametrize("value", [0, -0.1, 1.01, "0.1", True, None, float("nan")])
+def test_max_share_is_a_share(value):
+    assert "cleanup.max_share:" in problems(max_share=value)
 
 
 def test_escaped_wildcards_are_literals():
@@ -176,6 +212,24 @@ def test_max_rows_refuses_unless_allowed():
     with pytest.raises(CleanupRefused, match="over max_rows 10"):
         _plan(s)
     assert _plan(settings(foreign_keys="delete_dependents", max_rows=10, allow_over_max=True)).changed
+
+
+def test_default_max_share_refuses_a_large_share_of_the_table():
+    s = host_settings.load("cleanup", "h", {"foreign_keys": "delete_dependents", "allow_over_max": True})
+    assert s.max_share == 0.1
+    with pytest.raises(CleanupRefused) as err:
+        _plan(s)  # 18 of 58
+    assert "18 of 58 rows" in str(err.value) and "(31%), over max_share 0.1" in str(err.value)
+    assert "nothing deleted" in str(err.value)
+    assert _plan(s, matched=5, total=58).changed  # 8.6%: fine
+    assert _plan(s, matched=5, total=50).changed  # exactly 10%: fine
+
+
+def test_max_share_is_checked_again_inside_the_transaction():
+    s = settings(foreign_keys="delete_dependents", max_share=0.25)
+    script = cleanup_sql.delete_script(s, _plan(s, matched=14))
+    assert 'IF n > 0.25::numeric * (SELECT count(*) FROM "public"."users") THEN' in script
+    assert "over max_share 0.25 of the table" in script
 
 
 def test_matching_every_row_is_refused():
