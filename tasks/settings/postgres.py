@@ -115,7 +115,7 @@ class PostgresSettings(Block):
     )
     database: Name = Field("postgres", description="maintenance database (roles, databases)")
     os_user: OsUser = Field("postgres", description="docker mode: OS user psql runs as in the container")
-    connect_timeout: StrictInt = Field(10, ge=1, description="seconds")
+    connect_timeout: StrictInt = Field(10, ge=1, le=3600, description="seconds")
 
     @model_validator(mode="before")
     @classmethod
