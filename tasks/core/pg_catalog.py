@@ -79,6 +79,17 @@ class Catalog:
     schemas: dict[str, SchemaState]
     objects: tuple[ObjectState, ...]
     default_acls: dict[tuple[str, str | None, str], DefaultAclState]
+    current_user: str | None = None  # the role the catalog was read as (the deploy's connection)
+
+    def protected_roles(self, connecting_role: str | None = None) -> dict[str, str]:
+        """Roles exclusive mode never revokes from, with the reason: superusers (a revoke
+        changes nothing for them and only muddles the ACLs) and the role the deploy connects
+        as (revoking from it could cut off the deploy itself)."""
+        out = {name: "a superuser" for name, role in self.roles.items() if role.superuser}
+        for name in (self.current_user, connecting_role):
+            if name:
+                out[name] = "the role this deploy connects as"
+        return out
 
 
 # --- catalog query ---------------------------------------------------------------------------
@@ -180,6 +191,7 @@ def catalog_query(*, password_roles: Iterable[str] = (), schemas: Iterable[str] 
   'database', current_database(),
   'server_version_num', current_setting('server_version_num')::int,
   'is_superuser', (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),
+  'current_user', current_user,
   'roles', {roles},
   'databases', {databases},
   'schemas', {schema_rows},
@@ -238,6 +250,7 @@ def parse_catalog_json(text: str) -> Catalog:
             schemas=schemas,
             objects=objects,
             default_acls=default_acls,
+            current_user=doc.get("current_user"),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         # Never echo the text: it may hold password verifiers.

@@ -7,6 +7,10 @@ Scope notes (documented limits, not accidents):
   privileges granted by a third role (through a grant option) are not touched.
 - The object owner's own privileges are never revoked; PUBLIC is only revoked from when the
   settings name PUBLIC as a grantee for that object (e.g. with an empty privilege list).
+- Exclusive mode never revokes from a superuser or from the role the deploy connects as
+  (:meth:`tasks.core.pg_catalog.Catalog.protected_roles`); the plan notes what it kept.
+- ``PUBLIC`` (or ``public``) as a grantee is the PUBLIC pseudo-role; any other spelling, like
+  ``Public``, is a role of that exact name, quoted as an identifier.
 - Schema-level default privileges cannot revoke what a global ``ALTER DEFAULT PRIVILEGES``
   (no ``IN SCHEMA``) grants; such grants count as present and are left alone.
 """
@@ -21,6 +25,7 @@ from tasks.core.pg_catalog import Catalog
 from tasks.core.pg_sql import (
     PRIVILEGES,
     PUBLIC,
+    PUBLIC_SPELLINGS,
     Acl,
     GrantKind,
     Plan,
@@ -37,7 +42,8 @@ from tasks.core.pg_sql import (
 
 
 def _normalize_grantee(name: str) -> str:
-    if isinstance(name, str) and name.lower() == PUBLIC:
+    """PUBLIC only as written ``PUBLIC``/``public``; ``Public`` is a role named so."""
+    if isinstance(name, str) and name in PUBLIC_SPELLINGS:
         return PUBLIC
     quote_ident(name)
     return name
@@ -128,29 +134,45 @@ def _revoke_extra(
     acl: Acl,
     want: Mapping[str, frozenset[str]],
     version: int,
+    protected: Mapping[str, str],
 ) -> None:
     """Exclusive mode: revoke what grantees hold beyond ``want``; never the owner's own
-    privileges, and PUBLIC's only when the settings list PUBLIC for this object."""
+    privileges, never a ``protected`` role's (noted instead), and PUBLIC's only when the
+    settings list PUBLIC for this object."""
     for grantee in sorted(acl):
         if grantee == owner or (grantee == PUBLIC and PUBLIC not in want):
             continue
         extra = acl[grantee] - _expand(kind, want.get(grantee, frozenset()), version)
-        if extra:
-            privs, who = _privs_sql(kind, extra), quote_grantee(grantee)
-            plan.add(make("REVOKE", privs, who), f"{label}: revoke {privs} from {who}")
+        if not extra:
+            continue
+        privs, who = _privs_sql(kind, extra), quote_grantee(grantee)
+        if grantee in protected:
+            plan.note(
+                f"kept what {who} holds beyond the settings: it is {protected[grantee]}, "
+                "and exclusive mode never revokes from one"
+            )
+            continue
+        plan.add(make("REVOKE", privs, who), f"{label}: revoke {privs} from {who}")
 
 
 def plan_grants(
-    grants: Iterable[GrantSpec | DefaultPrivilegeSpec], catalog: Catalog, *, exclusive: bool = False
+    grants: Iterable[GrantSpec | DefaultPrivilegeSpec],
+    catalog: Catalog,
+    *,
+    exclusive: bool = False,
+    connecting_role: str | None = None,
 ) -> Plan:
     """Plan the grants whose ``database`` is the one ``catalog`` was read from.
 
     A database or schema missing from the catalog is planned as new (empty ACL, no objects),
-    so a deploy that creates it earlier in the same run still gets its grants.
+    so a deploy that creates it earlier in the same run still gets its grants. ``exclusive``
+    never revokes from superusers or from ``connecting_role`` (nor the role the catalog was
+    read as): ``plan.notes`` says what it kept.
     """
     mine = [g for g in grants if g.database == catalog.database]
     version = catalog.server_version_num
     plan = Plan()
+    protected = catalog.protected_roles(connecting_role)
 
     objects = [g for g in mine if isinstance(g, GrantSpec)]
     for (kind, target), want in sorted(_merge(objects, lambda g: (g.on, g.schema or g.database)).items()):
@@ -161,17 +183,17 @@ def plan_grants(
             label = f"{kind} {quote_ident(target)}"
             _grant_missing(plan, kind, make, label, acl, want, version)
             if exclusive:
-                _revoke_extra(plan, kind, make, label, owner, acl, want, version)
+                _revoke_extra(plan, kind, make, label, owner, acl, want, version, protected)
         else:
-            _plan_all_in_schema(plan, kind, target, want, catalog, exclusive)
+            _plan_all_in_schema(plan, kind, target, want, catalog, exclusive, protected)
 
     defaults = [g for g in mine if isinstance(g, DefaultPrivilegeSpec)]
     for (owner, schema, on), want in sorted(_merge(defaults, lambda g: (g.owner, g.schema, g.on)).items()):
-        _plan_default(plan, owner, schema, on, want, catalog, exclusive)
+        _plan_default(plan, owner, schema, on, want, catalog, exclusive, protected)
     return plan
 
 
-def _plan_all_in_schema(plan, kind, schema, want, catalog: Catalog, exclusive: bool) -> None:
+def _plan_all_in_schema(plan, kind, schema, want, catalog: Catalog, exclusive: bool, protected) -> None:
     # One GRANT ... ON ALL <kind> IN SCHEMA covers the union of what is missing anywhere (it is
     # a no-op where already granted); exclusive revokes go per object, so an object's owner and
     # objects outside the settings are handled one by one.
@@ -192,7 +214,9 @@ def _plan_all_in_schema(plan, kind, schema, want, catalog: Catalog, exclusive: b
         word = _OBJ_SQL[kind]
         for o in objs:
             make = _object_sql(f"{word} {o.ref}")
-            _revoke_extra(plan, kind, make, f"{word.lower()} {o.ref}", o.owner, o.acl, want, version)
+            _revoke_extra(
+                plan, kind, make, f"{word.lower()} {o.ref}", o.owner, o.acl, want, version, protected
+            )
 
 
 def _builtin_default(owner: str, on: str) -> dict[str, frozenset[str]]:
@@ -203,7 +227,7 @@ def _builtin_default(owner: str, on: str) -> dict[str, frozenset[str]]:
     return acl
 
 
-def _plan_default(plan, owner, schema, on, want, catalog: Catalog, exclusive: bool) -> None:
+def _plan_default(plan, owner, schema, on, want, catalog: Catalog, exclusive: bool, protected) -> None:
     version = catalog.server_version_num
     local = catalog.default_acls.get((owner, schema, on))
     local_acl = local.acl if local else {}
@@ -222,7 +246,7 @@ def _plan_default(plan, owner, schema, on, want, catalog: Catalog, exclusive: bo
     label = f"default privileges on {on} by {quote_ident(owner)} in schema {quote_ident(schema)}"
     _grant_missing(plan, on, make, label, effective, want, version)
     if exclusive:  # IN SCHEMA can only revoke from the schema-level entry
-        _revoke_extra(plan, on, make, label, owner, local_acl, want, version)
+        _revoke_extra(plan, on, make, label, owner, local_acl, want, version, protected)
 
 
 # --- proving grants: the SQL a role runs as itself -------------------------------------

@@ -3,6 +3,12 @@
 A password is sent as a locally computed SCRAM-SHA-256 verifier, and only when the stored one
 does not already match (an md5 hash of the same password is upgraded). Nothing here drops a
 database or a schema; a role is dropped only when the settings say ``present=False``.
+
+The verifier travels in a statement of its own (``ALTER ROLE ... PASSWORD``), after the role's
+other changes, and right after :data:`QUIET_LOGGING`, which turns the server's statement
+logging off for the rest of the transaction: a failing statement is logged with its text
+(``log_min_error_statement``), and ``log_statement``/duration logging log every statement, so
+without it a verifier could land in the server log.
 """
 
 from __future__ import annotations
@@ -10,8 +16,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from collections.abc import Mapping
+
 from tasks.core.pg_catalog import DatabaseState, RoleState, SchemaState
-from tasks.core.pg_sql import _RESERVED_ROLE_NAMES, Plan, SqlInputError, quote_ident, quote_literal
+from tasks.core.pg_sql import (
+    _RESERVED_ROLE_NAMES,
+    PUBLIC_SPELLINGS,
+    Plan,
+    SqlInputError,
+    quote_ident,
+    quote_literal,
+)
+
+PG_INT4_MAX = 2**31 - 1  # rolconnlimit is an int4
+
+# Run before a statement carrying a verifier, in the same transaction (set_config(..., true) is
+# SET LOCAL): as a superuser, nothing of what follows reaches the server log, whether it
+# succeeds or fails, nor pg_stat_statements. Without superuser rights these stay as they are.
+QUIET_LOGGING = (
+    "DO $quant$ BEGIN\n"
+    "  IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN\n"
+    "    PERFORM pg_catalog.set_config('log_statement', 'none', true);\n"
+    "    PERFORM pg_catalog.set_config('log_min_error_statement', 'panic', true);\n"
+    "    PERFORM pg_catalog.set_config('log_min_duration_statement', '-1', true);\n"
+    "    PERFORM pg_catalog.set_config('pg_stat_statements.track_utility', 'off', true);\n"
+    "    IF current_setting('server_version_num')::int >= 130000 THEN\n"
+    "      PERFORM pg_catalog.set_config('log_min_duration_sample', '-1', true);\n"
+    "      PERFORM pg_catalog.set_config('log_transaction_sample_rate', '0', true);\n"
+    "    END IF;\n"
+    "  END IF;\n"
+    "END $quant$"
+)
 from tasks.core.scram import password_status, scram_verifier
 
 # --- roles -----------------------------------------------------------------------------------
@@ -31,6 +66,10 @@ def _validate_role_name(name: str) -> None:
     quote_ident(name)
     if name in _RESERVED_ROLE_NAMES or name.startswith("pg_"):
         raise SqlInputError(f"role name {name!r} is reserved by PostgreSQL")
+    if name in PUBLIC_SPELLINGS:
+        raise SqlInputError(
+            f"role name {name!r} would read as the PUBLIC pseudo-role in grants; pick another name"
+        )
 
 
 def _parse_timestamp(value: str | datetime | None) -> datetime | None:
@@ -70,9 +109,12 @@ class RoleSpec:
             if getattr(self, attr) not in (None, True, False):
                 raise SqlInputError(f"role {self.name!r}: {attr} must be true, false or unset")
         limit = self.connection_limit
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < -1):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or not -1 <= limit <= PG_INT4_MAX
+        ):
             raise SqlInputError(
-                f"role {self.name!r}: connection_limit must be an integer >= -1 (-1 = unlimited)"
+                f"role {self.name!r}: connection_limit must be a whole number from -1 (unlimited) "
+                f"to {PG_INT4_MAX}"
             )
         if self.valid_until is not None:
             try:
@@ -149,7 +191,7 @@ def plan_role(spec: RoleSpec, observed: RoleState | None) -> Plan:
                 if observed
                 else f"valid until {shown(want_ts)}"
             )
-    secret = False
+    verifier = None
     if spec.password is not None:
         if observed is None:
             status = "absent"
@@ -161,8 +203,7 @@ def plan_role(spec: RoleSpec, observed: RoleState | None) -> Plan:
         else:
             status = password_status(observed.password, spec.password, spec.name)
         if status != "match":
-            clauses.append("PASSWORD " + quote_literal(scram_verifier(spec.password)))
-            secret = True
+            verifier = scram_verifier(spec.password)
             notes.append(
                 {
                     "absent": "password set",
@@ -171,19 +212,37 @@ def plan_role(spec: RoleSpec, observed: RoleState | None) -> Plan:
                 }[status]
             )
 
+    change: str | None = None
     if observed is None:
         sql = f"CREATE ROLE {quote_ident(spec.name)}"
         if clauses:
             sql += " WITH " + " ".join(clauses)
-        plan.add(sql, f"{who}: create" + (f" ({', '.join(notes)})" if notes else ""), secret=secret)
+        plan.add(sql, f"{who}: create" + (f" ({', '.join(notes)})" if notes else ""))
     elif clauses:
-        sql = f"ALTER ROLE {quote_ident(spec.name)} WITH " + " ".join(clauses)
-        plan.add(sql, f"{who}: {', '.join(notes)}", secret=secret)
+        plan.add(
+            f"ALTER ROLE {quote_ident(spec.name)} WITH " + " ".join(clauses), f"{who}: {', '.join(notes)}"
+        )
+    else:
+        change = f"{who}: {', '.join(notes)}"
+    if verifier is not None:
+        # Its own statement, with the server's statement logging off: see the module docstring.
+        plan.add(QUIET_LOGGING, change)
+        plan.add(
+            f"ALTER ROLE {quote_ident(spec.name)} WITH PASSWORD {quote_literal(verifier)}", None, secret=True
+        )
     return plan
 
 
-def plan_memberships(spec: RoleSpec, observed: RoleState | None, *, exclusive: bool = False) -> Plan:
-    """GRANT the groups in ``spec.member_of`` the role lacks; with ``exclusive``, REVOKE others."""
+def plan_memberships(
+    spec: RoleSpec,
+    observed: RoleState | None,
+    *,
+    exclusive: bool = False,
+    protected: Mapping[str, str] | None = None,
+) -> Plan:
+    """GRANT the groups in ``spec.member_of`` the role lacks; with ``exclusive``, REVOKE others,
+    except from a ``protected`` role (a superuser, the connecting role: see
+    :meth:`tasks.core.pg_catalog.Catalog.protected_roles`), which gets a plan note instead."""
     plan = Plan()
     if spec.member_of is None or not spec.present:
         return plan
@@ -192,7 +251,12 @@ def plan_memberships(spec: RoleSpec, observed: RoleState | None, *, exclusive: b
     member = quote_ident(spec.name)
     for group in sorted(want - have):
         plan.add(f"GRANT {quote_ident(group)} TO {member}", f"role {member}: join {quote_ident(group)}")
-    if exclusive:
+    if exclusive and spec.name in (protected or {}) and have - want:
+        plan.note(
+            f"kept {member}'s other memberships: it is {(protected or {})[spec.name]}, "
+            "and exclusive mode never revokes from one"
+        )
+    elif exclusive:
         for group in sorted(have - want):
             plan.add(
                 f"REVOKE {quote_ident(group)} FROM {member}", f"role {member}: leave {quote_ident(group)}"

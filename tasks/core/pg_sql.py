@@ -22,6 +22,8 @@ from typing import Literal
 
 MAX_IDENT_BYTES = 63  # NAMEDATALEN - 1: longer names are silently truncated by the server
 PUBLIC = "public"  # how PUBLIC appears as a grantee; no role can be named "public"
+# How settings write the PUBLIC pseudo-role. Any other spelling ("Public") is a role's own name.
+PUBLIC_SPELLINGS = ("PUBLIC", "public")
 _RESERVED_ROLE_NAMES = {"public", "none"}
 
 
@@ -88,19 +90,28 @@ class Statement:
 class Plan:
     statements: list[Statement] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was deliberately left alone, and why
 
     @property
     def changed(self) -> bool:
         return bool(self.statements)
 
-    def add(self, sql: str, change: str, *, secret: bool = False, transactional: bool = True):
+    def add(self, sql: str, change: str | None, *, secret: bool = False, transactional: bool = True):
+        """A statement and the plan line saying what it changes (None: a step of the change
+        the previous line already names)."""
         self.statements.append(Statement(sql, secret=secret, transactional=transactional))
-        self.changes.append(change)
+        if change is not None:
+            self.changes.append(change)
 
     def extend(self, other: Plan) -> Plan:
         self.statements.extend(other.statements)
         self.changes.extend(other.changes)
+        self.notes.extend(n for n in other.notes if n not in self.notes)
         return self
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
 
 def render_script(statements: Iterable[Statement], *, lock_timeout: str = "10s") -> str:

@@ -162,6 +162,14 @@ def _catalog(target: PgTarget, database: str, passwords=None, schemas=()):
 def _log_changes(plan: Plan) -> None:
     for change in plan.changes:
         current_host.log(f"plan: {change}")
+    _log_notes(plan)
+
+
+def _log_notes(plan: Plan) -> None:
+    """What the plan deliberately left alone (exclusive mode and protected roles), once."""
+    if not current_host.state.is_executing:
+        for note in plan.notes:
+            current_host.log(f"note: {note}")
 
 
 @operation()
@@ -197,7 +205,8 @@ def role(
     + connection_limit: ``-1`` = unlimited; ``None`` = leave as is
     + valid_until: ISO 8601 timestamp or ``"infinity"``
     + member_of: groups the role should be in (``None``: not managed)
-    + exclusive_membership: also leave groups not in ``member_of``
+    + exclusive_membership: also leave groups not in ``member_of`` (not when the role is a
+      superuser or the one ``target`` connects as)
     + verify: after a change, check over TCP that the role can log in with its password
     + verify_database: database to log in to when verifying (default: the target's)
 
@@ -235,8 +244,10 @@ def role(
     state = _catalog(target, target.database, {role: password} if spec_password else None, schemas=())
     observed = state.catalog.roles.get(role)
     plan = plan_role(spec, observed)
-    plan.extend(plan_memberships(spec, observed, exclusive=exclusive_membership))
+    protected = state.catalog.protected_roles(target.user)
+    plan.extend(plan_memberships(spec, observed, exclusive=exclusive_membership, protected=protected))
     if not plan.changed:
+        _log_notes(plan)
         host_word = "absent" if not present else "as set"
         current_host.noop(f"role {quote_ident(role)} is {host_word}")
         return
@@ -303,7 +314,8 @@ def grants(
     + database: the database the grants live in (the fact connects to it: one round trip)
     + target: ``PgTarget`` to connect with
     + grants: ``GrantSpec`` / ``DefaultPrivilegeSpec`` list (see ``tasks.core.pg_grants``)
-    + exclusive: revoke what grantees hold beyond the settings on the objects named
+    + exclusive: revoke what grantees hold beyond the settings on the objects named (never
+      from a superuser or the role ``target`` connects as: a note says what was kept)
     + logins: ``{role: password source}``: after a change, log in as each of these over TCP and
       check it can use what it was granted and cannot use what it was not
     + verify: run that check (only when something changed)
@@ -330,8 +342,9 @@ def grants(
         return
     schemas = {g.schema for g in mine if g.schema}
     state = _catalog(target, database, schemas=sorted(schemas))
-    plan = plan_grants(mine, state.catalog, exclusive=exclusive)
+    plan = plan_grants(mine, state.catalog, exclusive=exclusive, connecting_role=target.user)
     if not plan.changed:
+        _log_notes(plan)
         current_host.noop(f"grants in database {quote_ident(database)} are as set")
         return
     _log_changes(plan)

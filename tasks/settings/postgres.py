@@ -45,7 +45,10 @@ connects with its ``.target``::
 What is *not* in the settings is left alone: a role removed from ``db_roles`` is not dropped
 (list it with ``"present": False`` to drop it); a grant removed from ``db_grants`` is revoked only
 with ``db_exclusive = True``, and only on the objects the settings still name (the owner's own
-privileges and PUBLIC's - unless PUBLIC is listed - are never revoked).
+privileges and PUBLIC's - unless PUBLIC is listed - are never revoked, nor anything a superuser
+or the connecting role holds: the plan notes what it kept). A grantee written ``PUBLIC`` or
+``public`` is the PUBLIC pseudo-role; any other spelling (``Public``) is a role of that exact
+name, quoted; a role in ``db_roles`` cannot be named ``PUBLIC``.
 
 Passwords are never values in host data: a string where a password source belongs is refused
 without being echoed. Every source is read once during validation (so a missing file fails
@@ -182,7 +185,9 @@ class RoleSettings(Block):
     inherit: StrictBool | None = None
     replication: StrictBool | None = None
     bypassrls: StrictBool | None = None
-    connection_limit: StrictInt | None = Field(None, ge=-1, description="-1: unlimited")
+    connection_limit: StrictInt | None = Field(
+        None, ge=-1, le=2**31 - 1, description="-1: unlimited (PostgreSQL keeps it as an int4)"
+    )
     valid_until: str | None = Field(None, description='ISO 8601 timestamp or "infinity"')
     member_of: tuple[str, ...] | None = Field(None, description="groups the role should be in")
 

@@ -39,6 +39,8 @@ def check(op, case: dict, monkeypatch) -> None:
     assert planned.rendered() == case["commands"]
     assert planned.noop == case.get("noop_description")
     assert planned.plan == case.get("plan", [])
+    notes = [m.removeprefix("note: ") for m in planned.host.logs if m.startswith("note: ")]
+    assert notes == case.get("notes", [])
     # The role's password is never in a command, an upload, a plan line or a fact argument
     # (only its verifier is uploaded); no password is ever on a command line (the superuser's
     # travels in an uploaded 0600 password file).

@@ -226,9 +226,13 @@ def test_duplicate_roles_and_bad_flags(pwfile):
     data = lab_like(pwfile, db_exclusive="yes")  # not read as true: booleans are strict
     data["db_roles"].append({"name": "other", "login": "yes"})
     data["db_roles"].append({"name": "limited", "connection_limit": -5})
+    data["db_roles"].append({"name": "huge", "connection_limit": 10**12})  # not an int4: refused here,
+    data["db_roles"].append({"name": "PUBLIC"})  # not at execution (with the verifier in the log)
     text = problems(data)
     assert "db_roles[1].login: is not true/false" in text
     assert "db_roles[2].connection_limit: must be >= -1" in text
+    assert "db_roles[3].connection_limit: must be <= 2147483647" in text
+    assert "db_roles[4]: role name 'PUBLIC' would read as the PUBLIC pseudo-role in grants" in text
     assert "db_exclusive: is not true/false" in text
 
 

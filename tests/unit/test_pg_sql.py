@@ -1,5 +1,6 @@
 """Quoting, catalog parsing and minimal-change plans for roles, databases and grants."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from tasks.core.pg_catalog import (
 )
 from tasks.core.pg_grants import DefaultPrivilegeSpec, GrantSpec, plan_grants
 from tasks.core.pg_roles import (
+    QUIET_LOGGING,
     DatabaseSpec,
     RoleSpec,
     SchemaSpec,
@@ -143,13 +145,14 @@ def test_create_role_with_attributes_and_password():
     spec = RoleSpec("quant-user", login=True, connection_limit=20, valid_until="2030-01-01",
                     password="S3cr3t'pw", member_of=["readers"])  # fmt: skip
     plan = plan_role(spec, None)
-    assert len(plan.statements) == 1
-    st = plan.statements[0]
-    assert st.secret
-    assert st.sql.startswith(
+    create, quiet, st = plan.statements  # the verifier in a statement of its own, logging off
+    assert not create.secret and not quiet.secret and st.secret
+    assert create.sql == (
         "CREATE ROLE \"quant-user\" WITH LOGIN CONNECTION LIMIT 20 "
-        "VALID UNTIL '2030-01-01T00:00:00+00:00' PASSWORD 'SCRAM-SHA-256$4096:"
+        "VALID UNTIL '2030-01-01T00:00:00+00:00'"
     )
+    assert quiet.sql == QUIET_LOGGING
+    assert st.sql.startswith("ALTER ROLE \"quant-user\" WITH PASSWORD 'SCRAM-SHA-256$4096:")
     verifier = st.sql.split("PASSWORD ")[1].strip("'")
     assert verifier_matches(verifier, "S3cr3t'pw")
     assert "S3cr3t" not in st.sql  # only the verifier travels
@@ -228,7 +231,8 @@ def test_role_password_changes(stored, change):
     }[stored]
     plan = plan_role(RoleSpec("quant-user", password=password), role_state(password=stored))
     assert plan.changes == [f'role "quant-user": {change}']
-    st = plan.statements[0]
+    assert sqls(plan)[0] == QUIET_LOGGING
+    st = plan.statements[1]
     assert st.secret and st.sql.startswith("ALTER ROLE \"quant-user\" WITH PASSWORD 'SCRAM-SHA-256$")
     assert verifier_matches(st.sql.split("PASSWORD ")[1].strip("'"), password)
 
@@ -253,7 +257,7 @@ def test_no_secret_in_descriptions_or_reprs():
                   role_state(password=md5_verifier(password, "quant-user"))),  # fmt: skip
     ]
     for plan in plans:
-        verifier = plan.statements[0].sql.split("PASSWORD ")[1].strip("'")
+        verifier = plan.statements[-1].sql.split("PASSWORD ")[1].strip("'")
         salt = verifier.split("$")[1].split(":")[1]
         shown = " ".join(plan.changes) + repr(plan) + repr(plan.statements) + str(plan.statements)
         for secret in (password, verifier, salt, verifier.split("$")[2]):
@@ -274,7 +278,10 @@ def test_drop_role_only_when_present():
         (dict(name="public"), "reserved"),
         (dict(name="pg_monitor2"), "reserved"),
         (dict(name=""), "empty"),
+        (dict(name="PUBLIC"), "PUBLIC pseudo-role"),
         (dict(name="r", connection_limit=-2), "connection_limit"),
+        (dict(name="r", connection_limit=2**31), "connection_limit must be a whole number from -1"),
+        (dict(name="r", connection_limit=10**12), "connection_limit"),
         (dict(name="r", connection_limit="10"), "connection_limit"),
         (dict(name="r", valid_until="next year"), "valid_until"),
         (dict(name="r", login="yes"), "login"),
@@ -376,6 +383,76 @@ def test_exclusive_revokes_extras_but_never_owner_and_public_only_when_listed():
         'REVOKE CREATE, CONNECT ON DATABASE "quant" FROM "intruder"',
         'REVOKE CONNECT, TEMPORARY ON DATABASE "quant" FROM PUBLIC',
     ]
+
+
+@pytest.mark.parametrize("written", ["PUBLIC", "public"])
+def test_public_is_public_only_as_written(written):
+    assert GrantSpec("database", "quant", written, ["CONNECT"]).grantee == PUBLIC
+    plan = plan_grants([GrantSpec("database", "quant", written, ["CREATE"])], DB_CAT)
+    assert sqls(plan) == ['GRANT CREATE ON DATABASE "quant" TO PUBLIC']
+
+
+@pytest.mark.parametrize("name", ["Public", "pUBLIC", "PUBLIc", "Public "])
+def test_a_role_spelled_like_public_is_that_role(name):
+    spec = GrantSpec("database", "quant", name, ["CONNECT"])
+    assert spec.grantee == name
+    assert sqls(plan_grants([spec], catalog())) == [f'GRANT CONNECT ON DATABASE "quant" TO "{name}"']
+    assert RoleSpec(name).name == name  # PostgreSQL reserves only "public" itself
+    default = DefaultPrivilegeSpec("quant", "app_owner", "app", "tables", name, ["SELECT"])
+    assert default.grantee == name
+
+
+def _protected_catalog(**kw):
+    roles = {"admin": role_state("admin", superuser=True), "deployer": role_state("deployer"),
+             "intruder": role_state("intruder")}
+    return catalog(roles=roles, current_user="deployer", **kw)
+
+
+def test_exclusive_never_revokes_from_superusers_or_the_connecting_role():
+    acl = {"app_owner": fs("CREATE", "CONNECT", "TEMPORARY"), "admin": fs("CONNECT", "CREATE"),
+           "deployer": fs("CONNECT", "CREATE"), "intruder": fs("CONNECT")}
+    cat = _protected_catalog(databases={"quant": DatabaseState("quant", "app_owner", acl)})
+    plan = plan_grants([GrantSpec("database", "quant", "quant-user", [])], cat, exclusive=True)
+    assert sqls(plan) == ['REVOKE CONNECT ON DATABASE "quant" FROM "intruder"']
+    assert plan.notes == [
+        'kept what "admin" holds beyond the settings: it is a superuser, and exclusive mode never '
+        "revokes from one",
+        'kept what "deployer" holds beyond the settings: it is the role this deploy connects as, '
+        "and exclusive mode never revokes from one",
+    ]
+    # Even when the settings list them with nothing: they keep it, and a note says so.
+    grants = [GrantSpec("database", "quant", name, []) for name in ("admin", "deployer")]
+    assert sqls(plan_grants(grants, cat, exclusive=True)) == ['REVOKE CONNECT ON DATABASE "quant" FROM "intruder"']
+    # The connecting role named by the operation counts too (a catalog read by another role).
+    plan = plan_grants([GrantSpec("database", "quant", "quant-user", [])],
+                       replace(cat, current_user=None), exclusive=True, connecting_role="deployer")
+    assert "deployer" not in " ".join(sqls(plan))
+
+
+def test_exclusive_protection_covers_objects_in_a_schema_and_default_privileges():
+    objs = (obj("table", "t1", {**OWNER_ALL, "admin": fs("SELECT"), "deployer": fs("INSERT"),
+                                "intruder": fs("SELECT")}),)
+    defaults = {("app_owner", "app", "tables"): DefaultAclState(
+        "app_owner", "app", "tables", {"admin": fs("SELECT"), "deployer": fs("SELECT"), "intruder": fs("SELECT")})}
+    cat = _protected_catalog(objects=objs, default_acls=defaults)
+    grants = [GrantSpec("tables", "quant", "quant-user", [], schema="app"),
+              DefaultPrivilegeSpec("quant", "app_owner", "app", "tables", "quant-user", [])]
+    plan = plan_grants(grants, cat, exclusive=True)
+    assert sqls(plan) == [
+        'REVOKE SELECT ON TABLE app.t1 FROM "intruder"',
+        'ALTER DEFAULT PRIVILEGES FOR ROLE "app_owner" IN SCHEMA "app" REVOKE SELECT ON TABLES FROM "intruder"',
+    ]
+    assert len(plan.notes) == 2  # one per protected role, however many objects
+
+
+def test_exclusive_memberships_are_kept_for_protected_roles():
+    observed = role_state("admin", superuser=True, member_of=frozenset({"readers"}))
+    plan = plan_memberships(RoleSpec("admin", member_of=[]), observed, exclusive=True,
+                            protected={"admin": "a superuser"})
+    assert not plan.changed and plan.notes == [
+        "kept \"admin\"'s other memberships: it is a superuser, and exclusive mode never revokes from one"]
+    plan = plan_memberships(RoleSpec("admin", member_of=[]), observed, exclusive=True)
+    assert sqls(plan) == ['REVOKE "readers" FROM "admin"']
 
 
 def test_grants_for_other_databases_are_ignored():
