@@ -113,6 +113,8 @@ def compose_problems(document: Any) -> list[str]:
 class OnboardSettings(Block):
     """A fresh host made a managed member of the fleet: deploy user, sudo, Docker, stack files."""
 
+    free_text = frozenset({"compose"})  # a compose document may hold multi-line strings
+
     authorized_keys: PublicKeys = Field((), validate_default=True)
     user: UserName = Field("deploy", description="the deploy user pyinfra and people log in as afterwards")
     exclusive_keys: StrictBool = Field(False, description="remove authorized keys not listed")
@@ -136,11 +138,13 @@ class OnboardSettings(Block):
         "engine whose socket is at docker_socket",
     )
     docker_socket: str = "/var/run/docker.sock"
-    docker_gid: int | Literal["socket"] | None = Field(
+    docker_gid: Annotated[int, Field(ge=1, le=65533)] | Literal["socket"] | None = Field(
         None, description='pin the docker group\'s gid; "socket": the socket\'s gid (engine "socket" default)'
     )
     packages: tuple[str, ...] = Field(("docker.io",), description="from the distribution, no recommends")
-    log_max_size: Size = Field(10 * 1024 * 1024, gt=0, description="daemon.json log-opts max-size")
+    log_max_size: Size = Field(
+        10 * 1024 * 1024, gt=0, le=1 << 30, description="daemon.json log-opts max-size"
+    )
     log_max_file: StrictInt = Field(3, ge=1, le=100, description="daemon.json log-opts max-file")
     stack_dir: str = "/opt/quant-stack"
     stack_owner: UserName | None = Field(None, description="None: the deploy user")
