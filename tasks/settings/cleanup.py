@@ -89,7 +89,9 @@ class CleanupSettings(Block):
         None, description="only rows older than this by age_column; None: any age"
     )
     age_column: Identifier = "created_at"
-    max_rows: StrictInt = Field(1000, ge=1, description="more matches: refuse and change nothing...")
+    max_rows: StrictInt = Field(
+        1000, ge=1, le=10_000_000, description="more matches: refuse and change nothing..."
+    )
     allow_over_max: StrictBool = Field(False, description="...unless this says otherwise")
     max_share: float = Field(
         0.1,
