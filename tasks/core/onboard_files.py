@@ -8,6 +8,8 @@ Pure: settings are handed in, nothing here reads a host.
 from __future__ import annotations
 
 import json
+import posixpath
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +44,76 @@ def daemon_json(current_text: str | None, max_size: str, max_file: int) -> tuple
     wanted["log-opts"] = opts
     text = json.dumps(wanted, indent=2, sort_keys=True) + "\n"
     return text, wanted != current or current_text is None
+
+
+# Where a sudo rule's program may live: root-owned system directories (a program the deploy
+# user can replace, in its home or the stack folder, would be root for the asking).
+SUDO_PROGRAM_DIRS = (
+    "/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin", "/usr/local/sbin", "/usr/lib", "/usr/libexec",
+)  # fmt: skip
+# Programs that are a root shell (or any command, or any file written) for whoever may run them
+# with sudo: shells, privilege tools and command runners, editors and pagers (they shell out),
+# interpreters, and file writers. A denylist of the known ways out; review what else you list.
+_ESCAPES = {
+    "a shell": "sh bash dash zsh ksh ksh93 mksh pdksh csh tcsh fish ash rbash busybox screen tmux",
+    "a privilege or command-running tool": "su sudo sudoedit doas pkexec runuser setpriv nsenter "
+    "chroot unshare env nohup nice ionice timeout stdbuf xargs find flock watch script expect "
+    "strace ltrace gdb setsid taskset chrt capsh start-stop-daemon systemd-run make ssh scp "
+    "sftp git crontab at batch",
+    "an editor": "vi vim nvim view vimdiff rvim rview ex ed red nano rnano pico emacs emacs-nox "
+    "joe jed mcedit micro sensible-editor editor select-editor visudo",
+    "a pager": "less more most pg man info sensible-pager pager w3m lynx",
+    "an interpreter": "perl ruby irb node nodejs php lua luajit tclsh wish awk gawk mawk nawk "
+    "rscript r sqlite3 psql mysql jrunscript java jshell guile bc dc",
+    "a program that writes files": "tee dd cp mv install rsync tar zip unzip cpio chmod chown "
+    "chgrp ln sed mount umount truncate",
+}
+_ESCAPE_OF = {name: what for what, names in _ESCAPES.items() for name in names.split()}
+_VERSIONED_INTERPRETER = re.compile(r"(python|perl|php|lua|ruby|pypy|node)[0-9.]*(-config)?")
+_SUDO_SPECIAL = re.compile(r"[*?\[\]!,:=\\#\"'`$(){}<>|;&]")
+
+
+def sudo_command_problem(command: str) -> str | None:
+    """Why ``command`` is not a narrow sudo rule, or None.
+
+    Narrow: an absolute program in a root-owned system directory (:data:`SUDO_PROGRAM_DIRS`),
+    not a shell, editor, pager, interpreter or other known way to a root shell, with its exact
+    arguments: at least one (sudo reads a command without arguments as "any arguments"), no
+    wildcards (``*``, ``?``, ``[``), no ``ALL``, no sudoers or shell specials, no control
+    characters."""
+    if not isinstance(command, str) or not command.strip():
+        return "must be an absolute command line"
+    if any(ord(c) < 32 or ord(c) == 127 for c in command):
+        return f"{command!r} holds a control character"
+    words = command.split()
+    program, args = words[0], words[1:]
+    if not program.startswith("/"):
+        return f"{command!r} must start with an absolute path"
+    if posixpath.normpath(program) != program or program.startswith("//"):
+        return f"{command!r}: the program's path must be normalized (no '.', '..' or '//')"
+    if posixpath.dirname(program) not in SUDO_PROGRAM_DIRS:
+        return (
+            f"{command!r}: the program must be in a root-owned system directory "
+            f"({', '.join(SUDO_PROGRAM_DIRS)})"
+        )
+    if "ALL" in words:
+        return f"{command!r} is too wide (ALL): sudo stays narrow"
+    special = _SUDO_SPECIAL.search(command)
+    if special:
+        what = "a wildcard" if special.group() in "*?[]" else f"{special.group()!r}"
+        return f"{command!r} holds {what}: sudo rules take exact arguments, no wildcards or specials"
+    name = posixpath.basename(program).lower()
+    escape = _ESCAPE_OF.get(name) or ("an interpreter" if _VERSIONED_INTERPRETER.fullmatch(name) else None)
+    if escape:
+        return f"{command!r}: {name} is {escape}, a root shell for whoever may run it with sudo"
+    if name == "systemctl" and args and args[0] in ("edit", "link", "set-environment", "import-environment"):
+        return f"{command!r}: systemctl {args[0]} runs an editor or changes the service environment"
+    if not args:
+        return (
+            f"{command!r} has no arguments, which sudo reads as any arguments: give the exact "
+            "arguments allowed"
+        )
+    return None
 
 
 def sudoers_text(user: str, commands: tuple[str, ...]) -> str:

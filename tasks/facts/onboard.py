@@ -72,3 +72,26 @@ class GroupGid(FactBase):
     def process(self, output):
         text = "".join(output).strip()
         return int(text) if text.isdigit() else None
+
+
+class RealPaths(FactBase):
+    """
+    Each path as it resolves on the host (``realpath -m``: symlinks followed, missing parts
+    kept), so onboarding never follows a symlink out of its allowed roots. Returns
+    ``{path: resolved}``; a path that cannot be resolved is left out.
+    """
+
+    def command(self, paths):
+        lines = [
+            f"printf '%s\\t%s\\n' {shlex.quote(p)} \"$(realpath -m -- {shlex.quote(p)} 2>/dev/null)\""
+            for p in paths
+        ]
+        return "; ".join(lines) or "true"
+
+    def process(self, output):
+        resolved = {}
+        for line in output:
+            path, sep, real = line.partition("\t")
+            if sep and real.startswith("/"):
+                resolved[path] = real
+        return resolved

@@ -5,7 +5,9 @@
 On a host pyinfra reaches as root (or as a sudo user with ``_sudo``), from the host's ``onboard``
 data (tasks/settings/onboard.py):
 
-1. **Preflight** (one fact, one round trip): apt-get and dpkg present, root reachable, and for the
+1. **Preflight** (before any change): apt-get and dpkg present, root reachable, the paths
+   onboarding creates and hands to the deploy user resolving (``realpath -m``) below the allowed
+   roots, not through a symlink into a system directory, and for the
    chosen Docker engine what it needs (``engine: local`` - systemd as PID 1 to run dockerd;
    ``engine: socket`` - a Docker socket already at ``docker_socket`` and no init system that
    would start a second dockerd). A host that fails preflight gets *only* one failing operation
@@ -20,7 +22,8 @@ data (tasks/settings/onboard.py):
    created after the engine read the file.
 4. The deploy user (``server.user``): its authorized keys, in the ``docker`` group, password
    field ``*`` (no password can match, yet the account is not "locked", which sshd with
-   ``UsePAM no`` would refuse even for a key).
+   ``UsePAM no`` would refuse even for a key). The ``docker`` group is root-equivalent (its
+   members can run a container with the host's ``/`` mounted): the plan says so in a note line.
 5. Narrow sudo: ``/etc/sudoers.d/<sudoers_name>`` listing only ``sudo_commands``, uploaded under a
    name sudo ignores, checked with ``visudo -cf``, then moved in place (a bad file never
    becomes active).
@@ -55,10 +58,15 @@ from tasks.core.mlflow_server import server_spec
 from tasks.core.onboard_files import compose_text, daemon_json, default_compose, sudoers_text
 from tasks.core.onboard_preflight import preflight_problems, wanted_gid
 from tasks.core.sizes import docker_size
-from tasks.facts.onboard import GroupByGid, GroupGid, OnboardProbe
+from tasks.facts.onboard import GroupByGid, GroupGid, OnboardProbe, RealPaths
 from tasks.settings.onboard import OnboardSettings
 
 DAEMON_JSON = "/etc/docker/daemon.json"
+DOCKER_GROUP_NOTE = (
+    "note: {user} joins the docker group, which is root on this host in all but name (whoever "
+    "can use the Docker engine can start a container with / mounted); give that account's key "
+    "only to people who may be root here"
+)
 
 
 def _fail(state, host, message: str) -> bool:
@@ -232,10 +240,13 @@ def onboard(settings: OnboardSettings | None = None):
     probe = host.get_fact(OnboardProbe, socket=settings.docker_socket)
     gid = wanted_gid(settings, probe)
     holder = host.get_fact(GroupByGid, gid=gid) if gid is not None else None
-    problems = preflight_problems(settings, probe, holder)
+    resolved = host.get_fact(RealPaths, paths=tuple(path for _, path in settings.owned_paths()))
+    problems = preflight_problems(settings, probe, holder, resolved)
     if problems:
         refuse(name="Preflight: can this host be onboarded?", problems=problems)
         return
+    if not host.state.is_executing:
+        host.log(DOCKER_GROUP_NOTE.format(user=settings.user))
 
     if gid is not None:
         group_gid(name=f"Group docker with gid {gid}", group="docker", gid=gid)

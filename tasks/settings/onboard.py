@@ -8,6 +8,16 @@ Only ``authorized_keys`` is required: public key lines, or ``{"file": "/path/on/
         "authorized_keys": [{"file": "~/.ssh/deploy_ed25519.pub"}],
         "engine": "socket",        # this host uses an engine whose socket is mounted in
     }
+
+Guards: what onboarding creates and makes the deploy user own (``stack_dir``, its
+``directories``, the compose file, the user's ``home``) must lie strictly below an allowed root
+(``allowed_roots``, default /opt and /srv, plus the deploy user's home for the stack; ``/home``
+for the home), never in a system directory (tasks/core/onboard_preflight.py; on the host too,
+as the paths resolve, so a symlink cannot lead there); ``compose_file`` stays inside
+``stack_dir``. A sudo rule is one absolute program in a system directory with its exact
+arguments: no shells, editors, pagers, interpreters or file writers, no wildcards, no ``ALL``
+(:func:`tasks.core.onboard_files.sudo_command_problem`). The deploy user joins the ``docker``
+group, which is root on the host in all but name: the deploy says so.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictBool, StrictInt, WithJsonSchema, field_validator, model_validator
 
+from tasks.core.onboard_files import sudo_command_problem
+from tasks.core.onboard_preflight import outside_roots, root_problem
 from tasks.settings.base import Block, Pattern
 from tasks.settings.types import Size, looks_secret
 
@@ -29,8 +41,6 @@ _KEY_RE = re.compile(
     r"@openssh\.com) [A-Za-z0-9+/]+=*( [^\n\r]*)?"
 )
 _PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+:~-]+)?")
-# sudoers specials that would widen a rule: a command list, aliases, a user/runas spec, escapes.
-_SUDO_BAD_RE = re.compile(r"[,:=\\\n\r#]|^ALL$|\bALL\b")
 # Characters a path must not hold: it goes into shell command lines unquoted in places.
 _UNSAFE_PATH_CHARS = set("'\"$`\\")
 
@@ -126,7 +136,8 @@ class OnboardSettings(Block):
             "/usr/bin/systemctl status docker",
             "/usr/bin/journalctl -u docker",
         ),
-        description="NOPASSWD, these absolute command lines only; ALL is refused",
+        description="NOPASSWD, these absolute command lines only, exact arguments; shells, editors, "
+        "pagers, interpreters, wildcards and ALL are refused",
     )
     sudoers_name: Annotated[
         str,
@@ -146,6 +157,11 @@ class OnboardSettings(Block):
         10 * 1024 * 1024, gt=0, le=1 << 30, description="daemon.json log-opts max-size"
     )
     log_max_file: StrictInt = Field(3, ge=1, le=100, description="daemon.json log-opts max-file")
+    allowed_roots: tuple[str, ...] = Field(
+        ("/opt", "/srv"),
+        description="stack_dir (and its files) must lie strictly below one of these or the deploy "
+        "user's home; home below /home or one of these; never /, /home, /var or a system directory",
+    )
     stack_dir: str = "/opt/quant-stack"
     stack_owner: UserName | None = Field(None, description="None: the deploy user")
     directories: tuple[str, ...] = Field(
@@ -223,6 +239,40 @@ class OnboardSettings(Block):
             raise ValueError(f"{value!r} is not an absolute path without spaces or quotes")
         return value.rstrip("/") or "/"
 
+    @model_validator(mode="after")
+    def _paths_within_roots(self) -> OnboardSettings:
+        problems = [
+            f"allowed_roots[{i}]: {why}"
+            for i, root in enumerate(self.allowed_roots)
+            if (why := root_problem(root))
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
+        paths = dict(self.owned_paths())
+        if self.compose_file.startswith("/") and not self.compose_path.startswith(self.stack_dir + "/"):
+            problems.append(
+                f"compose_file: {self.compose_file!r} is not inside stack_dir ({self.stack_dir!r}); "
+                "give it relative to stack_dir"
+            )
+            paths.pop("compose_file")
+        if outside_roots(self.stack_dir, self.path_roots("stack_dir")):
+            # what lies inside it is refused with it, in one line
+            paths = {k: v for k, v in paths.items() if k in ("stack_dir", "home")}
+        for key, path in paths.items():
+            why = outside_roots(path, self.path_roots(key))
+            if why:
+                problems.append(f"{key}: {why}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _roots_list(cls, value: Any) -> Any:
+        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(i, str) for i in value):
+            raise ValueError("expected a non-empty list of absolute paths")
+        return value
+
     @field_validator("sudo_commands", "packages", "directories", mode="before")
     @classmethod
     def _string_list(cls, value: Any) -> Any:
@@ -233,14 +283,11 @@ class OnboardSettings(Block):
     @field_validator("sudo_commands")
     @classmethod
     def _narrow(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for command in value:
-            if not command.startswith("/"):
-                raise ValueError(f"{command!r} must start with an absolute path")
-            if _SUDO_BAD_RE.search(command):
-                raise ValueError(
-                    f"{command!r} is too wide or not a single command "
-                    "(no ALL, no ',', ':', '=', '\\', '#'): sudo stays narrow"
-                )
+        problems = [
+            f"sudo_commands[{i}]: {why}" for i, c in enumerate(value) if (why := sudo_command_problem(c))
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
         return value
 
     @field_validator("docker_gid", mode="before")
@@ -288,6 +335,20 @@ class OnboardSettings(Block):
     @property
     def home_dir(self) -> str:
         return self.home or f"/home/{self.user}"
+
+    def owned_paths(self) -> list[tuple[str, str]]:
+        """(setting, path) for what onboarding creates and gives to the deploy user."""
+        paths = [("stack_dir", self.stack_dir)]
+        paths += [(f"directories[{i}]", f"{self.stack_dir}/{d}") for i, d in enumerate(self.directories)]
+        paths += [("compose_file", self.compose_path), ("home", self.home_dir)]
+        return paths
+
+    def path_roots(self, key: str) -> tuple[str, ...]:
+        """Where the path of setting ``key`` may lie: the home below /home or an allowed root,
+        the stack below an allowed root or the deploy user's home."""
+        if key == "home":
+            return ("/home", *self.allowed_roots)
+        return (*self.allowed_roots, self.home_dir)
 
     @property
     def compose_path(self) -> str:

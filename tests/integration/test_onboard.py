@@ -8,7 +8,8 @@ password is set or used anywhere), onboarded in one run:
   docker group with the *socket's* gid, and its `docker` CLI talks to this machine's engine
   through the mounted socket. Log rotation in daemon.json is written and checked as a file; that
   dockerd honours it cannot be shown here (verification says so: the check is skipped).
-- `host2`: asks for engine "local" (dockerd under systemd), but systemd is not PID 1: refused.
+- `host2`: asks for engine "local" (dockerd under systemd), but systemd is not PID 1; and its
+  /opt/quant-stack is a symlink to /etc (onboarding would chown /etc to the deploy user): refused.
 - `host3`: apt-get is gone (as on a distribution onboarding does not know): refused.
 
 Refused hosts fail alone with the reasons and are left exactly as they were; host1 proceeds.
@@ -36,6 +37,8 @@ def fleet(request, tmp_path_factory):
     request.addfinalizer(fleet.remove)
     fleet.start()
     code, out = fleet.hosts[2].exec("mv /usr/bin/apt-get /usr/bin/apt-get.disabled")
+    assert code == 0, out
+    code, out = fleet.hosts[1].exec("mkdir -p /opt && ln -s /etc /opt/quant-stack")
     assert code == 0, out
     return fleet
 
@@ -76,16 +79,44 @@ def test_first_run_onboards_the_good_host_and_refuses_the_others(runs, fleet):
     assert f"[{good}] onboarding verification failed" not in output
     assert first.results is not None and first.changed >= 10, first.report()
     assert f"[{no_systemd}]" in output and "systemd is not PID 1" in output, first.report()
+    assert "stack_dir /opt/quant-stack resolves to /etc on this host (a symlink)" in output, first.report()
     assert f"[{no_apt}]" in output and "no apt-get/dpkg" in output, first.report()
     assert "nothing was changed" in output
+    # The docker group's consequence is said, for the host that gets it.
+    assert f"[{good}] note: deploy joins the docker group, which is root on this host" in output
 
 
 def test_refused_hosts_are_untouched(runs, fleet):
     for host in fleet.hosts[1:]:
         code, out = host.exec("getent passwd deploy; ls /etc/docker /etc/sudoers.d/quant-deploy "
-                              "/opt/quant-stack 2>&1; dpkg -s docker.io >/dev/null 2>&1 && echo installed")
+                              "2>&1; dpkg -s docker.io >/dev/null 2>&1 && echo installed")
         assert "deploy:" not in out and "installed" not in out, f"{host.name}: {out}"
-        assert out.count("No such file") == 3, f"{host.name}: {out}"
+        assert out.count("No such file") == 2, f"{host.name}: {out}"
+    code, out = fleet.hosts[1].exec("readlink /opt/quant-stack; stat -c %U /etc /etc/passwd")
+    assert out.split() == ["/etc", "root", "root"], out  # the symlink was not followed
+    code, out = fleet.hosts[2].exec("ls /opt/quant-stack 2>&1")
+    assert "No such file" in out, out
+
+
+def test_unsafe_settings_are_refused_before_anything_runs(fleet, deploy_key):
+    host = fleet.hosts[2]
+    pub = {"file": str(deploy_key) + ".pub"}
+    onboard = {"engine": "socket", "authorized_keys": [pub], "stack_dir": "/etc",
+               "compose_file": "/etc/passwd", "sudo_commands": ["/bin/sh", "/usr/bin/systemctl",
+                                                               "/bin/cat /var/log/*"]}
+    inventory = fleet.write_inventory(fleet.folder / "unsafe.py",
+                                      {host.name: {**host.pyinfra_host_data(), "onboard": onboard}})
+    run = run_pyinfra(inventory, DEPLOY, timeout=300)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0 and "Traceback" not in output
+    for line in ("onboard.stack_dir: '/etc' is in the system directory /etc",
+                 "onboard.compose_file: '/etc/passwd' is not inside stack_dir",
+                 "onboard.sudo_commands[0]: '/bin/sh': sh is a shell",
+                 "onboard.sudo_commands[1]: '/usr/bin/systemctl' has no arguments",
+                 "onboard.sudo_commands[2]: '/bin/cat /var/log/*' holds a wildcard"):
+        assert line in output, output[-3000:]
+    code, out = host.exec("getent passwd deploy; stat -c %U /etc /etc/passwd; ls /etc/sudoers.d")
+    assert "deploy" not in out and out.split()[:2] == ["root", "root"], out
 
 
 def test_second_run_changes_nothing(runs):

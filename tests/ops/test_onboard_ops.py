@@ -73,10 +73,16 @@ def probe(name: str) -> dict:
     return json.loads((OPS / "facts" / "onboard.OnboardProbe" / f"{name}.json").read_text())["fact"]
 
 
+# What realpath -m answers on a fresh host for the default onboarding paths: each is itself.
+DEFAULT_PATHS = ["/opt/quant-stack", "/opt/quant-stack/docker-compose.yml", "/home/deploy"] + [
+    f"/opt/quant-stack/{d}" for d in ("data/postgres", "data/minio", "data/redis", "logs", "backups")]
+
+
 def fresh_host(probe_name: str, **facts) -> dict:
     """What a fresh Debian host answers: nothing of ours on it yet."""
     return {
         "onboard.OnboardProbe": {SOCKET: probe(probe_name)},
+        "onboard.RealPaths": {"*": {path: path for path in DEFAULT_PATHS}},
         "onboard.GroupGid": {"group=docker": None},
         "deb.DebPackages": {},
         "files.FileContents": {"*": None}, "files.File": {"*": None}, "files.Directory": {"*": None},
@@ -123,6 +129,44 @@ def test_refused_when_the_sockets_gid_is_another_groups():
     steps = deploy_plan(onboard.onboard, onboard_data(engine="socket"), facts)
     assert names(steps) == ["Preflight: can this host be onboarded?"]
     assert "docker_gid 106 is already the group 'users''s id" in steps[0][1][0][1]
+
+
+def test_refused_when_a_path_leads_through_a_symlink_into_a_system_directory():
+    # /opt/quant-stack is a symlink to /etc on this host: chowning it would hand /etc over.
+    resolved = {path: path.replace("/opt/quant-stack", "/etc") for path in DEFAULT_PATHS}
+    facts = fresh_host("debian_container_with_socket", **{"onboard.GroupByGid": {"gid=106": None},
+                                                          "onboard.RealPaths": {"*": resolved}})
+    steps = deploy_plan(onboard.onboard, onboard_data(engine="socket"), facts)
+    assert names(steps) == ["Preflight: can this host be onboarded?"]
+    message = steps[0][1][0][1]
+    assert ("stack_dir /opt/quant-stack resolves to /etc on this host (a symlink): '/etc' is in the "
+            "system directory /etc") in message
+    assert "compose_file /opt/quant-stack/docker-compose.yml resolves to /etc/docker-compose.yml" in message
+    assert "home /home/deploy" not in message
+
+
+def test_refused_when_paths_cannot_be_resolved():
+    facts = fresh_host("debian_container_with_socket", **{"onboard.GroupByGid": {"gid=106": None},
+                                                          "onboard.RealPaths": {"*": {}}})
+    steps = deploy_plan(onboard.onboard, onboard_data(engine="socket"), facts)
+    assert names(steps) == ["Preflight: can this host be onboarded?"]
+    assert "could not be resolved on this host" in steps[0][1][0][1]
+
+
+def test_real_paths_fact():
+    fact = onboard_facts.RealPaths()
+    assert fact.command(paths=("/opt/quant-stack", "/home/deploy")) == (
+        "printf '%s\\t%s\\n' /opt/quant-stack \"$(realpath -m -- /opt/quant-stack 2>/dev/null)\"; "
+        "printf '%s\\t%s\\n' /home/deploy \"$(realpath -m -- /home/deploy 2>/dev/null)\"")
+    assert fact.process(["/opt/quant-stack\t/etc", "/home/deploy\t", "junk"]) == {"/opt/quant-stack": "/etc"}
+
+
+def test_the_plan_says_the_docker_group_is_root_equivalent(caplog):
+    facts = fresh_host("debian_container_with_socket", **{"onboard.GroupByGid": {"gid=106": None}})
+    with caplog.at_level("INFO"):
+        deploy_plan(onboard.onboard, onboard_data(engine="socket"), facts)
+    assert onboard.DOCKER_GROUP_NOTE.format(user="deploy") in caplog.text
+    assert "root on this host in all but name" in onboard.DOCKER_GROUP_NOTE
 
 
 def test_socket_engine_plan_on_a_fresh_container():

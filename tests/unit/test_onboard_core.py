@@ -82,7 +82,16 @@ def test_keys_from_a_controller_file(tmp_path):
     ({"authorized_keys": [KEY], "user": "root"}, "not a valid non-root user name"),
     ({"authorized_keys": [KEY], "sudo_commands": ["ALL"]}, "must start with an absolute path"),
     ({"authorized_keys": [KEY], "sudo_commands": ["/usr/bin/docker ALL"]}, "too wide"),
-    ({"authorized_keys": [KEY], "sudo_commands": ["/bin/ls, /bin/sh"]}, "too wide"),
+    ({"authorized_keys": [KEY], "sudo_commands": ["/bin/ls, /bin/sh"]}, "holds ','"),
+    ({"authorized_keys": [KEY], "sudo_commands": ["/bin/sh"]}, "sudo_commands[0]: '/bin/sh': sh is a shell"),
+    ({"authorized_keys": [KEY], "sudo_commands": ["/usr/bin/systemctl"]}, "has no arguments, which sudo reads"),
+    ({"authorized_keys": [KEY], "sudo_commands": ["/bin/cat /var/log/*"]}, "holds a wildcard"),
+    ({"authorized_keys": [KEY], "stack_dir": "/etc"}, "stack_dir: '/etc' is in the system directory /etc"),
+    ({"authorized_keys": [KEY], "compose_file": "/etc/passwd"}, "compose_file: '/etc/passwd' is not inside stack_dir"),
+    ({"authorized_keys": [KEY], "stack_dir": "/opt"}, "stack_dir: '/opt' is not below an allowed root"),
+    ({"authorized_keys": [KEY], "home": "/var/lib"}, "home: '/var/lib' is not below an allowed root"),
+    ({"authorized_keys": [KEY], "allowed_roots": ["/"]}, "allowed_roots[0]: '/' is too wide"),
+    ({"authorized_keys": [KEY], "allowed_roots": ["/usr/local"]}, "in the system directory /usr"),
     ({"authorized_keys": [KEY], "sudoers_name": "deploy.conf"}, "sudo ignores files with '.'"),
     ({"authorized_keys": [KEY], "engine": "podman"}, "engine: must be one of local, socket"),
     ({"authorized_keys": [KEY], "log_max_size": "10mb"}, "log_max_size: '10mb'"),
@@ -102,6 +111,84 @@ def test_bad_settings_are_refused_with_the_key_named(data, expected):
     message = problems_of(**data)
     assert expected in message and "host 'h1': onboard." in message
     assert "hunter2" not in message
+
+
+@pytest.mark.parametrize("command, needle", [
+    ("/bin/sh", "sh is a shell"),
+    ("/usr/bin/bash -c true", "bash is a shell"),
+    ("/usr/bin/su - root", "su is a privilege or command-running tool"),
+    ("/usr/bin/sudo -i", "sudo is a privilege"),
+    ("/usr/bin/env ls", "env is a privilege"),
+    ("/usr/bin/find / -name x", "find is a privilege"),
+    ("/usr/bin/vim /etc/hosts", "vim is an editor"),
+    ("/usr/bin/nano /etc/hosts", "nano is an editor"),
+    ("/usr/bin/less /var/log/syslog", "less is a pager"),
+    ("/usr/bin/man ls", "man is a pager"),
+    ("/usr/bin/python3 -V", "python3 is an interpreter"),
+    ("/usr/bin/python3.11 -V", "python3.11 is an interpreter"),
+    ("/usr/bin/perl -v", "perl is an interpreter"),
+    ("/usr/bin/tee /etc/x", "tee is a program that writes files"),
+    ("/usr/bin/systemctl", "has no arguments"),
+    ("/usr/bin/systemctl edit docker", "runs an editor"),
+    ("/bin/cat /var/log/*", "wildcard"),
+    ("/usr/bin/journalctl -u docker?", "wildcard"),
+    ("/usr/bin/systemctl restart docker ALL", "too wide (ALL)"),
+    ("/usr/bin/systemctl restart docker; /bin/sh", "holds ';'"),
+    ("/home/deploy/bin/restart now", "root-owned system directory"),
+    ("/opt/quant-stack/restart now", "root-owned system directory"),
+    ("/usr/bin/../../bin/sh x", "normalized"),
+    ("/usr/bin/systemctl\trestart docker", "control character"),
+])
+def test_sudo_rules_need_a_safe_program_with_exact_arguments(command, needle):
+    text = problems_of(authorized_keys=[KEY], sudo_commands=["/usr/bin/systemctl restart docker", command])
+    assert "onboard.sudo_commands[1]: " in text and needle in text and "sudo_commands[0]" not in text
+
+
+def test_default_sudo_rules_and_exact_commands_pass():
+    s = settings(sudo_commands=["/usr/bin/systemctl restart docker", "/usr/sbin/service docker status",
+                                "/usr/bin/cat /var/log/syslog"])
+    assert len(s.sudo_commands) == 3
+    assert settings().sudo_commands  # the defaults pass their own rules
+
+
+@pytest.mark.parametrize("over, stack", [
+    ({}, "/opt/quant-stack"),
+    ({"stack_dir": "/srv/quant"}, "/srv/quant"),
+    ({"stack_dir": "/home/deploy/stack"}, "/home/deploy/stack"),  # below the deploy user's home
+    ({"allowed_roots": ["/data"], "stack_dir": "/data/quant"}, "/data/quant"),
+])
+def test_stack_dir_below_an_allowed_root(over, stack):
+    s = settings(**over)
+    assert s.stack_dir == stack and s.compose_path == f"{stack}/docker-compose.yml"
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"stack_dir": "/home/other/stack"}, "stack_dir: '/home/other/stack' is not below an allowed root"),
+    ({"stack_dir": "/srv"}, "stack_dir: '/srv' is not below"),
+    ({"stack_dir": "/opt/x/../../etc"}, "not a normalized absolute path"),
+    ({"stack_dir": "/var/lib/docker/x"}, "in the system directory /var/lib/docker"),
+    ({"compose_file": "/opt/other/compose.yml"}, "compose_file: '/opt/other/compose.yml' is not inside stack_dir"),
+    ({"directories": ["a/./b"]}, "directories[0]:"),
+    ({"home": "/etc"}, "home: '/etc' is in the system directory /etc"),
+    ({"home": "/home"}, "home: '/home' is not below"),
+    ({"allowed_roots": ["/home"]}, "allowed_roots[0]: '/home' is too wide"),
+    ({"allowed_roots": ["/tmp/x"]}, "in the system directory /tmp"),
+    ({"allowed_roots": []}, "allowed_roots: expected a non-empty list"),
+])
+def test_onboarding_paths_stay_below_allowed_roots(over, needle):
+    text = problems_of(authorized_keys=[KEY], **over)
+    assert needle in text, text
+    assert text.count("host 'h1'") == 1  # one line: what lies inside a refused stack_dir is not repeated
+
+
+def test_preflight_checks_the_paths_as_they_resolve():
+    s = settings()
+    same = {path: path for _, path in s.owned_paths()}
+    assert preflight_problems(s, probe(), None, same) == []
+    moved = {**same, "/opt/quant-stack": "/data/quant-stack"}
+    [problem] = preflight_problems(s, probe(), None, moved)
+    assert problem.startswith("stack_dir /opt/quant-stack resolves to /data/quant-stack on this host (a symlink)")
+    assert preflight_problems(settings(allowed_roots=["/opt", "/data"]), probe(), None, moved) == []
 
 
 def test_all_problems_reported_at_once():
