@@ -13,10 +13,9 @@ without it a verifier could land in the server log.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-
-from collections.abc import Mapping
 
 from tasks.core.pg_catalog import DatabaseState, RoleState, SchemaState
 from tasks.core.pg_sql import (
@@ -27,6 +26,7 @@ from tasks.core.pg_sql import (
     quote_ident,
     quote_literal,
 )
+from tasks.core.scram import password_status, scram_verifier
 
 PG_INT4_MAX = 2**31 - 1  # rolconnlimit is an int4
 
@@ -47,7 +47,6 @@ QUIET_LOGGING = (
     "  END IF;\n"
     "END $quant$"
 )
-from tasks.core.scram import password_status, scram_verifier
 
 # --- roles -----------------------------------------------------------------------------------
 
