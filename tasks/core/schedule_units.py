@@ -9,6 +9,14 @@ variables, takes ``flock -n`` on the lock file (a run still going makes the next
 (no TTY needed), appends everything to the log and exits with pyinfra's status: 0 done, non-zero
 failed, 75 (EX_TEMPFAIL) skipped because another run held the lock (this one's flock, or the
 database advisory lock of a run started elsewhere).
+
+The lock: ``flock`` works on any open file, so whoever can open the lock file can hold it and
+make the job skip. The lock file lives in a directory only root or the job's user can write
+(default :data:`LOCK_DIR`, made by the deploy, 0755, owned by the job's user), is created 0600,
+and the job refuses to run (exit 70, said in the log) when the directory or the file could be
+someone else's. A skip is never silent: it is written to the log, to stderr (the journal under
+systemd; cron's mail), to syslog when not under systemd, and the service unit counts exit 75
+as a failure (``systemctl --failed`` lists it; the timer keeps firing).
 """
 
 from __future__ import annotations
@@ -26,6 +34,14 @@ if TYPE_CHECKING:
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the lock
 EXIT_SETUP = 70  # EX_SOFTWARE: the job could not start (log dir, lock, project dir)
+# Where the lock file lives by default: persistent (a job user other than root cannot create
+# it again after a reboot, as it would have to in /run), never world-writable like /run/lock.
+LOCK_DIR = "/var/lib/quant-remediation"
+# Directories a lock file must not be in: others can write (or share) them.
+SHARED_DIRS = (
+    "/", "/tmp", "/var/tmp", "/dev/shm", "/run", "/run/lock", "/var/lock", "/var/run", "/run/user",
+    "/var", "/var/lib", "/home", "/srv", "/opt", "/mnt", "/media",
+)  # fmt: skip
 
 
 def _abs(s: ScheduleSettings, path: str) -> str:
@@ -83,11 +99,42 @@ MAX_BYTES={int(s.log_max_bytes)}
 KEEP={int(s.log_keep)}
 stamp() {{ date -u +%Y-%m-%dT%H:%M:%SZ; }}
 say() {{ printf '%s %s: %s\\n' "$(stamp)" "$NAME" "$*" >>"$LOG"; }}
+# Said where an operator looks, not only in the log: stderr (the journal under systemd, cron's
+# mail) and, outside systemd, syslog.
+notice() {{
+    say "$*"
+    printf '%s: %s\\n' "$NAME" "$*" >&2
+    if [ -z "${{INVOCATION_ID:-}}" ] && command -v logger >/dev/null 2>&1; then
+        logger -t "$NAME" -p user.warning -- "$*" 2>/dev/null || true
+    fi
+}}
+# Only root or the job's user may be able to create, replace or open the lock file: anyone
+# else who could would hold the lock and make every run skip.
+not_ours() {{
+    owner=$(stat -c %u "$1") || return 0
+    mode=$(stat -c %A "$1") || return 0
+    if [ "$owner" != 0 ] && [ "$owner" != "$(id -u)" ]; then return 0; fi
+    case "$mode" in ?????w????|????????w?) return 0 ;; esac
+    return 1
+}}
 
-mkdir -p "$(dirname "$LOG")" "$(dirname "$LOCK")" || exit {EXIT_SETUP}
-exec 9>>"$LOCK" || exit {EXIT_SETUP}
+mkdir -p "$(dirname "$LOG")" || exit {EXIT_SETUP}
+LOCKDIR=$(dirname "$LOCK")
+if [ ! -d "$LOCKDIR" ]; then (umask 022 && mkdir -p "$LOCKDIR") || {{ notice "cannot create the lock directory $LOCKDIR"; exit {EXIT_SETUP}; }}; fi
+if not_ours "$LOCKDIR"; then
+    notice "refused: the lock directory $LOCKDIR is writable by others or not owned by root or $(id -un): anyone could hold the lock; nothing done"
+    exit {EXIT_SETUP}
+fi
+if [ -e "$LOCK" ] && {{ [ -L "$LOCK" ] || not_ours "$LOCK"; }}; then
+    notice "refused: the lock file $LOCK is a symlink, writable by others or not owned by root or $(id -un); nothing done"
+    exit {EXIT_SETUP}
+fi
+umask 077
+exec 9>>"$LOCK" || {{ notice "cannot open the lock file $LOCK"; exit {EXIT_SETUP}; }}
+chmod 0600 "$LOCK" 2>/dev/null
+umask 027
 if ! flock -n 9; then
-    say "skipped: a previous run still holds $LOCK"
+    notice "skipped: another run holds the lock $LOCK; nothing done (exit {EXIT_BUSY})"
     exit {EXIT_BUSY}
 fi
 # Rotate by size, under the lock: LOG -> LOG.1 -> ... -> LOG.KEEP (dropped).
@@ -109,7 +156,10 @@ say "start: $COMMAND_TEXT"
 {run} </dev/null >"$out" 2>&1
 rc=$?
 cat "$out" >>"$LOG"
-if [ "$rc" -ne 0 ] && grep -q {q(BUSY_MARK)} "$out"; then rc={EXIT_BUSY}; fi
+if [ "$rc" -ne 0 ] && grep -q {q(BUSY_MARK)} "$out"; then
+    rc={EXIT_BUSY}
+    notice "skipped: another cleanup run holds the database's advisory lock; nothing done (exit {EXIT_BUSY})"
+fi
 rm -f "$out"
 say "exit $rc"
 exit "$rc"
@@ -147,8 +197,8 @@ After=network-online.target docker.service
 Type=oneshot
 User={systemd_value(s.user, "cleanup_schedule.user")}
 ExecStart={systemd_exec_word(s.script_path, "cleanup_schedule.script_path")}
-# The job's own status: 75 = skipped (another run held the lock)
-SuccessExitStatus={EXIT_BUSY}
+# The job's status: 0 done; 75 skipped because another run held the lock, which counts as a
+# failure on purpose (seen in systemctl --failed, the reason in the journal and the job's log).
 StandardInput=null
 """
     return check_rendered(text, "cleanup_schedule: the service unit")

@@ -24,6 +24,7 @@ from pyinfra.operations import apt, crontab, files, server, systemd
 
 from tasks import settings as host_settings
 from tasks.core.schedule_units import (
+    LOCK_DIR,
     choose_schedulers,
     cron_command,
     job_script,
@@ -112,6 +113,9 @@ def schedule_cleanup(settings: ScheduleSettings | None = None):
         else:
             server.packages(name="cron is installed", packages=["cron"])
     files.directory(name="Job script directory", path=str(Path(s.script_path).parent), mode="755")
+    if str(Path(s.lock_file).parent) == LOCK_DIR:
+        # Only root or the job's user may create or open the lock file (see schedule_units).
+        files.directory(name=f"Lock directory {LOCK_DIR}", path=LOCK_DIR, user=s.user, mode="755")
     files.put(
         name=f"Job script {s.script_path}", src=io.StringIO(job_script(s)), dest=s.script_path, mode="755"
     )

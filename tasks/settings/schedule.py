@@ -14,11 +14,17 @@ database cleanup runs unattended::
 The crontab line is the job script's path only; the script holds no secret: env names that
 look like one (``*PASSWORD*``, ``*TOKEN*``, ...) are refused. Paths left None are derived from
 ``name`` (``/usr/local/lib/quant-remediation/<name>.sh``, ``/var/log/quant-remediation/<name>.log``,
-``/run/lock/<name>.lock``) and ``project_dir`` (``<project_dir>/.venv/bin/pyinfra``).
+``/var/lib/quant-remediation/<name>.lock``) and ``project_dir`` (``<project_dir>/.venv/bin/pyinfra``).
+
+The lock file's directory is one only root or the job's user can write: the default one is made
+by the deploy (0755, owned by ``user``); a shared directory (``/tmp``, ``/run/lock``, ...) is
+refused here, and the job itself refuses to run when the directory or the file could be anyone
+else's (see tasks/core/schedule_units.py).
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +42,7 @@ from pydantic import (
 )
 
 from tasks.core.cron import CRON_FIELDS, cron_field_problem, on_calendar_problem
+from tasks.core.schedule_units import LOCK_DIR, SHARED_DIRS
 from tasks.core.sizes import GIB, MIB
 from tasks.settings.base import Block, Pattern
 from tasks.settings.types import ENV_NAME_RE, Size, looks_secret
@@ -137,7 +144,9 @@ class ScheduleSettings(Block):
     )
     log_keep: StrictInt = Field(5, ge=1, le=1000, description="...keeping this many old logs")
     lock_file: DerivedPath = Field(  # type: ignore[assignment]  # see DerivedPath
-        None, description="None: /run/lock/<name>.lock (a run still going: exit 75)"
+        None,
+        description=f"None: {LOCK_DIR}/<name>.lock (a run still going: exit 75); its directory must "
+        "be one only root or the job's user can write",
     )
     report_path: AbsolutePath | None = Field(None, description="JSON statistics report of each run")
     install_cron: StrictBool = Field(True, description="install the cron package when `crontab` is missing")
@@ -158,7 +167,7 @@ class ScheduleSettings(Block):
             "pyinfra": f"{project}/.venv/bin/pyinfra",
             "script_path": f"/usr/local/lib/quant-remediation/{name}.sh",
             "log_file": f"/var/log/quant-remediation/{name}.log",
-            "lock_file": f"/run/lock/{name}.lock",
+            "lock_file": f"{LOCK_DIR}/{name}.lock",
         }
         for key, value in derived.items():
             if not data.get(key):
@@ -185,6 +194,17 @@ class ScheduleSettings(Block):
                 problems.append(f"env.{name}: must be a one-line string")
         if problems:
             raise ValueError("\n".join(problems))
+        return value
+
+    @field_validator("lock_file")
+    @classmethod
+    def _private_lock(cls, value: str) -> str:
+        folder = posixpath.dirname(posixpath.normpath(value))
+        if folder in SHARED_DIRS:
+            raise ValueError(
+                f"{value!r} is in {folder}, a directory others can write or share: any user able "
+                f"to create or open the lock file there could hold the lock (default: {LOCK_DIR})"
+            )
         return value
 
     @field_validator("on_calendar")

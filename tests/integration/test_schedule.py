@@ -111,7 +111,28 @@ def test_installed_command_skips_while_a_run_holds_the_lock(sched):
         holder.wait()
     assert proc.returncode == 75
     log = Path(sched["settings"]["log_file"]).read_text()
-    assert log.rstrip().splitlines()[-1].endswith(f"skipped: a previous run still holds {lock}")
+    skipped = f"skipped: another run holds the lock {lock}; nothing done (exit 75)"
+    assert log.rstrip().splitlines()[-1].endswith(skipped)
+    assert proc.stderr == f"{sched['name']}: {skipped}\n"  # cron mails it; the journal keeps it
+    assert oct(Path(lock).stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_lock_directory_anyone_can_write_stops_the_job(sched):
+    """As /run/lock was: any user could create the lock file first and hold it, so the root job
+    would skip forever. The job refuses to start instead (70), and says why."""
+    shared = sched["folder"] / "shared-locks"
+    shared.mkdir(exist_ok=True)
+    shared.chmod(0o1777)
+    run_pyinfra(sched["inventory"](lock_file=str(shared / "cleanup.lock")), DEPLOY)
+    try:
+        proc = run_like_cron(installed_command(sched["name"]))
+        assert proc.returncode == 70
+        assert f"refused: the lock directory {shared} is writable by others" in proc.stderr
+        log = Path(sched["settings"]["log_file"]).read_text().rstrip().splitlines()
+        assert "refused: the lock directory" in log[-1]
+        assert not (shared / "cleanup.lock").exists()
+    finally:
+        run_pyinfra(sched["inventory"](), DEPLOY)
 
 
 def test_failure_is_a_non_zero_exit(sched):

@@ -18,6 +18,7 @@ from tasks.operations.schedule import cron_entry_absent, schedule_cleanup
 from tests.ops.recorded_plan import Output, plan_on_host
 
 SCRIPT = "/usr/local/lib/quant-remediation/quant-db-cleanup.sh"
+LOCK_DIR = "/var/lib/quant-remediation"
 CRON_HOST = Output("systemd=no\npid1=bash\ncron=running")  # a container: PID 1 is a shell
 SYSTEMD_HOST = Output("systemd=yes\npid1=systemd\ncron=running")
 INSTALLED_CRONTAB = Output("MAILTO=root\n\n# pyinfra-name=quant-db-cleanup\n17 3 * * * " + SCRIPT)
@@ -61,6 +62,7 @@ def sha1(text: str) -> str:
 def installed(s, units=False):
     """What a host looks like after the deploy ran: directory, script (same content), units."""
     files = {"/usr/local/lib/quant-remediation": {**DIRECTORY, "dir": True},
+             LOCK_DIR: {**DIRECTORY, "dir": True},
              SCRIPT: {"mode": 755, "user": "root", "group": "root"}}
     sums = {SCRIPT: sha1(job_script(s))}
     if units:
@@ -77,6 +79,8 @@ def test_cron_host_gets_the_job_script_and_a_cron_entry():
     assert steps == [
         ("Job script directory", ["mkdir -p /usr/local/lib/quant-remediation",
                                   "chmod 755 /usr/local/lib/quant-remediation"]),
+        (f"Lock directory {LOCK_DIR}", [f"mkdir -p {LOCK_DIR}", f"chmod 755 {LOCK_DIR}",
+                                        f"chown root {LOCK_DIR}"]),
         (f"Job script {SCRIPT}", ["mkdir -p /usr/local/lib/quant-remediation",
                                   ["upload", job_script(s), SCRIPT], f"chmod 755 {SCRIPT}"]),
         ("Cron entry quant-db-cleanup", ["echo '# pyinfra-name=quant-db-cleanup' >> /tmp/TEMP",
@@ -84,6 +88,18 @@ def test_cron_host_gets_the_job_script_and_a_cron_entry():
                                          "crontab -u root /tmp/TEMP"]),
     ]
     assert "schedule: systemd is not PID 1 here (PID 1 is 'bash'): no systemd timer, cron entry only" in result.logs
+
+
+def test_a_lock_file_elsewhere_gets_no_lock_directory_step():
+    _, steps = plan(settings(lock_file="/srv/quant/locks/cleanup.lock"), facts())
+    assert not any(name.startswith("Lock directory") for name, _ in steps)
+
+
+def test_the_lock_directory_belongs_to_the_jobs_user():
+    host = facts()
+    host["Crontab"]["user=quant"] = host["Crontab"]["user=root"]
+    _, steps = plan(settings(user="quant"), host)
+    assert dict(steps)[f"Lock directory {LOCK_DIR}"][-1] == f"chown quant {LOCK_DIR}"
 
 
 def test_cron_host_without_a_cron_daemon_is_told():
@@ -95,8 +111,8 @@ def test_installed_cron_schedule_plans_no_change():
     s = settings()
     files, sums = installed(s)
     result, steps = plan(s, facts(crontab=INSTALLED_CRONTAB, files=files, sums=sums))
-    assert [name for name, _ in steps] == ["Job script directory", f"Job script {SCRIPT}",
-                                           "Cron entry quant-db-cleanup"]
+    assert [name for name, _ in steps] == ["Job script directory", f"Lock directory {LOCK_DIR}",
+                                           f"Job script {SCRIPT}", "Cron entry quant-db-cleanup"]
     assert all(commands == [] for _, commands in steps), steps
 
 

@@ -25,7 +25,7 @@ def test_defaults():
     assert (Path(PROJECT_DIR) / "deploys" / "cleanup_database.py").is_file()  # the checkout itself
     assert s.pyinfra == f"{PROJECT_DIR}/.venv/bin/pyinfra"
     assert s.script_path == "/usr/local/lib/quant-remediation/quant-db-cleanup.sh"
-    assert s.lock_file == "/run/lock/quant-db-cleanup.lock"
+    assert s.lock_file == "/var/lib/quant-remediation/quant-db-cleanup.lock"  # not world-writable /run/lock
     assert s.cron_fields == ("17", "3", "*", "*", "*")
 
 
@@ -70,7 +70,8 @@ def test_on_calendar_and_units():
     assert sch.on_calendar(settings(minute="*/15", on_calendar="*:0/15")) == "*:0/15"
     s = settings()
     assert f"ExecStart={s.script_path}" in sch.service_unit(s)
-    assert "SuccessExitStatus=75" in sch.service_unit(s) and "Type=oneshot" in sch.service_unit(s)
+    # A skip (75) is not counted as a success: the unit shows failed, the journal says why.
+    assert "SuccessExitStatus" not in sch.service_unit(s) and "Type=oneshot" in sch.service_unit(s)
     assert "OnCalendar=*-*-* 03:17:00" in sch.timer_unit(s)
 
 
@@ -139,8 +140,42 @@ def test_job_failure_is_a_non_zero_exit(job):
 
 def test_database_lock_busy_maps_to_75(job):
     (job.dir / "busy").write_text("")
-    rc, _ = job()
+    rc, output = job()
     assert rc == 75
+    assert "skipped: another cleanup run holds the database's advisory lock" in output
+    assert "skipped: another cleanup run holds the database's advisory lock" in job.log.read_text()
+
+
+@pytest.mark.parametrize("value", ["/run/lock/x.lock", "/var/lock/x.lock", "/tmp/x.lock", "/dev/shm/x.lock"])
+def test_a_lock_in_a_shared_directory_is_refused(value):
+    with pytest.raises(SettingsError, match="cleanup_schedule.lock_file: .* a directory others can write"):
+        settings(lock_file=value)
+
+
+def test_the_lock_file_is_private(job):
+    assert job()[0] == 0
+    assert oct(job.dir.joinpath("job.lock").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_lock_directory_others_can_write_stops_the_job(job, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /run/lock: anyone could create the lock file first and hold it
+    text = sch.job_script(job.s).replace(f"LOCK={job.s.lock_file}", f"LOCK={shared}/job.lock")
+    (job.dir / "job.sh").write_text(text)
+    rc, output = job()
+    assert rc == 70
+    assert f"refused: the lock directory {shared} is writable by others" in output
+    assert "refused: the lock directory" in job.log.read_text() and "start:" not in job.log.read_text()
+    assert not (shared / "job.lock").exists()
+
+
+def test_a_lock_file_someone_else_owns_stops_the_job(job):
+    lock = job.dir / "job.lock"
+    lock.write_text("")
+    os.chown(lock, 65534, 65534)  # nobody's: they could open it and hold the lock
+    rc, output = job()
+    assert rc == 70 and f"refused: the lock file {lock}" in output
 
 
 def test_overlapping_runs_skip_with_75(job):
@@ -150,11 +185,14 @@ def test_overlapping_runs_skip_with_75(job):
         if job.log.exists() and "start" in job.log.read_text():
             break
         time.sleep(0.1)
-    rc, _ = job()
+    rc, output = job()
     assert rc == 75
     assert first.wait(timeout=30) == 0
     log = job.log.read_text()
-    assert "skipped: a previous run still holds" in log and log.count("exit 0") == 1
+    assert f"skipped: another run holds the lock {job.s.lock_file}; nothing done (exit 75)" in log
+    assert log.count("exit 0") == 1
+    # ...and on stderr (the journal under systemd, cron's mail): a skip is never silent.
+    assert output == f"{job.s.name}: skipped: another run holds the lock {job.s.lock_file}; nothing done (exit 75)\n"
 
 
 def test_log_rotates_by_size(job):
