@@ -12,23 +12,24 @@ Drift rules:
   there but no longer desired is drift (else a dropped key would linger forever), unless
   its value equals the image's default.
 - values of secret env keys never appear in a Change: both sides show ``***``; equality is
-  decided on SHA-256 digests.
+  decided on SHA-256 digests. The fact itself reads secret env values as digests (salted with
+  the container's name, tasks/core/redact.py) and URL passwords as ``***``: desired values are
+  compared with those digests, and the desired command and labels are masked the same way
+  before they are compared (a URL password is never desired: settings refuse one).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.core.redact import MASK, is_redacted, mask_urls, same_env_value
 from tasks.core.sizes import docker_size, human_size
 
 MANAGED_ENV_LABEL = "io.quantlab.managed-env"
-MASK = "***"
 
 # docker update can change these without a recreate.
 UPDATABLE = frozenset({"memory", "memory_reservation", "memory_swap", "restart_policy"})
@@ -185,25 +186,16 @@ def image_defaults_from_inspect(image_inspect: Any) -> ImageDefaults:
 # -- diff -----------------------------------------------------------------------------------
 
 
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode()).digest()
-
-
-def _same_secret(old: str | None, new: str | None) -> bool:
-    if old is None or new is None:
-        return old is new
-    return hmac.compare_digest(_digest(old), _digest(new))
-
-
 def _env_changes(desired: ContainerSpec, actual: ContainerSpec, image: ImageDefaults | None):
+    salt = desired.name  # the fact digests with the name it was asked for
     changes = []
     for key, value in sorted(desired.env.items()):
         old = actual.env.get(key)
-        if key in desired.secret_env_keys:
-            if not _same_secret(old, value):
-                changes.append(Change(f"env.{key}", MASK if old is not None else None, MASK))
-        elif old != value:
-            changes.append(Change(f"env.{key}", old, value))
+        if same_env_value(salt, key, old, value):
+            continue
+        hidden = key in desired.secret_env_keys or is_redacted(value)
+        shown_old = MASK if old is not None and (hidden or is_redacted(old)) else old
+        changes.append(Change(f"env.{key}", shown_old, MASK if hidden else value))
     for key in sorted(actual.managed_env_keys - set(desired.env)):
         if key not in actual.env:
             continue
@@ -212,6 +204,10 @@ def _env_changes(desired: ContainerSpec, actual: ContainerSpec, image: ImageDefa
         # We no longer know whether it was a secret: never show the old value.
         changes.append(Change(f"env.{key}", MASK, None))
     return changes
+
+
+def _masked(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    return tuple(mask_urls(v) for v in values) if values is not None else None
 
 
 def diff_spec(
@@ -234,14 +230,14 @@ def diff_spec(
     if image_defaults is not None and image_defaults.id and actual.image_id:
         # Same tag, rebuilt image: the container still runs the old one.
         compare("image_id", _short_id(actual.image_id), _short_id(image_defaults.id))
-    compare("command", actual.command, desired.command)
+    compare("command", actual.command, _masked(desired.command))
     if desired.entrypoint is not None:
-        compare("entrypoint", actual.entrypoint, desired.entrypoint)
+        compare("entrypoint", actual.entrypoint, _masked(desired.entrypoint))
     elif image_defaults is not None:
         compare("entrypoint", actual.entrypoint, image_defaults.entrypoint)
     changes += _env_changes(desired, actual, image_defaults)
     for key, value in sorted(desired.labels.items()):
-        compare(f"labels.{key}", actual.labels.get(key), value)
+        compare(f"labels.{mask_urls(key)}", actual.labels.get(mask_urls(key)), mask_urls(value))
     compare("ports", tuple(sorted(actual.ports)), tuple(sorted(desired.ports)))
     missing = [n for n in desired.networks if n not in actual.networks]
     if missing:
@@ -311,6 +307,8 @@ def env_file_text(spec: ContainerSpec) -> str:
     for key, value in sorted(spec.env.items()):
         if not _ENV_KEY_RE.fullmatch(key):
             raise ValueError(f"env key {key!r} is not a valid variable name")
+        if is_redacted(value):
+            raise ValueError(f"env.{key}: only its digest is known here, not its value")
         if "\n" in value or "\r" in value:
             raise ValueError(f"env.{key}: value spans lines; Docker env files cannot carry it")
         lines.append(f"{key}={value}\n")

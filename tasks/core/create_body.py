@@ -16,7 +16,9 @@ exactly what it asked for):
 - ``Image``, ``Cmd`` (empty: the image's), ``Entrypoint`` (the spec's, else null: the image's);
 - ``Env``: the spec's env set in place (new keys appended); keys listed in the managed-env label
   but no longer in the spec removed; the label ``MANAGED_ENV_LABEL`` rewritten (dropped when the
-  spec has no env), as ``docker_run_args`` writes it;
+  spec has no env), as ``docker_run_args`` writes it. A spec value that is a digest (a spec made
+  from the redacted fact, tasks/core/redact.py) keeps the old entry when the old entry has that
+  digest, and refuses when it does not (the container changed since the plan);
 - ``Labels``: the spec's labels set; others kept;
 - ``HostConfig.Memory``, ``MemoryReservation``; ``MemorySwap``: the spec's, else the old value
   when the limit is unchanged, else 0, which makes the engine derive it as for ``docker run
@@ -55,6 +57,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tasks.core.container_spec import MANAGED_ENV_LABEL, ContainerSpec, normalize_port
+from tasks.core.redact import is_redacted, same_env_value
 
 # Config keys taken from the image when the container does not set them (the engine's merge).
 _IMAGE_SCALARS = ("WorkingDir", "User", "StopSignal", "OnBuild", "Shell")
@@ -133,11 +136,23 @@ def _env(config: Mapping[str, Any], spec: ContainerSpec, old_defaults: Iterable[
         key = _key(entry)
         if key in spec.env:
             if key not in seen:
-                env.append(f"{key}={spec.env[key]}")
+                wanted = spec.env[key]
+                if is_redacted(wanted):
+                    if not same_env_value(spec.name, key, entry.partition("=")[2], wanted):
+                        raise CreateBodyError(
+                            f"env.{key} of {spec.name} changed since the plan was made; run the deploy again"
+                        )
+                    env.append(entry)
+                else:
+                    env.append(f"{key}={wanted}")
                 seen.add(key)
         elif key not in gone and entry not in defaults:
             env.append(entry)
-    env += [f"{key}={spec.env[key]}" for key in sorted(spec.env) if key not in seen]
+    for key in sorted(spec.env):
+        if key not in seen:
+            if is_redacted(spec.env[key]):
+                raise CreateBodyError(f"env.{key} of {spec.name} is gone since the plan was made")
+            env.append(f"{key}={spec.env[key]}")
     return env
 
 

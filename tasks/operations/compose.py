@@ -106,7 +106,8 @@ def _applied_settings(target, spec: ContainerSpec) -> CheckResult:
     before compose first made the container, and the user may have changed them in the file)."""
     check = CheckResult(f"{spec.name} has every managed setting", spec.name, "fail", attempts=1)
     fact = ContainerInspect()
-    ok, out = docker.run_now(target, fact.command(spec.name, spec.image))
+    keys = docker.secret_keys_arg(spec.secret_env_keys)
+    ok, out = docker.run_now(target, fact.command(spec.name, spec.image, keys))
     if not ok:
         check.evidence = f"docker inspect failed: {out.strip()[:300]}"
         return check

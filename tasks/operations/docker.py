@@ -9,6 +9,13 @@ engine's unix socket, so nothing the deploy does not manage is lost; `docker run
 container that did not exist. Verification starts by reading the container again and diffing it
 against the spec, so every managed setting is proven applied. Everything goes through the `docker`
 CLI (curl or python3 for the create) on the target, so it works over any connector.
+
+The plan reads the container through the filtered fact (secret env values as digests); the
+recreate reads it again in full at execution time, unprinted, by the id the plan saw, and refuses
+when it or the image changed meanwhile.
+
+Long because a recreate is one sequence (read again, refuse, rename, create, verify, keep or roll
+back) whose steps a reader must check against each other.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import io
 import json
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
@@ -147,12 +154,17 @@ def plan_from_facts(spec: ContainerSpec, facts: dict) -> Plan:
     return diff_spec(spec, actual, image)
 
 
+def secret_keys_arg(keys: Iterable[str]) -> str:
+    """ContainerInspect's ``secret_keys``: the env keys it must digest whatever their names."""
+    return ",".join(sorted(keys))
+
+
 def applied_settings(target, spec: ContainerSpec) -> CheckResult:
     """Re-read the container (one remote command) and diff it against ``spec``: every managed
     setting is proven applied (memory, command, env, ports ...), not only those a check probes."""
     check = CheckResult(f"{spec.name} has every managed setting", spec.name, "fail", attempts=1)
     fact = ContainerInspect()
-    ok, out = run_now(target, fact.command(spec.name, spec.image))
+    ok, out = run_now(target, fact.command(spec.name, spec.image, secret_keys_arg(spec.secret_env_keys)))
     if not ok:
         check.evidence = f"docker inspect failed: {out.strip()[:300]}"
         return check
@@ -248,6 +260,42 @@ def _keep_or_roll_back(
     )
 
 
+FULL_MARK = "### quantlab image in full"
+
+
+def full_read_command(container_id: str, image: str) -> str:
+    """`docker inspect` of a container (by id) and an image, unfiltered: run only unprinted."""
+    return (
+        f"docker container inspect {shlex.quote(container_id)} && echo {shlex.quote(FULL_MARK)} && "
+        f"docker image inspect {shlex.quote(image)}"
+    )
+
+
+def _read_full(target, spec: ContainerSpec, base_id: str, image_id: str) -> tuple[dict, dict]:
+    """The container the new one is made from and ``spec.image``, read in full (env values
+    included) at execution time and never printed: the plan's fact had secrets as digests. The
+    container is asked by its id, so another one under the same name is not taken for it; the
+    image must still be the one the plan saw."""
+    command = StringCommand(full_read_command(base_id, spec.image))
+    ok, output = target.run_shell_command(command, print_output=False, print_input=False)
+    if not ok:  # stderr only: stdout may hold what was read before the failure
+        raise OperationError(
+            f"reading {spec.name} again before the recreate failed (was it removed or replaced since "
+            f"the plan?): {output.stderr.strip()[:300]}; nothing was changed"
+        )
+    container_text, _, image_text = output.stdout.partition(FULL_MARK)
+    try:
+        container, image = json.loads(container_text)[0], json.loads(image_text)[0]
+    except (ValueError, IndexError):
+        raise OperationError(f"unreadable docker inspect of {spec.name}; nothing was changed") from None
+    if image.get("Id") != image_id:
+        raise OperationError(
+            f"image {spec.image} now names another image than when the plan was made; nothing was "
+            "changed: run the deploy again"
+        )
+    return container, image
+
+
 @_reported
 def _recreate(
     state,
@@ -255,17 +303,18 @@ def _recreate(
     spec: ContainerSpec,
     had_current: bool,
     verify: Verifier | None,
-    base: dict | None = None,
-    image: dict | None = None,
+    base_id: str | None = None,
+    image_id: str | None = None,
 ):
-    """``base``: the inspect the new container is made from (the current container, or the
-    previous copy an interrupted run left); None: nothing to keep, ``docker run`` from the spec.
-    ``image``: the inspect of ``spec.image``."""
+    """``base_id``: the container the new one is made from (the current container, or the
+    previous copy an interrupted run left), read again here in full; None: nothing to keep,
+    ``docker run`` from the spec. ``image_id``: the id of ``spec.image`` when the plan was made."""
     name, previous = spec.name, spec.name + PREVIOUS_SUFFIX
     q_name, q_prev = shlex.quote(name), shlex.quote(previous)
     # Everything that can refuse runs before the first change.
     request, engine = None, None
-    if base is not None and image is not None:
+    if base_id is not None and image_id is not None:
+        base, image = _read_full(host, spec, base_id, image_id)
         request = _create_request(host, spec, base, image)
         engine = _engine(host)
     # An interrupted earlier run may have left a previous copy. If the current container exists,
@@ -318,8 +367,12 @@ def host_failed() -> bool:
     return host in host.state.failed_hosts
 
 
-def inspect_facts(container: str, image: str) -> dict:
-    facts = host.get_fact(ContainerInspect, container=container, image=image)
+def inspect_facts(container: str, image: str, secret_keys: Iterable[str] = ()) -> dict:
+    """The ContainerInspect fact: secret env values as digests (``secret_keys`` are digested
+    whatever their names), URL passwords masked."""
+    facts = host.get_fact(
+        ContainerInspect, container=container, image=image, secret_keys=secret_keys_arg(secret_keys)
+    )
     if facts is None:
         if host_failed():
             raise HostFailed()
@@ -330,7 +383,9 @@ def inspect_facts(container: str, image: str) -> dict:
 def plan_container(spec: ContainerSpec, facts: dict | None = None) -> Plan:
     """The plan for ``spec``; ``facts`` is a ContainerInspect result the caller already read in
     this same generator run (each read is one remote command), else it is read here."""
-    return plan_from_facts(spec, facts if facts is not None else inspect_facts(spec.name, spec.image))
+    if facts is None:
+        facts = inspect_facts(spec.name, spec.image, spec.secret_env_keys)
+    return plan_from_facts(spec, facts)
 
 
 @operation()
@@ -357,7 +412,7 @@ def container(spec: ContainerSpec, verify: Verifier | None = None, facts: dict |
         )
     """
     try:
-        facts = facts if facts is not None else inspect_facts(spec.name, spec.image)
+        facts = facts if facts is not None else inspect_facts(spec.name, spec.image, spec.secret_env_keys)
     except HostFailed:
         return
     plan = plan_from_facts(spec, facts)
@@ -388,5 +443,10 @@ def container(spec: ContainerSpec, verify: Verifier | None = None, facts: dict |
             f"(`docker pull {spec.image}`); nothing was changed"
         )
     yield FunctionCommand(
-        _recreate, (spec, plan.action == "recreate", verify), {"base": base, "image": facts["image"]}
+        _recreate,
+        (spec, plan.action == "recreate", verify),
+        {
+            "base_id": base["Id"] if base is not None else None,
+            "image_id": facts["image"]["Id"] if base is not None else None,
+        },
     )

@@ -29,7 +29,8 @@ def image_mlflow_version(settings: MlflowSettings, facts: dict | None = None) ->
     """The MLflow version in the image: from our label on the running container when it runs
     that very image (no extra round trip), else from a throwaway container of the image.
     ``facts``: the ContainerInspect fact already read by the caller, if any."""
-    facts = facts if facts is not None else docker.inspect_facts(settings.container_name, settings.image)
+    if facts is None:
+        facts = docker.inspect_facts(settings.container_name, settings.image, settings.secret_env)
     if facts["image"] is None:
         raise OperationError(
             f"image {settings.image} is not on this host: pull or build it first "
@@ -94,7 +95,7 @@ def server(settings: MlflowSettings, secret_values: dict):
                 return
         # One read of the container, its kept previous copy and the image serves every decision
         # below: each fact read is a remote command, and a no-change run should cost one.
-        facts = docker.inspect_facts(settings.container_name, settings.image)
+        facts = docker.inspect_facts(settings.container_name, settings.image, settings.secret_env)
         version = image_mlflow_version(settings, facts)
         _refuse_downgrade_on_same_store(settings, version, facts)
     except docker.HostFailed:
@@ -216,7 +217,7 @@ def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContai
     # Before compose made it, the container has no name yet: the service's stands in.
     name = target.name if target else service
     local = settings.model_copy(update={"container_name": name, "image": image})
-    facts = docker.inspect_facts(name, image)
+    facts = docker.inspect_facts(name, image, settings.secret_env)
     if not target:
         facts = {**facts, "container": None, "previous": None}
     version = image_mlflow_version(local, facts)

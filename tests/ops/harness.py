@@ -15,14 +15,18 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
+import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from inspect import getcallargs
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
+from pyinfra.api.util import get_kwargs_str
 from pyinfra.connectors.util import CommandOutput, OutputLine
 from pyinfra.context import ctx_host, ctx_state
 
@@ -30,7 +34,9 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState, create_host, get_command_string
 
 from tasks.checks.runner import CheckResult
+from tasks.core.redact import is_redacted, redact_inspect
 from tasks.facts.docker import SECTION, ContainerInspect
+from tasks.operations.docker import FULL_MARK, full_read_command
 
 OPS = Path(__file__).parent
 DATA = OPS / "data"
@@ -73,6 +79,61 @@ def cases(folder: str) -> list[Any]:
     paths = sorted((OPS / folder).glob("*.json"))
     assert paths, f"no cases in tests/ops/{folder}"
     return [pytest.param(json.loads(path.read_text()), id=path.stem) for path in paths]
+
+
+# -- the container fact, as the host's filter answers it ---------------------------------------------
+
+_INSPECT_KEY = re.compile(r"container=(?P<name>.*), image=(?P<image>.*?)(?:, secret_keys=(?P<keys>.*))?")
+
+
+def redacted_facts(answer: dict | None, name: str, keys: str) -> dict | None:
+    """A case's ContainerInspect answer (documents with env values in clear, as recorded) as the
+    fact returns it: secret env values as digests salted with ``name``, URL passwords masked."""
+    if answer is None:
+        return None
+    secret = [k for k in keys.split(",") if k]
+    return {part: redact_inspect(obj, name, secret) if obj else obj for part, obj in answer.items()}
+
+
+class InspectAnswers(dict):
+    """ContainerInspect answers keyed ``container=X, image=Y`` in a case: found whatever
+    ``secret_keys`` the operation asks with, and redacted for those keys (tasks/core/redact.py)."""
+
+    @staticmethod
+    def _parts(key: object) -> tuple[str, str, str]:
+        match = _INSPECT_KEY.fullmatch(key) if isinstance(key, str) else None
+        if not match:
+            return "", "", ""
+        return f"container={match['name']}, image={match['image']}", match["name"], match["keys"] or ""
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, self._parts(key)[0])
+
+    def __getitem__(self, key: str):
+        base, name, keys = self._parts(key)
+        return redacted_facts(dict.__getitem__(self, base), name, keys)
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+def _answer_inspect_as_the_host_filters(host, answers: InspectAnswers) -> None:
+    """pyinfra_testing keys facts by every argument; ContainerInspect answers come from the
+    case by container and image, redacted for the ``secret_keys`` the operation asked with."""
+    get_fact = host.get_fact
+
+    def answer(fact_cls, *args, **kwargs):
+        if fact_cls is not ContainerInspect:
+            return get_fact(fact_cls, *args, **kwargs)
+        key = get_kwargs_str(getcallargs(ContainerInspect().command, *args, **kwargs))
+        if key not in answers:
+            raise KeyError(f"Missing test fact key: docker.ContainerInspect -> {key}")
+        return answers[key]
+
+    host.get_fact = answer
 
 
 # -- planning -------------------------------------------------------------------------------------
@@ -138,7 +199,9 @@ def plan(op, facts: dict, *args, host_name: str = "ops-host", data: dict | None 
     (``{"docker.ContainerInspect": {"container=..., image=...": {...}}}``, as pyinfra_testing
     keys them). ``failed``: the host is already marked failed (lost connection)."""
     state = OpsState()
-    host = create_host(state, name=host_name, facts=expand(facts), data=data or {})
+    facts = expand(facts)
+    host = create_host(state, name=host_name, facts=facts, data=data or {})
+    _answer_inspect_as_the_host_filters(host, InspectAnswers(facts.get("docker.ContainerInspect") or {}))
     if failed:
         state.failed_hosts.add(host)
     with captured_logs() as logs, ctx_state.use(state), ctx_host.use(host):
@@ -149,20 +212,56 @@ def plan(op, facts: dict, *args, host_name: str = "ops-host", data: dict | None 
 # -- execution ------------------------------------------------------------------------------------
 
 
-def inspect_output(containers: list[dict], image: dict | None, container: str) -> str:
-    """What ContainerInspect's command prints for these objects (docker's indented JSON)."""
-    return "\n".join([f"{SECTION}containers {container}", *json.dumps(containers, indent=4).splitlines(),
-                      f"{SECTION}image", *json.dumps([image] if image else [], indent=4).splitlines()])
+def _filtered_lines(obj: dict, name: str, keys: list[str]) -> list[str]:
+    out = redact_inspect(obj, name, keys)
+    env = (out.get("Config") or {}).get("Env") or []
+    if isinstance(out.get("Config"), dict):
+        out["Config"]["Env"] = None
+    lines = [f"O {json.dumps(out)}"]
+    for entry in env:
+        key, _, value = entry.partition("=")
+        lines.append(f"S {value[len('***sha256:'):]} {json.dumps(key)[1:-1]}" if is_redacted(value)
+                     else f"E {json.dumps(entry)}")
+    return lines
+
+
+def inspect_output(containers: list[dict], image: dict | None, container: str, keys: str = "") -> str:
+    """What ContainerInspect's command prints for these objects: the host's filter's lines."""
+    secret = [k for k in keys.split(",") if k]
+    lines = [f"{SECTION}containers {container}"]
+    for obj in containers:
+        lines += _filtered_lines(obj, container, secret)
+    lines.append(f"{SECTION}image")
+    if image:
+        lines += _filtered_lines(image, container, secret)
+    return "\n".join(lines)
+
+
+def asked_keys(command: str) -> str:
+    """The ``secret_keys`` a ContainerInspect command was built with."""
+    match = re.search(r"keys=('[^']*')", command)
+    return ",".join(shlex.split(match[1])[0].split()) if match else ""
 
 
 @dataclass
 class Step:
-    """One recorded answer: the command the host must be asked, and what it answered."""
+    """One recorded answer: the command the host must be asked, and what it answered.
+    ``inspect``: a ContainerInspect step (name, image, containers, image object), asked with any
+    ``secret_keys`` and answered as the host's filter would for them."""
 
     command: str
     ok: bool = True
     stdout: str = ""
     stderr: str = ""
+    inspect: tuple | None = None
+
+    def answer(self, command: str) -> Step:
+        if self.inspect is None:
+            return self
+        name, image, containers, image_obj = self.inspect
+        keys = asked_keys(command)
+        return Step(ContainerInspect().command(name, image, keys), self.ok,
+                    inspect_output(containers, image_obj, name, keys) if self.ok else "", self.stderr)
 
     @classmethod
     def from_case(cls, item: dict) -> list[Step]:
@@ -171,7 +270,13 @@ class Step:
         if "inspect" in item:  # the ContainerInspect command, answered with recorded objects
             name, image = item["inspect"]
             step = cls(ContainerInspect().command(name, image), item.get("ok", True),
-                       inspect_output(item.get("containers", []), item.get("image"), name))
+                       stderr=item.get("stderr", ""),
+                       inspect=(name, image, item.get("containers", []), item.get("image")))
+        elif "full" in item:  # the recreate's unprinted re-read of its base container and the image
+            container, image = item["container"], item["image"]
+            step = cls(full_read_command(container["Id"], item["full"]), item.get("ok", True),
+                       f"{json.dumps([container])}\n{FULL_MARK}\n{json.dumps([image])}" if item.get("ok", True)
+                       else "", item.get("stderr", ""))
         elif "upload" in item:
             step = cls(f"upload {item['upload']}", item.get("ok", True))
         else:
@@ -200,7 +305,7 @@ class ScriptedHost:
         self.asked.append(command)
         index = len(self.asked) - 1
         assert index < len(self._steps), f"unrecorded command #{index + 1}: {command}"
-        step = self._steps[index]
+        step = self._steps[index].answer(command)
         assert command == step.command, (f"command #{index + 1} differs\n  ran:      {command}\n"
                                          f"  recorded: {step.command}")
         return step

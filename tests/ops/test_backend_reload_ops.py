@@ -10,7 +10,7 @@ from pyinfra.api import FunctionCommand, OperationError
 
 from tasks.operations import backend_reload
 from tests.ops.deploy_plan import plan as deploy_plan
-from tests.ops.harness import cases, plan, recorded
+from tests.ops.harness import InspectAnswers, cases, plan, recorded
 
 NAME = "qtops-backend"
 IMAGE = "quantlab/backend:5766e3318cda"  # Config.Image of the recorded containers
@@ -41,13 +41,14 @@ def test_compose_service(case):
 # -- the container ----------------------------------------------------------------------------------
 
 def inspect_facts(container: str) -> dict:
-    """ContainerInspect as the operation reads it: by the container's name, then its image."""
+    """ContainerInspect as the operation reads it: by the container's name, then its image (as
+    the host's filter answers: secret env values as digests)."""
     found = recorded(container)
-    return {"docker.ContainerInspect": {
+    return {"docker.ContainerInspect": InspectAnswers({
         f"container={NAME}, image={NAME}": {"container": found, "previous": None, "image": None},
         f"container={NAME}, image={IMAGE}": {"container": found, "previous": None,
                                             "image": recorded("backend-image")},
-    }}
+    })}
 
 
 def test_container_recreated_with_polling_and_the_delay():

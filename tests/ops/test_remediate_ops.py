@@ -23,7 +23,7 @@ from tasks.core.signatures import SECTION
 from tasks.facts.diagnose import HostDiagnosis
 from tasks.operations import remediate
 from tasks.settings.remediate import REPORT_DIR_ENV
-from tests.ops.harness import ScriptedHost, execute, recorded
+from tests.ops.harness import InspectAnswers, ScriptedHost, execute, recorded
 from tests.ops.pg_harness import PASSWORD, PASSWORD_ENV, catalog_output, pinned
 from tests.ops.recorded_plan import Output, plan_on_host
 
@@ -78,13 +78,13 @@ def remediation_facts(**diagnosed) -> dict:
     backend = recorded("backend-incident")
     return {
         "HostDiagnosis": diagnosis(**diagnosed),
-        "ContainerInspect": {
+        "ContainerInspect": InspectAnswers({
             f"container={MLFLOW}, image=qtops/mlflow:2.9.2": {
                 "container": recorded("container-incident"), "previous": None, "image": recorded("image-mlflow2")},
             f"container={BACKEND}, image={BACKEND}": {"container": backend, "previous": None, "image": None},
             f"container={BACKEND}, image={BACKEND_IMAGE}": {
                 "container": backend, "previous": None, "image": recorded("backend-image")},
-        },
+        }),
         "PostgresCatalog": Output(catalog_output({})[0]),  # PostgreSQL 15, no quant_user role
     }
 

@@ -413,3 +413,37 @@ def test_engine_command_falls_back_to_python3_then_says_what_is_missing(engine_s
     none = subprocess.run(["/bin/sh", "-c", ENGINE_COMMAND], capture_output=True, text=True,
                           env={"PATH": str(empty), "DOCKER_HOST": f"unix://{engine_socket}"})
     assert none.returncode == 2 and "neither curl nor python3" in none.stderr
+
+
+# -- a spec made from the redacted fact (the backend fix): digests stand for the old values ---------
+
+
+def _with_env(container: dict, *entries: str) -> dict:
+    data = copy.deepcopy(container)
+    data["Config"]["Env"] = [*data["Config"]["Env"], *entries]
+    return data
+
+
+def test_a_digest_in_the_spec_keeps_the_old_secret_value():
+    from tasks.core.redact import redact_env
+
+    container = _with_env(RICH, "PGPASSWORD=real-old-secret")
+    name = spec_from_inspect(container).name
+    redacted = dict(e.split("=", 1) for e in redact_env(container["Config"]["Env"], name))
+    assert redacted["PGPASSWORD"].startswith("***sha256:")
+    body = build(container, same_spec(container, env={"PGPASSWORD": redacted["PGPASSWORD"]})).body
+    assert env_of(body)["PGPASSWORD"] == "real-old-secret"
+    assert "***sha256:" not in json.dumps(body)
+
+
+def test_a_digest_that_no_longer_matches_refuses():
+    from tasks.core.redact import redacted_value
+
+    container = _with_env(RICH, "PGPASSWORD=changed-since-the-plan")
+    name = spec_from_inspect(container).name
+    stale = redacted_value(name, "PGPASSWORD", "what-the-plan-saw")
+    with pytest.raises(CreateBodyError, match="changed since the plan") as raised:
+        build(container, same_spec(container, env={"PGPASSWORD": stale}))
+    assert "changed-since" not in str(raised.value) and "what-the-plan" not in str(raised.value)
+    with pytest.raises(CreateBodyError, match="gone since the plan"):
+        build(RICH, same_spec(RICH, env={"NOT_THERE": stale}))

@@ -1,0 +1,164 @@
+"""tasks.core.redact: the one secret rule (names and values) and the host-side filter, held equal
+to its Python twin (which the ops tests replay) by running the filter's awk on hostile input."""
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from tasks.core.redact import (
+    INSPECT_AWK,
+    REDACTED,
+    credential_problem,
+    env_digest,
+    go_json_string,
+    is_redacted,
+    looks_secret,
+    mask_urls,
+    redact_env,
+    redacted_value,
+    same_env_value,
+    secret_entry,
+)
+
+# The rule as it was written with lookaheads before it had to run in awk too.
+OLD_RULE = re.compile(
+    r"PASSWORD|PASSWD|SECRET|TOKEN|PRIVATE_KEY|CREDENTIAL|API_?KEY|ACCESS_KEY(?!_ID)|(^|_)DSN$|DATABASE_URL"
+    r"|(^|_)PASS(_|$)|(^|_)KEY(_(?!ID$)|$)",
+    re.IGNORECASE | re.ASCII,
+)
+TOKENS = ["PG", "PASSWORD", "ACCESS", "KEY", "ID", "IDS", "I", "API", "TOKEN", "SECRET", "DSN", "PASS",
+          "PASSWD", "DATABASE", "URL", "AWS", "X", "PRIVATE", "CREDENTIALS", "APIKEY", "KEYS", "MONKEY", "D"]
+
+
+def names() -> list[str]:
+    out = set()
+    for size in (1, 2, 3):
+        for combo in itertools.product(TOKENS, repeat=size):
+            out.add("_".join(combo))
+            out.add("".join(combo))
+    out |= {n.lower() for n in list(out)[:2000]}
+    out |= {n + "_" for n in list(out)[:500]} | {"_" + n for n in list(out)[:500]}
+    return sorted(out)
+
+
+def run_awk(lines: list[str], keys: str = "") -> list[str]:
+    awk = shutil.which("awk")
+    assert awk, "awk is needed"
+    proc = subprocess.run([awk, "-v", f"keys= {keys} ", INSPECT_AWK], input="\n".join(lines) + "\n",
+                          capture_output=True, text=True, env={"LC_ALL": "C"}, check=True)
+    return proc.stdout.splitlines()
+
+
+def test_the_ere_means_what_the_lookahead_rule_meant():
+    for name in names():
+        assert looks_secret(name) is bool(OLD_RULE.search(name)), name
+
+
+@pytest.mark.parametrize("name, secret", [
+    ("PGPASSWORD", True), ("AWS_SECRET_ACCESS_KEY", True), ("AWS_ACCESS_KEY_ID", False),
+    ("MINIO_ACCESS_KEY", True), ("API_TOKEN", True), ("DATABASE_URL", True), ("SENTRY_DSN", True),
+    ("KEY", True), ("KEY_ID", False), ("SSH_KEY_PATH", True), ("MONKEY", False), ("PASSPORT", False),
+    ("DB_PASS", True), ("pgpassword", True), ("PAſſWORD", False),  # non-ASCII is not upper-cased
+])
+def test_looks_secret(name, secret):
+    assert looks_secret(name) is secret
+
+
+def test_awk_names_the_same_secrets_as_python():
+    sample = names()
+    lines = [f"E {go_json_string(name + '=v')}\t{(name + '=v').encode().hex()}" for name in sample]
+    out = run_awk(lines)
+    assert len(out) == len(sample)
+    for name, line in zip(sample, out):
+        assert line.startswith("S ") is looks_secret(name), (name, line)
+
+
+HOSTILE_VALUES = [
+    "postgresql://u:pw@h/db", "postgresql://u:p@ss@h/db", "postgresql://u@h/db", "http://h:80/x",
+    "http://h:80/x?mail=a@b", "redis://:pw@r:6379/0", 's3://k:p"w@b', "s3://k:p\\w@b", "x://a:b",
+    "mysql://root:p w@h", "prefix postgresql://u:pw@h/db suffix", "-----BEGIN PRIVATE KEY-----\nabc",
+    "plain", "", "a=b=c", "line1\nline2", "tab\there", "quote\"s", "back\\slash", "uni héllo \u2028",
+    "http://u:pw@h http://v:qq@k", "ftp://:@h",
+]
+
+
+@pytest.mark.parametrize("keys", ["", "PLAIN_NAME"])
+def test_awk_decides_each_entry_as_python_does(keys):
+    entries = [f"PLAIN_NAME={v}" for v in HOSTILE_VALUES] + [f"{k}=x" for k in ('WE"IRD', "WE\\IRD", "NOEQ")]
+    entries.append("NOEQUALS_AT_ALL")
+    lines = [f"E {go_json_string(e)}\t{e.encode().hex()}" for e in entries]
+    out = run_awk(lines, keys)
+    for entry, line in zip(entries, out):
+        expected = secret_entry(entry, [k for k in keys.split(",") if k])
+        assert line.startswith("S ") is expected, (entry, line)
+        if expected:  # the hex goes on to the digest loop; the value itself never does
+            assert line.split(" ")[1] == entry.encode().hex()
+        else:
+            assert line == f"E {go_json_string(entry)}"
+
+
+def test_awk_masks_urls_in_the_document_as_python_does():
+    strings = [v for v in HOSTILE_VALUES if "PRIVATE" not in v]
+    document = "{" + ",".join(f'"k{i}":{go_json_string(v)}' for i, v in enumerate(strings)) + "}"
+    (line,) = run_awk([f"O {document}"])
+    expected = "{" + ",".join(f'"k{i}":{go_json_string(mask_urls(v))}' for i, v in enumerate(strings)) + "}"
+    assert line == f"O {expected}"
+
+
+def test_awk_drops_every_env_list_and_refuses_what_it_cannot_read():
+    document = '{"Config":{"Env":["A=1","PGPASSWORD=x\\"y\\\\"],"Cmd":["a"]},"ContainerConfig":{"Env":[]}}'
+    (line,) = run_awk([f"O {document}"])
+    assert line == 'O {"Config":{"Env":null,"Cmd":["a"]},"ContainerConfig":{"Env":null}}'
+    (line,) = run_awk(['O {"Config":{"Env":["unterminated]}}'])
+    assert line.startswith("ERR ") and "unterminated" not in line
+
+
+def test_other_lines_become_errors_without_their_text():
+    assert run_awk(["### quantlab image", "ERR x", "stray secret", "E no-tab"]) == [
+        "### quantlab image", "ERR x", "ERR docker inspect printed an unexpected line",
+        "ERR docker inspect printed an unexpected line"]
+
+
+@pytest.mark.parametrize("text, masked", [
+    ("postgresql://u:pw@h/db", "postgresql://u:***@h/db"),
+    ("postgresql://u:p@ss@h/db", "postgresql://u:***@h/db"),
+    ("redis://:pw@r:6379", "redis://:***@r:6379"),
+    ("postgresql://mlflow@db:5432/mlflow", "postgresql://mlflow@db:5432/mlflow"),
+    ("http://0.0.0.0:5000", "http://0.0.0.0:5000"),
+    # the password runs to the string's last @: two URLs in one string are masked as one
+    ("a http://u:1@h and b://v:2@k", "a http://u:***@k"),
+])
+def test_mask_urls(text, masked):
+    assert mask_urls(text) == masked
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("postgresql://u:pw@h/db", "URL with a password"),
+    ("redis://:pw@redis:6379/0", "URL with a password"),
+    ("-----BEGIN OPENSSH PRIVATE KEY-----", "private key"),
+    ("postgresql://u@h/db", None), ("http://minio:9000", None), ("s3://bucket/path", None), ("true", None),
+])
+def test_credential_problem_never_quotes_the_value(value, problem):
+    found = credential_problem(value)
+    if problem is None:
+        assert found is None
+    else:
+        assert problem in found and "pw" not in found
+
+
+def test_digests():
+    salt, entry = "quant-mlflow", "PGPASSWORD=s3cret"
+    digest = env_digest(salt, entry)
+    assert len(digest) == 64 and digest != env_digest("other-name", entry)
+    token = redacted_value(salt, "PGPASSWORD", "s3cret")
+    assert token == REDACTED + digest and is_redacted(token) and not is_redacted("sha256:" + digest)
+    assert same_env_value(salt, "PGPASSWORD", token, "s3cret")
+    assert same_env_value(salt, "PGPASSWORD", "s3cret", token)
+    assert same_env_value(salt, "PGPASSWORD", token, token)
+    assert not same_env_value(salt, "PGPASSWORD", token, "other")
+    assert not same_env_value(salt, "PGPASSWORD", None, "s3cret")
+    assert redact_env(["A=1", entry], salt) == ["A=1", "PGPASSWORD=" + token[len(""):]]
