@@ -34,9 +34,7 @@ from pydantic import (
     ConfigDict,
     StringConstraints,
     ValidationError,
-    ValidationInfo,
     WithJsonSchema,
-    field_validator,
     model_validator,
 )
 
@@ -126,28 +124,24 @@ class Block(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _lists_as_tuples(cls, data: Any) -> Any:
-        """Host data writes lists; a field declaring a tuple takes one (strict mode would not)."""
+    def _as_written(cls, data: Any) -> Any:
+        """Before any field is read: no control character or over-long string anywhere in the
+        values (nothing else sees, echoes or acts on one); then the lists host data writes
+        become tuples where a field declares one (strict mode takes no list for a tuple)."""
         if not isinstance(data, Mapping):
             return data
         data = dict(data)
+        problems = []
         for name, field in cls.model_fields.items():
             key = field.alias or name
-            if isinstance(data.get(key), list) and _declares_tuple(field.annotation):
+            if key not in data:
+                continue
+            problems += text_problems(data[key], key, free_text=name in cls.free_text)
+            if isinstance(data[key], list) and _declares_tuple(field.annotation):
                 data[key] = tuple(data[key])
-        return data
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _plain_text(cls, value: Any, info: ValidationInfo) -> Any:
-        # On the value as written, before any other check can echo it or act on it.
-        name = info.field_name or ""
-        field = cls.model_fields.get(name)
-        where = (field.alias if field is not None and field.alias else None) or name
-        problems = text_problems(value, where, free_text=name in cls.free_text)
         if problems:
             raise ValueError("\n".join(problems))
-        return value
+        return data
 
 
 def _location(prefix: str, loc: tuple[Any, ...]) -> str:
