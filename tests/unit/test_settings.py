@@ -63,8 +63,7 @@ def test_defaults_are_the_incident_fix():
 
 
 def test_full_valid_data():
-    s = load_settings(
-        "mlflow",
+    s = load_settings("mlflow",
         "lab",
         {
             "image": "quantlab/mlflow:3.x-abc",
@@ -123,22 +122,14 @@ def test_error_message_names_host_and_key():
         ({"container_name": "bad name"}, "mlflow.container_name", "not valid"),
         ({"image": ""}, "mlflow.image", "non-empty string"),
         ({"worker_class": "sync; rm"}, "mlflow.worker_class", "not valid"),
-        (
-            {"env": {"GUNICORN_CMD_ARGS": "--workers 4"}},
-            "mlflow.env.GUNICORN_CMD_ARGS",
-            "managed by the deploy",
-        ),
+        ({"env": {"GUNICORN_CMD_ARGS": "--workers 4"}}, "mlflow.env.GUNICORN_CMD_ARGS", "managed by the deploy"),
         ({"env": {"DB_PASSWORD": "hunter2"}}, "mlflow.env.DB_PASSWORD", "use secret_env"),
         ({"env": {"1BAD": "x"}}, "mlflow.env.1BAD", "not a valid name"),
         ({"env": {"A": "line1\nline2"}}, "mlflow.env.A", "contains a control character (U+000A)"),
         ({"env": {"A": None}}, "mlflow.env.A", "use a string"),
         ({"extra_args": ["--workers", "4"]}, "mlflow.extra_args", "--workers is set by the deploy"),
         ({"extra_args": ["--gunicorn-opts=--timeout 5"]}, "mlflow.extra_args", "--gunicorn-opts"),
-        (
-            {"backend_store_uri": "postgresql://u:hunter2@db/m"},
-            "mlflow.backend_store_uri",
-            "contains a password",
-        ),
+        ({"backend_store_uri": "postgresql://u:hunter2@db/m"}, "mlflow.backend_store_uri", "contains a password"),
         ({"secret_env": {"X": "hunter2"}}, "mlflow.secret_env.X", '{"env": "VARIABLE"}'),
         ({"secret_env": {"X": {"env": "A", "file": "/b"}}}, "mlflow.secret_env.X", '{"file"'),
     ],
@@ -165,9 +156,7 @@ def test_secret_values_are_never_echoed():
 def test_unknown_key_suggests_the_close_one():
     with pytest.raises(SettingsError) as err:
         load_settings("mlflow", "lab", {"memory_limt": "1g"})
-    assert str(err.value).startswith(
-        "host 'lab': mlflow.memory_limt: unknown setting; did you mean 'memory_limit'?"
-    )
+    assert str(err.value).startswith("host 'lab': mlflow.memory_limt: unknown setting; did you mean 'memory_limit'?")
 
 
 def test_all_problems_reported_at_once():
@@ -179,14 +168,18 @@ def test_all_problems_reported_at_once():
 
 def test_secret_in_both_env_and_secret_env_is_refused():
     with pytest.raises(SettingsError, match="also in env"):
-        load_settings("mlflow", "lab", {"env": {"MLFLOW_X": "1"}, "secret_env": {"MLFLOW_X": {"env": "X"}}})
+        load_settings("mlflow",
+            "lab", {"env": {"MLFLOW_X": "1"}, "secret_env": {"MLFLOW_X": {"env": "X"}}}
+        )
 
 
 def test_resolve_secret_env_from_env_and_file():
     settings = MlflowSettings(
         secret_env={"A": SecretSource(env="SRC_A"), "B": SecretSource(file="/secrets/b")}
     )
-    values = resolve_secret_env("lab", settings, environ={"SRC_A": "alpha"}, read_file=lambda path: "beta\n")
+    values = resolve_secret_env(
+        "lab", settings, environ={"SRC_A": "alpha"}, read_file=lambda path: "beta\n"
+    )
     assert values == {"A": "alpha", "B": "beta"}
 
 
@@ -207,29 +200,16 @@ def test_resolve_secret_env_errors_name_the_reference_not_the_value():
 def test_secret_file_path_may_start_with_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "minio_secret").write_text("s3cr3t\n")
-    settings = load_settings(
-        "mlflow", "h", {"secret_env": {"AWS_SECRET_ACCESS_KEY": {"file": "~/minio_secret"}}}
-    )
+    settings = load_settings("mlflow",
+        "h", {"secret_env": {"AWS_SECRET_ACCESS_KEY": {"file": "~/minio_secret"}}})
     assert resolve_secret_env("h", settings, environ={}) == {"AWS_SECRET_ACCESS_KEY": "s3cr3t"}
 
 
-@pytest.mark.parametrize(
-    "name, secret",
-    [
-        ("AWS_SECRET_ACCESS_KEY", True),
-        ("MINIO_ACCESS_KEY", True),
-        ("AWS_ACCESS_KEY_ID", False),
-        ("PGPASSWORD", True),
-        ("KEY", True),
-        ("SIGNING_KEY", True),
-        ("DB_PASS", True),
-        ("KEY_FILE_MODE", True),
-        ("MONKEY", False),
-        ("PASSAGE", False),
-        ("DATABASE_URL", True),
-        ("QUANTLAB_PREFIX", False),
-    ],
-)
+@pytest.mark.parametrize("name, secret", [("AWS_SECRET_ACCESS_KEY", True), ("MINIO_ACCESS_KEY", True),
+                                          ("AWS_ACCESS_KEY_ID", False), ("PGPASSWORD", True),
+                                          ("KEY", True), ("SIGNING_KEY", True), ("DB_PASS", True),
+                                          ("KEY_FILE_MODE", True), ("MONKEY", False), ("PASSAGE", False),
+                                          ("DATABASE_URL", True), ("QUANTLAB_PREFIX", False)])
 def test_an_access_key_id_is_not_a_secret(name, secret):
     # The lab (and operators) set AWS_ACCESS_KEY_ID in plain env; only its secret half is one.
     assert looks_secret(name) is secret
@@ -246,10 +226,8 @@ def test_of_host_through_pyinfras_host_proxy_keeps_hosts_apart():
 
     inventory = Inventory(
         (
-            [
-                ("h1", {"mlflow": {"container_name": "one"}}),
-                ("h2", {"mlflow": {"container_name": "two", "workers": 4}}),
-            ],
+            [("h1", {"mlflow": {"container_name": "one"}}),
+             ("h2", {"mlflow": {"container_name": "two", "workers": 4}})],
             {"mlflow_defaults": {"workers": 3}},  # group data for all hosts
         )
     )
