@@ -168,7 +168,8 @@ def test_a_configured_roles_auth_failure_plans_db_users_for_that_role_only():
     assert names(result) == ["PostgreSQL role quant_user", "PostgreSQL grants in quant-db", RECORD_STEP]
     steps = dict(result.steps)
     role_sql = next(c[1] for c in steps["PostgreSQL role quant_user"] if isinstance(c, list) and c[0] == "upload")
-    assert 'CREATE ROLE "quant_user" WITH LOGIN PASSWORD \'SCRAM-SHA-256$4096:' in role_sql
+    assert 'CREATE ROLE "quant_user" WITH LOGIN;\n' in role_sql
+    assert 'ALTER ROLE "quant_user" WITH PASSWORD \'SCRAM-SHA-256$4096:' in role_sql
     grants_sql = next(c[1] for c in steps["PostgreSQL grants in quant-db"]
                       if isinstance(c, list) and c[0] == "upload")
     assert 'GRANT CONNECT ON DATABASE "quant-db" TO "quant_user";' in grants_sql
