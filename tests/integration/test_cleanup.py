@@ -138,7 +138,7 @@ def test_lock_held_elsewhere_skips_clearly(lab, folder):
     k1, k2 = LOCK_KEYS
     holder = subprocess.Popen(
         ["docker", "exec", "-i", "-u", "postgres", f"{lab.prefix}-postgres", "psql", "-X", "-q",
-         "-d", "quant", "-c", f"SELECT pg_advisory_lock({k1}, {k2}), pg_sleep(10)"],
+         "-d", "quant", "-c", f"SELECT pg_advisory_lock({k1}, {k2}), pg_sleep(600)"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(50):
@@ -148,6 +148,9 @@ def test_lock_held_elsewhere_skips_clearly(lab, folder):
             time.sleep(0.1)
         run = run_pyinfra(inventory(folder, lab, "busy", lock_wait=2), DEPLOY)
     finally:
+        # Held for the whole run however slow the machine is, then let go.
+        lab.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 "WHERE query LIKE '%pg_sleep(600)%' AND pid <> pg_backend_pid()")
         holder.wait(timeout=30)
     output = run.stdout + run.stderr
     assert run.returncode != 0
