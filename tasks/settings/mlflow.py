@@ -25,7 +25,18 @@ from pydantic import Field, StrictInt, StringConstraints, field_validator, model
 from tasks.core.sizes import GIB, MIB, human_size
 from tasks.settings.base import Block, Pattern
 from tasks.settings.errors import SettingsError
-from tasks.settings.types import ENV_NAME_RE, MemorySize, SecretSource, looks_secret
+from tasks.settings.types import (
+    ENV_NAME_RE,
+    ComposeProject,
+    ComposeService,
+    ContainerName,
+    HostPath,
+    ImageRef,
+    MemorySize,
+    NetworkName,
+    SecretSource,
+    looks_secret,
+)
 
 # Env keys the deploy owns: they steer which server runs and with which options, so a
 # value in host data would fight the typed settings (see tasks/core/mlflow_server.py).
@@ -45,7 +56,6 @@ _PORT_RE = re.compile(
     r"(?P<host>\d{1,5}):(?P<container>\d{1,5})(?:/(?P<proto>tcp|udp|sctp))?"
 )
 
-ContainerName = Annotated[str, Pattern(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", "letters, digits, _ . -")]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 _HOST_NAME_RE = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
@@ -93,7 +103,7 @@ class MlflowSettings(Block):
     container_name: ContainerName = Field(
         "quant-mlflow", description="the container; unset with compose_file: the one compose made"
     )
-    image: NonEmpty = Field(
+    image: ImageRef = Field(
         "quantlab/mlflow:2.9.2", description="image with `mlflow`; unset with compose_file: the file's"
     )
     server: Literal["auto", "gunicorn", "uvicorn"] = Field(
@@ -122,27 +132,20 @@ class MlflowSettings(Block):
         ),
     ] = "unless-stopped"
     ports: tuple[str, ...] = Field((), description="[ip:]host_port:container_port[/proto]")
-    network: str | None = None
+    network: NetworkName | None = None
     env: dict[str, str] = Field(default_factory=dict, description="non-secret environment")
     labels: dict[str, str] = Field(default_factory=dict)
-    compose_file: str | None = Field(None, description="the compose file on the host to keep in sync")
-    compose_service: NonEmpty = Field(
+    compose_file: HostPath | None = Field(None, description="the compose file on the host to keep in sync")
+    compose_service: ComposeService = Field(
         "mlflow", description="the service in compose_file; compose-made containers are found by it"
     )
-    compose_project: ContainerName | None = Field(
+    compose_project: ComposeProject | None = Field(
         None, description="compose project (default: the one whose containers came from compose_file)"
     )
     secret_env: dict[str, SecretSource] = Field(
         default_factory=dict,
         description='{"VAR": {"env": "NAME"} or {"file": "/path"}}, read on the controller',
     )
-
-    @field_validator("image")
-    @classmethod
-    def _image(cls, value: str) -> str:
-        if any(ch.isspace() for ch in value) or value.startswith("-"):
-            raise ValueError(f"{value!r} is not an image reference")
-        return value
 
     @field_validator("host")
     @classmethod

@@ -66,12 +66,11 @@ from tasks.core.pg_exec import PgTarget
 from tasks.core.pg_grants import DefaultPrivilegeSpec, GrantSpec
 from tasks.core.pg_roles import DatabaseSpec, RoleSpec
 from tasks.settings.base import Block, Pattern
-from tasks.settings.types import SecretSource
+from tasks.settings.types import ContainerName, PgIdentifier, SecretSource
 
 # The top-level host-data keys the ``db`` block is gathered from.
 DB_KEYS = ("db_roles", "db_databases", "db_grants", "db_default_privileges", "db_exclusive", "db_verify")
 
-ContainerName = Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a Docker container name")]
 ServerHost = Annotated[
     str, Pattern(r"[A-Za-z0-9._:\-\[\]%]+|/\S*", "a host name, IP address or socket directory")
 ]
@@ -112,11 +111,11 @@ class PostgresSettings(Block):
     container: ContainerName | None = Field(None, description="docker mode: the database container")
     host: ServerHost | None = Field(None, description="psql mode: server address")
     port: StrictInt = Field(5432, ge=1, le=65535, description="psql mode: server port")
-    superuser: Name = Field("postgres", description="role to connect as")
+    superuser: PgIdentifier = Field("postgres", description="role to connect as")
     superuser_password: SecretSource | None = Field(
         None, description='psql mode: {"env": "VAR"} or {"file": "/path"}, sent in a 0600 PGPASSFILE'
     )
-    database: Name = Field("postgres", description="maintenance database (roles, databases)")
+    database: PgIdentifier = Field("postgres", description="maintenance database (roles, databases)")
     os_user: OsUser = Field("postgres", description="docker mode: OS user psql runs as in the container")
     connect_timeout: StrictInt = Field(10, ge=1, le=3600, description="seconds")
 

@@ -25,7 +25,8 @@ from pydantic import Field, StrictBool, StrictInt
 from tasks.core.signatures import CATALOG, REMEDIATIONS, Signature, read_catalog
 from tasks.settings.base import Block, Pattern
 from tasks.settings.errors import SettingsError
-from tasks.settings.stack import ContainerName, Since
+from tasks.settings.stack import Since
+from tasks.settings.types import ContainerName, HostPath
 
 # Env override for one run: where the run records go.
 REPORT_DIR_ENV = "QUANTLAB_REMEDIATE_REPORT_DIR"
@@ -41,7 +42,7 @@ class RemediateSettings(Block):
     )
     since: Since = Field("2h", description="docker logs --since: a duration or an RFC 3339 time")
     tail: StrictInt = Field(2000, ge=1, le=100000, description="at most this many lines per container")
-    record_path: Annotated[str, Pattern(r"/.*", "an absolute path on the host")] = Field(
+    record_path: HostPath = Field(
         "/var/lib/quantlab/remediation-runs.json", description="last runs, on the host (throttle)"
     )
     report_dir: str | None = Field(

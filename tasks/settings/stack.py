@@ -42,13 +42,12 @@ from pydantic import (
 from tasks.core.durations import DURATION_HINT, MAX_SECONDS, parse_duration, short_duration
 from tasks.settings.base import Block, Pattern, parse_block
 from tasks.settings.errors import SettingsError
-from tasks.settings.types import Duration, SecretSource
+from tasks.settings.types import ContainerName, Duration, PgIdentifier, SecretSource
 
 # Environment overrides for one run (deploys/verify_stack.py's docstring shows them).
 REPORT_ENV = "QUANTLAB_VERIFY_REPORT"
 LOGS_SINCE_ENV = "QUANTLAB_VERIFY_SINCE"
 
-ContainerName = Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a Docker container name")]
 Url = Annotated[str, Pattern(r"https?://[^\s'\"]+", "http(s)://host:port")]
 UrlPath = Annotated[str, Pattern(r"/\S*", "a path starting with /")]
 RoleName = Annotated[str, Pattern(r"[A-Za-z_][A-Za-z0-9_$]*", "a plain role name")]
@@ -104,7 +103,7 @@ class LoginRole(Block):
 
     name: RoleName
     password: SecretSource
-    database: NonEmpty = "postgres"
+    database: PgIdentifier = "postgres"
 
 
 class PostgresService(Block):
@@ -114,7 +113,7 @@ class PostgresService(Block):
     access: Literal["docker", "psql"] | None = None
     host: NonEmpty | None = None
     port: Port | None = None
-    superuser: NonEmpty | None = None
+    superuser: PgIdentifier | None = None
     superuser_password: SecretSource | None = None
     os_user: NonEmpty = "postgres"
     container_port: Port = 5432
@@ -122,7 +121,7 @@ class PostgresService(Block):
     connections_margin: StrictInt = Field(
         10, ge=0, le=10_000, description="free connections below max_connections"
     )
-    database: NonEmpty = "postgres"
+    database: PgIdentifier = "postgres"
 
 
 class _WebService(Block):

@@ -1,7 +1,10 @@
-"""The shared setting types: sizes, durations, secret sources, and what looks like a secret.
+"""The shared setting types: sizes, durations, secret sources, what looks like a secret, and
+names as their targets define them.
 
 Each is declared once here and used by every block model, so `"1gb"` or `{"env": ""}` gets the
-same one-line error whichever deploy reads it.
+same one-line error whichever deploy reads it. The name types check a value against the rules of
+what will read it (tasks/core/names.py, tasks/core/pg_sql.py): a Docker container, network or
+image, a compose service or project, a PostgreSQL identifier, an absolute host path.
 """
 
 from __future__ import annotations
@@ -12,9 +15,20 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
+from tasks.core import names
 from tasks.core.durations import DURATION_HINT, MAX_SECONDS, parse_duration
+from tasks.core.pg_sql import MAX_IDENT_BYTES, quote_ident
 from tasks.core.sizes import DOCKER_MIN_MEMORY, SIZE_HINT, parse_size
 
 # Names whose values must come from a SecretSource, never from inventory text. One list for
@@ -73,6 +87,79 @@ Size = Annotated[int, BeforeValidator(_size), WithJsonSchema(_SIZE_SCHEMA)]
 MemorySize = Annotated[int, BeforeValidator(_memory), WithJsonSchema(_SIZE_SCHEMA)]
 # Seconds, from 90, "30s", "15m", "1 hour".
 Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(_DURATION_SCHEMA)]
+
+
+def _rule(problem: Callable[[str], str | None]) -> AfterValidator:
+    def check(value: str) -> str:
+        found = problem(value)
+        if found:
+            raise ValueError(found)
+        return value
+
+    return AfterValidator(check)
+
+
+def _pg_identifier(value: str) -> str:
+    quote_ident(value)  # its SqlInputError (a ValueError) says why: empty, NUL, too long
+    return value
+
+
+def _schema(pattern: str, description: str) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "pattern": pattern, "description": description})
+
+
+_NON_EMPTY = StringConstraints(min_length=1)
+
+# A Docker container name, as the engine accepts it.
+ContainerName = Annotated[
+    str,
+    _NON_EMPTY,
+    _rule(names.container_name_problem),
+    _schema(f"^{names.CONTAINER_NAME_RE.pattern}$", "a Docker container name"),
+]
+# A Docker network name.
+NetworkName = Annotated[
+    str,
+    _NON_EMPTY,
+    _rule(names.network_name_problem),
+    _schema(f"^{names.NETWORK_NAME_RE.pattern}$", "a Docker network name"),
+]
+# An image reference Docker parses: never an option, never two words.
+ImageRef = Annotated[
+    str,
+    _NON_EMPTY,
+    _rule(names.image_reference_problem),
+    _schema(f"^{names.IMAGE_REFERENCE_PATTERN}$", names.IMAGE_HINT),
+]
+ComposeService = Annotated[
+    str,
+    _NON_EMPTY,
+    _rule(names.compose_service_problem),
+    _schema(f"^{names.COMPOSE_SERVICE_RE.pattern}$", "a compose service name"),
+]
+ComposeProject = Annotated[
+    str,
+    _NON_EMPTY,
+    _rule(names.compose_project_problem),
+    _schema(f"^{names.COMPOSE_PROJECT_RE.pattern}$", "a compose project name"),
+]
+# An absolute path on the host: no control character, no '..' component.
+HostPath = Annotated[
+    str, _NON_EMPTY, _rule(names.host_path_problem), _schema("^/", "an absolute path on the host")
+]
+# A PostgreSQL role, database or schema name: any text up to 63 bytes, no NUL (always quoted).
+PgIdentifier = Annotated[
+    str,
+    StringConstraints(min_length=1),
+    AfterValidator(_pg_identifier),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "description": f"a PostgreSQL name (at most {MAX_IDENT_BYTES} bytes)",
+        }
+    ),
+]
 
 
 class SecretSource(BaseModel):

@@ -169,7 +169,7 @@ def test_settings_validation_names_host_and_key():
     assert "backend.reload: unknown setting; did you mean 'reload_delay'?" in text
     with pytest.raises(SettingsError, match="backend.container: is required"):
         load("backend", "web1", {})
-    ok = load("backend", "web1", {"container": "b", "reload_delay": 1.5})
+    ok = load("backend", "web1", {"container": "bk", "reload_delay": 1.5})
     assert ok.reload_delay == 1.5 and ok.force_polling is True
     assert (ok.compose_service, ok.port, ok.health_path) == ("backend", 8000, "/health")
 
@@ -185,12 +185,12 @@ def test_settings_validation_names_host_and_key():
 ])
 def test_settings_rules(data, expected):
     with pytest.raises(SettingsError) as error:
-        load("backend", "web1", {"container": "b", **data})
+        load("backend", "web1", {"container": "bk", **data})
     assert expected in str(error.value)
 
 
 def test_reload_delay_as_a_duration():
-    assert load("backend", "web1", {"container": "b", "reload_delay": "1500ms"}).reload_delay == 1.5
+    assert load("backend", "web1", {"container": "bk", "reload_delay": "1500ms"}).reload_delay == 1.5
 
 
 def scripted(logs: str):

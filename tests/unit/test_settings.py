@@ -119,7 +119,7 @@ def test_error_message_names_host_and_key():
         ({"ports": ["127.0.0.1:99999:5000"]}, "mlflow.ports", "host_port:container_port"),
         ({"ports": "127.0.0.1:15500:5000"}, "mlflow.ports", "not a list of strings"),
         ({"server": "waitress"}, "mlflow.server", "auto, gunicorn, uvicorn"),
-        ({"container_name": "bad name"}, "mlflow.container_name", "not valid"),
+        ({"container_name": "bad name"}, "mlflow.container_name", "not a Docker container name"),
         ({"image": ""}, "mlflow.image", "non-empty string"),
         ({"worker_class": "sync; rm"}, "mlflow.worker_class", "not valid"),
         ({"env": {"GUNICORN_CMD_ARGS": "--workers 4"}}, "mlflow.env.GUNICORN_CMD_ARGS", "managed by the deploy"),

@@ -73,7 +73,7 @@ def test_settings_fill_postgres_roles_and_mlflow_workers_from_host_data():
 def test_mlflow_workers_come_from_the_mlflow_block():
     data = {**LAB_LIKE, "mlflow_defaults": None, "mlflow": {"workers": 3}}
     assert stack_settings(data).services.mlflow.workers == 3
-    own = {**data, "stack": {"services": {"mlflow": {"container": "m", "workers": 5}}}}
+    own = {**data, "stack": {"services": {"mlflow": {"container": "ml", "workers": 5}}}}
     assert stack_settings(own).services.mlflow.workers == 5
 
 
