@@ -6,6 +6,8 @@ JSON document written on the controller).
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,10 +117,49 @@ def describe_vacuum(rows: Sequence[Mapping]) -> list[str]:
 # --- statistics -------------------------------------------------------------------------------
 
 
+# Every literal form PostgreSQL lexes ('...' with '' inside, E'...' with backslash escapes, U&'...',
+# B'...', X'...', $$...$$ and $tag$...$tag$) and every comment (--, /* */) of a query text, as
+# ***, by one left-to-right scan, so a quote inside a dollar quote, a comment or a quoted
+# identifier cannot make the scan lose its place. A literal or comment still open where the text
+# ends (pg_stat_activity cuts texts at track_activity_query_size) is masked to the end; so is a
+# nested block comment. Quoted identifiers, keywords, numbers and $1 parameters are kept.
+_MASK_SCAN = """(WITH RECURSIVE scan(pos, out) AS (
+    SELECT 1, ''::text
+    UNION ALL
+    SELECT s.pos + length(k.tok), s.out || CASE WHEN k.hide THEN '***' ELSE k.tok END
+      FROM scan s,
+           LATERAL (SELECT substr({column}, s.pos) AS rest) r,
+           LATERAL (SELECT substring(r.rest FROM '^(\\$(?:[A-Za-z_][A-Za-z0-9_]*)?\\$)') AS tag,
+                           strpos(substr(r.rest, 3), '*/') AS shut,
+                           strpos(substr(r.rest, 3), '/*') AS nest) d,
+           LATERAL (SELECT CASE
+               WHEN r.rest LIKE '"%' THEN substring(r.rest FROM '^"(?:[^"]|"")*"?')
+               WHEN r.rest ~ '^[Ee]\'\'' THEN substring(r.rest FROM '^[Ee]\'\'(?:[^\'\'\\\\]|\\\\.|\'\'\'\')*\'\'?')
+               WHEN r.rest LIKE '\'\'%' THEN substring(r.rest FROM '^\'\'(?:[^\'\']|\'\'\'\')*\'\'?')
+               WHEN d.tag IS NOT NULL THEN CASE strpos(substr(r.rest, length(d.tag) + 1), d.tag)
+                   WHEN 0 THEN r.rest
+                   ELSE left(r.rest, strpos(substr(r.rest, length(d.tag) + 1), d.tag) - 1 + 2 * length(d.tag))
+                   END
+               WHEN r.rest LIKE '--%' THEN substring(r.rest FROM '^--[^\\n]*')
+               WHEN r.rest LIKE '/*%' THEN CASE WHEN d.shut = 0 OR (d.nest > 0 AND d.nest < d.shut)
+                   THEN r.rest ELSE left(r.rest, d.shut + 3) END
+               ELSE substring(r.rest FROM '^(?:[A-Za-z0-9_]+|[^"\'\'$/A-Za-z0-9_-]+|.)')
+             END AS tok,
+             r.rest ~ '^(?:\'\'|[Ee]\'\'|--|/\\*)' OR d.tag IS NOT NULL AS hide) k
+     WHERE s.pos <= length({column}))
+  SELECT left(out, {chars}) FROM scan ORDER BY pos DESC LIMIT 1)"""
+
+
+def masked_query_sql(column: str, chars: int = 200) -> str:
+    """A scalar SQL expression: the query text in ``column`` with its literals and comments
+    masked (see _MASK_SCAN), cut to ``chars`` characters after masking."""
+    return _MASK_SCAN.format(column=column, chars=int(chars))
+
+
 def stats_sql(largest: int = 5) -> str:
     """Statistics of the connected database as JSON (connections: client backends of the whole
-    server, this query's own excluded). Query texts are cut to 200 characters and
-    their string literals masked (a statement can carry a password)."""
+    server, this query's own excluded). The longest running query's text has every literal and
+    comment masked (a statement can carry a password), then is cut to 200 characters."""
     return f"""SELECT json_build_object(
   'database', current_database(),
   'taken_at', now(),
@@ -138,13 +179,13 @@ def stats_sql(largest: int = 5) -> str:
       SELECT coalesce(state, 'unknown') AS st, count(*) AS n FROM pg_catalog.pg_stat_activity
        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() GROUP BY 1) c),
   'longest_query', (SELECT row_to_json(q) FROM (
-      SELECT pid, usename AS user, datname AS database, state,
-             round(extract(epoch FROM clock_timestamp() - query_start)::numeric, 1) AS seconds,
-             left(regexp_replace(query, '''(''''|[^''])*''', '''***''', 'g'), 200) AS query
-        FROM pg_catalog.pg_stat_activity
-       WHERE backend_type = 'client backend' AND state IS DISTINCT FROM 'idle'
-         AND pid <> pg_backend_pid() AND query_start IS NOT NULL
-       ORDER BY query_start LIMIT 1) q))"""
+      SELECT a.pid, a.user, a.database, a.state, a.seconds, {masked_query_sql("a.query")} AS query
+        FROM (SELECT pid, usename AS user, datname AS database, state, query,
+                     round(extract(epoch FROM clock_timestamp() - query_start)::numeric, 1) AS seconds
+                FROM pg_catalog.pg_stat_activity
+               WHERE backend_type = 'client backend' AND state IS DISTINCT FROM 'idle'
+                 AND pid <> pg_backend_pid() AND query_start IS NOT NULL
+               ORDER BY query_start LIMIT 1) a) q))"""
 
 
 def human_bytes(n: int | None) -> str:
@@ -229,8 +270,16 @@ def report_document(s: CleanupSettings, before, after, deletion=None, vacuum=Non
 
 
 def write_report(path: str, document: Mapping) -> None:
+    """The JSON report, 0600 whatever the umask (written through a fresh temp file, then
+    renamed); a folder it has to make is 0700."""
     p = Path(path).expanduser()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    tmp.replace(p)
+    p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(document, indent=2, default=str) + "\n")
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

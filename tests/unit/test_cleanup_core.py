@@ -1,6 +1,8 @@
 """The cleanup without an engine: the `cleanup` settings block, guards, the FK walk, generated
 SQL, parsing (tasks/settings/cleanup.py, tasks/core/cleanup_*.py)."""
 import json
+import os
+import stat
 from types import SimpleNamespace
 
 import pytest
@@ -331,7 +333,7 @@ def test_parse_delete_output_and_description():
 
 def test_statistics_sql_masks_literals_and_skips_itself():
     sql = cleanup_vacuum.stats_sql(3)
-    assert "regexp_replace(query" in sql and "LIMIT 3" in sql
+    assert cleanup_vacuum.masked_query_sql("a.query") in sql and "LIMIT 3" in sql
     assert "backend_type = 'client backend'" in sql and "pg_backend_pid()" in sql
 
 
@@ -352,6 +354,15 @@ def test_report_table_and_document(tmp_path):
     doc = json.loads(path.read_text())
     assert doc["before"]["dead_tuples"] == 15000 and doc["after"]["dead_tuples"] == 0
     assert doc["deletion"] == {"deleted": 18}
+    # 0600 whatever the umask, its new folder 0700, no temp file left behind
+    old = os.umask(0)
+    try:
+        cleanup_vacuum.write_report(str(path), cleanup_vacuum.report_document(settings(), before, after))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]
 
 
 def test_human_bytes():
