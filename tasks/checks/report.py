@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import secrets as _secrets
 import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tasks.checks.runner import CheckResult, table_lines
+from tasks.core.private_file import write_private_text
 
 _RUN_ID = uuid.uuid4().hex  # one pyinfra run: reports from its hosts are merged, older ones replaced
 
@@ -51,7 +50,7 @@ def report_dict(
 
 def write_report(path: str | Path, host_report: dict, run_id: str = _RUN_ID) -> None:
     """Merge this host's report into `path` (one file a run, hosts keyed by name; a file left
-    by an earlier run is replaced). Written 0600 through a temp file."""
+    by an earlier run is replaced). Written 0600 through a temp file; a folder it makes is 0700."""
     path = Path(path).expanduser()
     report: dict[str, Any] = {"run_id": run_id, "hosts": {}}  # JSON, as read back from the file
     try:
@@ -67,10 +66,4 @@ def write_report(path: str | Path, host_report: dict, run_id: str = _RUN_ID) -> 
         counts[check["status"]] = counts.get(check["status"], 0) + 1
     report["totals"] = {**counts, "total": len(every), "hosts": len(report["hosts"])}
     report["ok"] = counts["fail"] == 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{_secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(report, out, indent=2)
-        out.write("\n")
-    os.replace(tmp, path)
+    write_private_text(path, json.dumps(report, indent=2) + "\n")

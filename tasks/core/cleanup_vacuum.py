@@ -6,16 +6,14 @@ JSON document written on the controller).
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.core.cleanup_sql import LOCK_KEYS, lock_sql
 from tasks.core.durations import postgres_interval
 from tasks.core.pg_sql import quote_ident, quote_literal
+from tasks.core.private_file import write_private_text
 from tasks.core.sizes import human_size
 
 if TYPE_CHECKING:
@@ -270,16 +268,5 @@ def report_document(s: CleanupSettings, before, after, deletion=None, vacuum=Non
 
 
 def write_report(path: str, document: Mapping) -> None:
-    """The JSON report, 0600 whatever the umask (written through a fresh temp file, then
-    renamed); a folder it has to make is 0700."""
-    p = Path(path).expanduser()
-    p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(document, indent=2, default=str) + "\n")
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """The JSON report, 0600 whatever the umask; a folder it has to make is 0700."""
+    write_private_text(path, json.dumps(document, indent=2, default=str) + "\n")

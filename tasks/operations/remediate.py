@@ -42,6 +42,7 @@ from tasks.checks.runner import CheckResult, NotYet, RetryPolicy, format_table, 
 from tasks.checks.stack import has_block
 from tasks.core import remediation, signatures
 from tasks.core.mlflow_server import server_spec
+from tasks.core.private_file import write_private_text
 from tasks.facts.diagnose import HostDiagnosis
 from tasks.operations import postgres
 from tasks.operations.backend_reload import fix_backend_reload
@@ -91,12 +92,8 @@ def write_report(settings: RemediateSettings, host_name: str, report: dict) -> s
     folder_name = report_dir(settings)
     if not folder_name:
         return None
-    folder = Path(folder_name)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{_safe(host_name)}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    path = Path(folder_name) / f"{_safe(host_name)}.json"
+    write_private_text(path, json.dumps(report, indent=2, default=str) + "\n")  # 0600, folder 0700
     return str(path)
 
 
