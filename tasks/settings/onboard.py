@@ -318,8 +318,8 @@ class OnboardSettings(Block):
 
     @field_validator("compose_file", "compose_project", "mlflow_version")
     @classmethod
-    def _no_parent(cls, value: str) -> str:
-        if ".." in value.split("/"):
+    def _no_parent(cls, value: str | None) -> str | None:
+        if value is not None and ".." in value.split("/"):
             raise ValueError(f"{value!r} is not valid (no '..')")
         return value
 
