@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tasks.settings.backend import BackendSettings
-from tasks.settings.base import Block, parse_block
+from tasks.settings.base import Block, parse_block, type_name
 from tasks.settings.cleanup import CleanupSettings
 from tasks.settings.errors import SettingsError
 from tasks.settings.mlflow import MlflowSettings
@@ -55,6 +55,8 @@ def load(
     block: str, host_name: str, data: Mapping[str, Any] | None, group: Mapping[str, Any] | None = None
 ) -> Any:
     """Validate one block: the model's defaults, then ``group``, then ``data`` (key by key)."""
+    if group is not None and not isinstance(group, Mapping):
+        raise SettingsError(host_name, [f"{block}_defaults: expected a mapping, got {type_name(group)}"])
     return parse_block(BLOCKS[block], host_name, "" if block in GATHER else block, group, data)
 
 

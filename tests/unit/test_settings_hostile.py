@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import typing
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -337,7 +339,7 @@ def test_control_characters_are_reported_before_anything_reads_the_value():
 
 
 def test_group_defaults_of_the_wrong_type_are_named_too():
-    with pytest.raises(SettingsError, match=r"^host 'h': mlflow: expected a mapping, got list$"):
+    with pytest.raises(SettingsError, match=r"^host 'h': mlflow_defaults: expected a mapping, got list$"):
         settings.load("mlflow", HOST, {}, ["workers", 3])
 
 
@@ -369,6 +371,62 @@ def test_a_self_referencing_value_is_a_line_not_a_recursion_error():
     loop["services"]["db"]["x"] = loop
     with pytest.raises(SettingsError, match="nested more than"):
         settings.load("onboard", HOST, {**BASE["onboard"], "compose": loop})
+
+
+# Values of every odd type and shape, for every field of every block (and of each db_* entry and
+# stack service): whatever a field expects, none of these may end in anything but SettingsError
+# lines or a valid block. This is what catches the case nobody listed.
+ODD_VALUES = [
+    object(), b"x", {1, 2}, frozenset(), float("nan"), float("inf"), 10**30, -10**30, 2**63, -1, 0, 1.5,
+    True, False, None, "", " ", NUL, f"a{LF}b", LS, "x" * 100_000, [], [None], [[[]]], {}, {"": ""},
+    {None: 1}, {"a": object()}, Decimal("1"), 1j, ("t",), "-rf", "$(id)", "'; DROP TABLE x; --", "%",
+    "../../etc/passwd", "ALL", "*", "0x10", "1e3", "\u0661\u0662", "\uff4d\uff4c", "\ud800",
+]
+
+
+def _field_cases():
+    from tasks.settings import postgres, stack
+    for block, model in settings.BLOCKS.items():
+        for name, field in model.model_fields.items():
+            for value in ODD_VALUES:
+                yield block, {**BASE.get(block, {}), (field.alias or name): value}
+    entries = (("db_roles", postgres.RoleSettings, ROLE), ("db_grants", postgres.GrantSettings, GRANT),
+               ("db_default_privileges", postgres.DefaultPrivilegeSettings, DEFAULT_PRIVILEGE),
+               ("db_databases", postgres.DatabaseSettings, {"name": "quant"}))
+    for key, model, base in entries:
+        for name, field in model.model_fields.items():
+            for value in ODD_VALUES:
+                yield "db", {key: [{**base, (field.alias or name): value}]}
+    for name in stack.SERVICES:
+        model = typing.get_args(stack.Services.model_fields[name].annotation)[0]
+        for field in model.model_fields:
+            for value in ODD_VALUES:
+                yield "stack", service(name, **{field: value})
+
+
+def test_every_field_of_every_block_takes_any_value_without_a_traceback(monkeypatch):
+    monkeypatch.setenv("HOME", "/nonexistent")
+    bad = []
+    count = 0
+    for block, data in _field_cases():
+        count += 1
+        try:
+            settings.load(block, HOST, data)
+        except SettingsError as err:
+            text = str(err)
+            lines = text.split("\n")
+            prefix = ("db_",) if block == "db" else (f"{block}.", f"{block}:")
+            if (len(lines) != len(err.problems)
+                    or not all(line.startswith(f"host '{HOST}': ") for line in lines)
+                    or not all(p.startswith(prefix) for p in err.problems)
+                    or any(c in text for c in (NUL, CR, LS, "\ud800"))
+                    or "could not be read" in text  # the safety net: a validator tripped
+                    or "Traceback" in text or "validation error" in text):
+                bad.append(f"{block} {data!r:.120}: {text!r:.300}")
+        except Exception as exc:  # noqa: BLE001 - any other exception is the failure looked for
+            bad.append(f"{block} {data!r:.120}: {type(exc).__name__}: {exc!s:.200}")
+    assert count > 5000
+    assert bad == []
 
 
 def _every_number(schema, defs, path, seen=None):
