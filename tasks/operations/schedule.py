@@ -116,8 +116,14 @@ def schedule_cleanup(settings: ScheduleSettings | None = None):
     if str(Path(s.lock_file).parent) == LOCK_DIR:
         # Only root or the job's user may create or open the lock file (see schedule_units).
         files.directory(name=f"Lock directory {LOCK_DIR}", path=LOCK_DIR, user=s.user, mode="755")
+    # The job's own: only its user reads (or changes) what it runs as that user.
     files.put(
-        name=f"Job script {s.script_path}", src=io.StringIO(job_script(s)), dest=s.script_path, mode="755"
+        name=f"Job script {s.script_path}",
+        src=io.StringIO(job_script(s)),
+        dest=s.script_path,
+        user=s.user,
+        mode="700",
+        create_remote_dir=False,  # made above, root's
     )
     if use_cron:
         crontab.crontab(

@@ -45,7 +45,7 @@ from tasks.core.cron import CRON_FIELDS, cron_field_problem, on_calendar_problem
 from tasks.core.schedule_units import LOCK_DIR, SHARED_DIRS
 from tasks.core.sizes import GIB, MIB
 from tasks.settings.base import Block, Pattern
-from tasks.settings.types import ENV_NAME_RE, Size, looks_secret
+from tasks.settings.types import ENV_NAME_RE, Size, plaintext_problem
 
 # The checkout this package is in: tasks/settings/schedule.py -> the folder holding deploys/.
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])
@@ -185,13 +185,13 @@ class ScheduleSettings(Block):
         for name, item in value.items():
             if not isinstance(name, str) or not ENV_NAME_RE.match(name):
                 problems.append(f"env.{name}: is not a variable name")
-            elif looks_secret(name):
-                problems.append(
-                    f"env.{name}: looks like a secret: secrets never go into the job or "
-                    "the crontab; point the inventory at a file holding it instead"
-                )
             elif not isinstance(item, str) or "\n" in item or "\x00" in item:
                 problems.append(f"env.{name}: must be a one-line string")
+            elif problem := plaintext_problem(name, item):
+                problems.append(
+                    f"env.{name}: {problem}: secrets never go into the job or the crontab; "
+                    "point the inventory at a file holding it instead"
+                )
         if problems:
             raise ValueError("\n".join(problems))
         return value

@@ -29,22 +29,23 @@ from pydantic import (
 from tasks.core import names
 from tasks.core.durations import DURATION_HINT, MAX_SECONDS, parse_duration
 from tasks.core.pg_sql import MAX_IDENT_BYTES, quote_ident
+from tasks.core.redact import credential_problem, looks_secret
 from tasks.core.sizes import DOCKER_MIN_MEMORY, SIZE_HINT, parse_size
 
-# Names whose values must come from a SecretSource, never from inventory text. One list for
-# every block: env keys, job variables, compose environment.
-SECRET_NAME_RE = re.compile(
-    # ACCESS_KEY but not ACCESS_KEY_ID: an S3 access key id is the public half of the pair.
-    r"PASSWORD|PASSWD|SECRET|TOKEN|PRIVATE_KEY|CREDENTIAL|API_?KEY|ACCESS_KEY(?!_ID)|(^|_)DSN$|DATABASE_URL"
-    r"|(^|_)PASS(_|$)|(^|_)KEY(_(?!ID$)|$)",
-    re.IGNORECASE,
-)
+# Names whose values must come from a SecretSource, never from inventory text, and values that
+# look like credentials: one rule for every block (env keys, job variables, compose environment)
+# and for the facts' filter on the host (tasks/core/redact.py).
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-def looks_secret(name: str) -> bool:
-    """True for names like PGPASSWORD, AWS_SECRET_ACCESS_KEY, API_TOKEN, DATABASE_URL."""
-    return bool(SECRET_NAME_RE.search(name))
+def plaintext_problem(name: str, value: Any) -> str | None:
+    """Why ``name=value`` must not be written where it would land in clear (a container's env
+    or labels, a job script, a unit file), else None: a secret-looking name, or a value that
+    looks like a credential (a URL with a password, a private key). Never quotes the value."""
+    if looks_secret(name):
+        return "looks like a secret"
+    problem = credential_problem(value) if isinstance(value, str) else None
+    return f"{problem}: a credential" if problem else None
 
 
 # No size setting here means more than this; bigger is a typo (or an overflow waiting to happen).

@@ -63,7 +63,7 @@ def installed(s, units=False):
     """What a host looks like after the deploy ran: directory, script (same content), units."""
     files = {"/usr/local/lib/quant-remediation": {**DIRECTORY, "dir": True},
              LOCK_DIR: {**DIRECTORY, "dir": True},
-             SCRIPT: {"mode": 755, "user": "root", "group": "root"}}
+             SCRIPT: {"mode": 700, "user": "root", "group": "root"}}
     sums = {SCRIPT: sha1(job_script(s))}
     if units:
         files["/etc/systemd/system"] = {**DIRECTORY, "dir": True}
@@ -81,8 +81,9 @@ def test_cron_host_gets_the_job_script_and_a_cron_entry():
                                   "chmod 755 /usr/local/lib/quant-remediation"]),
         (f"Lock directory {LOCK_DIR}", [f"mkdir -p {LOCK_DIR}", f"chmod 755 {LOCK_DIR}",
                                         f"chown root {LOCK_DIR}"]),
-        (f"Job script {SCRIPT}", ["mkdir -p /usr/local/lib/quant-remediation",
-                                  ["upload", job_script(s), SCRIPT], f"chmod 755 {SCRIPT}"]),
+        # the job script: its user's alone (0700), for it may name what the job reaches
+        (f"Job script {SCRIPT}", [["upload", job_script(s), SCRIPT], f"chown root {SCRIPT}",
+                                  f"chmod 700 {SCRIPT}"]),
         ("Cron entry quant-db-cleanup", ["echo '# pyinfra-name=quant-db-cleanup' >> /tmp/TEMP",
                                          f"echo '17 3 * * * {SCRIPT}' >> /tmp/TEMP",
                                          "crontab -u root /tmp/TEMP"]),
@@ -100,6 +101,7 @@ def test_the_lock_directory_belongs_to_the_jobs_user():
     host["Crontab"]["user=quant"] = host["Crontab"]["user=root"]
     _, steps = plan(settings(user="quant"), host)
     assert dict(steps)[f"Lock directory {LOCK_DIR}"][-1] == f"chown quant {LOCK_DIR}"
+    assert dict(steps)[f"Job script {SCRIPT}"][1:] == [f"chown quant {SCRIPT}", f"chmod 700 {SCRIPT}"]
 
 
 def test_cron_host_without_a_cron_daemon_is_told():
@@ -120,7 +122,8 @@ def test_a_changed_setting_rewrites_the_script_only():
     old, new = settings(), settings(env={"QUANTLAB_PREFIX": "lab2"})
     files, sums = installed(old)
     _, steps = plan(new, facts(crontab=INSTALLED_CRONTAB, files=files, sums=sums))
-    assert dict(steps)[f"Job script {SCRIPT}"] == [["upload", job_script(new), SCRIPT], f"chmod 755 {SCRIPT}"]
+    assert dict(steps)[f"Job script {SCRIPT}"] == [["upload", job_script(new), SCRIPT], f"chown root {SCRIPT}",
+                                                   f"chmod 700 {SCRIPT}"]
     assert dict(steps)["Cron entry quant-db-cleanup"] == []
 
 
