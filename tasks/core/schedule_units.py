@@ -187,7 +187,9 @@ def service_unit(s: ScheduleSettings) -> str:
     """The oneshot service. Values go through systemd's own escaping (``%`` specifiers doubled;
     ``ExecStart`` also ``$``, quoted when spaced); a control character in one is refused, as in
     the whole text."""
-    docs = "file://" + url_quote(f"{s.project_dir}/tasks/operations/cleanup.py")
+    docs = "file://" + url_quote(
+        one_line(s.project_dir, "cleanup_schedule.project_dir") + "/tasks/operations/cleanup.py"
+    )
     text = f"""[Unit]
 Description=Quant stack database cleanup ({systemd_value(s.name, "cleanup_schedule.name")}; deploys/cleanup_database.py)
 Documentation={systemd_value(docs, "cleanup_schedule.project_dir")}
