@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, StrictInt, StringConstraints, field_validator, model_validator
 
+from tasks.core.redact import credential_problem
 from tasks.core.sizes import GIB, MIB, human_size
 from tasks.settings.base import Block, Pattern
 from tasks.settings.errors import SettingsError
@@ -35,7 +36,7 @@ from tasks.settings.types import (
     MemorySize,
     NetworkName,
     SecretSource,
-    looks_secret,
+    plaintext_problem,
 )
 
 # Env keys the deploy owns: they steer which server runs and with which options, so a
@@ -182,6 +183,9 @@ class MlflowSettings(Block):
             flag = arg.split("=", 1)[0]
             if flag in MANAGED_FLAGS:
                 raise ValueError(f"{flag} is set by the deploy; use its setting instead")
+            if problem := credential_problem(arg):
+                # Command lines show in `ps` and `docker inspect`: keep credentials out.
+                raise ValueError(f"an argument {problem}: a credential; pass it through secret_env")
         return value
 
     @field_validator("ports")
@@ -208,10 +212,8 @@ class MlflowSettings(Block):
                     f"env.{name}: is managed by the deploy (workers, timeout, "
                     "max_requests ... settings); remove it"
                 )
-            elif looks_secret(name):
-                problems.append(
-                    f"env.{name}: looks like a secret; use secret_env so the value never sits in inventory"
-                )
+            elif problem := plaintext_problem(name, env[name]):
+                problems.append(f"env.{name}: {problem}; use secret_env so the value never sits in inventory")
         if problems:
             raise ValueError("\n".join(problems))
         return env
@@ -219,7 +221,15 @@ class MlflowSettings(Block):
     @field_validator("labels", mode="before")
     @classmethod
     def _labels(cls, value: Any) -> dict[str, str]:
-        return _string_map("labels", value, None)
+        labels = _string_map("labels", value, None)
+        problems = [
+            f"labels.{name}: {problem}; labels are public (docker inspect): keep credentials out"
+            for name, item in labels.items()
+            if (problem := plaintext_problem(name, item))
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return labels
 
     @field_validator("secret_env", mode="before")
     @classmethod

@@ -35,3 +35,22 @@ def test_a_scheduled_jobs_env_takes_no_credential(env):
 def test_a_scheduled_jobs_plain_env_is_kept():
     s = load("cleanup_schedule", "h1", {"env": {"QUANTLAB_PREFIX": "quant", "URL": "http://u@h:80/x"}})
     assert s.env["URL"] == "http://u@h:80/x"
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"env": {"MLFLOW_TRACKING_URI": f"http://admin:{PW}@tracking:5000"}}, "env.MLFLOW_TRACKING_URI"),
+    ({"env": {"APP_PASSWORD": PW}}, "env.APP_PASSWORD"),
+    ({"labels": {"backup": f"s3://key:{PW}@bucket"}}, "labels.backup"),
+    ({"labels": {"api_token": PW}}, "labels.api_token"),
+    ({"extra_args": ["--registry-store-uri", f"postgresql://u:{PW}@db/registry"]}, "extra_args"),
+    ({"backend_store_uri": f"postgresql://u:{PW}@db/mlflow"}, "backend_store_uri"),
+])
+def test_mlflow_takes_no_credential_where_docker_inspect_shows_it(data, key):
+    text = refused("mlflow", data)
+    assert "h1" in text and key in text
+
+
+def test_mlflow_plain_values_are_kept():
+    s = load("mlflow", "h1", {"env": {"MLFLOW_S3_ENDPOINT_URL": "http://minio:9000", "AWS_ACCESS_KEY_ID": "AKIA"},
+                              "labels": {"team": "quant"}, "extra_args": ["--serve-artifacts"]})
+    assert s.env["AWS_ACCESS_KEY_ID"] == "AKIA" and s.labels == {"team": "quant"}
