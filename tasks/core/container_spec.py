@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.core.quoting import control_char
 from tasks.core.redact import MASK, is_redacted, mask_urls, same_env_value
 from tasks.core.sizes import docker_size, human_size
 
@@ -309,8 +310,12 @@ def env_file_text(spec: ContainerSpec) -> str:
             raise ValueError(f"env key {key!r} is not a valid variable name")
         if is_redacted(value):
             raise ValueError(f"env.{key}: only its digest is known here, not its value")
-        if "\n" in value or "\r" in value:
-            raise ValueError(f"env.{key}: value spans lines; Docker env files cannot carry it")
+        bad = control_char(value)
+        if bad:
+            raise ValueError(
+                f"env.{key}: value spans lines or holds a control character ({bad}); "
+                "Docker env files cannot carry it"
+            )
         lines.append(f"{key}={value}\n")
     return "".join(lines)
 
@@ -350,7 +355,8 @@ def docker_run_args(spec: ContainerSpec, env_file: str | None) -> list[str]:
         if len(spec.entrypoint) > 1:
             raise ValueError("docker run --entrypoint takes one program; put the rest in command")
         args += ["--entrypoint", spec.entrypoint[0] if spec.entrypoint else ""]
-    return args + [spec.image, *spec.command]
+    # `--`: the image is never read as an option, whatever reached the spec.
+    return args + ["--", spec.image, *spec.command]
 
 
 def docker_update_args(spec: ContainerSpec) -> list[str]:

@@ -115,8 +115,8 @@ class ContainerInspect(FactBase):
         names = f"{shlex.quote(container)} {shlex.quote(container + PREVIOUS_SUFFIX)}"
         header = shlex.quote(f"{SECTION}containers {container}")
         calls = (
-            f'echo {header}; docker container inspect --format "$t" {names}; '
-            f"echo '{SECTION}image'; docker image inspect --format \"$t\" {shlex.quote(image)}"
+            f'echo {header}; docker container inspect --format "$t" -- {names}; '
+            f"echo '{SECTION}image'; docker image inspect --format \"$t\" -- {shlex.quote(image)}"
         )
         return redacting_inspect(container, secret_keys, calls)
 
@@ -146,7 +146,7 @@ class ImageVersion(FactBase):
         script = "import importlib.metadata as m, sys; print('version ' + m.version(sys.argv[1]))"
         probe = f"python3 -c {shlex.quote(script)} {shlex.quote(distribution)}"
         return (
-            f"docker run --rm --network none --entrypoint sh {shlex.quote(image)} -c "
+            f"docker run --rm --network none --entrypoint sh -- {shlex.quote(image)} -c "
             f"{shlex.quote(probe)} 2>&1 || true"
         )
 

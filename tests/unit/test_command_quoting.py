@@ -23,8 +23,12 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import shlex
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 TASKS = Path(__file__).resolve().parents[2] / "tasks"
 SCANNED = ("core", "facts", "checks", "operations")
@@ -321,3 +325,75 @@ def build(name, workdir, command):
     return f"echo '{SECTION}'; {command} && docker rm {q_name} {argv}; {inner}; exit {int(3)}"
 '''
     assert _findings_in(source) == []
+
+
+# -- hostile names through the commands, run for real -------------------------------------------
+
+HOSTILE_NAMES = [
+    "x'; touch {m}/squote; echo '",
+    "$(touch {m}/dollar)",
+    "`touch {m}/backquote`",
+    "x; touch {m}/semicolon",
+    '"; touch {m}/dquote; "',
+    "--privileged",
+    "-v/:/host",
+]
+
+
+def _fake_docker(folder: Path) -> Path:
+    """A `docker` that logs its argv (one line per argument, to $ARGV_LOG) and fails like a
+    missing object."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text('#!/bin/sh\nfor a in "$@"; do printf "argv<%s>\\n" "$a" >>"$ARGV_LOG"; done\n'
+                      'echo "Error: No such object" >&2; exit 1\n')  # fmt: skip
+    docker.chmod(0o755)
+    return bin_dir
+
+
+def test_the_diagnosis_fact_carries_hostile_container_names_as_text(tmp_path):
+    from tasks.core.signatures import SECTION
+    from tasks.facts.diagnose import HostDiagnosis
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    bin_dir = _fake_docker(tmp_path)
+    containers = tuple(n.format(m=marks) for n in HOSTILE_NAMES)
+    command = HostDiagnosis().command(containers, "2h", 10, str(tmp_path / "record $(touch x).json"))
+    argv_log = tmp_path / "argv.log"
+    proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30, cwd=marks,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "ARGV_LOG": str(argv_log)})  # fmt: skip
+    assert list(marks.iterdir()) == [], sorted(p.name for p in marks.iterdir())
+    lines = proc.stdout.splitlines()
+    args = [line[5:-1] for line in argv_log.read_text().splitlines()]
+    for name in containers:
+        assert f"{SECTION}state {name}" in lines and f"{SECTION}logs {name}" in lines
+        # Passed after `--`: an option-like name is the object asked about, not a flag.
+        assert sum(args[i] == "--" and args[i + 1] == name for i in range(len(args) - 1)) == 2, name
+    parsed = HostDiagnosis().process(lines)
+    assert set(parsed["containers"]) == set(containers)
+    assert not any(c["exists"] for c in parsed["containers"].values())
+
+
+def test_docker_run_never_takes_the_image_for_an_option():
+    from tasks.core.container_spec import ContainerSpec, docker_run_args
+
+    args = docker_run_args(ContainerSpec(name="quant-mlflow", image="--privileged", command=("mlflow",)), None)
+    assert args[-3:] == ["--", "--privileged", "mlflow"]
+
+
+def test_image_facts_pass_the_image_after_the_end_of_options():
+    from tasks.facts.docker import ContainerInspect, ImageVersion
+
+    assert f"-- {shlex.quote('--privileged')} -c" in ImageVersion().command("--privileged", "mlflow")
+    assert 'image inspect --format "$t" -- -v/:/host' in ContainerInspect().command("quant-mlflow", "-v/:/host")
+
+
+@pytest.mark.parametrize("bad", ["\n", "\r", "\x00", "\x0b", "\x85", "\u2028"])
+def test_env_files_refuse_control_characters(bad):
+    from tasks.core.container_spec import ContainerSpec, env_file_text
+
+    spec = ContainerSpec(name="quant-mlflow", image="x:1", env={"A": f"v{bad}B=injected"})
+    with pytest.raises(ValueError, match="control character"):
+        env_file_text(spec)

@@ -80,7 +80,7 @@ def answers(containers: list[dict], image: dict | None, **errors) -> dict:
 def test_command_is_two_docker_calls_in_one_remote_command():
     command = ContainerInspect().command(NAME, IMAGE)
     assert command.count("docker container inspect") == 1 and command.count("docker image inspect") == 1
-    assert f'--format "$t" {NAME} {NAME}{PREVIOUS_SUFFIX}' in command
+    assert f'--format "$t" -- {NAME} {NAME}{PREVIOUS_SUFFIX}' in command
 
 
 def test_command_quotes_what_it_is_given():
