@@ -245,3 +245,95 @@ INSPECT_AWK = (
 /./ { print "ERR docker inspect printed an unexpected line" }
 """
 )
+
+
+# -- files the deploys read and rewrite (compose files, Dockerfiles) -------------------------------
+
+# A name that points at a secret rather than holding one (POSTGRES_PASSWORD_FILE: /run/secrets/db).
+_POINTER_NAME_ERE = "_(FILE|PATH)$"
+_POINTER_NAME_RE = re.compile(_POINTER_NAME_ERE)
+# A value that is not there (YAML null, empty) or not literal (interpolated: ${VAR}, $VAR).
+_NOT_LITERAL = ("", "null", "~", "Null", "NULL")
+
+# Lines of a text file that hold a literal secret, each reported as `line N: why` (never the
+# value): a private key (BEGIN line to END line), a URL with a literal password (not `${...}`),
+# and `NAME: value` / `- NAME=value` / `ENV NAME=value` / `ARG NAME=value` / `export NAME=value`
+# with a secret-looking NAME and a literal value. Prints nothing for a clean file.
+TEXT_AWK = (
+    """function hit(why) { print "line " NR ": " why }
+{
+  line = $0
+  if (pem) { if (index(line, "PRIVATE KEY-----")) pem = 0; next }
+  if (index(line, "PRIVATE KEY-----")) {
+    hit("a private key")
+    b = index(line, "BEGIN")
+    if (b && !index(substr(line, b), "END")) pem = 1
+    next
+  }
+  s = line
+  while (match(s, /"""
+    + CREDENTIAL_URL_ERE
+    + """/)) {
+    m = substr(s, RSTART + 3, RLENGTH - 3)
+    if (substr(m, index(m, ":") + 1, 1) != "$") { hit("a URL with a password"); break }
+    s = substr(s, RSTART + RLENGTH)
+  }
+  s = line
+  sub(/^[ \\t]*/, "", s); sub(/^-[ \\t]+/, "", s); sub(/^(ENV|ARG|export)[ \\t]+/, "", s); sub(/^["']/, "", s)
+  if (match(s, /^[A-Za-z_][A-Za-z0-9_]*/)) {
+    k = substr(s, 1, RLENGTH); v = substr(s, RLENGTH + 1); sub(/^["']?[ \\t]*/, "", v)
+    c = substr(v, 1, 1)
+    if (c == ":" || c == "=") {
+      v = substr(v, 2); sub(/^[ \\t]*/, "", v); sub(/[ \\t]+#.*$/, "", v); sub(/[ \\t]*$/, "", v)
+      sub(/^["']/, "", v); sub(/["']$/, "", v)
+      u = toupper(k)
+      if (v != "" && v != "null" && v != "~" && v != "Null" && v != "NULL" && substr(v, 1, 1) != "$" \\
+          && u ~ /"""
+    + SECRET_NAME_ERE
+    + """/ && u !~ /"""
+    + _POINTER_NAME_ERE
+    + """/) hit(k " holds a literal value")
+    }
+  }
+}
+"""
+)
+
+
+def text_secret_lines(text: str) -> list[str]:
+    """TEXT_AWK in Python: ``line N: why`` for each line of ``text`` holding a literal secret."""
+    found: list[str] = []
+    pem = False
+    for number, line in enumerate(text.split("\n")[: -1 if text.endswith("\n") else None], 1):
+        if pem:
+            pem = PRIVATE_KEY_MARK not in line
+            continue
+        if PRIVATE_KEY_MARK in line:
+            found.append(f"line {number}: a private key")
+            begin = line.find("BEGIN")
+            pem = begin >= 0 and "END" not in line[begin:]
+            continue
+        rest = line
+        while match := _CREDENTIAL_URL_RE.search(rest):
+            part = match.group(0)[3:]
+            if part[part.index(":") + 1 : part.index(":") + 2] != "$":
+                found.append(f"line {number}: a URL with a password")
+                break
+            rest = rest[match.end() :]
+        s = re.sub(r"^[ \t]*", "", line)
+        s = re.sub(r"^-[ \t]+", "", s)
+        s = re.sub(r"^(ENV|ARG|export)[ \t]+", "", s)
+        s = re.sub(r"^[\"']", "", s)
+        name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", s)
+        if not name:
+            continue
+        value = re.sub(r"^[\"']?[ \t]*", "", s[name.end() :])
+        if value[:1] not in (":", "="):
+            continue
+        value = re.sub(r"[ \t]*$", "", re.sub(r"[ \t]+#.*$", "", value[1:].lstrip(" \t")))
+        value = re.sub(r"[\"']$", "", re.sub(r"^[\"']", "", value))
+        key = name.group(0)
+        pointer = _POINTER_NAME_RE.search(key.translate(_ASCII_UPPER))
+        if value not in _NOT_LITERAL and not value.startswith("$") and looks_secret(key) and not pointer:
+            found.append(f"line {number}: {key} holds a literal value")
+    return found

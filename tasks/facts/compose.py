@@ -2,7 +2,11 @@
 for one of its services, in one remote command (each fact read is a round trip).
 
 Read-only. The file's text comes back base64-encoded, so the operation sees it byte for byte
-(trailing blank lines and a missing final newline included) and a patch can be exact.
+(trailing blank lines and a missing final newline included) and a patch can be exact. A file with
+a literal secret in it (a secret-named key with a value, a URL with a password, a private key:
+tasks/core/redact.py's TEXT_AWK, run on the host) is not sent at all: pyinfra prints a fact's
+output at -vvv, and base64 hides nothing. Only which lines, and why, come back; the operations
+refuse such a file (keep secrets in an env_file or `${VAR}` from `.env`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from dataclasses import dataclass
 
 from pyinfra.api import FactBase
 
+from tasks.core.redact import TEXT_AWK
+
 MARK = "### quantlab-compose "
 # The labels compose (v1 and v2) puts on every container it creates.
 PROJECT = "com.docker.compose.project"
@@ -23,6 +29,26 @@ CONFIG_FILES = "com.docker.compose.project.config_files"
 WORKING_DIR = "com.docker.compose.project.working_dir"
 CONFIG_HASH = "com.docker.compose.config-hash"
 _FIELDS = (PROJECT, CONFIG_FILES, WORKING_DIR, CONFIG_HASH)
+
+
+def filtered_text_command(path: str, mark: str) -> str:
+    """Shell: ``<mark>file`` and the file's base64 on one line when no line holds a literal
+    secret; ``<mark>secret`` and ``line N: why`` lines when one does (the text is not sent);
+    ``<mark>missing`` when there is no such file."""
+    q_path = shlex.quote(path)
+    return (
+        f"if [ -f {q_path} ]; then hits=$(LC_ALL=C awk {shlex.quote(TEXT_AWK)} {q_path}) || exit 1; "
+        f"if [ -n \"$hits\" ]; then echo '{mark}secret'; printf '%s\\n' \"$hits\"; "
+        f"else echo '{mark}file'; base64 < {q_path} | tr -d '\\n' || exit 1; echo; fi; "
+        f"else echo '{mark}missing'; fi"
+    )
+
+
+def _decode(line: str) -> str:
+    try:
+        return base64.b64decode(line.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"the file is not UTF-8 text ({exc})") from exc
 
 
 @dataclass(frozen=True)
@@ -49,9 +75,11 @@ def _absolute(files: str, working_dir: str) -> tuple[str, ...]:
 class ComposeService(FactBase):
     """
     ``{"tool": ["docker", "compose"] | ["docker-compose"] | None, "text": str | None,
-    "containers": [ComposeContainer, ...]}`` for compose file ``path`` and service ``service``:
-    ``text`` is None when the file does not exist; ``containers`` are every container labelled
-    with that service name (any project: the caller picks those made from ``path``).
+    "secret_lines": [str, ...], "containers": [ComposeContainer, ...]}`` for compose file ``path``
+    and service ``service``: ``text`` is None when the file does not exist, or when lines hold a
+    literal secret (``secret_lines`` says which, never the value); ``containers`` are every
+    container labelled with that service name (any project: the caller picks those made from
+    ``path``).
     """
 
     def requires_command(self, *args, **kwargs) -> str:
@@ -59,22 +87,20 @@ class ComposeService(FactBase):
 
     def command(self, path, service):
         row = "\t".join(["{{.Names}}", *(f'{{{{.Label "{label}"}}}}' for label in _FIELDS)])
-        q_path = shlex.quote(path)
         return (
             f"if docker compose version >/dev/null 2>&1; then echo '{MARK}tool docker compose'; "
             f"elif command -v docker-compose >/dev/null 2>&1; then echo '{MARK}tool docker-compose'; "
             f"else echo '{MARK}tool'; fi; "
             f"echo '{MARK}containers'; "
             f"docker ps -a --no-trunc --filter {shlex.quote(f'label={SERVICE}={service}')} "
-            f"--format {shlex.quote(row)} || exit 1; "
-            f"if [ -f {q_path} ]; then echo '{MARK}file'; base64 < {q_path} | tr -d '\\n' || exit 1; echo; "
-            f"else echo '{MARK}missing'; fi"
+            f"--format {shlex.quote(row)} || exit 1; " + filtered_text_command(path, MARK)
         )
 
     def process(self, output):
         tool: list[str] | None = None
         containers: list[ComposeContainer] = []
         text: str | None = None
+        secret_lines: list[str] = []
         section = None
         for line in output:
             if line.startswith(MARK):
@@ -88,10 +114,38 @@ class ComposeService(FactBase):
                     ComposeContainer(name, project, _absolute(files, working_dir), working_dir, config_hash)
                 )
             elif section == "file":
-                try:
-                    text = base64.b64decode(line.strip(), validate=True).decode()
-                except (binascii.Error, UnicodeDecodeError) as exc:
-                    raise ValueError(f"the compose file is not UTF-8 text ({exc})") from exc
+                text = _decode(line)
+            elif section == "secret" and line.strip():
+                secret_lines.append(line.strip())
         if section == "file" and text is None:
             text = ""  # an empty file: base64 printed nothing
-        return {"tool": tool, "text": text, "containers": containers}
+        return {"tool": tool, "text": text, "secret_lines": secret_lines, "containers": containers}
+
+
+TEXT_MARK = "### quantlab-text "
+
+
+class ConfigText(FactBase):
+    """
+    A text file the deploys patch (a Dockerfile, a compose file), read through the same filter as
+    ComposeService's: ``{"lines": [str, ...] | None, "secret_lines": [str, ...]}``; ``lines`` is
+    None when the file does not exist or when lines hold a literal secret (then ``secret_lines``
+    says which, never the value).
+    """
+
+    def command(self, path):
+        return filtered_text_command(path, TEXT_MARK)
+
+    def process(self, output):
+        lines: list[str] | None = None
+        secret_lines: list[str] = []
+        section = None
+        for line in output:
+            if line.startswith(TEXT_MARK):
+                section = line[len(TEXT_MARK) :].strip()
+                lines = [] if section == "file" else None
+            elif section == "file":
+                lines = _decode(line).splitlines()
+            elif section == "secret" and line.strip():
+                secret_lines.append(line.strip())
+        return {"lines": lines, "secret_lines": secret_lines}

@@ -26,19 +26,28 @@ from collections.abc import Mapping
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, deploy, operation
-from pyinfra.facts.files import FileContents
 
 from tasks import settings as host_settings
 from tasks.checks.backend import verify_backend
 from tasks.core.backend_patch import desired_container, patch_compose_backend, patch_dockerfile
 from tasks.core.compose import ComposeError
+from tasks.facts.compose import ConfigText
 from tasks.operations import docker
+from tasks.operations.compose import refuse_literal_secrets
 from tasks.settings.backend import BackendSettings
 from tasks.settings.types import looks_secret
 
 
 def _text(lines: list[str]) -> str:
     return "\n".join(lines) + "\n"
+
+
+def _read(path: str, what: str) -> list[str] | None:
+    """The file's lines through the host-side filter (ConfigText): a file holding a literal
+    secret is refused, never read into the plan (pyinfra shows facts at -vvv)."""
+    fact = host.get_fact(ConfigText, path=path)
+    refuse_literal_secrets(path, what, fact["secret_lines"])
+    return fact["lines"]
 
 
 @operation()
@@ -52,7 +61,7 @@ def dockerfile(path: str, reload_delay: float = 2, force_polling: bool = True):
 
         backend_reload.dockerfile(path="/srv/quant/backend/Dockerfile", reload_delay=2)
     """
-    lines = host.get_fact(FileContents, path=path)
+    lines = _read(path, "Dockerfile")
     if lines is None:
         raise OperationError(f"Dockerfile {path} does not exist on this host")
     try:
@@ -85,7 +94,7 @@ def compose_service(
 
         backend_reload.compose_service(path="/srv/quant/docker-compose-ml.yml", service="backend")
     """
-    lines = host.get_fact(FileContents, path=path)
+    lines = _read(path, "compose file")
     if lines is None:
         raise OperationError(f"compose file {path} does not exist on this host")
     try:

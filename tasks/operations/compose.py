@@ -173,14 +173,25 @@ def apply(state, target, change: ComposeChange, verify_for: VerifierFor):
     )
 
 
+def refuse_literal_secrets(path: str, what: str, secret_lines: list[str]) -> None:
+    """A file the deploy reads (and prints at -vvv) and rewrites must not hold a secret."""
+    if secret_lines:
+        raise OperationError(
+            f"{what} {path} holds a literal secret ({'; '.join(secret_lines[:5])}): the deploy reads "
+            "and rewrites this file and would show it; keep secrets in an env_file or as ${VAR} "
+            "from the .env beside it. Nothing was changed"
+        )
+
+
 def read_service(file: str, service: str) -> dict:
     """The ComposeService fact for ``file``/``service``; refusals for what makes compose mode
-    impossible (no tool, no file)."""
+    impossible (no tool, no file) or unsafe (a literal secret in the file)."""
     fact = host.get_fact(ComposeService, path=file, service=service)
     if fact is None:
         if docker.host_failed():
             raise docker.HostFailed()
         raise OperationError("the docker CLI is not installed on this host")
+    refuse_literal_secrets(file, "compose file", fact.get("secret_lines") or [])
     return fact
 
 

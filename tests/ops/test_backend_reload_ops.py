@@ -100,12 +100,13 @@ DOCKERFILE, COMPOSE = "/srv/quant/backend/Dockerfile", "/srv/quant/docker-compos
 
 def deploy_facts(container: str, dockerfile: list[str] | None, compose: list[str] | None) -> dict:
     return {**inspect_facts(container),
-            "files.FileContents": {f"path={DOCKERFILE}": dockerfile, f"path={COMPOSE}": compose}}
+            "compose.ConfigText": {f"path={DOCKERFILE}": {"lines": dockerfile, "secret_lines": []},
+                                   f"path={COMPOSE}": {"lines": compose, "secret_lines": []}}}
 
 
 def case_lines(folder: str, name: str) -> list[str]:
     case = next(c.values[0] for c in cases(folder) if c.id == name)
-    return next(iter(case["facts"]["files.FileContents"].values()))
+    return next(iter(case["facts"]["compose.ConfigText"].values()))["lines"]
 
 
 def test_deploy_plans_all_three_on_the_incident():

@@ -162,3 +162,62 @@ def test_digests():
     assert not same_env_value(salt, "PGPASSWORD", token, "other")
     assert not same_env_value(salt, "PGPASSWORD", None, "s3cret")
     assert redact_env(["A=1", entry], salt) == ["A=1", "PGPASSWORD=" + token[len(""):]]
+
+
+# -- files the deploys read and rewrite -------------------------------------------------------------
+
+HOSTILE_FILE = """services:
+  db:
+    environment:
+      POSTGRES_PASSWORD: hunter2-literal
+      POSTGRES_PASSWORD_FILE: /run/secrets/db
+      PGPASSWORD: ${PGPASSWORD}
+      - "API_TOKEN=abc-literal"
+      SECRET_KEY: ""
+      DATABASE_URL: postgresql://u:pw-literal@h/db
+      OTHER: postgresql://u:${PW}@h/db
+      AWS_ACCESS_KEY_ID: AKIA
+      EMPTY_TOKEN: ~
+    command: --opt "x"  # SECRET: in a comment is not a key
+key: |
+  -----BEGIN RSA PRIVATE KEY-----
+  MIIE-literal
+  -----END RSA PRIVATE KEY-----
+after: fine
+ENV TOKEN=abc-literal
+ARG NPM_TOKEN
+export DB_PASS='q-literal'
+"""
+
+
+def test_text_filter_in_awk_and_python_agree():
+    from tasks.core.redact import TEXT_AWK, text_secret_lines
+
+    expected = text_secret_lines(HOSTILE_FILE)
+    assert expected == [
+        "line 4: POSTGRES_PASSWORD holds a literal value", "line 7: API_TOKEN holds a literal value",
+        "line 9: a URL with a password", "line 9: DATABASE_URL holds a literal value",
+        "line 14: key holds a literal value", "line 15: a private key",
+        "line 19: TOKEN holds a literal value", "line 21: DB_PASS holds a literal value"]
+    awk = shutil.which("awk")
+    out = subprocess.run([awk, TEXT_AWK], input=HOSTILE_FILE, capture_output=True, text=True,
+                         env={"LC_ALL": "C"}, check=True).stdout.splitlines()
+    assert out == expected
+
+
+def test_config_text_fact_sends_a_clean_file_and_never_a_secret_one(tmp_path):
+    from tasks.facts.compose import ConfigText
+
+    clean = tmp_path / "clean.yml"
+    clean.write_text("services:\n  backend:\n    environment:\n      PGPASSWORD: ${PGPASSWORD}\n")
+    dirty = tmp_path / "dirty.yml"
+    dirty.write_text(HOSTILE_FILE)
+    fact = ConfigText()
+    for path, lines, hits in ((clean, clean.read_text().splitlines(), []),
+                              (dirty, None, 8), (tmp_path / "missing.yml", None, [])):
+        proc = subprocess.run(["/bin/sh", "-c", fact.command(str(path))], capture_output=True, text=True,
+                              check=True)
+        assert "literal" not in proc.stdout.replace("holds a literal value", "")
+        result = fact.process(proc.stdout.splitlines())
+        assert result["lines"] == lines
+        assert (len(result["secret_lines"]) == hits) if isinstance(hits, int) else result["secret_lines"] == hits
