@@ -166,10 +166,11 @@ def _log_changes(plan: Plan) -> None:
 
 
 def _log_notes(plan: Plan) -> None:
-    """What the plan deliberately left alone (exclusive mode and protected roles), once."""
-    if not current_host.state.is_executing:
-        for note in plan.notes:
-            current_host.log(f"note: {note}")
+    """What the plan deliberately left alone (exclusive mode and protected roles). Like the
+    plan lines, whenever the operation is evaluated: with ``-y`` pyinfra does so only once, at
+    execution."""
+    for note in plan.notes:
+        current_host.log(f"note: {note}")
 
 
 @operation()
