@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tasks.core.mlflow_server import VERSION_LABEL
+from tasks.core.quoting import check_rendered
 from tasks.core.sizes import docker_size
 
 if TYPE_CHECKING:  # settings are handed in; core imports no settings layer
@@ -121,7 +122,9 @@ def sudoers_text(user: str, commands: tuple[str, ...]) -> str:
     lines = [SUDOERS_HEADER]
     if commands:
         lines.append(f"{user} ALL=(root) NOPASSWD: " + ", ".join(commands) + "\n")
-    return "".join(lines)
+    # A control character in a user or command would start a new rule: refused (the settings
+    # refuse it first; this holds for any caller).
+    return check_rendered("".join(lines), "sudoers")
 
 
 def default_compose(settings: OnboardSettings, mlflow: MlflowSettings, mlflow_spec: ServerSpec) -> dict:

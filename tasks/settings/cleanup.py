@@ -39,20 +39,12 @@ from pydantic import AfterValidator, Field, StrictBool, StrictInt, field_validat
 
 from tasks.core.cleanup_sql import broad_pattern, check_pattern
 from tasks.core.cleanup_vacuum import REPORT_ENV
-from tasks.core.pg_sql import SqlInputError, quote_ident
+from tasks.core.pg_sql import quote_ident
 from tasks.settings.base import Block
-from tasks.settings.types import Duration
+from tasks.settings.types import Duration, PgIdentifier
 
 # PostgreSQL keeps lock_timeout/statement_timeout as int milliseconds; 0 would mean "no timeout".
 _PG_TIMEOUT_MAX = 2_147_483.647
-
-
-def _identifier(value: str) -> str:
-    try:
-        quote_ident(value)
-    except SqlInputError as exc:
-        raise ValueError(str(exc)) from None
-    return value
 
 
 def _pg_timeout(seconds: float) -> float:
@@ -63,7 +55,8 @@ def _pg_timeout(seconds: float) -> float:
     return seconds
 
 
-Identifier = Annotated[str, AfterValidator(_identifier)]
+# A PostgreSQL name (quote_ident's rules: at most 63 bytes, no NUL), as in every other block.
+Identifier = PgIdentifier
 PgTimeout = Annotated[Duration, AfterValidator(_pg_timeout)]
 
 

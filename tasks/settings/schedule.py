@@ -42,6 +42,7 @@ from pydantic import (
 )
 
 from tasks.core.cron import CRON_FIELDS, cron_field_problem, on_calendar_problem
+from tasks.core.names import host_path_problem
 from tasks.core.schedule_units import LOCK_DIR, SHARED_DIRS
 from tasks.core.sizes import GIB, MIB
 from tasks.settings.base import Block, Pattern
@@ -54,8 +55,10 @@ _NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 
 
 def _absolute(value: str) -> str:
-    if not value.startswith("/") or "\n" in value or "\x00" in value:
-        raise ValueError("must be an absolute path")
+    # The host-path rule every block uses: absolute, no control character, no '..' component.
+    problem = host_path_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 

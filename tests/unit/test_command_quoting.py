@@ -113,9 +113,11 @@ def _local_assignments(function: ast.AST) -> dict[str, list[ast.expr]]:
                         if isinstance(t, ast.Name):
                             assigned.setdefault(t.id, []).append(v)
                 elif isinstance(target, ast.Tuple):
+                    # a, b = (quote(x) for x in ...): each name is what the comprehension makes.
+                    each = value.elt if isinstance(value, (ast.GeneratorExp, ast.ListComp)) else None
                     for t in target.elts:
                         if isinstance(t, ast.Name):
-                            assigned.setdefault(t.id, []).append(ast.Name(id="<unpacked>"))
+                            assigned.setdefault(t.id, []).append(each or ast.Name(id="<unpacked>"))
         elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and isinstance(node.target, ast.Name):
             if node.value is not None:
                 assigned.setdefault(node.target.id, []).append(node.value)
