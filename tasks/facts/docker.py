@@ -48,18 +48,18 @@ _DIGEST_LOOP = (
 )
 
 
-def redacting_inspect(salt: str, secret_keys: str, calls: str) -> str:
-    """A shell line running ``calls`` (``docker ... inspect --format "$t" ...`` and section
-    echoes) through the host-side filter. Prints the filtered lines, or nothing on stdout and
-    the errors on stderr with exit 1 when any call failed other than "No such ...". ``salt``
-    prefixes every digest; ``secret_keys``: comma-separated env keys digested whatever their
-    names."""
+def redacting_inspect(salt: str, secret_keys: str, calls_command: str) -> str:
+    """A shell line running ``calls_command`` (``docker ... inspect --format "$t" ...`` and
+    section echoes, quoted where built) through the host-side filter. Prints the filtered
+    lines, or nothing on stdout and the errors on stderr with exit 1 when any call failed other
+    than "No such ...". ``salt`` prefixes every digest; ``secret_keys``: comma-separated env
+    keys digested whatever their names."""
     keys = " ".join(k for k in secret_keys.split(",") if _ENV_NAME.fullmatch(k))
     return (
         f"salt={shlex.quote(salt)}; keys={shlex.quote(f' {keys} ')}; t={shlex.quote(TEMPLATE)}; "
         + _HASHER
         + "out=$({ e=$({ "
-        + calls
+        + calls_command
         + "; } 2>&1 1>&3); printf '%s\\n' \"$e\" | grep -v -e 'No such' -e '^$' | sed 's/^/ERR /'; } 3>&1 "
         + f'| LC_ALL=C awk -v keys="$keys" {shlex.quote(INSPECT_AWK)} | {{ {_DIGEST_LOOP}; }}) || exit 1; '
         + "printf '%s\\n' \"$out\""

@@ -9,8 +9,10 @@ f-string that builds a shell command - passed to a runner (``run_now``, ``String
 - a number: ``int(...)``, ``len(...)``;
 - a command built elsewhere: a call to a function named ``*_command`` or ``timed``, or a
   variable named ``command``/``*_command``/``cmd`` (a complete command, quoted where it was built);
-- an UPPER_CASE constant whose value is a number or text with no quote, ``$``, backquote,
-  backslash or line break (checked by importing it);
+- an UPPER_CASE constant: a command fragment written in code (its own definition is scanned),
+  or data - a number, or text with no quote, ``$``, backquote, backslash or line break (checked
+  by importing it); a constant named ``*_AWK``, ``*_ERE``,
+  ``*_SQL`` or ``*_PY`` holds another language's program and is checked where it is quoted;
 - a local variable every assignment of which is one of the above (``q_name = shlex.quote(name)``).
 
 Anything else - a setting, an attribute, a parameter - is a finding, so a new command that
@@ -44,7 +46,10 @@ QUOTING = {"quote", "shlex.quote", "q", "shlex.join", "int", "len", "word", "arg
 # Calls an f-string passes through on its way into a command (a list of parts, joined).
 TRANSPARENT = {"append", "extend", "join", "insert"}
 COMMAND_NAME = re.compile(r"(.*_)?command|cmd")
-CONSTANT_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+CONSTANT_NAME = re.compile(r"_?[A-Z][A-Z0-9_]*")
+# A constant holding another language's program (awk, an ERE, SQL, Python): quoted as one word
+# where a command uses it, and that use is what the scan checks.
+OTHER_LANGUAGE = re.compile(r"_?[A-Z][A-Z0-9_]*_(AWK|ERE|SQL|PY|PYTHON)")
 _WORDS = (
     "docker|echo|cat|rm|mkdir|chmod|chown|mv|cp|printf|getent|id|stat|sudo|runuser|timeout|psql|sh"
     "|bash|if|umask|cd|test|curl|python3|flock|crontab|systemctl|visudo|install|ls|find|tee|grep"
@@ -100,6 +105,13 @@ def _call_name(node: ast.AST) -> str:
     return "?"
 
 
+def _added(node: ast.expr) -> list[ast.expr]:
+    """The operands of ``a + b + c``, left to right."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _added(node.left) + _added(node.right)
+    return [node]
+
+
 def _local_assignments(function: ast.AST) -> dict[str, list[ast.expr]]:
     assigned: dict[str, list[ast.expr]] = {}
     for node in ast.walk(function):
@@ -146,7 +158,7 @@ class Scanner:
         """Where an f-string ends up: "command" (a runner's command argument), "quoted" (inside
         a quoting call: its own text is data), "item" (in a list or tuple), "data" (any other
         call's argument, a keyword, an exception, an attribute), or "free" (assigned to a local,
-        returned, concatenated)."""
+        returned, concatenated). Concatenations with ``+`` are checked like f-strings."""
         child, parent = node, self._parents.get(node)
         while parent is not None and not isinstance(parent, ast.stmt):
             if isinstance(parent, ast.Call) and child is not parent.func:
@@ -168,6 +180,10 @@ class Scanner:
             child, parent = parent, self._parents.get(parent)
         if isinstance(parent, (ast.Raise, ast.Assert)):
             return "data"
+        if isinstance(parent, ast.Assign) and any(
+            isinstance(t, ast.Name) and OTHER_LANGUAGE.fullmatch(t.id) for t in parent.targets
+        ):
+            return "data"  # awk, SQL, a regex: not shell
         if isinstance(parent, ast.Assign) and not all(isinstance(t, ast.Name) for t in parent.targets):
             return "data"  # stored on an object (evidence, a reason): a message
         return "free"
@@ -231,6 +247,16 @@ class Scanner:
             return bool(values) and all(self.safe(v, scope, depth + 1) for v in values)
         return False
 
+    def _is_concatenation(self, node: ast.AST) -> bool:
+        """The outermost ``a + b + ...`` holding a string literal (a command built by ``+``)."""
+        parent = self._parents.get(node)
+        return (
+            isinstance(node, ast.BinOp)
+            and isinstance(node.op, ast.Add)
+            and not (isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Add))
+            and any(isinstance(p, ast.Constant) and isinstance(p.value, str) for p in _added(node))
+        )
+
     def scan(self) -> None:
         self._scan_body(self.tree, Scope())
 
@@ -239,6 +265,16 @@ class Scanner:
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 inner = Scope(_local_assignments(child), scope)
                 self._scan_body(child, inner)
+            elif self._is_concatenation(child):
+                parts = list(_added(child))
+                text = "".join(p.value for p in parts if isinstance(p, ast.Constant) and isinstance(p.value, str))
+                context = self._context(child)
+                if context == "command" or (context == "free" and SHELL_TEXT.search(text) and not SQL_TEXT.match(text)):
+                    for part in parts:
+                        if not isinstance(part, ast.Constant) and not self.safe(part, scope):
+                            where = f"{self.path.relative_to(TASKS.parent)}:{child.lineno}"
+                            self.findings.append(Finding(where, ast.unparse(part)))
+                self._scan_body(child, scope)
             elif isinstance(child, ast.JoinedStr):
                 if self.is_command(child):
                     for value in child.values:
@@ -275,6 +311,8 @@ def test_constants_in_commands_need_no_quoting():
             value = getattr(module, name, None)
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 bad.append(f"{scanner.module}.{name}: {type(value).__name__}")
+            elif isinstance(value, str) and (SHELL_TEXT.search(value) or SHELL_SYNTAX.search(value)):
+                continue  # a command fragment written in code: its definition is scanned above
             elif isinstance(value, str) and UNSAFE_IN_CONSTANT.search(value):
                 bad.append(f"{scanner.module}.{name} = {value!r}")
     assert not bad, "constants interpolated into commands must need no quoting:\n  " + "\n  ".join(bad)
@@ -311,8 +349,11 @@ def remove(target, name):
     label = f"docker stop {name.strip()}"
     StringCommand(f"{label}")
     raise OperationError(f"docker rm -f {name} failed")
+    run_now(target, "docker rm " + name)
+    script = "cd /srv && docker logs " + name + " 2>&1"
+    return script
 '''
-    assert _findings_in(source) == ["name", "name", "name.strip()", "label"]
+    assert _findings_in(source) == ["name", "name", "name.strip()", "label", "name", "name"]
 
 
 def test_the_scan_accepts_quoted_and_composed_commands():
@@ -324,7 +365,8 @@ def build(name, workdir, command):
     q_name = shlex.quote(name)
     argv = " ".join(shlex.quote(a) for a in [name, workdir])
     inner = f"cat {shlex.quote(workdir)}/x; rc=$?"
-    return f"echo '{SECTION}'; {command} && docker rm {q_name} {argv}; {inner}; exit {int(3)}"
+    also = "docker logs " + shlex.quote(name) + " 2>&1"
+    return f"echo '{SECTION}'; {command} && docker rm {q_name} {argv}; {inner}; {also}; exit {int(3)}"
 '''
     assert _findings_in(source) == []
 
