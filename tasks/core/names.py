@@ -15,6 +15,8 @@ character. PostgreSQL identifiers follow :func:`tasks.core.pg_sql.quote_ident` (
   engine here (20.10) reads it; bracketed IPv6 hosts, which it refuses, are refused);
 - compose service names: compose's ``[a-zA-Z0-9._-]+``, not starting with ``-`` or ``.``;
   compose project names: ``[a-z0-9][a-z0-9_-]*``;
+- S3 bucket names: 3-63 lower-case letters, digits, '.' and '-' (the S3 rule MinIO keeps), so a
+  bucket is one URL path segment;
 - host paths: absolute, no control character, no ``..`` component (a path that says where it
   goes), at most 4096 bytes.
 """
@@ -29,6 +31,7 @@ CONTAINER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 NETWORK_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 COMPOSE_SERVICE_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]*")
 COMPOSE_PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
+S3_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 MAX_NAME = 255  # Docker: a container name, an image's name part
 MAX_PATH = 4096  # PATH_MAX
 
@@ -90,6 +93,12 @@ def compose_service_problem(name: str) -> str | None:
 def compose_project_problem(name: str) -> str | None:
     if not COMPOSE_PROJECT_RE.fullmatch(name) or len(name) > MAX_NAME:
         return f"{name!r} is not a compose project name (lower-case letters, digits, _ -)"
+    return None
+
+
+def s3_bucket_problem(name: str) -> str | None:
+    if not S3_BUCKET_RE.fullmatch(name) or ".." in name:
+        return f"{name!r} is not an S3 bucket name (3-63 lower-case letters, digits, '.', '-')"
     return None
 
 

@@ -42,7 +42,7 @@ from pydantic import (
 from tasks.core.durations import DURATION_HINT, MAX_SECONDS, parse_duration, short_duration
 from tasks.settings.base import Block, Pattern, parse_block
 from tasks.settings.errors import SettingsError
-from tasks.settings.types import ContainerName, Duration, PgIdentifier, SecretSource
+from tasks.settings.types import ContainerName, Duration, PgIdentifier, S3Bucket, SecretSource
 
 # Environment overrides for one run (deploys/verify_stack.py's docstring shows them).
 REPORT_ENV = "QUANTLAB_VERIFY_REPORT"
@@ -151,7 +151,7 @@ class RedisService(Block):
 class S3Service(_WebService):
     container_port: Port = 9000
     health_path: UrlPath = "/minio/health/live"
-    bucket: NonEmpty | None = None
+    bucket: S3Bucket | None = None
 
 
 class BackendService(_WebService):

@@ -144,6 +144,12 @@ ComposeProject = Annotated[
     _rule(names.compose_project_problem),
     _schema(f"^{names.COMPOSE_PROJECT_RE.pattern}$", "a compose project name"),
 ]
+S3Bucket = Annotated[
+    str,
+    _NON_EMPTY,
+    _rule(names.s3_bucket_problem),
+    _schema(f"^{names.S3_BUCKET_RE.pattern}$", "an S3 bucket name"),
+]
 # An absolute path on the host: no control character, no '..' component.
 HostPath = Annotated[
     str, _NON_EMPTY, _rule(names.host_path_problem), _schema("^/", "an absolute path on the host")

@@ -138,6 +138,8 @@ def _problem(block: str, data: dict) -> str:
         ("remediate", {"record_path": "/var/lib/../../etc/shadow"}, "remediate.record_path", "'..'"),
         ("stack", {"services": {"redis": {"container": "r;id"}}}, "stack.services.redis.container", "not a Docker"),
         ("stack", {"services": {"mlflow": {"container": "-it"}}}, "stack.services.mlflow.container", "not a Docker"),
+        ("stack", {"services": {"s3": {"container": "quant-minio", "bucket": "../admin?x=1"}}},
+         "stack.services.s3.bucket", "not an S3 bucket"),
     ],
 )  # fmt: skip
 def test_bad_names_are_refused_naming_host_and_key(block, data, key, says):
