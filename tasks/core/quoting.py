@@ -23,9 +23,10 @@ from collections.abc import Iterable
 
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-# The same in a rendered file, whose own line breaks (and, where allowed, tabs) are fine.
-_RENDERED_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
-_RENDERED_CONTROL_NO_TAB_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+# The same in free text (a rendered file, a document in settings), whose line breaks and tabs
+# are its own.
+TEXT_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_TEXT_CONTROL_NO_TAB_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 SHELL_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -49,7 +50,7 @@ def one_line(value: str, what: str) -> str:
 def check_rendered(text: str, what: str, *, tabs: bool = False) -> str:
     """``text`` (a whole rendered file) when its only control characters are its line breaks
     (and tabs, if ``tabs``); else ValueError naming ``what`` and the line."""
-    pattern = _RENDERED_CONTROL_RE if tabs else _RENDERED_CONTROL_NO_TAB_RE
+    pattern = TEXT_CONTROL_RE if tabs else _TEXT_CONTROL_NO_TAB_RE
     found = pattern.search(text)
     if found:
         line = text.count("\n", 0, found.start()) + 1

@@ -39,7 +39,7 @@ def filtered_text_command(path: str, mark: str) -> str:
     secret, file, missing = (shlex.quote(mark + word) for word in ("secret", "file", "missing"))
     return (
         f"if [ -f {q_path} ]; then hits=$(LC_ALL=C awk {shlex.quote(TEXT_AWK)} {q_path}) || exit 1; "
-        f"if [ -n \"$hits\" ]; then echo {secret}; printf '%s\\n' \"$hits\"; "
+        f'if [ -n "$hits" ]; then echo {secret}; printf \'%s\\n\' "$hits"; '
         f"else echo {file}; base64 < {q_path} | tr -d '\\n' || exit 1; echo; fi; "
         f"else echo {missing}; fi"
     )

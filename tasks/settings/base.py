@@ -38,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from tasks.core import quoting
 from tasks.settings.errors import SettingsError
 from tasks.settings.types import looks_secret
 
@@ -45,8 +46,9 @@ M = TypeVar("M", bound=BaseModel)
 
 # Characters no setting may hold: C0 and C1 controls, DEL, and the Unicode line and paragraph
 # separators (a newline to some readers). ``free_text`` fields may hold newlines and tabs.
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-FREE_TEXT_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+# One rule for the settings and the renderers (tasks/core/quoting.py).
+CONTROL_RE = quoting.CONTROL_RE
+FREE_TEXT_CONTROL_RE = quoting.TEXT_CONTROL_RE
 MAX_TEXT = 4096  # characters in one string: a name, a path, a command line, a key line
 MAX_FREE_TEXT = 65536
 MAX_DEPTH = 32  # nesting of lists and mappings inside one value

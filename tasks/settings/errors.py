@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 from pyinfra.api.exceptions import PyinfraError
 
-# What would break a problem over several lines, or hide part of it on a terminal.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+from tasks.core.quoting import CONTROL_RE as _CONTROL  # what would break a problem over lines
 
 
 def one_line(text: str) -> str:

@@ -441,3 +441,15 @@ def test_env_files_refuse_control_characters(bad):
     spec = ContainerSpec(name="quant-mlflow", image="x:1", env={"A": f"v{bad}B=injected"})
     with pytest.raises(ValueError, match="control character"):
         env_file_text(spec)
+
+
+def test_one_control_character_rule():
+    """The settings and the renderers refuse the same characters: one definition."""
+    defining = []
+    for path in sorted(TASKS.rglob("*.py")):
+        if "recipes" in path.parts:
+            continue
+        text = path.read_text()
+        if "\\x7f-\\x9f" in text or "\\x00-\\x1f" in text:
+            defining.append(path.relative_to(TASKS).as_posix())
+    assert defining == ["core/quoting.py"]
