@@ -1,6 +1,6 @@
 """Every value interpolated into a shell command goes through the one quoting layer.
 
-A static scan of tasks/ (the lab excluded: it builds its own commands from its own names): each
+A static scan of tasks/ (the lab included; settings only build messages): each
 f-string that builds a shell command - passed to a runner (``run_now``, ``StringCommand``,
 ``Shell.run`` ...), returned by a fact's ``command``, or whose text reads as shell (``docker ...``,
 ``;``, ``&&``, ``$(``, ``2>`` ...) - may interpolate only
@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 TASKS = Path(__file__).resolve().parents[2] / "tasks"
-SCANNED = ("core", "facts", "checks", "operations")
+SCANNED = ("core", "facts", "checks", "operations", "lab")  # settings build messages, not commands
 # The quoting layer itself: its few f-strings check what they interpolate (tested directly).
 EXEMPT = {"core/quoting.py"}
 
