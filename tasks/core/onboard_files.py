@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tasks.core.mlflow_server import VERSION_LABEL
-from tasks.core.quoting import check_rendered
+from tasks.core.quoting import check_rendered, one_line
 from tasks.core.sizes import docker_size
 
 if TYPE_CHECKING:  # settings are handed in; core imports no settings layer
@@ -119,11 +119,14 @@ def sudo_command_problem(command: str) -> str | None:
 
 def sudoers_text(user: str, commands: tuple[str, ...]) -> str:
     """One NOPASSWD rule for ``user`` listing exactly ``commands`` (none: a comment only)."""
+    # A control character in a user or command would start a new rule: refused in each value
+    # and in the whole text (the settings refuse it first; this holds for any caller).
+    one_line(user, "sudoers: the user")
+    for index, command in enumerate(commands):
+        one_line(command, f"sudoers: command {index}")
     lines = [SUDOERS_HEADER]
     if commands:
         lines.append(f"{user} ALL=(root) NOPASSWD: " + ", ".join(commands) + "\n")
-    # A control character in a user or command would start a new rule: refused (the settings
-    # refuse it first; this holds for any caller).
     return check_rendered("".join(lines), "sudoers")
 
 

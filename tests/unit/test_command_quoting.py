@@ -453,3 +453,44 @@ def test_one_control_character_rule():
         if "\\x7f-\\x9f" in text or "\\x00-\\x1f" in text:
             defining.append(path.relative_to(TASKS).as_posix())
     assert defining == ["core/quoting.py"]
+
+
+# -- the quoting layer itself ------------------------------------------------------------------
+
+
+def test_quoting_layer_words_and_exports():
+    from tasks.core import quoting
+
+    assert quoting.word("it's $(x)") == "'it'\"'\"'s $(x)'" and quoting.word(5) == "5"
+    assert quoting.argv_line(["docker", "rm", "a b"]) == "docker rm 'a b'"
+    assert quoting.export_line("PREFIX", "q`x`") == "PREFIX='q`x`'; export PREFIX"
+    for bad_name in ("1X", "A-B", "A;B", "A B", ""):
+        with pytest.raises(ValueError, match="not a shell variable name"):
+            quoting.export_line(bad_name, "v")
+    with pytest.raises(ValueError, match="control character"):
+        quoting.export_line("A", "v\nB=1")
+    with pytest.raises(ValueError, match="NUL"):
+        quoting.word("a\x00b")
+    with pytest.raises(ValueError):
+        quoting.word(True)  # type: ignore[arg-type]
+
+
+def test_quoting_layer_systemd_and_rendered_files():
+    from tasks.core import quoting
+
+    assert quoting.systemd_value("50% at %H", "x") == "50%% at %%H"
+    assert quoting.systemd_exec_word("/srv/a.sh", "x") == "/srv/a.sh"
+    assert quoting.systemd_exec_word('/srv/my "x"\\$HOME.sh', "x") == '"/srv/my \\"x\\"\\\\$$HOME.sh"'
+    assert quoting.check_rendered("a\tb\n", "f", tabs=True) == "a\tb\n"
+    with pytest.raises(ValueError, match=r"f, line 2: contains a control character \(U\+0009\)"):
+        quoting.check_rendered("a\nb\tc\n", "f")
+    with pytest.raises(ValueError, match="U\\+000D"):
+        quoting.systemd_value("daily\rExecStartPre=/bin/sh", "on_calendar")
+
+
+@pytest.mark.parametrize("bad", ["\r", "\n", "\x0b", "\x85", "\u2028"])
+def test_sudoers_text_refuses_a_second_rule(bad):
+    from tasks.core.onboard_files import sudoers_text
+
+    with pytest.raises(ValueError, match="sudoers: command 0: contains a control character"):
+        sudoers_text("deploy", (f"/usr/bin/systemctl status docker{bad}deploy ALL=(ALL) NOPASSWD: ALL",))
