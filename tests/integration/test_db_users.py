@@ -288,6 +288,88 @@ def test_exclusive_mode_revokes_extras_and_removed_grants(lab):
     assert wait_for(lambda: lab.backend_db_health() == 200)
 
 
+def test_exclusive_mode_never_revokes_from_a_superuser(lab):
+    lab.su("CREATE ROLE qt_admin SUPERUSER; CREATE ROLE qt_extra;\n"
+           "GRANT TRUNCATE ON audit_log TO qt_admin; GRANT SELECT ON users TO qt_extra;", database="quant")
+    try:
+        inventory = lab.inventory("exclusive_su", "data['db_exclusive'] = True\n")
+        proc = lab.deploy(inventory, json_output=False)
+        assert ('note: kept what "qt_admin" holds beyond the settings: it is a superuser, and '
+                "exclusive mode never revokes from one") in proc.stderr
+        assert 'from "qt_admin"' not in proc.stderr
+        assert 'table public.users: revoke SELECT from "qt_extra"' in proc.stderr
+        acl = lab.su("SELECT relname || ' ' || relacl::text FROM pg_class WHERE relname IN "
+                     "('audit_log', 'users') ORDER BY 1", database="quant")
+        assert "qt_admin=D/postgres" in acl and "qt_extra" not in acl
+        assert changed_ops(lab.deploy(inventory)) == []
+    finally:
+        lab.su("DROP OWNED BY qt_admin, qt_extra; DROP ROLE qt_admin; DROP ROLE qt_extra;", database="quant")
+    assert changed_ops(lab.deploy()) == []
+
+
+def test_a_role_named_public_is_that_role_not_public(lab):
+    public_before = lab.su("SELECT array_to_string(ARRAY(SELECT a FROM unnest(datacl) a "
+                           "WHERE a::text LIKE '=%'), ',') FROM pg_database WHERE datname = 'quant'")
+    patch = ("data['db_roles'].append({'name': 'Public', 'login': False})\n"
+             "data['db_grants'].append({'role': 'Public', 'database': 'quant',\n"
+             "                          'privileges': ['CONNECT', 'CREATE']})\n")
+    inventory = lab.inventory("public_role", patch)
+    try:
+        proc = lab.deploy(inventory, json_output=False)
+        assert 'database "quant": grant CREATE, CONNECT to "Public"' in proc.stderr
+        assert lab.su("SELECT has_database_privilege('Public', 'quant', 'CREATE'), "
+                      "has_database_privilege('public', 'quant', 'CREATE')") == "t|f"
+        assert lab.su("SELECT array_to_string(ARRAY(SELECT a FROM unnest(datacl) a "
+                      "WHERE a::text LIKE '=%'), ',') FROM pg_database WHERE datname = 'quant'") == public_before
+        assert changed_ops(lab.deploy(inventory)) == []
+    finally:
+        lab.su('REVOKE ALL ON DATABASE quant FROM "Public"; DROP ROLE IF EXISTS "Public";')
+
+
+def pg_log(lab, since: float) -> str:
+    proc = subprocess.run(["docker", "logs", "--since", str(int(since) - 1), lab.container],
+                          capture_output=True, text=True, timeout=60)
+    return proc.stdout + proc.stderr
+
+
+def test_a_failing_password_change_never_logs_the_verifier(lab):
+    """The server logs every statement (log_statement = 'all') and every failing one with its
+    text; the password change fails (another transaction holds the role's row past
+    lock_timeout). The log shows the failure, never the verifier; then it succeeds, unlogged."""
+    secret_file = lab.secret_file("quant_user_password")
+    original = secret_file.read_text()
+    rotated = "rot-" + secrets.token_urlsafe(12)
+    lab.su("ALTER SYSTEM SET log_statement = 'all';\nSELECT pg_reload_conf();")
+    started = time.time()
+    holder = subprocess.Popen(
+        ["docker", "exec", "-i", "-u", "postgres", lab.container, "psql", "-X", "-q"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    try:
+        holder.stdin.write("BEGIN; ALTER ROLE quant_user CONNECTION LIMIT 7; SELECT pg_sleep(25); ROLLBACK;\n")
+        holder.stdin.close()
+        assert wait_for(lambda: lab.su("SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                                       "'%pg_sleep(25)%' AND pid <> pg_backend_pid()") == "1")
+        secret_file.write_text(rotated + "\n")
+        failed = lab.deploy(json_output=False, check=False)
+        assert failed.returncode != 0
+        holder.wait(timeout=60)
+        log = pg_log(lab, started)
+        assert "canceling statement due to lock timeout" in log  # the failure reached the log
+        assert "statement: DO $quant$" in log  # and every statement was logged up to the quiet step
+        ok = lab.deploy()
+        assert "PostgreSQL role quant_user" in changed_ops(ok)
+        assert lab.as_role("quant_user", rotated, "SELECT 1").returncode == 0
+        log = pg_log(lab, started)
+        assert "SCRAM-SHA-256$" not in log and "WITH PASSWORD" not in log and rotated not in log
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        secret_file.write_text(original)
+        lab.su("ALTER SYSTEM RESET log_statement;\nSELECT pg_reload_conf();")
+    assert changed_ops(lab.deploy()) == ["PostgreSQL role quant_user"]
+    assert wait_for(lambda: lab.backend_db_health() == 200)
+
+
 # --- both access paths, and secrets ----------------------------------------------------------
 
 

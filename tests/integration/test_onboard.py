@@ -98,22 +98,24 @@ def test_refused_hosts_are_untouched(runs, fleet):
     assert "No such file" in out, out
 
 
-def test_unsafe_settings_are_refused_before_anything_runs(fleet, deploy_key):
+@pytest.mark.parametrize("unsafe, lines", [
+    ({"stack_dir": "/etc"}, ["onboard.stack_dir: '/etc' is in the system directory /etc"]),
+    ({"compose_file": "/etc/passwd"}, ["onboard.compose_file: '/etc/passwd' is not inside stack_dir"]),
+    ({"sudo_commands": ["/bin/sh", "/usr/bin/systemctl", "/bin/cat /var/log/*"]},
+     ["onboard.sudo_commands[0]: '/bin/sh': sh is a shell",
+      "onboard.sudo_commands[1]: '/usr/bin/systemctl' has no arguments",
+      "onboard.sudo_commands[2]: '/bin/cat /var/log/*' holds a wildcard"]),
+])
+def test_unsafe_settings_are_refused_before_anything_runs(fleet, deploy_key, unsafe, lines):
     host = fleet.hosts[2]
     pub = {"file": str(deploy_key) + ".pub"}
-    onboard = {"engine": "socket", "authorized_keys": [pub], "stack_dir": "/etc",
-               "compose_file": "/etc/passwd", "sudo_commands": ["/bin/sh", "/usr/bin/systemctl",
-                                                               "/bin/cat /var/log/*"]}
+    onboard = {"engine": "socket", "authorized_keys": [pub], **unsafe}
     inventory = fleet.write_inventory(fleet.folder / "unsafe.py",
                                       {host.name: {**host.pyinfra_host_data(), "onboard": onboard}})
     run = run_pyinfra(inventory, DEPLOY, timeout=300)
     output = run.stdout + run.stderr
     assert run.returncode != 0 and "Traceback" not in output
-    for line in ("onboard.stack_dir: '/etc' is in the system directory /etc",
-                 "onboard.compose_file: '/etc/passwd' is not inside stack_dir",
-                 "onboard.sudo_commands[0]: '/bin/sh': sh is a shell",
-                 "onboard.sudo_commands[1]: '/usr/bin/systemctl' has no arguments",
-                 "onboard.sudo_commands[2]: '/bin/cat /var/log/*' holds a wildcard"):
+    for line in lines:
         assert line in output, output[-3000:]
     code, out = host.exec("getent passwd deploy; stat -c %U /etc /etc/passwd; ls /etc/sudoers.d")
     assert "deploy" not in out and out.split()[:2] == ["root", "root"], out
