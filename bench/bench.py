@@ -576,7 +576,7 @@ def bench_cleanup(ctx: Ctx) -> dict:
                  "WITH (autovacuum_enabled = false); "
                  f"INSERT INTO {table} SELECT g, 0, repeat('x', 100) FROM generate_series(1, {rows}) g; "
                  f"VACUUM ANALYZE {table};")
-    overrides = {"cleanup": {"foreign_keys": "delete_dependents", "vacuum_tables": [table]}}
+    overrides = {"cleanup": {"foreign_keys": "delete_dependents", "max_share": 0.5, "vacuum_tables": [table]}}
     inventory = write_inventory(ctx.work / "inventory_cleanup.py", PREFIX, host_data=overrides)
     warm = run_pyinfra_timed(inventory, CLEANUP)  # deletes whatever test users are there, once
     log(f"cleanup: warm-up deploy {warm['wall_s']} s rc={warm['returncode']}")
