@@ -8,6 +8,7 @@ import shlex
 from collections.abc import Mapping
 
 from tasks.checks.runner import Broken, NotYet, Session
+from tasks.core.redact import MASK_LINES_AWK
 from tasks.core.signatures import match_signatures
 
 MARKER = "quantlab-logs-rc="
@@ -22,10 +23,12 @@ def grep_pattern(patterns: Mapping[str, str]) -> str:
 
 def logs_command(name: str, since: str, patterns: Mapping[str, str]) -> str:
     """`docker logs --since` filtered on the host (a container's logs can be large), with
-    docker's exit code as the last line: no marker means the read itself failed."""
+    docker's exit code as the last line: no marker means the read itself failed. URL passwords
+    are masked on the host (a matched line becomes evidence in the table and the report)."""
     return (
         f"{{ docker logs --since {shlex.quote(since)} {shlex.quote(name)} 2>&1; "
-        f'echo "{MARKER}$?"; }} | grep -a -P {shlex.quote(grep_pattern(patterns))} | tail -n 200'
+        f'echo "{MARKER}$?"; }} | grep -a -P {shlex.quote(grep_pattern(patterns))} | tail -n 200 '
+        f"| LC_ALL=C awk {shlex.quote(MASK_LINES_AWK)}"
     )
 
 

@@ -247,6 +247,15 @@ INSPECT_AWK = (
 )
 
 
+# Log lines read into facts and reports (docker logs): every URL password masked on the host.
+MASK_LINES_AWK = INSPECT_AWK.split("/^### / || /^ERR /")[0] + "{ print masked($0) }\n"
+
+
+def mask_line(line: str) -> str:
+    """MASK_LINES_AWK in Python: ``line`` (raw text) with every URL password masked."""
+    return _mask_json_text(line)
+
+
 # -- files the deploys read and rewrite (compose files, Dockerfiles) -------------------------------
 
 # A name that points at a secret rather than holding one (POSTGRES_PASSWORD_FILE: /run/secrets/db).

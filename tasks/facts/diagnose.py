@@ -11,6 +11,7 @@ import shlex
 
 from pyinfra.api import FactBase
 
+from tasks.core.redact import MASK_LINES_AWK
 from tasks.core.signatures import SECTION, parse_diagnosis_output
 
 
@@ -18,7 +19,8 @@ class HostDiagnosis(FactBase):
     """
     Everything diagnosis needs from a host, read-only, in one command: for each container its
     ``docker inspect`` state and restart count and ``docker logs --timestamps --since --tail``
-    (stdout and stderr), the last-run record, and the host's clock.
+    (stdout and stderr, URL passwords masked on the host: pyinfra prints facts at -vvv), the
+    last-run record, and the host's clock.
 
     + containers: container names (a tuple: fact arguments are hashed)
     + since: ``docker logs --since`` (a Go duration like ``2h``, or an RFC 3339 time)
@@ -43,8 +45,9 @@ class HostDiagnosis(FactBase):
                 f"-f '{{{{json .State}}}} {{{{.RestartCount}}}}' -- {q} 2>/dev/null || echo missing"
             )
             parts.append(
-                f"echo {shlex.quote(f'{SECTION}logs {name}')}; docker logs --timestamps "
-                f"--since {shlex.quote(since)} --tail {int(tail)} -- {q} 2>&1 || true"
+                f"echo {shlex.quote(f'{SECTION}logs {name}')}; {{ docker logs --timestamps "
+                f"--since {shlex.quote(since)} --tail {int(tail)} -- {q} 2>&1 || true; }} "
+                f"| LC_ALL=C awk {shlex.quote(MASK_LINES_AWK)}"
             )
         parts.append(f"echo '{SECTION}record'; cat {shlex.quote(record_path)} 2>/dev/null || true")
         parts.append(f"echo '{SECTION}now'; date -u +%Y-%m-%dT%H:%M:%S.%NZ")

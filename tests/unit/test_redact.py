@@ -221,3 +221,16 @@ def test_config_text_fact_sends_a_clean_file_and_never_a_secret_one(tmp_path):
         result = fact.process(proc.stdout.splitlines())
         assert result["lines"] == lines
         assert (len(result["secret_lines"]) == hits) if isinstance(hits, int) else result["secret_lines"] == hits
+
+
+def test_log_lines_are_masked_in_awk_as_in_python():
+    from tasks.core.redact import MASK_LINES_AWK, mask_line
+
+    lines = ["2026-01-01T00:00:00Z connecting to postgresql://quant:pw-literal@db:5432/quant",
+             'url="redis://:pw-literal@redis:6379/0" retry', "plain line", "",
+             "two http://a:x@h and https://b:y@k", "no password http://user@host/x"]
+    out = subprocess.run([shutil.which("awk"), MASK_LINES_AWK], input="\n".join(lines) + "\n",
+                         capture_output=True, text=True, env={"LC_ALL": "C"}, check=True).stdout.splitlines()
+    assert out == [mask_line(line) for line in lines]
+    assert "pw-literal" not in "\n".join(out)
+    assert out[-1] == lines[-1] and out[2] == "plain line"
