@@ -5,7 +5,10 @@ a FunctionCommand run against a host that answers each command from a recorded s
 Case files are JSON (``tests/ops/<module>.<operation>/*.json``); recorded engine output lives in
 ``tests/ops/data/`` and is referenced as ``{"recorded": "<file stem>", "set": {"a.b": value}}``
 anywhere in a case (``set`` overrides keys by path, ``"HostConfig/Memory"``, ``null`` deletes one),
-so each case shows only what differs from what a real engine printed.
+so each case shows only what differs from what a real engine printed. ContainerInspect answers are
+written with env values in clear and handed to the operation as the host's filter returns them
+(secret env values as digests, for whatever ``secret_keys`` the operation asks with); a recreate's
+``{"full": image, "container": ..., "image": ...}`` step answers its unprinted re-read in full.
 
     planned = plan(docker.container, facts, spec=spec)       # planning: no host needed
     host = ScriptedHost(case["run"]); ok = execute(planned.commands[0], host)

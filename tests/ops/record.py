@@ -6,6 +6,11 @@ Creates (never starts) `qtops-*` containers the way the lab and the deploy make 
 updates one in place with the deploy's own `docker update` argv, and removes everything it made.
 The MLflow image is the lab's python image tagged `qtops/mlflow:2.9.2`: the engine's answers
 (ids, defaults, port and network shapes) are real; no process runs. Env values are placeholders.
+
+The documents are saved as plain `docker inspect` prints them, env values in clear: that is what a
+recreate reads at execution time (tasks/operations/docker.py `_read_full`). The planning fact
+filters on the host; the ops harness passes these documents through that filter's Python twin
+(tasks/core/redact.py `redact_inspect`), so the cases see what the fact returns.
 """
 from __future__ import annotations
 
