@@ -3,6 +3,7 @@ reads for present and missing objects, and that an engine it cannot reach fails 
 instead of reading as "no container" (which would plan a create)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -55,3 +56,47 @@ def test_unreachable_engine_fails_the_fact(tmp_path):
                                DOCKER_HOST=f"unix://{tmp_path}/no.sock")
     assert code != 0
     assert "Cannot connect" in stderr or "no.sock" in stderr
+
+
+SECRET = "Qt-s3cret-value-for-the-fact"
+
+
+@pytest.fixture
+def hostile():
+    """A container (created, never started) holding secrets in every place the fact reads."""
+    client = docker.from_env()
+    name = f"qtfact-{uuid.uuid4().hex[:8]}"
+    image = image_refs()["base"]
+    made = client.containers.create(
+        image, ["sh", "-c", f"exec mlflow server --backend-store-uri postgresql://u:{SECRET}@db/m"], name=name,
+        labels={"quantlab.prefix": "qtfact", "backup": f"s3://key:{SECRET}@bucket"},
+        environment=[f"PGPASSWORD={SECRET}", f"APP_URL=https://admin:{SECRET}@app", f"CONN={SECRET}",
+                     f"MULTI_TOKEN=a\n{SECRET}", f'Q"UOTED={SECRET}', "PLAIN=héllo <&>", "EMPTY="])
+    try:
+        yield name, image
+    finally:
+        made.remove(force=True)
+
+
+def test_the_engines_answer_is_filtered_on_the_host(hostile):
+    from tasks.core.redact import redact_inspect
+
+    name, image = hostile
+    fact = ContainerInspect()
+    proc = subprocess.run(["sh", "-c", fact.command(name, image, "CONN")], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert SECRET not in proc.stdout + proc.stderr
+    assert SECRET.encode().hex() not in proc.stdout
+    facts = fact.process(proc.stdout.splitlines())
+    env = dict(e.partition("=")[::2] for e in facts["container"]["Config"]["Env"])
+    for key in ("PGPASSWORD", "APP_URL", "CONN", "MULTI_TOKEN", 'Q"UOTED'):
+        assert env[key].startswith("***sha256:"), key
+    assert env["PLAIN"] == "héllo <&>" and env["EMPTY"] == ""
+    assert facts["container"]["Config"]["Labels"]["backup"] == "s3://key:***@bucket"
+    assert facts["container"]["Config"]["Cmd"][2].endswith("postgresql://u:***@db/m")
+    # the same as the Python twin the ops tests replay, fed the CLI's own unfiltered answer
+    for kind, obj, key in (("container", name, "container"), ("image", image, "image")):
+        raw = json.loads(subprocess.run(["docker", kind, "inspect", "--format", "{{json .}}", obj],
+                                        capture_output=True, text=True, check=True).stdout)
+        assert facts[key] == redact_inspect(raw, name, ["CONN"]), kind

@@ -1,0 +1,238 @@
+"""No deploy shows a secret: every deploy in deploys/ against one private lab (incident scenario), first
+planned (`--dry -vvv --debug --json`, and `--debug-operations` for those reading containers and roles),
+then run for real (`-y -vvv --debug --json`), and everything they printed, wrote or left behind is
+searched for each of the lab's secrets (the files under .lab/<prefix>/secrets/), as written and as
+base64 (each alignment), URL-encoded and hex: no hit.
+
+Searched: stdout and stderr of every run; the reports (cleanup, verify_stack, remediate and its run
+record); every file the deploys wrote (the compose file they patch, the scheduled job's script and
+log, root's crontab); every file under /tmp changed since the first run (env and create-request
+files a recreate uses must be gone); the lab's folder but for its own secret files and `.env`; and
+what PostgreSQL logged meanwhile.
+
+onboard_host runs `--dry` only, against one fresh `sshhost` over real SSH (tests/fleet.py): for real
+it installs Debian packages from the network, and it never reads the lab's secrets; its plan and
+facts are searched like the others. The compose-style lab is not brought up here: its compose
+file holds `${VAR}` and `env_file` names, no value, and its containers are read through the same
+filtered fact (tests/unit/test_docker_facts.py, tests/integration/test_docker_fact.py).
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import random
+import re
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tasks.lab.inventory import lab_host_data
+from tests.fleet import Fleet, _keygen
+from tests.labkit import GROUP_DATA, PYINFRA, REPO, lab_up, write_inventory
+
+pytestmark = pytest.mark.lab
+
+DEPLOYS = REPO / "deploys"
+VERBOSE = ("-vvv", "--debug", "--json")
+
+
+def encodings(secret: str) -> set[str]:
+    """The secret and what it looks like inside base64 (any alignment), URL-encoding and hex."""
+    raw = secret.encode()
+    forms = {secret, quote(secret, safe=""), raw.hex()}
+    for offset in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(b"\0" * offset + raw).decode()
+            start = -(-offset // 3) * 4  # the first group that holds only the secret's bytes
+            end = (offset + len(raw)) // 3 * 4
+            if end - start >= 8:
+                forms.add(text[start:end])
+    return forms
+
+
+class Sweep:
+    """The runs of this module and where to search."""
+
+    def __init__(self, lab, folder: Path):
+        self.lab, self.folder = lab, folder
+        self.secrets = {p.name: p.read_text().strip() for p in (REPO / ".lab" / lab.prefix / "secrets").iterdir()}
+        assert len(self.secrets) >= 4 and all(len(v) >= 16 for v in self.secrets.values())
+        self.forms = {name: encodings(value) for name, value in self.secrets.items()}
+        self.outputs: dict[str, str] = {}
+        self.codes: dict[str, int] = {}
+        self.results: dict[str, dict | None] = {}
+        self.started = time.time()
+        # Two cores shared with other tests: MLflow may take longer than 5 s to answer.
+        stack = {**lab_host_data(lab.prefix)["stack"], "http_timeout": 20}
+        self.inventory = write_inventory(folder / "inventory.py", lab.prefix, host_data={"stack": stack})
+        self.env = {
+            "QUANT_CLEANUP_REPORT": str(folder / "reports" / "cleanup.json"),
+            "QUANTLAB_VERIFY_REPORT": str(folder / "reports" / "verify.json"),
+        }
+
+    def run(self, label: str, deploy: str, *args: str, inventory: Path | None = None, timeout: int = 900) -> None:
+        command = [str(PYINFRA), *args, "--group-data", str(GROUP_DATA), str(inventory or self.inventory),
+                   str(DEPLOYS / deploy)]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                              env={**os.environ, **self.env}, stdin=subprocess.DEVNULL)
+        self.outputs[label] = f"$ {' '.join(command)}\n{proc.stdout}\n{proc.stderr}"
+        self.codes[label] = proc.returncode
+        start = proc.stdout.find("{")
+        try:
+            self.results[label] = json.loads(proc.stdout[start:]) if start >= 0 else None
+        except ValueError:
+            self.results[label] = None
+
+    def hits(self, where: str, text: str) -> list[str]:
+        return [f"{where}: the {name} secret ({'as written' if form == self.secrets[name] else 'encoded'})"
+                for name, forms in self.forms.items() for form in forms if form in text]
+
+
+@pytest.fixture(scope="module")
+def sweep(request, tmp_path_factory):
+    lab = lab_up(request, "qtns", 39000, "incident")
+    folder = tmp_path_factory.mktemp("no-secrets")
+    sweep = Sweep(lab, folder)
+
+    # The scheduled job, installed in a private folder under a name of its own; removed at the end.
+    job = {"name": f"quant-db-cleanup-{lab.prefix}", "env": {"QUANTLAB_PREFIX": lab.prefix},
+           "minute": 43, "hour": 4, "script_path": str(folder / "job" / "cleanup.sh"),
+           "log_file": str(folder / "job" / "cleanup.log"), "lock_file": str(folder / "job" / "cleanup.lock"),
+           "report_path": str(folder / "reports" / "scheduled-cleanup.json")}
+    schedule = folder / "schedule.py"
+    schedule.write_text(f"hosts = [('@local', {{'cleanup_schedule': {job!r}}})]\n")
+    gone = folder / "schedule-gone.py"
+    gone.write_text(f"hosts = [('@local', {{'cleanup_schedule': {({**job, 'present': False})!r}}})]\n")
+    request.addfinalizer(lambda: subprocess.run(
+        [str(PYINFRA), "-y", str(gone), str(DEPLOYS / "schedule_cleanup.py")], cwd=REPO, capture_output=True))
+
+    # One fresh host over real SSH for onboarding's plan.
+    fleet = Fleet(f"qtnso{random.randrange(16 ** 4):04x}", folder / "fleet", 1, docker_socket=True, login="admin")
+    request.addfinalizer(fleet.remove)
+    fleet.start()
+    _keygen(folder / "deploy_ed25519", "deploy@ops")
+    (host,) = fleet.hosts
+    onboard = fleet.write_inventory(folder / "onboard.py", {host.name: {
+        **host.pyinfra_host_data(),
+        "onboard": {"engine": "socket", "authorized_keys": [{"file": str(folder / "deploy_ed25519.pub")}]}}})
+
+    # Plans first: nothing changes, every fact is read and printed.
+    for deploy in ("fix_mlflow.py", "db_users.py", "cleanup_database.py", "remediate.py",
+                   "fix_backend_reload.py", "verify_stack.py"):
+        sweep.run(f"{deploy} --dry", deploy, "--dry", *VERBOSE)
+    for deploy in ("fix_mlflow.py", "db_users.py", "remediate.py", "fix_backend_reload.py"):
+        sweep.run(f"{deploy} --debug-operations", deploy, "--dry", "--debug-operations")
+    sweep.run("schedule_cleanup.py --dry", "schedule_cleanup.py", "--dry", *VERBOSE, inventory=schedule)
+    sweep.run("onboard_host.py --dry", "onboard_host.py", "--dry", *VERBOSE, inventory=onboard)
+
+    # Then for real: each fixes its part of the incident (a recreate of MLflow and of the backend,
+    # the missing role with its password, the leftover rows), then the checks log in with the
+    # roles' passwords.
+    for deploy in ("fix_mlflow.py", "db_users.py", "cleanup_database.py", "fix_backend_reload.py",
+                   "remediate.py"):
+        sweep.run(f"{deploy} -y", deploy, "-y", *VERBOSE)
+    # The fixed stack, its log lines searched from now on (the incident's are in the logs before).
+    sweep.env["QUANTLAB_VERIFY_SINCE"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    sweep.run("verify_stack.py -y", "verify_stack.py", "-y", *VERBOSE)
+    sweep.run("schedule_cleanup.py -y", "schedule_cleanup.py", "-y", *VERBOSE, inventory=schedule)
+    sweep.job = job
+    return sweep
+
+
+def test_the_search_finds_a_secret_in_every_form_it_looks_for(sweep):
+    for name, secret in sweep.secrets.items():
+        for prefix in ("", "a", "ab", "PGPASSWORD="):
+            text = f"{prefix}{secret} and more\n"
+            assert sweep.hits("probe", base64.b64encode(text.encode()).decode()), (name, prefix)
+            assert sweep.hits("probe", base64.urlsafe_b64encode(text.encode()).decode()), (name, prefix)
+        assert sweep.hits("probe", f"x={quote(secret, safe='')}&y") and sweep.hits("probe", secret.encode().hex())
+
+
+def test_every_run_happened(sweep):
+    assert len(sweep.outputs) == 19, sorted(sweep.outputs)
+    # Each real run did its part (so the paths that handle secrets ran): a failure here is shown
+    # with its output; none of it holds a secret (the next tests say so).
+    failed = {label: sweep.outputs[label][-3000:] for label, code in sweep.codes.items()
+              if code != 0}
+    report = Path(sweep.env["QUANTLAB_VERIFY_REPORT"])
+    if report.exists():
+        checks = [c for h in json.loads(report.read_text())["hosts"].values() for c in h["checks"]]
+        failed["verify checks that failed"] = [(c["name"], c["evidence"]) for c in checks if c["status"] == "fail"]
+        assert any(c["name"] == "role quant_user can log in" and c["status"] == "pass" for c in checks), checks
+    assert not any(failed.values()), failed
+    # The real runs changed what the incident broke: a recreate of MLflow and of the backend
+    # (their env, secrets included, re-read in full), the role and its password, the rows.
+    for deploy in ("fix_mlflow.py", "db_users.py", "cleanup_database.py", "fix_backend_reload.py"):
+        results = sweep.results[f"{deploy} -y"]
+        assert results and results["results"]["totals"]["success"] >= 1, (deploy, results)
+
+
+def test_no_output_shows_a_secret(sweep):
+    hits = [hit for label, text in sweep.outputs.items() for hit in sweep.hits(label, text)]
+    assert not hits, hits
+
+
+def test_the_plans_show_changes_without_values(sweep):
+    plan = sweep.outputs["fix_mlflow.py --dry"]
+    assert "env.GUNICORN_CMD_ARGS" in plan  # the incident's drift is planned, by name
+    # -vvv printed the container fact's raw output: its secret env entries as digests
+    for key in ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY"):
+        assert re.search(rf"S [0-9a-f]{{64}} {key}\b", plan), key
+    assert "--> Operations:" in sweep.outputs["fix_mlflow.py --debug-operations"]
+
+
+def test_no_report_shows_a_secret(sweep):
+    reports = [Path(sweep.env["QUANT_CLEANUP_REPORT"]), Path(sweep.env["QUANTLAB_VERIFY_REPORT"])]
+    home = REPO / ".lab" / sweep.lab.prefix
+    reports += [p for p in (home / "remediation-reports").glob("*") if p.is_file()]
+    assert all(p.exists() for p in reports[:2]), reports
+    hits = []
+    for path in reports:
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+        hits += sweep.hits(str(path), path.read_text())
+    assert not hits, hits
+
+
+def test_no_file_the_deploys_wrote_shows_a_secret(sweep):
+    home = REPO / ".lab" / sweep.lab.prefix
+    written = [p for p in home.rglob("*") if p.is_file() and "secrets" not in p.relative_to(home).parts
+               and p.name != ".env"]
+    assert home / "docker-compose-ml.yml" in written
+    script = Path(sweep.job["script_path"])
+    assert script.exists() and script.stat().st_mode & 0o777 == 0o700
+    written += [script] + [p for p in Path(sweep.job["log_file"]).parent.glob("*") if p.is_file()]
+    hits = []
+    for path in written:
+        hits += sweep.hits(str(path), path.read_text(errors="replace"))
+    crontab = subprocess.run(["crontab", "-l"], capture_output=True, text=True).stdout
+    hits += sweep.hits("crontab", crontab)
+    assert not hits, hits
+
+
+def test_nothing_left_in_tmp_holds_a_secret(sweep):
+    # Env files and create requests a recreate uploads are removed right after use; any other
+    # file a run left in /tmp is searched too (other tests' files cannot hold this lab's secrets).
+    hits = []
+    for path in Path("/tmp").rglob("*"):
+        try:
+            if not path.is_file() or path.is_symlink() or path.stat().st_mtime < sweep.started - 5:
+                continue
+            if path.stat().st_size > 20 << 20:
+                continue
+            hits += sweep.hits(str(path), path.read_bytes().decode(errors="replace"))
+        except OSError:
+            continue
+    assert not hits, hits
+
+
+def test_postgresql_logged_no_secret(sweep):
+    since = str(int(sweep.started))
+    logs = subprocess.run(["docker", "logs", "--since", since, sweep.lab.name("postgres")],
+                          capture_output=True, text=True, timeout=60)
+    hits = sweep.hits("postgres log", logs.stdout + logs.stderr)
+    assert not hits, hits
