@@ -49,7 +49,7 @@ class ContainerSpec:
     image: str
     command: tuple[str, ...] = ()
     entrypoint: tuple[str, ...] | None = None  # None: the image's entrypoint
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # holds secrets: never shown
     secret_env_keys: frozenset[str] = frozenset()
     labels: Mapping[str, str] = field(default_factory=dict)
     memory: int = 0  # bytes, 0 = unlimited

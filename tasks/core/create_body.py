@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -91,7 +91,7 @@ class Endpoint:
 @dataclass(frozen=True)
 class CreateRequest:
     name: str
-    body: dict[str, Any]  # holds env values: upload it as a 0600 file, never print it
+    body: dict[str, Any] = field(repr=False)  # holds env values: upload it as a 0600 file, never print it
     extra_networks: tuple[Endpoint, ...] = ()
 
     def body_json(self) -> str:

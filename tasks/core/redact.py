@@ -81,6 +81,17 @@ def credential_problem(value: str) -> str | None:
     return None
 
 
+class SecretValues(dict):
+    """Secret values read on the controller (``{name: value}``), shown as ``***`` wherever they
+    are printed: pyinfra names an operation called without ``name=`` by ``str()`` of its
+    arguments, and a FunctionCommand's repr holds its arguments."""
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{key!r}: {MASK!r}" for key in self) + "}"
+
+    __str__ = __repr__
+
+
 # -- digests --------------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, StrictInt, StringConstraints, field_validator, model_validator
 
-from tasks.core.redact import credential_problem
+from tasks.core.redact import SecretValues, credential_problem
 from tasks.core.sizes import GIB, MIB, human_size
 from tasks.settings.base import Block, Pattern
 from tasks.settings.errors import SettingsError
@@ -258,8 +258,9 @@ class MlflowSettings(Block):
 def resolve_secret_env(
     host_name: str, settings: MlflowSettings, environ: Mapping[str, str] | None = None, read_file: Any = None
 ) -> dict[str, str]:
-    """Read each ``secret_env`` value on the controller; errors name the source, never a value."""
-    values, problems = {}, []
+    """Read each ``secret_env`` value on the controller; errors name the source, never a value.
+    The mapping shows its values as ``***`` when printed (an operation's arguments are)."""
+    values, problems = SecretValues(), []
     for name, source in settings.secret_env.items():
         try:
             values[name] = source.read(environ, read_file)

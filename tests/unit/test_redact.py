@@ -234,3 +234,26 @@ def test_log_lines_are_masked_in_awk_as_in_python():
     assert out == [mask_line(line) for line in lines]
     assert "pw-literal" not in "\n".join(out)
     assert out[-1] == lines[-1] and out[2] == "plain line"
+
+
+def test_what_operations_carry_never_prints_a_secret():
+    # pyinfra names an operation called without name= by str() of its arguments, and a
+    # FunctionCommand's repr holds its arguments: neither may show a value.
+    from pyinfra.api import FunctionCommand
+    from pyinfra.api.operation import attach_args
+    from pyinfra.api.state import StateOperationMeta
+
+    from tasks.core.container_spec import ContainerSpec
+    from tasks.core.create_body import CreateRequest
+    from tasks.settings import load
+    from tasks.settings.mlflow import resolve_secret_env
+
+    secret = "s3cret-value-x"
+    spec = ContainerSpec(name="m", image="i", env={"PGPASSWORD": secret}, secret_env_keys=frozenset({"PGPASSWORD"}))
+    settings = load("mlflow", "h1", {"secret_env": {"PGPASSWORD": {"env": "QT_TEST_PW"}}})
+    values = resolve_secret_env("h1", settings, environ={"QT_TEST_PW": secret})
+    assert values == {"PGPASSWORD": secret}
+    meta = attach_args(StateOperationMeta(("x",)), (spec,), {"secret_values": values, "spec": spec})
+    shown = " ".join(meta.args) + repr(FunctionCommand(print, (spec, values), {}))
+    shown += repr(CreateRequest("m", {"Env": [f"PGPASSWORD={secret}"]}))
+    assert secret not in shown and "PGPASSWORD" in shown
