@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -61,4 +62,4 @@ def test_every_report_writer_uses_it(tmp_path, open_umask):
     for path in (cleanup, verify, remediate):
         assert mode(path) == 0o600, path
         assert mode(os.path.dirname(path)) == 0o700, path
-        json.loads(open(path).read())
+        json.loads(Path(path).read_text())
