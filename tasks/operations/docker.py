@@ -239,19 +239,39 @@ def _keep_or_roll_back(
             run_now(host, f"docker rm -f {q_prev}")
         return True
     # Roll back: keep the failed container's last lines as evidence, then restore the previous one.
-    _, tail = run_now(host, f"docker logs --tail 15 {q_name} 2>&1")
-    run_now(host, f"docker rm -f {q_name}")
-    restored = "no previous container to restore"
-    if have_backup:
-        _must(host, f"docker rename {q_prev} {q_name}", f"restoring {name}")
-        ok, out = run_now(host, f"docker start {q_name}")
+    tail, restored = "", "no previous container to restore"
+    by_hand = f"`docker rm -f {q_name}; docker rename {q_prev} {q_name}; docker start {q_name}` puts it back"
+    step = "reading the failed container's logs"
+    try:
+        _, tail = run_now(host, f"docker logs --tail 15 {q_name} 2>&1")
+        step = f"removing the new {name}"
+        run_now(host, f"docker rm -f {q_name}")
+        if have_backup:
+            step = f"renaming {previous} back to {name}"
+            ok, out = run_now(host, f"docker rename {q_prev} {q_name}")
+            if not ok:
+                restored = (
+                    f"the previous container could NOT be put back ({out.strip()[:200]}): it is still "
+                    f"there as {previous}, stopped; {by_hand}"
+                )
+            else:
+                step = f"starting {name}"
+                ok, out = run_now(host, f"docker start {q_name}")
+                restored = (
+                    "previous container restored and started"
+                    if ok
+                    else f"previous container restored but did not start: {out.strip()}"
+                )
+                if ok:
+                    restored += _restored_state(host, name)
+    except Exception as exc:
+        # Said exactly: which step the rollback reached, and how to finish it by hand.
         restored = (
-            "previous container restored and started"
-            if ok
-            else f"previous container restored but did not start: {out.strip()}"
+            f"the rollback stopped while {step} ({_reason(exc)}); the previous container may still be "
+            f"{previous}, stopped: {by_hand}"
+            if have_backup
+            else f"the rollback stopped while {step} ({_reason(exc)})"
         )
-        if ok:
-            restored += _restored_state(host, name)
     return _fail(
         host,
         f"{name}: the new container failed verification; {restored}.\nReasons:\n  "
@@ -327,14 +347,24 @@ def _recreate(
         # A short grace period: `mlflow server` runs as PID 1 with no SIGTERM handler, so any
         # longer wait is spent idle before the kill (measured in bench/: the full 20 s it was).
         _must(host, f"docker stop -t {STOP_GRACE_SECONDS} {q_prev}", f"stopping {previous}")
+    # From here the previous container is down: any failure, not only a refusal (a lost SFTP
+    # channel, a bug), must end with it back under its name and running.
     try:
         if request is not None and engine is not None:
             _create_from(host, request, engine)
         else:
             _start_new(host, spec)
-    except OperationError as exc:
-        return _keep_or_roll_back(host, spec, have_backup, verify, reasons=[str(exc)])
-    return _keep_or_roll_back(host, spec, have_backup, verify)
+    except Exception as exc:
+        return _keep_or_roll_back(host, spec, have_backup, verify, reasons=[_reason(exc)])
+    try:
+        reasons = [f"{r.name}: {r.evidence}" for r in _verify(host, spec, verify) if not r.passed]
+    except Exception as exc:
+        reasons = [f"verification could not finish: {_reason(exc)}"]
+    return _keep_or_roll_back(host, spec, have_backup, verify, reasons=reasons)
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, OperationError) else f"{type(exc).__name__}: {exc}"
 
 
 @_reported

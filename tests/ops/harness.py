@@ -257,6 +257,7 @@ class Step:
     stdout: str = ""
     stderr: str = ""
     inspect: tuple | None = None
+    raises: str = ""  # the connector itself fails here (an SFTP or SSH error): OSError(raises)
 
     def answer(self, command: str) -> Step:
         if self.inspect is None:
@@ -281,10 +282,10 @@ class Step:
                        f"{json.dumps([container])}\n{FULL_MARK}\n{json.dumps([image])}" if item.get("ok", True)
                        else "", item.get("stderr", ""))
         elif "upload" in item:
-            step = cls(f"upload {item['upload']}", item.get("ok", True))
+            step = cls(f"upload {item['upload']}", item.get("ok", True), raises=item.get("raises", ""))
         else:
             step = cls(item["command"], item.get("ok", True), item.get("stdout", ""),
-                       item.get("stderr", ""))
+                       item.get("stderr", ""), raises=item.get("raises", ""))
         return [step] * times
 
 
@@ -316,12 +317,16 @@ class ScriptedHost:
     def run_shell_command(self, command, print_output=False, print_input=False, **_):
         text = command.get_raw_value() if isinstance(command, StringCommand) else str(command)
         step = self._next(text)
+        if step.raises:
+            raise OSError(step.raises)
         lines = ([OutputLine("stdout", line) for line in step.stdout.splitlines()]
                  + [OutputLine("stderr", line) for line in step.stderr.splitlines()])
         return step.ok, CommandOutput(lines)
 
     def put_file(self, src, dest, print_output=False, **_):
         step = self._next(f"upload {dest}")
+        if step.raises:
+            raise OSError(step.raises)
         data = src.read()
         self.uploads[dest] = data.decode() if isinstance(data, bytes) else data
         return step.ok
