@@ -107,7 +107,14 @@ def server(settings: MlflowSettings, secret_values: dict):
     desired = replace(desired, labels={**desired.labels, VERSION_LABEL: version})
 
     def verify(run):
-        return verify_mlflow(run, settings.container_name, settings.port, spec_.kind, spec_.workers)
+        return verify_mlflow(
+            run,
+            settings.container_name,
+            settings.port,
+            spec_.kind,
+            spec_.workers,
+            settings.start_timeout,
+        )
 
     yield from docker.container._inner(spec=desired, verify=verify, facts=facts)
 
@@ -277,7 +284,9 @@ def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContai
     compose.log_change(change, compose_diff(change.old_text, new_text, file), format_plan(plan))
 
     def verify_for(container: str):
-        return lambda run: verify_mlflow(run, container, settings.port, spec_.kind, spec_.workers)
+        return lambda run: verify_mlflow(
+            run, container, settings.port, spec_.kind, spec_.workers, settings.start_timeout
+        )
 
     yield FunctionCommand(compose.apply, (change, verify_for), {})
 

@@ -31,6 +31,7 @@ from tasks.settings.types import (
     ComposeProject,
     ComposeService,
     ContainerName,
+    Duration,
     HostPath,
     ImageRef,
     MemorySize,
@@ -125,6 +126,13 @@ class MlflowSettings(Block):
     worker_class: Annotated[str, Pattern(r"[A-Za-z_][A-Za-z0-9_.]*", "a gunicorn worker class")] = "sync"
     memory_limit: MemorySize = Field(1 * GIB, description="Docker size: bytes, or 512m, 1g")
     memory_reservation: MemorySize = Field(512 * MIB, description="at most memory_limit")
+    start_timeout: Duration = Field(
+        90,
+        ge=5,
+        le=3600,
+        description="seconds a new container gets to become healthy and pass verification before "
+        "it is rolled back; longer on slow or loaded hosts (MLflow 3 imports for tens of seconds)",
+    )
     restart_policy: Annotated[
         str,
         Pattern(

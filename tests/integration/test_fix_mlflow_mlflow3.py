@@ -100,7 +100,9 @@ def inventories(lab, tmp_path_factory):
     folder = tmp_path_factory.mktemp("inv")
     # A database of its own for MLflow 3.x (see the module docstring), owned by the same role.
     lab.psql("CREATE DATABASE mlflow3 OWNER mlflow", "postgres")
-    db3 = {"backend_store_uri": f"postgresql://mlflow@{lab.prefix}-postgres:5432/mlflow3"}
+    # MLflow 3 imports for tens of seconds, longer on a loaded CI machine: a wider start budget.
+    db3 = {"backend_store_uri": f"postgresql://mlflow@{lab.prefix}-postgres:5432/mlflow3",
+           "start_timeout": 240}
     return {
         "mlflow3": write_inventory(folder / "mlflow3.py", lab.prefix, db3, mlflow_image="mlflow3"),
         "mlflow3_gunicorn": write_inventory(folder / "mlflow3_gunicorn.py", lab.prefix,
