@@ -10,8 +10,10 @@ defaults, in tasks/settings/cleanup.py), validated before any change; the connec
 host's `postgres` block. A second run deletes nothing (no change); VACUUM always runs and says
 what it reclaimed. QUANT_CLEANUP_REPORT=path writes a JSON report.
 """
+from tasks.operations import recap
 from tasks.operations.cleanup import cleanup_database
 from tasks.operations.refusals import quiet_refusals
 
 quiet_refusals()
+recap.install()  # the recap and QUANT_REPORT's run document at the end of the run
 cleanup_database()

@@ -8,9 +8,11 @@ Replaces "user created and permissions granted" by hand after
 and `db_*` data (documented, with their defaults, in tasks/settings/postgres.py), validated before
 any change. A second run reports no changes.
 """
+from tasks.operations import recap
 from tasks.operations.db_users import db_users
 from tasks.operations.refusals import quiet_refusals
 
 quiet_refusals()
+recap.install()  # the recap and QUANT_REPORT's run document at the end of the run
 
 db_users()

@@ -9,9 +9,11 @@ Catalog: tasks/core/signatures.yml (or host data `remediate.catalog`). Settings:
 `remediate` block (tasks/settings/remediate.py). A second run right after a fix reports no
 changes; a signature still present within its throttle window is reported "throttled".
 """
+from tasks.operations import recap
 from tasks.operations.refusals import quiet_refusals
 from tasks.operations.remediate import remediate
 
 quiet_refusals()
+recap.install()  # the recap and QUANT_REPORT's run document at the end of the run
 
 remediate()

@@ -9,8 +9,10 @@ A cron entry (a systemd timer + service pair where systemd is PID 1) runs a job 
 exit 75 means "skipped: another run holds the lock". Settings: the host's `cleanup_schedule`
 block (documented, with its defaults, in tasks/settings/schedule.py). Idempotent.
 """
+from tasks.operations import recap
 from tasks.operations.refusals import quiet_refusals
 from tasks.operations.schedule import schedule_cleanup
 
 quiet_refusals()
+recap.install()  # the recap and QUANT_REPORT's run document at the end of the run
 schedule_cleanup()

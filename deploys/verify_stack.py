@@ -10,8 +10,10 @@ Settings: the host's `stack` block (tasks/settings/stack.py); log signatures fro
 (tasks/core/signatures.yml, or `remediate.catalog`).
 """
 from tasks.checks.stack import verify
+from tasks.operations import recap
 from tasks.operations.refusals import quiet_refusals
 
 quiet_refusals()
+recap.install()  # the recap and QUANT_REPORT's run document at the end of the run
 
 verify(name="Verify the stack")  # settings from host data `stack`, validated before any check
