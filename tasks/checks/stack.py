@@ -39,6 +39,7 @@ from tasks.checks.runner import CheckResult, RetryPolicy, Session
 from tasks.checks.s3 import check_s3
 from tasks.checks.shell import Shell, pyinfra_shell
 from tasks.core.signatures import Signature, load_catalog, log_patterns
+from tasks.operations.recap import record_checks, say
 from tasks.settings import SettingsError
 from tasks.settings.remediate import host_catalog
 from tasks.settings.stack import (
@@ -154,10 +155,12 @@ def run_stack_checks(
 
 def _report_failure(state, host, failed: list[str]) -> bool:
     # FunctionCommand passes state and host only to a callable whose parameters bear these names.
-    host.log_styled(
+    say(
+        host,
         f"stack verification failed: {len(failed)} check(s):\n  " + "\n  ".join(failed),
-        fg="red",
         log_func=logger.error,
+        record=False,
+        fg="red",
     )
     return False
 
@@ -193,11 +196,12 @@ def verify(settings: StackSettings | None = None):
     elapsed = time.monotonic() - clock
     for line in format_report(results).splitlines():
         host.log(f"verify: {line}")
+    record_checks(host, results)
     if settings.report_path:
         write_report(
             settings.report_path, report_dict(host.name, results, started, elapsed, settings.deadline)
         )
-        logger.info(f"{host.print_prefix}verify: JSON report in {settings.report_path}")
+        say(host, f"verify: JSON report in {settings.report_path}")
     failed = [f"{r.name} ({r.target}): {r.evidence}" for r in results if r.status == "fail"]
     if failed:
         yield FunctionCommand(_report_failure, (failed,), {})

@@ -65,6 +65,7 @@ from tasks.core.cleanup_vacuum import (
 from tasks.core.pg_exec import PgTarget
 from tasks.core.pg_sql import quote_ident
 from tasks.facts.cleanup import CleanupCounts, CleanupTable, PostgresStatistics
+from tasks.operations.recap import record_checks, say
 from tasks.settings.cleanup import CleanupSettings
 
 
@@ -102,7 +103,7 @@ def _fail(host, message: str) -> bool:
     """Fail the running operation with ``message`` (no traceback: this is an expected outcome)."""
     from pyinfra import logger
 
-    host.log_styled(message, fg="red", log_func=logger.error)
+    say(host, message, log_func=logger.error, record=False, fg="red")
     return False
 
 
@@ -117,7 +118,7 @@ def _run_delete(state, host, settings: CleanupSettings, target: PgTarget, deps, 
         return _fail(host, f"cleanup: deletion rolled back, nothing changed: {message}")
     result = parse_delete_output(out)
     for line in describe_deletion(settings, deps, result):
-        host.log(f"cleanup: {line}")
+        say(host, f"cleanup: {line}")
     _results(host)["deletion"] = {
         "table": f"{settings.schema}.{settings.table}",
         "deleted": result["root"] or 0,
@@ -125,7 +126,8 @@ def _run_delete(state, host, settings: CleanupSettings, target: PgTarget, deps, 
         "deleted_first": {deps[i].key: n for i, n in result["deleted"].items()},
     }
     check = _verify_nothing_matches(host, settings, target, deps)
-    host.log(f"cleanup: verification:\n{format_table([check])}")
+    say(host, f"cleanup: verification:\n{format_table([check])}", record=False)
+    record_checks(host, [check])
     if not check.passed:
         return _fail(host, f"cleanup: {check.name}: {check.evidence}")
     return True
@@ -198,7 +200,7 @@ def delete_matching_rows(settings: CleanupSettings, target: PgTarget):
         return
     if _planning():
         for line in plan.lines:
-            current_host.log(f"plan: {line}")
+            say(current_host, f"plan: {line}")
     yield FunctionCommand(_run_delete, (s, target, deps, delete_script(s, plan)), {})
 
 
@@ -214,7 +216,7 @@ def _run_vacuum(state, host, settings: CleanupSettings, target: PgTarget, tables
     if not ok:
         return _fail(host, f"cleanup: VACUUM stopped: {_failure(err)}")
     for line in describe_vacuum(rows):
-        host.log(f"cleanup: {line}")
+        say(host, f"cleanup: {line}")
 
 
 @operation(is_idempotent=False)
@@ -254,10 +256,11 @@ def vacuum_analyze(settings: CleanupSettings, target: PgTarget, stats: Mapping |
         return
     if _planning():
         dead = {k: v.get("dead") for k, v in (stats.get("tables") or {}).items()}
-        current_host.log(
+        say(
+            current_host,
             "plan: VACUUM (ANALYZE) "
             + ", ".join(f"{sc}.{t} ({dead.get(f'{sc}.{t}', '?')} dead)" for sc, t in tables)
-            + " - always reported as a change"
+            + " - always reported as a change",
         )
     yield FunctionCommand(_run_vacuum, (s, target, tables), {})
 
@@ -274,14 +277,14 @@ def _write_statistics(
             return _fail(host, f"cleanup: reading statistics failed: {_failure(err)}")
         after = json.loads("\n".join(out))
     for line in format_report(before, after).splitlines():
-        host.log(f"stats: {line}")
+        say(host, f"stats: {line}")
     if report_path:
         results = _results(host)
         write_report(
             report_path,
             report_document(settings, before, after, results.get("deletion"), results.get("vacuum")),
         )
-        host.log(f"stats: JSON report written to {report_path}")
+        say(host, f"stats: JSON report written to {report_path}")
 
 
 @operation(is_idempotent=False)
@@ -301,7 +304,7 @@ def log_statistics(stats: Mapping) -> None:
     """Print plan-time statistics (the "before" column) once."""
     if _planning():
         for line in format_report(stats, None).splitlines():
-            current_host.log(f"stats: {line}")
+            say(current_host, f"stats: {line}")
 
 
 @deploy("Clean the database")

@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import OperationError
 
 from tasks.checks.runner import CheckResult, format_table
@@ -24,6 +24,7 @@ from tasks.core.container_spec import ContainerSpec, format_plan, spec_from_insp
 from tasks.facts.compose import ComposeContainer, ComposeService
 from tasks.facts.docker import ContainerInspect
 from tasks.operations import docker
+from tasks.operations.recap import record_checks, say
 
 # What a verifier is handed: the container's name (compose may rename it on recreate).
 VerifierFor = Callable[[str], docker.Verifier | None]
@@ -129,7 +130,8 @@ def _verify(target, spec: ContainerSpec, verify: docker.Verifier | None) -> list
     results = [_applied_settings(target, spec)]
     if results[0].passed and verify is not None:
         results += verify(lambda command: docker.run_now(target, command))
-    logger.info(f"{target.print_prefix}verification:\n" + format_table(results))
+    say(target, "verification:\n" + format_table(results), record=False)
+    record_checks(target, results)
     return results
 
 
@@ -204,4 +206,4 @@ def log_change(change: ComposeChange, file_diff: str, container_lines: list[str]
             f"container {change.spec.name}:\n" + "\n".join(f"    {line}" for line in container_lines)
         )
     how = "recreate through compose" if change.file_changed else "force-recreate through compose"
-    logger.info(f"{host.print_prefix}{how}, service {change.service}:\n" + "\n".join(lines))
+    say(host, f"{how}, service {change.service}:\n" + "\n".join(lines))

@@ -55,6 +55,7 @@ from tasks.core.create_body import (
     parse_engine,
 )
 from tasks.facts.docker import PREVIOUS_SUFFIX, ContainerInspect
+from tasks.operations.recap import record_checks, say
 
 STOP_GRACE_SECONDS = 5
 
@@ -183,13 +184,15 @@ def _verify(target, spec: ContainerSpec, verify: Verifier | None) -> list[CheckR
     results = [applied_settings(target, spec)]
     if results[0].passed and verify is not None:
         results += verify(lambda command: run_now(target, command))
-    logger.info(f"{target.print_prefix}verification:\n" + format_table(results))
+    say(target, "verification:\n" + format_table(results), record=False)
+    record_checks(target, results)
     return results
 
 
 def _fail(host, message: str) -> bool:
-    """Report a failed step without a traceback; False makes pyinfra count the operation failed."""
-    host.log_styled(message, fg="red", log_func=logger.error)
+    """Report a failed step without a traceback (every line prefixed with the host's name);
+    False makes pyinfra count the operation failed."""
+    say(host, message, log_func=logger.error, record=False, fg="red")
     return False
 
 
@@ -448,19 +451,17 @@ def container(spec: ContainerSpec, verify: Verifier | None = None, facts: dict |
     plan = plan_from_facts(spec, facts)
     if not plan.changed:
         if facts["container"] and facts["previous"]:
-            logger.info(
-                f"{host.print_prefix}container {spec.name} matches the settings, but "
+            say(
+                host,
+                f"container {spec.name} matches the settings, but "
                 f"{spec.name}{PREVIOUS_SUFFIX} is left from an unfinished run: verify "
-                f"{spec.name}, then remove the copy or put it back"
+                f"{spec.name}, then remove the copy or put it back",
             )
             yield FunctionCommand(_finish, (spec, verify), {})
             return
         host.noop(f"container {spec.name} matches the settings")
         return
-    logger.info(
-        f"{host.print_prefix}{plan.action} {spec.name}:\n"
-        + "\n".join(f"    {line}" for line in format_plan(plan))
-    )
+    say(host, f"{plan.action} {spec.name}:\n" + "\n".join(f"    {line}" for line in format_plan(plan)))
     if plan.action == "update":
         yield FunctionCommand(_update, (spec, verify), {})
         return

@@ -6,7 +6,7 @@ import io
 import re
 from dataclasses import replace
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, deploy, operation
 
 from tasks import settings as host_settings
@@ -17,6 +17,7 @@ from tasks.core.mlflow_server import VERSION_LABEL, desired_container, server_sp
 from tasks.facts.compose import ComposeContainer
 from tasks.facts.docker import ImageVersion
 from tasks.operations import compose, docker
+from tasks.operations.recap import say
 from tasks.settings.mlflow import MANAGED_ENV_KEYS, MlflowSettings, resolve_secret_env
 
 
@@ -102,7 +103,7 @@ def server(settings: MlflowSettings, secret_values: dict):
         return
     spec_ = server_spec(settings, version)
     for note in spec_.notes:
-        logger.info(f"{host.print_prefix}note (MLflow {version}, {spec_.kind}): {note}")
+        say(host, f"note (MLflow {version}, {spec_.kind}): {note}")
     desired = desired_container(settings, spec_, secret_values)
     desired = replace(desired, labels={**desired.labels, VERSION_LABEL: version})
 
@@ -231,7 +232,7 @@ def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContai
     _refuse_downgrade_on_same_store(local, version, facts)
     spec_ = server_spec(local, version)
     for note in spec_.notes:
-        logger.info(f"{host.print_prefix}note (MLflow {version}, {spec_.kind}): {note}")
+        say(host, f"note (MLflow {version}, {spec_.kind}): {note}")
     # The spec blanks the managed keys the image might set; one the image does not set is
     # simply left out of the file (and must stay out of the container), unless the service has
     # an env_file, which may set it: the file's environment overrides the env_file.

@@ -59,6 +59,7 @@ from tasks.core.onboard_files import compose_text, daemon_json, default_compose,
 from tasks.core.onboard_preflight import preflight_problems, wanted_gid
 from tasks.core.sizes import docker_size
 from tasks.facts.onboard import GroupByGid, GroupGid, OnboardProbe, RealPaths
+from tasks.operations.recap import record_checks, say
 from tasks.settings.onboard import OnboardSettings
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -70,7 +71,7 @@ DOCKER_GROUP_NOTE = (
 
 
 def _fail(state, host, message: str) -> bool:
-    host.log_styled(message, fg="red", log_func=logger.error)
+    say(host, message, log_func=logger.error, record=False, fg="red")
     return False
 
 
@@ -87,7 +88,7 @@ def refuse(problems: list[str]):
     """
     message = "cannot onboard this host, nothing was changed:\n  " + "\n  ".join(problems)
     if not host.state.is_executing:
-        host.log_styled(message, fg="red", log_func=logger.error)
+        say(host, message, log_func=logger.error, record=False, fg="red")
     yield FunctionCommand(_fail, (message,), {})
 
 
@@ -193,8 +194,12 @@ def _runner(target) -> Callable[[str], tuple[bool, str]]:
 
 
 def _report(state, host, failed: list[str]) -> bool:
-    host.log_styled(
-        "onboarding verification failed:\n  " + "\n  ".join(failed), fg="red", log_func=logger.error
+    say(
+        host,
+        "onboarding verification failed:\n  " + "\n  ".join(failed),
+        log_func=logger.error,
+        record=False,
+        fg="red",
     )
     return False
 
@@ -216,6 +221,7 @@ def verify(settings: OnboardSettings, expected_gid: int | None, compose: str):
     results = onboard_checks(settings, _runner(host), expected_gid, compose, host.name)
     for line in format_table(results).splitlines():
         host.log(f"verify: {line}")
+    record_checks(host, results)
     failed = [f"{r.name}: {r.evidence}" for r in results if r.status == "fail"]
     if failed:
         yield FunctionCommand(_report, (failed,), {})
@@ -246,7 +252,7 @@ def onboard(settings: OnboardSettings | None = None):
         refuse(name="Preflight: can this host be onboarded?", problems=problems)
         return
     if not host.state.is_executing:
-        host.log(DOCKER_GROUP_NOTE.format(user=settings.user))
+        say(host, DOCKER_GROUP_NOTE.format(user=settings.user))
 
     if gid is not None:
         group_gid(name=f"Group docker with gid {gid}", group="docker", gid=gid)

@@ -56,6 +56,7 @@ from tasks.facts.postgres import (
     run_and_clean,
     upload_private,
 )
+from tasks.operations.recap import record_checks, say
 from tasks.settings.types import SecretSource
 
 CONTAINER_PG_PORT = pg_usage.CONTAINER_PG_PORT
@@ -146,6 +147,7 @@ def _verify(state, host, checks):
     results = run_checks(built, stop_on_failure=False)
     for line in format_table(results).splitlines():
         host.log(f"verify: {line}")
+    record_checks(host, results)
     if not all(r.passed for r in results):
         raise ChecksFailed(results)
 
@@ -161,7 +163,7 @@ def _catalog(target: PgTarget, database: str, passwords=None, schemas=()):
 
 def _log_changes(plan: Plan) -> None:
     for change in plan.changes:
-        current_host.log(f"plan: {change}")
+        say(current_host, f"plan: {change}")
     _log_notes(plan)
 
 
@@ -170,7 +172,7 @@ def _log_notes(plan: Plan) -> None:
     plan lines, whenever the operation is evaluated: with ``-y`` pyinfra does so only once, at
     execution."""
     for note in plan.notes:
-        current_host.log(f"note: {note}")
+        say(current_host, f"note: {note}")
 
 
 @operation()

@@ -208,10 +208,13 @@ def say(
     """Print ``message`` about ``target`` with its prefix on every line (``style``: pyinfra's
     ``format_text`` arguments, such as ``fg="red"``); ``record``: keep it among the host's plan
     lines in the run's document."""
-    from pyinfra.api.util import format_text
-
     for line in message.splitlines() or [""]:
-        log_func(f"{target.print_prefix}{format_text(line, **style) if style else line}")
+        if style and hasattr(target, "log_styled"):
+            target.log_styled(line, log_func=log_func, **style)
+        elif hasattr(target, "log"):
+            target.log(line, log_func=log_func)
+        else:
+            log_func(f"{target.print_prefix}{line}")
     run = _current()
     if record and run is not None:
         run.plans.setdefault(target.name, []).append(plain(message))

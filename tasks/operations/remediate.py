@@ -49,6 +49,7 @@ from tasks.operations.backend_reload import fix_backend_reload
 from tasks.operations.db_users import db_users
 from tasks.operations.docker import run_now
 from tasks.operations.mlflow import fix_mlflow, image_mlflow_version
+from tasks.operations.recap import record_checks, say
 from tasks.settings.remediate import REPORT_DIR_ENV, RemediateSettings, host_catalog
 
 # What a remediation's verification is: (host, run(command) -> (ok, output)) -> check results.
@@ -152,7 +153,8 @@ def _finish(
             per_action[action.key] = [asdict(c) for c in checks]
             results += checks
         if results:
-            logger.info(f"{host.print_prefix}remediation verification:\n" + format_table(results))
+            say(host, "remediation verification:\n" + format_table(results), record=False)
+            record_checks(host, results)
     passed = all(r.passed for r in results)
     result = "verified" if passed else "verification failed"
     if not settings.verify:
@@ -178,18 +180,24 @@ def _finish(
             )
     path = write_report(settings, host.name, report)
     if path:
-        logger.info(f"{host.print_prefix}run record: {path}")
+        say(host, f"run record: {path}")
     if not written:
-        host.log_styled(
+        say(
+            host,
             f"could not write the last-run record {settings.record_path}: {out.strip()[:200]}",
-            fg="red",
             log_func=logger.error,
+            record=False,
+            fg="red",
         )
         return False
     if not passed:
         failed = [f"{r.name} ({r.target}): {r.evidence}" for r in results if not r.passed]
-        host.log_styled(
-            "remediation verification failed:\n  " + "\n  ".join(failed), fg="red", log_func=logger.error
+        say(
+            host,
+            "remediation verification failed:\n  " + "\n  ".join(failed),
+            log_func=logger.error,
+            record=False,
+            fg="red",
         )
         return False
     return True
@@ -297,18 +305,26 @@ def remediate():
     roles_listed = configured_roles(host) if any(f.remediation == "db_users" for f in findings) else []
     actions = remediation.decide(findings, catalog, facts["record"], now, roles_listed)
 
-    prefix = host.print_prefix
     if facts.get("record_error"):
-        logger.warning(f"{prefix}last-run record {settings.record_path}: {facts['record_error']}")
+        say(
+            host,
+            log_func=logger.warning,
+            message=f"last-run record {settings.record_path}: {facts['record_error']}",
+        )
     if missing:
-        logger.warning(f"{prefix}containers not found (not diagnosed): {', '.join(missing)}")
+        say(
+            host,
+            log_func=logger.warning,
+            message=f"containers not found (not diagnosed): {', '.join(missing)}",
+        )
     if actions:
-        logger.info(
-            f"{prefix}diagnosis ({len(findings)} finding(s) since {settings.since}):\n"
-            + "\n".join(f"    {line}" for line in remediation.format_actions(actions))
+        say(
+            host,
+            f"diagnosis ({len(findings)} finding(s) since {settings.since}):\n"
+            + "\n".join(f"    {line}" for line in remediation.format_actions(actions)),
         )
     else:
-        logger.info(f"{prefix}diagnosis: no known signature since {settings.since}")
+        say(host, f"diagnosis: no known signature since {settings.since}")
 
     report = {
         "host": host.name,

@@ -34,6 +34,7 @@ from tasks.core.schedule_units import (
     without_named_entry,
 )
 from tasks.facts.schedule import CrontabText, InitSystem
+from tasks.operations.recap import say
 from tasks.settings import SettingsError
 from tasks.settings.schedule import ScheduleSettings
 
@@ -84,9 +85,10 @@ def schedule_cleanup(settings: ScheduleSettings | None = None):
         except ValueError as exc:
             raise SettingsError(current_host.name, [str(exc)]) from None
     if not init["systemd"]:
-        current_host.log(
+        say(
+            current_host,
             f"schedule: systemd is not PID 1 here (PID 1 is {init['pid1']!r}): "
-            "no systemd timer" + (", cron entry only" if use_cron else "")
+            "no systemd timer" + (", cron entry only" if use_cron else ""),
         )
     unit_dir = UNIT_DIR
 
@@ -104,7 +106,7 @@ def schedule_cleanup(settings: ScheduleSettings | None = None):
                 name="systemd reload", _if=lambda: timer.did_change() or any(g.did_change() for g in gone)
             )
         files.file(name=f"No job script {s.script_path}", path=s.script_path, present=False)
-        current_host.log(f"schedule: log {s.log_file} (and rotations) left in place")
+        say(current_host, f"schedule: log {s.log_file} (and rotations) left in place")
         return
 
     if use_cron and s.install_cron and not current_host.get_fact(Which, command="crontab"):
@@ -138,9 +140,10 @@ def schedule_cleanup(settings: ScheduleSettings | None = None):
             day_of_week=s.day_of_week,
         )
         if not init["cron_running"]:
-            current_host.log(
+            say(
+                current_host,
                 "schedule: no cron daemon is running on this host: the entry is "
-                "installed but fires only once cron runs"
+                "installed but fires only once cron runs",
             )
     else:
         cron_entry_absent(name=f"No cron entry {s.name} (systemd timer instead)", entry=s.name, user=s.user)

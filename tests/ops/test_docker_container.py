@@ -11,12 +11,14 @@ create_command posting ``dir/body.json``. ``body`` checks the uploaded create re
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from pyinfra.api import OperationError
 
 from tasks.core.container_spec import ContainerSpec
 from tasks.core.create_body import ENGINE_COMMAND, Engine, create_command
+from tasks.core.recap import plain
 from tasks.operations import docker
 from tests.ops.harness import ScriptedHost, cases, execute, expand, plan, verifier
 
@@ -30,12 +32,21 @@ def container_spec(data: dict) -> ContainerSpec:
                             for key, value in data.items()})
 
 
+PREFIX = re.compile(r"^\[[^\]]+\] ")
+
+
 def plan_lines(logs: list[str], name: str) -> list[str]:
-    """The changes the plan logged under '<action> <name>:', one a line."""
-    for message in logs:
-        head, _, body = message.partition("\n")
-        if head.endswith(f" {name}:"):
-            return [line.strip() for line in body.splitlines()]
+    """The changes the plan logged under '<action> <name>:', one a line (every line is printed
+    with the host's prefix, so a fleet's plans never interleave unnamed)."""
+    lines = [PREFIX.sub("", plain(line), count=1) for message in logs for line in message.splitlines()]
+    for index, line in enumerate(lines):
+        if line.endswith(f" {name}:"):
+            body = []
+            for following in lines[index + 1:]:
+                if not following.startswith("    "):
+                    break
+                body.append(following.strip())
+            return body
     return []
 
 

@@ -363,7 +363,7 @@ def test_new_evidence_after_the_fix_fails_verification_with_its_line_and_still_r
     ok, _ = execute(finish_command(plan(mlflow="sigkill")), host)
     host.assert_all_asked()
     assert ok is False
-    [error] = host.errors
+    error = "\n".join(host.errors)  # one line a call: each printed with the host's prefix
     assert error.startswith("remediation verification failed:\n  mlflow-worker-sigkill gone (qtops-mlflow): "
                             "1 new line(s): [2026-01-02 03:31:12 +0000] [1] [ERROR] Worker (pid:902)")
     # The run is recorded (it ran: the throttle applies), with its result.

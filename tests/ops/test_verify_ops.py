@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from tasks.checks import stack
 from tasks.checks.http import http_command
 from tasks.checks.logs import logs_command
 from tasks.checks.shell import timed
+from tasks.core.recap import plain
 from tasks.core.signatures import load_catalog, log_patterns
 from tasks.operations import onboard
 from tasks.settings import load
@@ -68,6 +70,11 @@ class Outcome:
     @property
     def text(self) -> str:
         return "\n".join(self.logs)
+
+    @property
+    def unprefixed(self) -> str:
+        """The logs without the host's prefix (printed on every line of a message)."""
+        return "\n".join(re.sub(r"^\[h1\] ", "", plain(line)) for line in self.logs)
 
 
 def run_operation(call: Callable[[], Any], host_data: dict, script: list[dict]) -> Outcome:
@@ -199,7 +206,7 @@ def test_stack_a_known_failure_line_fails_the_host_with_the_signature():
     assert (outcome.planned_change, outcome.result, outcome.returned) == (False, "Error", False)
     assert ("stack verification failed: 1 check(s):\n  container qtops-backend logs show no known failure "
             "(qtops-backend): since 15m: 1x backend-watchfiles-io-error (e.g. "
-            f"'{watchfiles}')") in outcome.text
+            f"'{watchfiles}')") in outcome.unprefixed
     assert checks_table(outcome)["container qtops-backend restart count is stable"] == "PASS"  # all still ran
 
 
@@ -288,7 +295,7 @@ def test_onboard_sudo_for_all_fails_the_host_naming_it():
     outcome.host.assert_all_asked()  # the other checks still ran
     assert (outcome.planned_change, outcome.result, outcome.returned) == (False, "Error", False)
     assert ("onboarding verification failed:\n  sudo for deploy is narrow and valid: deploy may run ALL: "
-            "(ALL : ALL) NOPASSWD: ALL") in outcome.text
+            "(ALL : ALL) NOPASSWD: ALL") in outcome.unprefixed
 
 
 def test_onboard_daemon_json_without_rotation_fails_with_what_it_holds():
