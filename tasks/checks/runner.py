@@ -4,6 +4,13 @@ A probe returns its evidence when the check holds, raises `NotYet` when it may h
 (service still starting), and `Broken` when waiting cannot help (container exited, OOM-killed):
 that stops the retries at once. Every attempt's reason is kept, so a failure says why.
 
+A wait is never silent: while a check is retried (and around any other long wait, with
+:func:`progress`), one line every ``PROGRESS_EVERY`` seconds says, with the host's prefix, what
+it waits for, the attempt, and how long it has waited out of how long it may (``waiting for
+check 'MLflow /health answers' (attempt 4): 20s / 90s``). The line comes from a gevent greenlet
+beside the wait, so it is printed during a single long command too (pyinfra's CLI runs under
+gevent's monkey patching); the host is pyinfra's current one, or none outside a pyinfra run.
+
 :class:`Session` runs the checks of one host in order under one deadline, with the shell they
 send commands through; every per-service check module (tasks/checks/<service>.py) takes one.
 """
@@ -12,11 +19,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import gevent
 import tenacity
+
+PROGRESS_EVERY = 10.0  # seconds between two "waiting for ..." lines of one wait
 
 
 class NotYet(Exception):
@@ -56,10 +67,59 @@ class RetryPolicy:
     wait: float = 1.0
 
 
+def host_reporter() -> Callable[[str], None] | None:
+    """How to print a line about the pyinfra host whose operation runs now (its prefix first),
+    or None outside a pyinfra run."""
+    from pyinfra.context import ctx_host
+
+    current = ctx_host.get()
+    if current is None or not hasattr(current, "log"):
+        return None
+    return lambda line: current.log(line)
+
+
+@contextmanager
+def progress(
+    what: str,
+    seconds: float | None = None,
+    *,
+    say: Callable[[str], None] | None = None,
+    every: float | None = None,
+    status: Callable[[], str] = lambda: "",
+) -> Iterator[None]:
+    """While the body runs, print ``waiting for <what><status()>: <elapsed>s / <seconds>s`` every
+    ``every`` seconds (default PROGRESS_EVERY) through ``say`` (default: the current pyinfra
+    host's log)."""
+    say = say or host_reporter()
+    every = PROGRESS_EVERY if every is None else every
+    if say is None or every <= 0:
+        yield
+        return
+    started = time.monotonic()
+
+    def tick() -> None:
+        while True:
+            gevent.sleep(every)
+            elapsed = time.monotonic() - started
+            limit = f" / {seconds:.0f}s" if seconds else ""
+            say(f"waiting for {what}{status()}: {elapsed:.0f}s{limit}")
+
+    ticker = gevent.spawn(tick)
+    try:
+        yield
+    finally:
+        ticker.kill(block=False)
+
+
 def run_check(
-    name: str, target: str, probe: Callable[[], str], policy: RetryPolicy = RetryPolicy()
+    name: str,
+    target: str,
+    probe: Callable[[], str],
+    policy: RetryPolicy = RetryPolicy(),
+    say: Callable[[str], None] | None = None,
 ) -> CheckResult:
-    """Run `probe` until it holds, is Broken, or the policy's attempts or time run out."""
+    """Run `probe` until it holds, is Broken, or the policy's attempts or time run out; a line
+    every PROGRESS_EVERY seconds while it does (``say``: where to, default the pyinfra host)."""
     result = CheckResult(name, target, "fail")
     started = time.monotonic()
 
@@ -78,7 +138,10 @@ def run_check(
         reraise=True,
     )
     try:
-        result.evidence = retrying(attempt) or ""
+        with progress(
+            f"check '{name}'", policy.seconds, say=say, status=lambda: f" (attempt {result.attempts})"
+        ):
+            result.evidence = retrying(attempt) or ""
         result.status = "pass"
     except (NotYet, Broken) as exc:
         result.evidence = str(exc)
