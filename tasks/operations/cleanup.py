@@ -40,7 +40,7 @@ from pyinfra.api import FunctionCommand, deploy, operation
 from pyinfra.api.exceptions import OperationError
 
 from tasks import settings as host_settings
-from tasks.checks.runner import CheckResult, NotYet, RetryPolicy, format_table, run_check
+from tasks.checks.runner import CheckResult, NotYet, RetryPolicy, format_table, progress, run_check
 from tasks.core.cleanup_catalog import CleanupRefused, Dependent, dependents_of
 from tasks.core.cleanup_sql import (
     BUSY_MARK,
@@ -110,7 +110,11 @@ def _fail(host, message: str) -> bool:
 def _run_delete(state, host, settings: CleanupSettings, target: PgTarget, deps, script: str):
     from tasks.operations.postgres import run_script
 
-    ok, out, err = run_script(host, target, script)
+    with progress(
+        f"the deletion from {settings.schema}.{settings.table} (the run lock first)",
+        settings.lock_wait + settings.statement_timeout,
+    ):
+        ok, out, err = run_script(host, target, script)
     if not ok:
         message = _failure(err)
         if BUSY_MARK in message:
@@ -207,7 +211,10 @@ def delete_matching_rows(settings: CleanupSettings, target: PgTarget):
 def _run_vacuum(state, host, settings: CleanupSettings, target: PgTarget, tables):
     from tasks.operations.postgres import run_script
 
-    ok, out, err = run_script(host, target, vacuum_script(settings, tables, statistics=True))
+    with progress(
+        "VACUUM (ANALYZE)", settings.lock_wait + settings.statement_timeout * max(1, len(tables or ()))
+    ):
+        ok, out, err = run_script(host, target, vacuum_script(settings, tables, statistics=True))
     rows = parse_vacuum_output(out, tables)
     _results(host)["vacuum"] = rows
     # The statistics read at the end of the same psql session: statistics_report, next in the

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pyinfra import host
 from pyinfra.api import OperationError
 
-from tasks.checks.runner import CheckResult, format_table
+from tasks.checks.runner import CheckResult, format_table, progress
 from tasks.core.container_spec import ContainerSpec, format_plan, spec_from_inspect
 from tasks.facts.compose import ComposeContainer, ComposeService
 from tasks.facts.docker import ContainerInspect
@@ -138,7 +138,8 @@ def _verify(target, spec: ContainerSpec, verify: docker.Verifier | None) -> list
 def _apply(target, change: ComposeChange, text: str, force_recreate: bool) -> str:
     if change.file_changed:
         _write_file(target, change.file, text)
-    ok, out = docker.run_now(target, up_command(change, force_recreate))
+    with progress(f"`compose up` of service {change.service}"):
+        ok, out = docker.run_now(target, up_command(change, force_recreate))
     if not ok:
         raise OperationError(f"compose up {change.service} failed: {out.strip()[-600:]}")
     return _current_container(target, change)
