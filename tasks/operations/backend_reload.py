@@ -21,11 +21,10 @@ data names are touched. Settings: tasks/settings/backend.py; the patches: tasks/
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, OperationError, deploy, operation
+from pyinfra.api import OperationError, deploy, operation
 
 from tasks import settings as host_settings
 from tasks.checks.backend import verify_backend
@@ -34,6 +33,7 @@ from tasks.core.compose import ComposeError
 from tasks.facts.compose import ConfigText
 from tasks.operations import docker
 from tasks.operations.compose import refuse_literal_secrets
+from tasks.operations.text_files import put_text
 from tasks.settings.backend import BackendSettings
 from tasks.settings.types import looks_secret
 
@@ -71,7 +71,7 @@ def dockerfile(path: str, reload_delay: float = 2, force_polling: bool = True):
     if not changed:
         host.noop(f"{path}: CMD and polling env already set")
         return
-    yield FileUploadCommand(io.BytesIO(text.encode()), path)
+    yield from put_text(path, text)
 
 
 @operation()
@@ -106,7 +106,7 @@ def compose_service(
     if not changed:
         host.noop(f"{path}: service {service} already polls")
         return
-    yield FileUploadCommand(io.BytesIO(text.encode()), path)
+    yield from put_text(path, text)
 
 
 def inspect_backend(name: str) -> tuple[Mapping, Mapping | None, dict]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import replace
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, deploy, operation
+from pyinfra.api import FunctionCommand, OperationError, deploy, operation
 
 from tasks import settings as host_settings
 from tasks.checks.mlflow import verify_mlflow
@@ -18,6 +17,7 @@ from tasks.facts.compose import ComposeContainer
 from tasks.facts.docker import ImageVersion
 from tasks.operations import compose, docker
 from tasks.operations.recap import say
+from tasks.operations.text_files import put_text
 from tasks.settings.mlflow import MANAGED_ENV_KEYS, MlflowSettings, resolve_secret_env
 
 
@@ -159,7 +159,7 @@ def compose_service(settings: MlflowSettings, secret_values: dict):
     if not changed:
         host.noop(f"{settings.compose_file}: service {settings.compose_service} matches the settings")
         return
-    yield FileUploadCommand(io.BytesIO(text.encode()), compose_file)
+    yield from put_text(compose_file, text)
 
 
 # -- compose mode ---------------------------------------------------------------------------------

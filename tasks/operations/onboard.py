@@ -60,6 +60,7 @@ from tasks.core.onboard_preflight import preflight_problems, wanted_gid
 from tasks.core.sizes import docker_size
 from tasks.facts.onboard import GroupByGid, GroupGid, OnboardProbe, RealPaths
 from tasks.operations.recap import record_checks, say
+from tasks.operations.text_files import put_text, show_diff
 from tasks.settings.onboard import OnboardSettings
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -137,8 +138,7 @@ def docker_daemon_json(max_size: str, max_file: int, path: str = DAEMON_JSON):
         host.noop(f"{path} rotates logs ({max_size} x {max_file})")
         return
     yield StringCommand("install", "-d", "-m", "0755", str(Path(path).parent))
-    yield FileUploadCommand(io.BytesIO(text.encode()), path)
-    yield StringCommand("chmod", "0644", path)
+    yield from put_text(path, text, mode="644", user="root", group="root")
 
 
 @operation()
@@ -157,6 +157,9 @@ def sudoers(filename: str, text: str):
     if lines is not None and "\n".join(lines) + "\n" == text:
         host.noop(f"{path} is as wanted")
         return
+    # Staged, checked, then moved in place (files.put cannot validate): --diff shows the change
+    # to the live file as files.put would.
+    show_diff(path, None if lines is None else "\n".join(lines) + "\n", text)
     staged = f"/etc/sudoers.d/.{filename}.staged"  # a name with '.' is never read by sudo
     yield FileUploadCommand(io.BytesIO(text.encode()), staged)
     q_staged, q_path = shlex.quote(staged), shlex.quote(path)

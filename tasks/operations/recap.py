@@ -55,6 +55,7 @@ class _Run(BaseStateCallback, logging.Handler):
         self.checks: dict[str, list[dict[str, Any]]] = {}
         self.errors: dict[str, list[tuple[int, str]]] = {}  # host -> (level, line) since its op started
         self.reasons: dict[str, str] = {}  # host -> its first failure's reason
+        self.planning_errors: dict[str, list[tuple[int, str]]] = {}  # host -> errors printed while planning
         self.op_started: dict[tuple[str, str], float] = {}
         self.op_elapsed: dict[tuple[str, str], float] = {}
         self.host_span: dict[str, list[float]] = {}
@@ -68,8 +69,10 @@ class _Run(BaseStateCallback, logging.Handler):
         except Exception:  # a record that cannot be formatted is not ours to judge
             return
         if match:
-            line = (record.levelno, match.group(2).strip())
-            self.errors.setdefault(match.group(1).strip(), []).append(line)
+            name, line = match.group(1).strip(), (record.levelno, match.group(2).strip())
+            self.errors.setdefault(name, []).append(line)
+            if record.levelno >= logging.ERROR and not self.state.is_executing:
+                self.planning_errors.setdefault(name, []).append(line)
 
     # -- pyinfra's state callbacks ------------------------------------------------------------
 
@@ -129,7 +132,11 @@ class _Run(BaseStateCallback, logging.Handler):
                 else:
                     status = "changed" if meta.did_change() else "ok"
                 outcome.operations.append(OperationOutcome(_op_name(state, op_hash), status, elapsed))
-            if outcome.reachable and (outcome.failed or outcome.count("failed")):
+            if dry and host.name in self.planning_errors:
+                # a refusal printed for this host while planning: its run would fail
+                outcome.failed = True
+                outcome.reason = self.reasons.get(host.name) or _best(self.planning_errors[host.name])
+            elif outcome.reachable and (outcome.failed or outcome.count("failed")):
                 outcome.reason = self.reasons.get(host.name) or _best(self.errors.get(host.name, []))
             hosts.append(outcome)
         return hosts, dry

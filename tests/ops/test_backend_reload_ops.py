@@ -4,6 +4,8 @@ operation and the whole deploy's plan from recorded `docker inspect` output
 (tests/ops/data/backend-*.json, tests/ops/record_backend.py)."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import yaml
 from pyinfra.api import FunctionCommand, OperationError
@@ -99,9 +101,19 @@ DOCKERFILE, COMPOSE = "/srv/quant/backend/Dockerfile", "/srv/quant/docker-compos
 
 
 def deploy_facts(container: str, dockerfile: list[str] | None, compose: list[str] | None) -> dict:
+    """The container's inspect, the two files' lines (as the host's filter reads them) and what
+    pyinfra's files.put reads of them (their mode and owner, their SHA-1)."""
+    def sha1(lines: list[str] | None) -> str | None:
+        return None if lines is None else hashlib.sha1(("\n".join(lines) + "\n").encode()).hexdigest()
+
     return {**inspect_facts(container),
             "compose.ConfigText": {f"path={DOCKERFILE}": {"lines": dockerfile, "secret_lines": []},
-                                   f"path={COMPOSE}": {"lines": compose, "secret_lines": []}}}
+                                   f"path={COMPOSE}": {"lines": compose, "secret_lines": []}},
+            "files.File": {f"path={path}": {"mode": 644, "user": "root", "group": "root"}
+                           for path, lines in ((DOCKERFILE, dockerfile), (COMPOSE, compose)) if lines},
+            "files.Sha1File": {f"path={path}": sha1(lines)
+                               for path, lines in ((DOCKERFILE, dockerfile), (COMPOSE, compose)) if lines},
+            "server.TmpDir": "/tmp"}
 
 
 def case_lines(folder: str, name: str) -> list[str]:
@@ -117,8 +129,11 @@ def test_deploy_plans_all_three_on_the_incident():
     assert [name for name, _ in steps] == [f"Backend Dockerfile {DOCKERFILE}",
                                            f"Compose service backend in {COMPOSE}",
                                            f"Backend container {NAME}"]
-    (dockerfile,), (compose,), container = (commands for _, commands in steps)
+    (dockerfile, *dockerfile_mode), (compose, *compose_mode), container = (commands for _, commands in steps)
     assert dockerfile[0] == "upload" and "--reload-delay" in dockerfile[1]
+    # files.put keeps each file's owner and mode
+    assert dockerfile_mode == [f"chown root:root {DOCKERFILE}", f"chmod 644 {DOCKERFILE}"]
+    assert compose_mode == [f"chown root:root {COMPOSE}", f"chmod 644 {COMPOSE}"]
     service = yaml.safe_load(compose[1])["services"]["backend"]
     assert service["environment"]["WATCHFILES_FORCE_POLLING"] == "true" and "command" not in service
     assert container == [["_recreate", True]]
@@ -129,7 +144,7 @@ def test_deploy_compose_only_takes_the_command_from_the_container():
                          case_lines("backend_reload.compose_service", "polling_env_added_command_left_to_the_dockerfile"))
     data = {"backend": {"container": NAME, "compose_file": COMPOSE}}
     steps = dict(deploy_plan(backend_reload.fix_backend_reload, data, facts))
-    (compose,) = steps[f"Compose service backend in {COMPOSE}"]
+    (compose, *_) = steps[f"Compose service backend in {COMPOSE}"]
     assert yaml.safe_load(compose[1])["services"]["backend"]["command"] == UVICORN + ["--reload-delay", "2"]
 
 
