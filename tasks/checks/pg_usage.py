@@ -17,6 +17,7 @@ from tasks.core.pg_catalog import Catalog
 from tasks.core.pg_exec import PgTarget, pgpass_line, shell_command
 from tasks.core.pg_grants import GrantSpec, usage_sql
 from tasks.facts.postgres import run_and_clean, upload_private
+from tasks.operations import runner
 from tasks.settings.types import SecretSource
 
 # Where psql listens inside the database container (docker mode logs in over TCP on the
@@ -77,7 +78,7 @@ def query_as_role(host, target: PgTarget, role: str, password_source: SecretSour
         assert target.container is not None  # PgTarget validated it: docker mode has a container
         argv = ["docker", "exec", "-i", "-u", target.os_user, target.container, "sh", "-c", inner]
         command = shell_command(argv, passfile)
-    ok, output = host.run_shell_command(StringCommand(run_and_clean(command, workdir)))
+    ok, output = runner.run(host, StringCommand(run_and_clean(command, workdir)))
     return ok, "\n".join(output.stdout_lines), " ".join(output.stderr_lines)
 
 

@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
-from pyinfra.api import StringCommand
+from tasks.operations import runner
 
 
 def timed(command: str, seconds: int) -> str:
@@ -30,9 +30,14 @@ class Shell:
     Both return (ok, output) and never raise for a failed or timed-out command."""
 
     def __init__(
-        self, run: Callable[[str, int], tuple[bool, str]], put: Callable[[str, str], bool] | None = None
+        self,
+        run: Callable[[str, int], tuple[bool, str]],
+        put: Callable[[str, str], bool] | None = None,
+        run_as_login: Callable[[str, int], tuple[bool, str]] | None = None,
     ):
-        self._run, self._put = run, put
+        # run_as_login: the login user itself (no sudo), who then owns the private folder it
+        # uploads into; the command itself runs escalated and reads it (tasks/operations/runner.py).
+        self._run, self._put, self._run_as_login = run, put, run_as_login or run
         self.secrets: list[str] = []  # values to scrub from evidence
 
     def run(self, command: str, timeout: int) -> tuple[bool, str]:
@@ -43,7 +48,7 @@ class Shell:
         if self._put is None:
             return False, "this transport cannot upload files"
         folder = f"/tmp/quant-verify-{_secrets.token_hex(8)}"
-        ok, out = self._run(f"mkdir -m 0700 {shlex.quote(folder)}", 15)
+        ok, out = self._run_as_login(f"mkdir -m 0700 {shlex.quote(folder)}", 15)
         if not ok:
             return False, f"cannot create a private folder on the host: {out.strip()[:120]}"
         path = f"{folder}/stdin"
@@ -56,25 +61,26 @@ class Shell:
             )
             return self._run(full, timeout + 5)
         finally:
-            self._run(f"rm -rf {shlex.quote(folder)}", 15)
+            self._run_as_login(f"rm -rf {shlex.quote(folder)}", 15)
 
 
 def pyinfra_shell(target: Any) -> Shell:
-    """A Shell on a pyinfra host, at execution time (any connector, its connector arguments)."""
+    """A Shell on a pyinfra host, at execution time (any connector), with the current
+    operation's connector arguments (its ``_sudo``, ``_env``...: tasks/operations/runner.py)."""
 
-    def run(command: str, timeout: int) -> tuple[bool, str]:
-        try:
-            ok, output = target.run_shell_command(
-                StringCommand(command), print_output=False, print_input=False, _timeout=timeout
-            )
-        except (TimeoutError, OSError) as exc:
-            return False, f"{type(exc).__name__}: {exc or 'timed out'}"
-        return ok, output.stdout if ok else output.output
+    def run_with(overrides: dict) -> Callable[[str, int], tuple[bool, str]]:
+        def run(command: str, timeout: int) -> tuple[bool, str]:
+            try:
+                return runner.run_now(target, command, **{"_timeout": timeout, **overrides})
+            except (TimeoutError, OSError) as exc:
+                return False, f"{type(exc).__name__}: {exc or 'timed out'}"
+
+        return run
 
     def put(content: str, path: str) -> bool:
-        return bool(target.put_file(io.BytesIO(content.encode()), path, print_output=False))
+        return runner.put_file(target, io.BytesIO(content.encode()), path, **runner.AS_LOGIN_USER)
 
-    return Shell(run, put)
+    return Shell(run_with({}), put, run_with(runner.AS_LOGIN_USER))
 
 
 def runner_shell(run: Callable[[str], tuple[bool, str]]) -> Shell:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, OperationError, operation
+from pyinfra.api import FunctionCommand, OperationError
 
 from tasks import settings as host_settings
 from tasks.checks import containers
@@ -40,6 +40,7 @@ from tasks.checks.s3 import check_s3
 from tasks.checks.shell import Shell, pyinfra_shell
 from tasks.core.signatures import Signature, load_catalog, log_patterns
 from tasks.operations.recap import record_checks, say
+from tasks.operations.refusals import operation
 from tasks.settings import SettingsError
 from tasks.settings.remediate import host_catalog
 from tasks.settings.stack import (

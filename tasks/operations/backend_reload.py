@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pyinfra import host
-from pyinfra.api import OperationError, deploy, operation
+from pyinfra.api import OperationError
 
 from tasks import settings as host_settings
 from tasks.checks.backend import verify_backend
@@ -33,6 +33,7 @@ from tasks.core.compose import ComposeError
 from tasks.facts.compose import ConfigText
 from tasks.operations import docker
 from tasks.operations.compose import refuse_literal_secrets
+from tasks.operations.refusals import deploy, operation
 from tasks.operations.text_files import put_text
 from tasks.settings.backend import BackendSettings
 from tasks.settings.types import looks_secret

@@ -36,7 +36,7 @@ from dataclasses import replace
 from typing import Any
 
 from pyinfra import host as current_host
-from pyinfra.api import FunctionCommand, deploy, operation
+from pyinfra.api import FunctionCommand
 from pyinfra.api.exceptions import OperationError
 
 from tasks import settings as host_settings
@@ -66,6 +66,7 @@ from tasks.core.pg_exec import PgTarget
 from tasks.core.pg_sql import quote_ident
 from tasks.facts.cleanup import CleanupCounts, CleanupTable, PostgresStatistics
 from tasks.operations.recap import record_checks, say
+from tasks.operations.refusals import deploy, operation
 from tasks.settings.cleanup import CleanupSettings
 
 

@@ -10,7 +10,6 @@ it writes the previous file back and applies it again.
 
 from __future__ import annotations
 
-import io
 import posixpath
 import shlex
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from tasks.checks.runner import CheckResult, format_table, progress
 from tasks.core.container_spec import ContainerSpec, format_plan, spec_from_inspect
 from tasks.facts.compose import ComposeContainer, ComposeService
 from tasks.facts.docker import ContainerInspect
-from tasks.operations import docker
+from tasks.operations import docker, runner
 from tasks.operations.recap import record_checks, say
 
 # What a verifier is handed: the container's name (compose may rename it on recreate).
@@ -73,16 +72,15 @@ def containers_of(service_fact: dict, file: str, project: str | None) -> list[Co
 
 def _write_file(target, path: str, text: str) -> None:
     """Write through a temp file and `cat >`, so the file keeps its inode, owner and mode."""
-    folder = (
-        docker._must(target, "mktemp -d /tmp/quantlab-compose.XXXXXXXX", "mktemp").strip().splitlines()[-1]
-    )
+    try:
+        folder = runner.upload_private(target, {"compose.yml": text}, "quantlab-compose")
+    except runner.PrivateUploadError as exc:
+        raise OperationError(f"uploading the new {path} failed: {exc}") from exc
     temp = f"{folder}/compose.yml"
     try:
-        if not target.put_file(io.BytesIO(text.encode()), temp, print_output=False):
-            raise OperationError(f"uploading the new {path} failed")
         docker._must(target, f"cat {shlex.quote(temp)} > {shlex.quote(path)}", f"writing {path}")
     finally:
-        docker.run_now(target, f"rm -rf {shlex.quote(folder)}")
+        runner.remove_private(target, folder)
 
 
 def _current_container(target, change: ComposeChange) -> str:

@@ -10,11 +10,11 @@ documented and validated in :mod:`tasks.settings.postgres`; the operations are i
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import deploy
 
 from tasks import settings
 from tasks.core.pg_exec import PgTarget
 from tasks.operations import postgres
+from tasks.operations.refusals import deploy
 from tasks.settings.postgres import DbSettings
 
 

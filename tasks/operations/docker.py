@@ -21,14 +21,13 @@ back) whose steps a reader must check against each other.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import shlex
 import time
 from collections.abc import Callable, Iterable
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
+from pyinfra.api import FunctionCommand, OperationError, StringCommand
 
 from tasks.checks.runner import CheckResult, format_table
 from tasks.core.container_spec import (
@@ -55,16 +54,17 @@ from tasks.core.create_body import (
     parse_engine,
 )
 from tasks.facts.docker import PREVIOUS_SUFFIX, ContainerInspect
+from tasks.operations import runner
 from tasks.operations.recap import record_checks, say
+from tasks.operations.refusals import operation
 
 STOP_GRACE_SECONDS = 5
 
 
 def run_now(target, command: str) -> tuple[bool, str]:
-    """Run a command on the host now (inside an operation's callback): stdout when it worked,
-    stdout and stderr when it did not."""
-    ok, output = target.run_shell_command(StringCommand(command), print_output=False, print_input=False)
-    return ok, output.stdout if ok else output.output
+    """Run a command on the host now (inside an operation's callback, with its connector
+    arguments: tasks/operations/runner.py): stdout when it worked, stdout and stderr when not."""
+    return runner.run_now(target, command)
 
 
 def _must(target, command: str, what: str) -> str:
@@ -79,15 +79,14 @@ def _start_new(target, spec: ContainerSpec):
     if not spec.env:
         _must(target, shlex.join(docker_run_args(spec, None)), f"docker run {spec.name}")
         return
-    folder = _must(target, "mktemp -d /tmp/quantlab-env.XXXXXXXX", "mktemp").strip().splitlines()[-1]
-    env_file = f"{folder}/env"
     try:
-        if not target.put_file(io.BytesIO(env_file_text(spec).encode()), env_file, print_output=False):
-            raise OperationError(f"uploading the env file for {spec.name} failed")
-        _must(target, f"chmod 600 {shlex.quote(env_file)}", "chmod")
-        _must(target, shlex.join(docker_run_args(spec, env_file)), f"docker run {spec.name}")
+        folder = runner.upload_private(target, {"env": env_file_text(spec)}, "quantlab-env")
+    except runner.PrivateUploadError as exc:
+        raise OperationError(f"the env file for {spec.name}: {exc}") from exc
+    try:
+        _must(target, shlex.join(docker_run_args(spec, f"{folder}/env")), f"docker run {spec.name}")
     finally:
-        run_now(target, f"rm -rf {shlex.quote(folder)}")
+        runner.remove_private(target, folder)
 
 
 def _create_request(target, spec: ContainerSpec, base: dict, image: dict) -> CreateRequest:
@@ -122,17 +121,18 @@ def _create_from(target, request: CreateRequest, engine: Engine):
     """Create the container through the engine API (the body, env values included, in a 0600 file
     in a private temp dir, removed right after), connect its other networks, start it."""
     name = request.name
-    folder = _must(target, "mktemp -d /tmp/quantlab-create.XXXXXXXX", "mktemp").strip().splitlines()[-1]
-    body = f"{folder}/body.json"
     try:
-        if not target.put_file(io.BytesIO(request.body_json().encode()), body, print_output=False):
-            raise OperationError(f"uploading the create request for {name} failed")
-        _must(target, f"chmod 600 {shlex.quote(body)}", "chmod")
+        folder = runner.upload_private(target, {"body.json": request.body_json()}, "quantlab-create")
+    except runner.PrivateUploadError as exc:
+        raise OperationError(f"the create request for {name}: {exc}") from exc
+    try:
         answer = _must(
-            target, create_command(engine, body, f"{folder}/answer.json", name), f"creating {name}"
+            target,
+            create_command(engine, f"{folder}/body.json", f"{folder}/answer.json", name),
+            f"creating {name}",
         )
     finally:
-        run_now(target, f"rm -rf {shlex.quote(folder)}")
+        runner.remove_private(target, folder)
     _, warnings = created_id(answer)
     for warning in warnings:
         logger.warning(f"{target.print_prefix}{name}: the engine warns: {warning}")
@@ -300,7 +300,7 @@ def _read_full(target, spec: ContainerSpec, base_id: str, image_id: str) -> tupl
     container is asked by its id, so another one under the same name is not taken for it; the
     image must still be the one the plan saw."""
     command = StringCommand(full_read_command(base_id, spec.image))
-    ok, output = target.run_shell_command(command, print_output=False, print_input=False)
+    ok, output = runner.run(target, command)
     if not ok:  # stderr only: stdout may hold what was read before the failure
         raise OperationError(
             f"reading {spec.name} again before the recreate failed (was it removed or replaced since "

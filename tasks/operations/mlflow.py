@@ -6,7 +6,7 @@ import re
 from dataclasses import replace
 
 from pyinfra import host
-from pyinfra.api import FunctionCommand, OperationError, deploy, operation
+from pyinfra.api import FunctionCommand, OperationError
 
 from tasks import settings as host_settings
 from tasks.checks.mlflow import verify_mlflow
@@ -17,6 +17,7 @@ from tasks.facts.compose import ComposeContainer
 from tasks.facts.docker import ImageVersion
 from tasks.operations import compose, docker
 from tasks.operations.recap import say
+from tasks.operations.refusals import deploy, operation
 from tasks.operations.text_files import put_text
 from tasks.settings.mlflow import MANAGED_ENV_KEYS, MlflowSettings, resolve_secret_env
 

@@ -45,8 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, StringCommand, deploy, operation
-from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, StringCommand
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files, server, systemd
@@ -59,7 +58,9 @@ from tasks.core.onboard_files import compose_text, daemon_json, default_compose,
 from tasks.core.onboard_preflight import preflight_problems, wanted_gid
 from tasks.core.sizes import docker_size
 from tasks.facts.onboard import GroupByGid, GroupGid, OnboardProbe, RealPaths
+from tasks.operations import runner
 from tasks.operations.recap import record_checks, say
+from tasks.operations.refusals import deploy, operation
 from tasks.operations.text_files import put_text, show_diff
 from tasks.settings.onboard import OnboardSettings
 
@@ -175,23 +176,12 @@ def sudoers(filename: str, text: str):
 
 def _runner(target) -> Callable[[str], tuple[bool, str]]:
     """Run on the host with the operation's connector arguments (its _sudo etc.)."""
-    arguments = {
-        key: value
-        for key, value in (target.current_op_global_arguments or {}).items()
-        if key in CONNECTOR_ARGUMENT_KEYS
-    }
 
     def run(command: str) -> tuple[bool, str]:
         try:
-            ok, output = target.run_shell_command(
-                StringCommand(f"timeout 20 sh -c {shlex.quote(command)}"),
-                print_output=False,
-                print_input=False,
-                **arguments,
-            )
+            return runner.run_now(target, f"timeout 20 sh -c {shlex.quote(command)}")
         except (TimeoutError, OSError) as exc:
             return False, f"{type(exc).__name__}: {exc}"
-        return ok, output.stdout if ok else output.output
 
     return run
 

@@ -39,7 +39,7 @@ from dataclasses import replace
 from typing import overload
 
 from pyinfra import host as current_host
-from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
+from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 
 from tasks.checks import pg_usage
 from tasks.checks import postgres as postgres_checks
@@ -56,7 +56,9 @@ from tasks.facts.postgres import (
     run_and_clean,
     upload_private,
 )
+from tasks.operations import runner
 from tasks.operations.recap import record_checks, say
+from tasks.operations.refusals import operation
 from tasks.settings.types import SecretSource
 
 CONTAINER_PG_PORT = pg_usage.CONTAINER_PG_PORT
@@ -91,13 +93,15 @@ def sql_commands(target: PgTarget, statements: Iterable[Statement]):
     """Commands that run ``statements`` through psql: SQL and password file uploaded as 0600
     files into a fresh 0700 directory, SQL on stdin, the directory removed by the same command."""
     workdir = private_dir()
-    yield StringCommand("mkdir", "-m", "0700", workdir)
-    yield FileUploadCommand(io.StringIO(_script(statements)), f"{workdir}/script.sql")
+    # Made and filled as the login user (never through sudo's world-readable staging copy);
+    # the psql command runs with the operation's arguments and reads them.
+    yield StringCommand("mkdir", "-m", "0700", workdir, **runner.AS_LOGIN_USER)
+    yield FileUploadCommand(io.StringIO(_script(statements)), f"{workdir}/script.sql", **runner.AS_LOGIN_USER)
     passfile = None
     pgpass = pgpass_content(target)
     if pgpass is not None:
         passfile = f"{workdir}/pgpass"
-        yield FileUploadCommand(io.StringIO(pgpass), passfile)
+        yield FileUploadCommand(io.StringIO(pgpass), passfile, **runner.AS_LOGIN_USER)
     run = shell_command(psql_argv(target, passfile=passfile), f"{workdir}/script.sql")
     yield StringCommand(run_and_clean(f"chmod 0600 {shlex.quote(workdir)}/* && {run}", workdir))
 
@@ -116,7 +120,7 @@ def run_script(host, target: PgTarget, script: str) -> tuple[bool, list[str], li
         command = run_and_clean(
             f"chmod 0600 {shlex.quote(workdir)}/* && " + " ".join(shlex.quote(a) for a in argv), workdir
         )
-    ok, output = host.run_shell_command(StringCommand(command), _stdin=script)
+    ok, output = runner.run(host, StringCommand(command), stdin=script)
     return ok, list(output.stdout_lines), list(output.stderr_lines)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, OperationError, deploy, operation
+from pyinfra.api import FunctionCommand, OperationError
 
 from tasks import settings as host_settings
 from tasks.checks.backend import verify_backend
@@ -44,12 +44,13 @@ from tasks.core import remediation, signatures
 from tasks.core.mlflow_server import server_spec
 from tasks.core.private_file import write_private_text
 from tasks.facts.diagnose import HostDiagnosis
-from tasks.operations import postgres
+from tasks.operations import postgres, runner
 from tasks.operations.backend_reload import fix_backend_reload
 from tasks.operations.db_users import db_users
 from tasks.operations.docker import run_now
 from tasks.operations.mlflow import fix_mlflow, image_mlflow_version
 from tasks.operations.recap import record_checks, say
+from tasks.operations.refusals import deploy, operation
 from tasks.settings.remediate import REPORT_DIR_ENV, RemediateSettings, host_catalog
 
 # What a remediation's verification is: (host, run(command) -> (ok, output)) -> check results.
@@ -162,10 +163,10 @@ def _finish(
     new_record = remediation.updated_record(record, ran, ran_at, result)
     folder = os.path.dirname(settings.record_path)
     ok, out = run_now(host, f"mkdir -p {shlex.quote(folder)}")
-    written = ok and host.put_file(
-        io.BytesIO((json.dumps(new_record, indent=2) + "\n").encode()),
-        settings.record_path,
-        print_output=False,
+    # With the operation's arguments (sudo: staged, then copied as root): one record on the
+    # host whoever logs in, so the throttle holds for every operator and the scheduled run.
+    written = ok and runner.put_file(
+        host, io.BytesIO((json.dumps(new_record, indent=2) + "\n").encode()), settings.record_path
     )
     report.update(
         phase="applied", ran_at=ran_at, result=result, verification=per_action, record_written=bool(written)

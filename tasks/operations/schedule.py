@@ -17,7 +17,7 @@ import shlex
 from pathlib import Path
 
 from pyinfra import host as current_host
-from pyinfra.api import StringCommand, deploy, operation
+from pyinfra.api import StringCommand
 from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, crontab, files, server, systemd
@@ -35,6 +35,7 @@ from tasks.core.schedule_units import (
 )
 from tasks.facts.schedule import CrontabText, InitSystem
 from tasks.operations.recap import say
+from tasks.operations.refusals import deploy, operation
 from tasks.settings import SettingsError
 from tasks.settings.schedule import ScheduleSettings
 
