@@ -14,6 +14,15 @@ The plan reads the container through the filtered fact (secret env values as dig
 recreate reads it again in full at execution time, unprinted, by the id the plan saw, and refuses
 when it or the image changed meanwhile.
 
+A crash at any step converges on the next run, which reads the progress from the host: only a
+recreate names a container ``<name>-previous``, and only until it keeps or rolls back. A
+``-previous`` copy alone is the user's container set aside (running or stopped): the new one is
+made from it. With the container beside it, that container is the recreate's unverified new one:
+running and matching the settings, it is verified, then kept (the copy goes) or rolled back;
+otherwise (never started, created half-way, stopped, or no longer what the settings say) it is
+removed and made again from the copy. The plan says what it found, under ``--dry`` too. Fault
+points (tasks/operations/faults.py) let tests kill the controller at each step.
+
 Long because a recreate is one sequence (read again, refuse, rename, create, verify, keep or roll
 back) whose steps a reader must check against each other.
 """
@@ -55,6 +64,7 @@ from tasks.core.create_body import (
 )
 from tasks.facts.docker import PREVIOUS_SUFFIX, ContainerInspect
 from tasks.operations import runner
+from tasks.operations.faults import fault_point
 from tasks.operations.recap import record_checks, say
 from tasks.operations.refusals import operation
 
@@ -136,6 +146,7 @@ def _create_from(target, request: CreateRequest, engine: Engine):
     _, warnings = created_id(answer)
     for warning in warnings:
         logger.warning(f"{target.print_prefix}{name}: the engine warns: {warning}")
+    fault_point("recreate.after-create")
     for endpoint in request.extra_networks:
         _must(
             target,
@@ -249,6 +260,7 @@ def _keep_or_roll_back(
         _, tail = run_now(host, f"docker logs --tail 15 {q_name} 2>&1")
         step = f"removing the new {name}"
         run_now(host, f"docker rm -f {q_name}")
+        fault_point("recreate.rollback")
         if have_backup:
             step = f"renaming {previous} back to {name}"
             ok, out = run_now(host, f"docker rename {q_prev} {q_name}")
@@ -328,10 +340,13 @@ def _recreate(
     verify: Verifier | None,
     base_id: str | None = None,
     image_id: str | None = None,
+    discard_current: bool = False,
 ):
     """``base_id``: the container the new one is made from (the current container, or the
     previous copy an interrupted run left), read again here in full; None: nothing to keep,
-    ``docker run`` from the spec. ``image_id``: the id of ``spec.image`` when the plan was made."""
+    ``docker run`` from the spec. ``image_id``: the id of ``spec.image`` when the plan was made.
+    ``discard_current``: the container under ``spec.name`` is an interrupted recreate's unverified
+    new one, removed before the previous copy is made into a new one."""
     name, previous = spec.name, spec.name + PREVIOUS_SUFFIX
     q_name, q_prev = shlex.quote(name), shlex.quote(previous)
     # Everything that can refuse runs before the first change.
@@ -342,14 +357,18 @@ def _recreate(
         engine = _engine(host)
     # An interrupted earlier run may have left a previous copy. If the current container exists,
     # that copy is stale; if it does not, that copy is the only one and becomes our backup.
+    if discard_current:
+        _must(host, f"docker rm -f {q_name}", f"removing the unverified {name}")
     if had_current:
         run_now(host, f"docker rm -f {q_prev}")
         _must(host, f"docker rename {q_name} {q_prev}", f"renaming {name}")
+        fault_point("recreate.after-rename")
     have_backup = run_now(host, f"docker inspect --type container {q_prev} >/dev/null 2>&1")[0]
     if have_backup:
         # A short grace period: `mlflow server` runs as PID 1 with no SIGTERM handler, so any
         # longer wait is spent idle before the kill (measured in bench/: the full 20 s it was).
         _must(host, f"docker stop -t {STOP_GRACE_SECONDS} {q_prev}", f"stopping {previous}")
+        fault_point("recreate.after-stop")
     # From here the previous container is down: any failure, not only a refusal (a lost SFTP
     # channel, a bug), must end with it back under its name and running.
     try:
@@ -357,10 +376,12 @@ def _recreate(
             _create_from(host, request, engine)
         else:
             _start_new(host, spec)
+        fault_point("recreate.after-start")
     except Exception as exc:
         return _keep_or_roll_back(host, spec, have_backup, verify, reasons=[_reason(exc)])
     try:
-        reasons = [f"{r.name}: {r.evidence}" for r in _verify(host, spec, verify) if not r.passed]
+        checked = _with_fault(verify, "recreate.verify")
+        reasons = [f"{r.name}: {r.evidence}" for r in _verify(host, spec, checked) if not r.passed]
     except Exception as exc:
         reasons = [f"verification could not finish: {_reason(exc)}"]
     return _keep_or_roll_back(host, spec, have_backup, verify, reasons=reasons)
@@ -370,11 +391,29 @@ def _reason(exc: Exception) -> str:
     return str(exc) if isinstance(exc, OperationError) else f"{type(exc).__name__}: {exc}"
 
 
+def _with_fault(verify: Verifier | None, step: str) -> Verifier | None:
+    """``verify`` with a fault point first (after the settings were read back)."""
+    if verify is None:
+        return None
+
+    def checked(run):
+        fault_point(step)
+        return verify(run)
+
+    return checked
+
+
 @_reported
 def _finish(state, host, spec: ContainerSpec, verify: Verifier | None):
     """An earlier run stopped between starting the new container and keeping it: the container
-    matches the settings and its previous copy is still there. Verify it, then keep it (the
-    copy goes) or put the copy back, as that run would have."""
+    runs and matches the settings, and its previous copy is still there. Verify it, then keep it
+    (the copy goes) or put the copy back, as that run would have. The copy is stopped first: a
+    host that restarted brings back a container whose restart policy is ``always``, stopped or not."""
+    _must(
+        host,
+        f"docker stop -t {STOP_GRACE_SECONDS} {shlex.quote(spec.name + PREVIOUS_SUFFIX)}",
+        f"stopping {spec.name}{PREVIOUS_SUFFIX}",
+    )
     return _keep_or_roll_back(host, spec, True, verify)
 
 
@@ -449,16 +488,10 @@ def container(spec: ContainerSpec, verify: Verifier | None = None, facts: dict |
     except HostFailed:
         return
     plan = plan_from_facts(spec, facts)
+    if facts["previous"] is not None:
+        yield from _resume(spec, verify, facts, plan)
+        return
     if not plan.changed:
-        if facts["container"] and facts["previous"]:
-            say(
-                host,
-                f"container {spec.name} matches the settings, but "
-                f"{spec.name}{PREVIOUS_SUFFIX} is left from an unfinished run: verify "
-                f"{spec.name}, then remove the copy or put it back",
-            )
-            yield FunctionCommand(_finish, (spec, verify), {})
-            return
         host.noop(f"container {spec.name} matches the settings")
         return
     say(host, f"{plan.action} {spec.name}:\n" + "\n".join(f"    {line}" for line in format_plan(plan)))
@@ -480,4 +513,64 @@ def container(spec: ContainerSpec, verify: Verifier | None = None, facts: dict |
             "base_id": base["Id"] if base is not None else None,
             "image_id": facts["image"]["Id"] if base is not None else None,
         },
+    )
+
+
+def running(inspected: dict) -> bool:
+    state = inspected.get("State") or {}
+    return bool(state.get("Running")) and not state.get("Restarting")
+
+
+def state_words(inspected: dict) -> str:
+    """A container's state as the plan says it: running, created and never started, exited ..."""
+    state = inspected.get("State") or {}
+    status = state.get("Status") or "unknown"
+    if status == "created":
+        return "created, never started"
+    if status == "exited":
+        return f"stopped, exit code {state.get('ExitCode', '?')}"
+    return status
+
+
+def _resume(spec: ContainerSpec, verify: Verifier | None, facts: dict, plan: Plan):
+    """A ``-previous`` copy is there: a recreate did not finish (the controller died, the host
+    restarted). Say what was found, then finish that recreate or make it again."""
+    name, previous = spec.name, spec.name + PREVIOUS_SUFFIX
+    current, kept = facts["container"], facts["previous"]
+    if current is not None and not plan.changed and running(current):
+        say(
+            host,
+            f"found {name} running and matching the settings, and {previous} "
+            f"({state_words(kept)}) left by a recreate that did not finish: verify {name}, then "
+            f"remove {previous}, or put it back when {name} fails",
+        )
+        yield FunctionCommand(_finish, (spec, verify), {})
+        return
+    if current is None:
+        found = (
+            f"found {previous} ({state_words(kept)}) and no {name}: a recreate stopped after setting "
+            f"the container aside; make {name} from {previous}"
+        )
+    else:
+        why = "does not match the settings" if plan.changed else state_words(current)
+        found = (
+            f"found {name} ({why}), the unverified new container of a recreate that did not "
+            f"finish, and {previous} ({state_words(kept)}), the one it replaced: remove {name} and "
+            f"make it again from {previous}"
+        )
+    if facts["image"] is None:
+        raise OperationError(
+            f"{found}; but image {spec.image} is not on this host: pull or build it first "
+            f"(`docker pull {spec.image}`); nothing was changed"
+        )
+    changes = format_plan(plan_from_facts(spec, {**facts, "container": kept}))
+    say(
+        host,
+        f"{found}:\n"
+        + ("\n".join(f"    {line}" for line in changes) or f"    ({previous} already matches the settings)"),
+    )
+    yield FunctionCommand(
+        _recreate,
+        (spec, False, verify),
+        {"base_id": kept["Id"], "image_id": facts["image"]["Id"], "discard_current": current is not None},
     )
