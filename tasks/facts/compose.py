@@ -150,3 +150,41 @@ class ConfigText(FactBase):
             elif section == "secret" and line.strip():
                 secret_lines.append(line.strip())
         return {"lines": lines, "secret_lines": secret_lines}
+
+
+# The copy of a compose file an apply keeps beside it until the change is verified or undone
+# (tasks/operations/compose.py): its presence tells the next run that an apply did not finish.
+PENDING_SUFFIX = ".quantlab-previous"
+PENDING_MARK = "### quantlab-pending "
+
+
+def pending_path(path: str) -> str:
+    """``/srv/stack/docker-compose.yml`` -> ``/srv/stack/.docker-compose.yml.quantlab-previous``."""
+    folder, base = posixpath.split(path)
+    return posixpath.join(folder, f".{base}{PENDING_SUFFIX}")
+
+
+class ComposePending(FactBase):
+    """
+    The copy of compose file ``path`` that an unfinished apply left (:func:`pending_path`), read
+    through the same filter as ComposeService's: ``{"text": str | None, "secret_lines": [...]}``;
+    ``text`` is None when there is no copy (the usual case) or when it holds a literal secret.
+    """
+
+    def command(self, path):
+        return filtered_text_command(pending_path(path), PENDING_MARK)
+
+    def process(self, output):
+        text: str | None = None
+        secret_lines: list[str] = []
+        section = None
+        for line in output:
+            if line.startswith(PENDING_MARK):
+                section = line[len(PENDING_MARK) :].strip()
+            elif section == "file":
+                text = _decode(line)
+            elif section == "secret" and line.strip():
+                secret_lines.append(line.strip())
+        if section == "file" and text is None:
+            text = ""
+        return {"text": text, "secret_lines": secret_lines}

@@ -6,6 +6,11 @@ behind its back would be undone by the next `compose up`, or collide with it. So
 the user's file (only the keys it manages), lets the host's compose tool apply it
 (`up -d --no-deps <service>`), reads the container compose made and verifies it; when that fails,
 it writes the previous file back and applies it again.
+
+Until the change is verified or undone, a copy of the file before it stays beside it
+(``.<file>.quantlab-previous``, the owner and mode kept): a run that finds one knows an apply did
+not finish (the controller died after writing the file, or before the container was verified),
+says so, and applies and verifies again with that copy as the file to go back to.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from pyinfra.api import OperationError
 
 from tasks.checks.runner import CheckResult, format_table, progress
 from tasks.core.container_spec import ContainerSpec, format_plan, spec_from_inspect
-from tasks.facts.compose import ComposeContainer, ComposeService
+from tasks.facts.compose import ComposeContainer, ComposePending, ComposeService, pending_path
 from tasks.facts.docker import ContainerInspect
 from tasks.operations import docker, runner
+from tasks.operations.faults import fault_point
 from tasks.operations.recap import record_checks, say
 
 # What a verifier is handed: the container's name (compose may rename it on recreate).
@@ -41,6 +47,7 @@ class ComposeChange:
     new_text: str  # == old_text: only the container drifted; recreate it from the same file
     spec: ContainerSpec  # the settings as the container must show them (name: before the change)
     stop_grace: int = docker.STOP_GRACE_SECONDS
+    resumed: bool = False  # an unfinished apply left its copy: old_text is that copy
 
     @property
     def file_changed(self) -> bool:
@@ -133,37 +140,57 @@ def _verify(target, spec: ContainerSpec, verify: docker.Verifier | None) -> list
     return results
 
 
-def _apply(target, change: ComposeChange, text: str, force_recreate: bool) -> str:
+def _apply(target, change: ComposeChange, text: str, force_recreate: bool, forward: bool = True) -> str:
     if change.file_changed:
         _write_file(target, change.file, text)
+    if forward:
+        fault_point("compose.after-write")
     with progress(f"`compose up` of service {change.service}"):
         ok, out = docker.run_now(target, up_command(change, force_recreate))
     if not ok:
         raise OperationError(f"compose up {change.service} failed: {out.strip()[-600:]}")
+    if forward:
+        fault_point("compose.after-up")
     return _current_container(target, change)
 
 
 @docker._reported
 def apply(state, target, change: ComposeChange, verify_for: VerifierFor):
-    """Write the file, `up` the service, verify the container compose made; on failure write
-    the previous file back and `up` again."""
+    """Keep a copy of the file beside it, write the file, `up` the service, verify the container
+    compose made; on failure (any exception) write the previous file back and `up` again. The
+    copy goes once the change is verified or undone."""
+    copy = shlex.quote(pending_path(change.file))
+    if change.file_changed:
+        docker._must(
+            target,
+            f"[ -e {copy} ] || cp -p {shlex.quote(change.file)} {copy}",
+            f"keeping a copy of {change.file}",
+        )
     try:
         name = _apply(target, change, change.new_text, force_recreate=not change.file_changed)
         results = _verify(target, replace(change.spec, name=name), verify_for(name))
         reasons = [f"{r.name}: {r.evidence}" for r in results if not r.passed]
-    except OperationError as exc:
-        name, reasons = change.spec.name, [str(exc)]
+    except Exception as exc:
+        name, reasons = change.spec.name, [docker._reason(exc)]
     if not reasons:
+        if change.file_changed or change.resumed:
+            docker.run_now(target, f"rm -f {copy}")
         return True
     _, tail = docker.run_now(target, f"docker logs --tail 15 {shlex.quote(name)} 2>&1")
     if change.file_changed:
         try:
-            restored_name = _apply(target, change, change.old_text, force_recreate=False)
+            restored_name = _apply(target, change, change.old_text, force_recreate=False, forward=False)
             restored = f"the previous {change.file} is back and applied" + docker._restored_state(
                 target, restored_name
             )
-        except OperationError as exc:
-            restored = f"the previous {change.file} is back, but applying it failed: {exc}"
+        except Exception as exc:
+            restored = (
+                f"putting the previous {change.file} back failed ({docker._reason(exc)}); it is kept "
+                f"as {pending_path(change.file)}: copy it over the file and run the compose tool's "
+                f"`up -d {change.service}` in its folder"
+            )
+        else:
+            docker.run_now(target, f"rm -f {copy}")
     else:
         restored = f"{change.file} was not changed (only the container had drifted)"
     return docker._fail(
@@ -172,6 +199,26 @@ def apply(state, target, change: ComposeChange, verify_for: VerifierFor):
         + "\n  ".join(reasons)
         + ("\nLast log lines of the failed container:\n" + tail.strip() if tail.strip() else ""),
     )
+
+
+def unfinished_apply(file: str) -> str | None:
+    """The copy of ``file`` an unfinished apply left (the file before that apply), else None;
+    says what it found."""
+    fact = host.get_fact(ComposePending, path=file)
+    if fact is None:
+        if docker.host_failed():
+            raise docker.HostFailed()
+        return None
+    refuse_literal_secrets(pending_path(file), "the kept copy of the compose file", fact["secret_lines"])
+    if fact["text"] is None:
+        return None
+    say(
+        host,
+        f"found {pending_path(file)}: an apply of {file} did not finish (the controller stopped "
+        "after writing the file, or before its container was verified); the file before it is kept "
+        "there: apply and verify again, or write that copy back when the check fails",
+    )
+    return fact["text"]
 
 
 def refuse_literal_secrets(path: str, what: str, secret_lines: list[str]) -> None:

@@ -271,7 +271,9 @@ def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContai
         entrypoint=made.entrypoint if made else None,
     )
     plan = docker.plan_from_facts(desired, facts) if current else Plan("create", name)
-    if not changed_keys and not plan.changed:
+    # An apply that did not finish left the file before it beside it: go back to that one on failure.
+    kept = compose.unfinished_apply(file)
+    if not changed_keys and not plan.changed and kept is None:
         host.noop(f"service {service} in {file} and its container {name} match the settings")
         return
     change = compose.ComposeChange(
@@ -279,9 +281,10 @@ def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContai
         file=file,
         service=service,
         project=target.project if target else settings.compose_project,
-        old_text=fact["text"],
+        old_text=fact["text"] if kept is None else kept,
         new_text=new_text,
         spec=desired,
+        resumed=kept is not None,
     )
     compose.log_change(change, compose_diff(change.old_text, new_text, file), format_plan(plan))
 

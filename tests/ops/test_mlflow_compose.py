@@ -41,6 +41,11 @@ def compose_facts(facts: dict) -> dict:
         if value:
             value["containers"] = [ComposeContainer(**{**item, "config_files": tuple(item["config_files"])})
                                    for item in value["containers"]]
+    # No copy left by an unfinished apply, unless the case gives one.
+    pending = facts.setdefault("compose.ComposePending", {})
+    for key in facts.get("compose.ComposeService", {}):
+        path = key.split(", service=")[0]
+        pending.setdefault(path, {"text": None, "secret_lines": []})
     return facts
 
 
