@@ -57,6 +57,7 @@ from tasks.facts.postgres import (
     upload_private,
 )
 from tasks.operations import runner
+from tasks.operations.faults import fault_point
 from tasks.operations.recap import record_checks, say
 from tasks.operations.refusals import operation
 from tasks.settings.types import SecretSource
@@ -144,9 +145,12 @@ def login_probe(host, target, role, source, database):
     )
 
 
-def _verify(state, host, checks):
+def _verify(state, host, checks, fault: str | None = None):
     """FunctionCommand body: run the checks on this host, log the table, fail the op if any
-    check fails. ``checks``: (name, target, probe factory args...) built by the operations."""
+    check fails. ``checks``: (name, target, probe factory args...) built by the operations.
+    ``fault``: a fault point (tasks/operations/faults.py) passed first, after the change's SQL."""
+    if fault:
+        fault_point(fault)
     built = [(name, where, make(host), VERIFY_POLICY) for name, where, make in checks]
     results = run_checks(built, stop_on_failure=False)
     for line in format_table(results).splitlines():
@@ -275,7 +279,8 @@ def role(
                     )
                 ],
             ),
-            {},
+            # The role is made or changed, its grants (the next operations) not yet.
+            {"fault": "db_users.after-role"},
         )
 
 
