@@ -9,6 +9,13 @@ Matching is SQL ``LIKE``: ``_`` matches any one character, so ``test_%`` also ma
 no separator, like ``test%``, which also matches ``testarossa_trader``) is refused unless the
 settings say ``allow_broad_patterns``. Whatever the patterns, a match over ``max_share`` of the
 table's rows (or over ``max_rows``) stops the run before anything is deleted.
+
+A run killed mid-way leaves nothing half-done: the deletion is one transaction, and a session it
+left holding the advisory lock (its client gone or stuck) is ended by the next run's wait for
+the lock once it has sat idle for :data:`ORPHAN_AFTER_SECONDS`, which rolls it back.
+
+Long because the deletion script, its guards and the lock it runs under are one piece of SQL
+whose parts a reader must check against each other.
 """
 
 from __future__ import annotations
@@ -28,6 +35,12 @@ if TYPE_CHECKING:
 # pg_advisory_lock(int4, int4) keys shared by every cleanup run (advisory locks are per database).
 LOCK_KEYS = (0x71756E74, 0x636C6E)  # "qunt", "cln"
 BUSY_MARK = "cleanup-lock-busy"  # another run holds the lock: the scheduled job exits 75
+# Every cleanup session names itself, so a later run can tell one a killed run left behind.
+APPLICATION_NAME = "quant-cleanup"
+# A cleanup session that holds the lock and has sent nothing for this long is one whose
+# controller is gone (a live run streams its statements back to back): it is ended.
+ORPHAN_AFTER_SECONDS = 30
+REAPED_MARK = "quant-cleanup-reaped"
 REFUSED_MARK = "cleanup-refused"
 
 
@@ -267,18 +280,61 @@ def plan_deletion(
     return plan
 
 
-def lock_sql(lock_wait: float, scope: str) -> str:
-    """Take the cleanup advisory lock (``xact`` or ``session``), waiting at most ``lock_wait``
-    seconds; then fail with :data:`BUSY_MARK`."""
-    fn = "pg_try_advisory_xact_lock" if scope == "xact" else "pg_try_advisory_lock"
+def _holders(where: str = "") -> str:
+    """FROM/WHERE over the sessions (other than this one) holding the cleanup advisory lock."""
     k1, k2 = LOCK_KEYS
     return (
+        "FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+        f"WHERE l.locktype = 'advisory' AND l.classid = {k1} AND l.objid = {k2} AND l.objsubid = 2 "
+        f"AND l.granted AND a.pid <> pg_backend_pid(){where}"
+    )
+
+
+def application_sql() -> str:
+    """Name this session (``SET``, so it holds for the whole psql session)."""
+    return f"SET application_name = '{APPLICATION_NAME}';"
+
+
+def reap_plpgsql() -> str:
+    """PL/pgSQL that ends the cleanup sessions a killed run left holding the lock: named ours,
+    idle (not running a statement) for over :data:`ORPHAN_AFTER_SECONDS`. Ending one rolls its
+    transaction back and frees the lock. Each is named in a NOTICE carrying :data:`REAPED_MARK`."""
+    idle = (
+        f" AND a.application_name = '{APPLICATION_NAME}' AND a.state <> 'active' "
+        f"AND a.state_change < now() - make_interval(secs => {ORPHAN_AFTER_SECONDS})"
+    )
+    # OFFSET 0 keeps the filter apart from the call: no other session is ever asked to end.
+    return (
+        f"    FOR ended IN SELECT o.pid, o.state, o.state_change FROM (SELECT a.pid, a.state, "
+        f"a.state_change {_holders(idle)} OFFSET 0) AS o WHERE pg_catalog.pg_terminate_backend(o.pid) LOOP\n"
+        f"      RAISE NOTICE '{REAPED_MARK}: ended session pid % (%, since %): a cleanup run that "
+        "did not finish left it holding the cleanup lock; its transaction is rolled back', ended.pid, "
+        "ended.state, date_trunc('second', ended.state_change);\n"
+        "    END LOOP;\n"
+    )
+
+
+def lock_sql(lock_wait: float, scope: str) -> str:
+    """Take the cleanup advisory lock (``xact`` or ``session``), waiting at most ``lock_wait``
+    seconds (ending, meanwhile, the sessions a killed run left holding it: :func:`reap_plpgsql`);
+    then fail with :data:`BUSY_MARK`, naming the sessions that hold it."""
+    fn = "pg_try_advisory_xact_lock" if scope == "xact" else "pg_try_advisory_lock"
+    k1, k2 = LOCK_KEYS
+    holder = (
+        "string_agg(format('pid %s (%s, %s since %s)', a.pid, "
+        "coalesce(nullif(a.application_name, ''), 'no application name'), a.state, "
+        f"date_trunc('second', a.state_change)), '; ') {_holders()}"
+    )
+    return (
         "DO $quant$ DECLARE deadline timestamptz := clock_timestamp() + "
-        f"make_interval(secs => {lock_wait:g}); BEGIN\n"
+        f"make_interval(secs => {lock_wait:g}); holder text; ended record; BEGIN\n"
         f"  WHILE NOT {fn}({k1}, {k2}) LOOP\n"
-        "    IF clock_timestamp() >= deadline THEN\n"
+        + reap_plpgsql()
+        + "    IF clock_timestamp() >= deadline THEN\n"
+        f"      SELECT {holder} INTO holder;\n"
         f"      RAISE EXCEPTION '{BUSY_MARK}: another cleanup run holds the advisory lock on "
-        f"database % (waited {lock_wait:g}s); skipped, nothing changed', current_database();\n"
+        f"database % (waited {lock_wait:g}s; held by %); skipped, nothing changed', current_database(), "
+        "coalesce(holder, 'a session that has just ended');\n"
         "    END IF;\n"
         "    PERFORM pg_sleep(0.2);\n"
         "  END LOOP;\nEND $quant$;"
@@ -316,6 +372,7 @@ def delete_script(s: CleanupSettings, plan: DeletionPlan) -> str:
     lines = [
         "\\set VERBOSITY terse",
         "\\set ON_ERROR_STOP 1",
+        application_sql(),
         "BEGIN;",
         f"SET LOCAL lock_timeout = {quote_literal(postgres_interval(s.lock_timeout))};",
         lock_sql(s.lock_wait, "xact"),

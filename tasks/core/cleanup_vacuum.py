@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from tasks.core.cleanup_sql import LOCK_KEYS, lock_sql
+from tasks.core.cleanup_sql import LOCK_KEYS, application_sql, lock_sql
 from tasks.core.durations import postgres_interval
 from tasks.core.pg_sql import quote_ident, quote_literal
 from tasks.core.private_file import write_private_text
@@ -31,6 +31,7 @@ def vacuum_script(s: CleanupSettings, tables: Sequence[tuple[str, str]], statist
     lines = [
         "\\set VERBOSITY terse",
         "\\set ON_ERROR_STOP 1",
+        application_sql(),
         f"SET lock_timeout = {quote_literal(postgres_interval(s.lock_timeout))};",
         lock_sql(s.lock_wait, "session"),
         f"SET statement_timeout = {quote_literal(postgres_interval(s.statement_timeout))};",

@@ -44,6 +44,7 @@ from tasks.checks.runner import CheckResult, NotYet, RetryPolicy, format_table, 
 from tasks.core.cleanup_catalog import CleanupRefused, Dependent, dependents_of
 from tasks.core.cleanup_sql import (
     BUSY_MARK,
+    REAPED_MARK,
     count_sql,
     delete_script,
     describe_deletion,
@@ -65,6 +66,7 @@ from tasks.core.cleanup_vacuum import (
 from tasks.core.pg_exec import PgTarget
 from tasks.core.pg_sql import quote_ident
 from tasks.facts.cleanup import CleanupCounts, CleanupTable, PostgresStatistics
+from tasks.operations.faults import kill_during
 from tasks.operations.recap import record_checks, say
 from tasks.operations.refusals import deploy, operation
 from tasks.settings.cleanup import CleanupSettings
@@ -108,14 +110,39 @@ def _fail(host, message: str) -> bool:
     return False
 
 
+# A fault point inside a psql script: the controller is killed this long after the script
+# started, while the script's session sits idle (its client stuck) for STALL_SECONDS, holding the
+# lock: as a run whose controller died mid-way leaves it, for the next run to end.
+FAULT_KILL_AFTER = 3.0
+STALL_SECONDS = 50
+
+
+def _stall(script: str, before: str | None = None, after: str | None = None) -> str:
+    """``script`` with a psql client-side pause before or after the first line starting so."""
+    lines = script.split("\n")
+    i = next(i for i, line in enumerate(lines) if line.startswith(before or after or ""))
+    lines.insert(i if before else i + 1, f"\\! sleep {STALL_SECONDS}")
+    return "\n".join(lines)
+
+
+def _say_reaped(host, err: Sequence[str]) -> None:
+    """What the wait for the lock found and ended (sessions a killed run left holding it)."""
+    for line in err:
+        if REAPED_MARK in line:
+            say(host, "cleanup: found and " + line[line.index(REAPED_MARK) + len(REAPED_MARK) + 2 :].strip())
+
+
 def _run_delete(state, host, settings: CleanupSettings, target: PgTarget, deps, script: str):
     from tasks.operations.postgres import run_script
 
+    if kill_during("cleanup.mid-delete", FAULT_KILL_AFTER):
+        script = _stall(script, before="COMMIT;")  # rows deleted, not committed
     with progress(
         f"the deletion from {settings.schema}.{settings.table} (the run lock first)",
         settings.lock_wait + settings.statement_timeout,
     ):
         ok, out, err = run_script(host, target, script)
+    _say_reaped(host, err)
     if not ok:
         message = _failure(err)
         if BUSY_MARK in message:
@@ -215,7 +242,11 @@ def _run_vacuum(state, host, settings: CleanupSettings, target: PgTarget, tables
     with progress(
         "VACUUM (ANALYZE)", settings.lock_wait + settings.statement_timeout * max(1, len(tables or ()))
     ):
-        ok, out, err = run_script(host, target, vacuum_script(settings, tables, statistics=True))
+        script = vacuum_script(settings, tables, statistics=True)
+        if kill_during("cleanup.mid-vacuum", FAULT_KILL_AFTER):
+            script = _stall(script, after="VACUUM (ANALYZE")  # one table done, the lock held
+        ok, out, err = run_script(host, target, script)
+    _say_reaped(host, err)
     rows = parse_vacuum_output(out, tables)
     _results(host)["vacuum"] = rows
     # The statistics read at the end of the same psql session: statistics_report, next in the
