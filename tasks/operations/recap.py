@@ -19,6 +19,7 @@ adds a verification's results to the host's part of the document.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import re
@@ -158,9 +159,11 @@ class _Run(BaseStateCallback, logging.Handler):
                 started=self.started,
                 finished=time.time(),
             )
-            import json
-
-            written = write_private_text(path, json.dumps(document, indent=2, default=str) + "\n")
+            try:
+                written = write_private_text(path, json.dumps(document, indent=2, default=str) + "\n")
+            except OSError as exc:
+                logger.error(f"--> Run report: could not write {path}: {exc}")
+                return
             logger.info(f"--> Run report: {written}")
 
 
