@@ -30,6 +30,7 @@ from tasks.facts.docker import ContainerInspect
 from tasks.operations import docker, runner
 from tasks.operations.faults import fault_point
 from tasks.operations.recap import record_checks, say
+from tasks.operations.text_files import diff_enabled, show_diff
 
 # What a verifier is handed: the container's name (compose may rename it on recreate).
 VerifierFor = Callable[[str], docker.Verifier | None]
@@ -244,8 +245,13 @@ def read_service(file: str, service: str) -> dict:
 
 
 def log_change(change: ComposeChange, file_diff: str, container_lines: list[str]) -> None:
+    """The plan: the file's unified diff and the container's changes. With ``--diff`` the file's
+    diff is printed as pyinfra's files.put prints its own (the file is written, applied and rolled
+    back at execution, so it cannot go through files.put itself)."""
     lines = []
-    if change.file_changed:
+    if change.file_changed and diff_enabled():
+        lines.append(f"{change.file} (service {change.service}): the diff below")
+    elif change.file_changed:
         lines.append(f"{change.file} (service {change.service}):\n{file_diff.rstrip()}")
     if container_lines:
         lines.append(
@@ -253,3 +259,5 @@ def log_change(change: ComposeChange, file_diff: str, container_lines: list[str]
         )
     how = "recreate through compose" if change.file_changed else "force-recreate through compose"
     say(host, f"{how}, service {change.service}:\n" + "\n".join(lines))
+    if change.file_changed:
+        show_diff(change.file, change.old_text, change.new_text)
