@@ -301,7 +301,7 @@ def reap_plpgsql() -> str:
     transaction back and frees the lock. Each is named in a NOTICE carrying :data:`REAPED_MARK`."""
     idle = (
         f" AND a.application_name = '{APPLICATION_NAME}' AND a.state <> 'active' "
-        f"AND a.state_change < now() - make_interval(secs => {ORPHAN_AFTER_SECONDS})"
+        f"AND a.state_change < clock_timestamp() - make_interval(secs => {ORPHAN_AFTER_SECONDS})"
     )
     # OFFSET 0 keeps the filter apart from the call: no other session is ever asked to end.
     return (
