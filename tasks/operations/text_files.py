@@ -78,7 +78,8 @@ def show_diff(path: str, old_text: str | None, new_text: str) -> None:
     if not diff_enabled() or old_text == new_text:
         return
     refuse_secret_text(path, new_text)
-    host.log(f"Will {'create' if old_text is None else 'modify'} {format_text(path, bold=True)}", logger.info)
+    verb = "create" if old_text is None else "modify"
+    logger.info(f"{host.print_prefix}Will {verb} {format_text(path, bold=True)}")  # as host.log prints
     old_lines = [] if old_text is None else old_text.splitlines(keepends=True)
     for line in generate_color_diff(old_lines, new_text.splitlines(keepends=True)):
         logger.info("  %s", line)
