@@ -38,6 +38,7 @@ from tasks.core.private_file import write_private_text
 from tasks.core.recap import HostOutcome, OperationOutcome, one_line, plain, recap_lines, run_document
 
 REPORT_ENV = "QUANT_REPORT"
+REASON_LINES = 4  # of the error lines printed for a host's failed operation
 PREFIX = re.compile(r"^\[([^\]]+)\]\s+(?:nested\s+)?(.*)$", re.S)
 # pyinfra's own summary of a failed operation: a reason only when nothing better was printed.
 GENERIC = re.compile(r"^Error(?: \(ignored[^)]*\))?:? ?(executed \d+ commands.*)?$")
@@ -175,12 +176,12 @@ def _op_name(state: Any, op_hash: str) -> str:
 
 
 def _best(lines: list[tuple[int, str]]) -> str:
-    """The first specific error line (not pyinfra's "Error: executed N commands"), else the
-    first specific warning (pyinfra prints a callback's exception as one), else the first line."""
+    """The first specific error lines (not pyinfra's "Error: executed N commands"), else the
+    first specific warnings (pyinfra prints a callback's exception as one), else the first line."""
     for level in (logging.ERROR, logging.WARNING):
-        for levelno, line in lines:
-            if levelno >= level and line and not GENERIC.match(line):
-                return one_line(line)
+        specific = [line for levelno, line in lines if levelno >= level and line and not GENERIC.match(line)]
+        if specific:  # a message printed one line at a time: its first lines, joined
+            return one_line("\n".join(specific[:REASON_LINES]))
     return one_line(lines[0][1]) if lines else "failed"
 
 
