@@ -85,10 +85,13 @@ def one_line(text: str, chars: int = REASON_CHARS) -> str:
     return joined if len(joined) <= chars else joined[: chars - 3] + "..."
 
 
-def recap_lines(hosts: list[HostOutcome], dry: bool = False) -> list[str]:
+def recap_lines(hosts: list[HostOutcome], dry: bool = False, stopped: bool = False) -> list[str]:
     """A header, one aligned line per host (ok, changed, failed, unreachable, the first failure's
-    reason), then the totals. With ``dry`` the changed column counts what would change."""
-    lines = ["--> Recap" + (" (dry run: changed = would change)" if dry else "") + ":"]
+    reason), then the totals. With ``dry`` the changed column counts what would change;
+    ``stopped``: the run stopped while planning, nothing was executed."""
+    note = " (stopped while planning: nothing was executed)" if stopped else ""
+    note = note or (" (dry run: changed = would change)" if dry else "")
+    lines = [f"--> Recap{note}:"]
     width = max([len(h.name) for h in hosts] + [4])
     for h in sorted(hosts, key=lambda h: h.name):
         d = h.as_dict()
@@ -116,6 +119,7 @@ def run_document(
     deploys: list[str],
     dry: bool,
     started: float,
+    stopped: bool = False,
     finished: float,
 ) -> dict[str, Any]:
     """The run's JSON document: per host its status, counts, first failure, operations with
@@ -126,7 +130,7 @@ def run_document(
     return {
         "run_id": run_id,
         "deploys": list(deploys),
-        "mode": "dry" if dry else "execute",
+        "mode": "stopped" if stopped else "dry" if dry else "execute",
         "started": _dt.datetime.fromtimestamp(started, _dt.UTC).isoformat(),
         "finished": _dt.datetime.fromtimestamp(finished, _dt.UTC).isoformat(),
         "elapsed": round(finished - started, 2),

@@ -41,6 +41,7 @@ REPORT_ENV = "QUANT_REPORT"
 REASON_LINES = 4  # of the error lines printed for a host's failed operation
 PREFIX = re.compile(r"^\[([^\]]+)\]\s+(?:nested\s+)?(.*)$", re.S)
 # pyinfra's own summary of a failed operation: a reason only when nothing better was printed.
+RUN_ERROR = re.compile(r"^--> .*error.*: ", re.I)  # pyinfra CLI's line when a run stops
 GENERIC = re.compile(r"^Error(?: \(ignored[^)]*\))?:? ?(executed \d+ commands.*)?$")
 
 
@@ -49,7 +50,7 @@ class _Run(BaseStateCallback, logging.Handler):
 
     def __init__(self, state: Any):
         BaseStateCallback.__init__(self)
-        logging.Handler.__init__(self, level=logging.WARNING)
+        logging.Handler.__init__(self, level=logging.INFO)
         self.state = state
         self.run_id = uuid.uuid4().hex
         self.started = time.time()
@@ -58,6 +59,8 @@ class _Run(BaseStateCallback, logging.Handler):
         self.errors: dict[str, list[tuple[int, str]]] = {}  # host -> (level, line) since its op started
         self.reasons: dict[str, str] = {}  # host -> its first failure's reason
         self.planning_errors: dict[str, list[tuple[int, str]]] = {}  # host -> errors printed while planning
+        self.ready: set[str] = set()  # hosts whose deploy file pyinfra finished loading ("Ready:")
+        self.run_errors: list[str] = []  # pyinfra's "--> ... error: ..." lines: the run stopped
         self.op_started: dict[tuple[str, str], float] = {}
         self.op_elapsed: dict[tuple[str, str], float] = {}
         self.host_span: dict[str, list[float]] = {}
@@ -69,6 +72,15 @@ class _Run(BaseStateCallback, logging.Handler):
         try:
             match = PREFIX.match(plain(record.getMessage()).strip())
         except Exception:  # a record that cannot be formatted is not ours to judge
+            return
+        if not match:
+            text = plain(record.getMessage()).strip()
+            if record.levelno >= logging.WARNING and RUN_ERROR.match(text):
+                self.run_errors.append(text.removeprefix("--> "))
+            return
+        if record.levelno < logging.WARNING:
+            if match.group(2).startswith("Ready: "):
+                self.ready.add(match.group(1).strip())
             return
         if match:
             name, line = match.group(1).strip(), (record.levelno, match.group(2).strip())
@@ -134,12 +146,22 @@ class _Run(BaseStateCallback, logging.Handler):
                 else:
                     status = "changed" if meta.did_change() else "ok"
                 outcome.operations.append(OperationOutcome(_op_name(state, op_hash), status, elapsed))
-            if dry and host.name in self.planning_errors:
+            if dry and outcome.reachable and host.name not in self.ready and self.run_errors:
+                # the run stopped (an exception) before this host's operations were all planned
+                outcome.failed = True
+                outcome.reason = (
+                    _best(self.planning_errors.get(host.name, []))
+                    if (host.name in self.planning_errors)
+                    else one_line(self.run_errors[0])
+                )
+            elif dry and host.name in self.planning_errors:
                 # a refusal printed for this host while planning: its run would fail
                 outcome.failed = True
                 outcome.reason = self.reasons.get(host.name) or _best(self.planning_errors[host.name])
             elif outcome.reachable and (outcome.failed or outcome.count("failed")):
                 outcome.reason = self.reasons.get(host.name) or _best(self.errors.get(host.name, []))
+            # the recap names the host already: "host 'h1': " in a settings error says it twice
+            outcome.reason = outcome.reason.replace(f"host '{host.name}': ", "")
             hosts.append(outcome)
         return hosts, dry
 
@@ -148,7 +170,8 @@ class _Run(BaseStateCallback, logging.Handler):
             return
         self.finished = True
         hosts, dry = self.outcomes()
-        for line in recap_lines(hosts, dry=dry):
+        stopped = dry and bool(self.run_errors)
+        for line in recap_lines(hosts, dry=dry, stopped=stopped):
             logger.info(line)
         path = os.environ.get(REPORT_ENV)
         if path:
@@ -157,6 +180,7 @@ class _Run(BaseStateCallback, logging.Handler):
                 run_id=self.run_id,
                 deploys=[arg for arg in sys.argv[1:] if arg.endswith(".py")],
                 dry=dry,
+                stopped=stopped,
                 started=self.started,
                 finished=time.time(),
             )

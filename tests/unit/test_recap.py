@@ -58,6 +58,14 @@ def test_a_dry_run_counts_what_would_change():
     assert re.search(r"\[h1\]\s+changed\s+ok=0\s+changed=1", lines[1])
 
 
+def test_a_run_that_stopped_while_planning_says_so():
+    host = HostOutcome("h1", failed=True, reason="Operation error: stack.retry_attempts: must be <= 1000")
+    lines = recap_lines([host], dry=True, stopped=True)
+    assert lines[0] == "--> Recap (stopped while planning: nothing was executed):"
+    doc = run_document([host], run_id="r", deploys=[], dry=True, stopped=True, started=0.0, finished=1.0)
+    assert doc["mode"] == "stopped" and doc["ok"] is False
+
+
 def test_a_host_that_failed_while_planning_is_failed_with_its_reason():
     host = HostOutcome("h1", failed=True, reason="h1: mlflow.memory_limit: '1gb' is not a size")
     [_, row, total] = recap_lines([host])
