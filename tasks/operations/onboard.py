@@ -47,7 +47,7 @@ from pathlib import Path
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, StringCommand
 from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.files import FileContents
+from pyinfra.facts.files import Directory, FileContents
 from pyinfra.operations import apt, files, server, systemd
 
 from tasks import settings as host_settings
@@ -138,7 +138,12 @@ def docker_daemon_json(max_size: str, max_file: int, path: str = DAEMON_JSON):
     if not changed:
         host.noop(f"{path} rotates logs ({max_size} x {max_file})")
         return
-    yield StringCommand("install", "-d", "-m", "0755", str(Path(path).parent))
+    # pyinfra plans an operation up to its first command: files.put prints its --diff before its
+    # upload, so the folder (when missing) is made after the diff is printed.
+    folder = str(Path(path).parent)
+    if not host.get_fact(Directory, path=folder):
+        show_diff(path, current, text)
+        yield StringCommand("install", "-d", "-m", "0755", folder)
     yield from put_text(path, text, mode="644", user="root", group="root")
 
 
