@@ -5,7 +5,8 @@ and bench/results/summary.md (plus PNG plots), and the table is printed at the e
 a median over repeated runs, peers measured in the same run, interleaved, on the same hosts.
 
 Sections (in this order; `--only` picks some):
-  fleet    no-change run over SSH, fleets of 1/5/10 sshd "hosts": pyinfra fix_mlflow vs Ansible
+  fleet    no-change and one-change runs over SSH, fleets of 1/10/25/50 sshd "hosts" (`--fleet-sizes`):
+           pyinfra fix_mlflow vs Ansible, warm and new connections (bench/fleet.py)
   repair   drift recreate: fix_mlflow vs `docker rm -f` + `docker run` + poll, /health sampled
            every 100 ms by a separate process; MLflow's cold start as the floor; incident -> verified
   load     before/after the fix under the same bounded load: memory, SIGKILLs, errors, p50/p99
@@ -17,13 +18,10 @@ ever addresses 127.0.0.1 ports of containers and sshd processes this run created
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
 import os
 import platform
-import re
-import runpy
 import shutil
 import signal
 import statistics
@@ -32,138 +30,43 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import fleet_stats
+from cgroup import container_cgroup, memory_mib, oom_kills
+from common import (
+    ANSIBLE_VENV,
+    BENCH,
+    CLEANUP,
+    FIX_MLFLOW,
+    PREFIX,
+    REPO,
+    RESULTS,
+    Ctx,
+    log,
+    median,
+    run_pyinfra_timed,
+    wait_health,
+)
+from events import log_times
+from load import run_load
 
-import docker  # noqa: E402
-from load import run_load  # noqa: E402
-from sshd_fleet import start_fleet, stock_shell_rc  # noqa: E402
+from fleet import bench_fleet
+from tasks.lab.harness import write_inventory
+from tasks.lab.stack import SIGKILL_LINE
 
-from tasks.core.container_spec import docker_run_args, env_file_text  # noqa: E402
-from tasks.core.mlflow_server import desired_container, server_spec  # noqa: E402
-from tasks.core.sizes import docker_size  # noqa: E402
-from tasks.lab.harness import LabHandle, free_port_base, run_pyinfra, write_inventory  # noqa: E402
-from tasks.lab.inventory import lab_host_data  # noqa: E402
-from tasks.lab.stack import LAB_MLFLOW_VERSION, SIGKILL_LINE, VERSION_LABEL, Lab, mlflow_command, mlflow_env  # noqa: E402
-from tasks.settings import load as load_settings  # noqa: E402
-from tasks.settings.mlflow import resolve_secret_env  # noqa: E402
-
-PREFIX = "qtbn"
-os.environ["QUANTLAB_PREFIX"] = PREFIX  # belt and braces: no inventory here may reach another lab
-BENCH = REPO / "bench"
-RESULTS = BENCH / "results"
-ANSIBLE_VENV = BENCH / ".venv-ansible"
-FIX_MLFLOW = REPO / "deploys" / "fix_mlflow.py"
-CLEANUP = REPO / "deploys" / "cleanup_database.py"
 SECTIONS = ("fleet", "repair", "load", "cleanup")
 
 SIZES = {
-    "quick": {"fleets": [1, 5, 10], "fleet_reps": 3, "fleet_converge": False, "repair_reps": 2, "incident_reps": 1,
+    "quick": {"fleets": [1, 10], "fleet_reps": 3, "fleet_converge": 0, "machine_shell_hosts": 10,
+              "repair_reps": 2, "incident_reps": 1,
               "load_clients": 8, "load_seconds": 15, "load_max_requests": 20000,
               "cleanup_rows": 500_000, "cleanup_reps": 3},
-    "full": {"fleets": [1, 5, 10], "fleet_reps": 7, "fleet_converge": True, "repair_reps": 5, "incident_reps": 2,
+    "full": {"fleets": [1, 10, 25, 50], "fleet_reps": 5, "fleet_converge": 10, "machine_shell_hosts": 10,
+             "repair_reps": 5, "incident_reps": 2,
              "load_clients": 12, "load_seconds": 45, "load_max_requests": 60000,
              "cleanup_rows": 2_000_000, "cleanup_reps": 5},
 }
-
-
-def log(message: str):
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def median(values):
-    values = [v for v in values if v is not None]
-    return round(statistics.median(values), 3) if values else None
-
-
-# -- the lab and its containers ----------------------------------------------------------------
-
-class Ctx:
-    def __init__(self, size: str, work: Path):
-        self.size = size
-        self.cfg = SIZES[size]
-        self.work = work
-        self.client = docker.from_env()
-        self.port_base = free_port_base(29300, span=60)
-        self.lab = LabHandle(PREFIX, self.port_base)
-        self.group_defaults = runpy.run_path(str(REPO / "inventories" / "group_data" / "all.py"))
-        self.extra_containers: set[str] = set()
-
-    # ports: lab +0..+4; pyinfra fleet +10..; Ansible fleet +25..; cold start +40; before-fix +41
-    def port(self, offset: int) -> int:
-        return self.port_base + offset
-
-    @property
-    def host_data(self) -> dict:
-        return lab_host_data(PREFIX)
-
-    def settings(self, mlflow_overrides: dict | None = None):
-        data = self.host_data
-        return load_settings("mlflow", "bench", {**data["mlflow"], **(mlflow_overrides or {})})
-
-    def fixed_spec(self, mlflow_overrides: dict | None = None):
-        """The container spec fix_mlflow makes for these settings (MLflow 2.9.2, the lab image)."""
-        settings = self.settings(mlflow_overrides)
-        server = server_spec(settings, LAB_MLFLOW_VERSION)
-        spec = desired_container(settings, server, resolve_secret_env("bench", settings))
-        spec.labels[VERSION_LABEL] = LAB_MLFLOW_VERSION
-        return settings, server, spec
-
-    def remove(self, *names: str):
-        for name in names:
-            subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
-
-    def run_incident_like(self, name: str, port: int, memory: str, restart: str, hook: bool):
-        """An MLflow container with the incident's server settings (4 gunicorn workers, no
-        gunicorn options); `hook` adds the lab's gunicorn hook that makes workers the OOM victims."""
-        lab = Lab(prefix=PREFIX, port_base=self.port_base)
-        env = mlflow_env(lab, lab.secrets())
-        if hook:
-            env["GUNICORN_CMD_ARGS"] = "-c /etc/quantlab/gunicorn_incident.py"
-        name_, _, count = restart.partition(":")
-        policy = {"Name": name_, **({"MaximumRetryCount": int(count)} if count else {})}
-        self.remove(name, name + "-previous")
-        self.client.containers.run(
-            self.host_data["mlflow"]["image"], mlflow_command(lab, "incident"), name=name,
-            environment=env, mem_limit=memory, restart_policy=policy, network=lab.network,
-            ports={"5000/tcp": ("127.0.0.1", port)}, detach=True,
-            labels={"quantlab.prefix": PREFIX, VERSION_LABEL: LAB_MLFLOW_VERSION,
-                    "com.docker.compose.project": PREFIX, "com.docker.compose.service": "mlflow"})
-        if name != f"{PREFIX}-mlflow":
-            self.extra_containers.add(name)
-
-    def docker_run_fixed(self, spec) -> None:
-        """`docker run` with exactly the arguments fix_mlflow uses (env in a 0600 file)."""
-        folder = Path(tempfile.mkdtemp(prefix="qtbn-env-"))
-        try:
-            env_file = folder / "env"
-            env_file.write_text(env_file_text(spec))
-            env_file.chmod(0o600)
-            subprocess.run(docker_run_args(spec, str(env_file)), check=True, capture_output=True,
-                           timeout=120)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def health_ok(port: int, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout) as answer:
-            return answer.status == 200
-    except Exception:
-        return False
-
-
-def wait_health(port: int, seconds: float = 120.0, interval: float = 0.1) -> float | None:
-    """Seconds until /health answers 200 (polled every `interval`), None after `seconds`."""
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        if health_ok(port, timeout=min(1.0, interval * 10)):
-            return time.monotonic() - start
-        time.sleep(interval)
-    return None
 
 
 class Sampler:
@@ -188,14 +91,16 @@ class Sampler:
 
 
 def outage(samples: list[dict], since: float) -> dict:
-    """The /health outage after `since`: last OK before the first failure -> first OK after it."""
+    """The /health outage after `since`: the last OK answer before the first failed request was
+    sent -> the first OK answer after it (answer times: a request that blocked counts until it
+    answered; samples without `end` are taken as instant)."""
     after = [s for s in samples if s["t"] >= since - 1.0]
     failed = [s for s in after if not s["ok"] and s["t"] >= since]
     if not failed:
         return {"downtime_s": 0.0, "failed_samples": 0, "samples": len(after)}
     first_fail = failed[0]["t"]
-    last_ok_before = max((s["t"] for s in after if s["ok"] and s["t"] < first_fail), default=None)
-    first_ok_after = min((s["t"] for s in after if s["ok"] and s["t"] > first_fail), default=None)
+    last_ok_before = max((s.get("end", s["t"]) for s in after if s["ok"] and s["t"] < first_fail), default=None)
+    first_ok_after = min((s.get("end", s["t"]) for s in after if s["ok"] and s["t"] > first_fail), default=None)
     start = last_ok_before if last_ok_before is not None else first_fail
     return {"downtime_s": round(first_ok_after - start, 2) if first_ok_after else None,
             "failed_samples": sum(1 for s in after if not s["ok"]), "samples": len(after),
@@ -203,183 +108,9 @@ def outage(samples: list[dict], since: float) -> dict:
             "first_ok_after": round(first_ok_after - since, 2) if first_ok_after else None}
 
 
-# -- 1. the fleet: no-change runs over SSH -----------------------------------------------------
-
-def ansible_env(ctx: Ctx, fleet, forks: int) -> dict:
-    control = Path(tempfile.mkdtemp(prefix="qtbn-cp-"))  # short: ControlPath has a length limit
-    home = ctx.work / "ansible-home"
-    home.mkdir(exist_ok=True)
-    return {**os.environ,
-            "ANSIBLE_HOME": str(home), "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
-            "ANSIBLE_REMOTE_TMP": "/tmp/qtbn-ansible-remote",
-            "ANSIBLE_FORKS": str(forks), "ANSIBLE_PIPELINING": "True", "ANSIBLE_GATHERING": "explicit",
-            "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_RETRY_FILES_ENABLED": "False",
-            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PYTHON_INTERPRETER": str(ANSIBLE_VENV / "bin" / "python"),
-            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control),
-            "ANSIBLE_SSH_ARGS": (f"-F /dev/null -o ControlMaster=auto -o ControlPersist=60s "
-                                 f"-o IdentitiesOnly=yes -o BatchMode=yes "
-                                 f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes")}
-
-
-def fleet_inventories(ctx: Ctx, fleet, count: int, tag: str = "") -> tuple[Path, Path]:
-    base = ctx.host_data
-    pyinfra_hosts, ansible_hosts = [], {}
-    settings, server, _ = ctx.fixed_spec()
-    secret_files = {k: v["file"] for k, v in base["mlflow"]["secret_env"].items()}
-    for i, server_ in enumerate(fleet.servers[:count]):
-        name = f"bench-h{i}"
-        data = copy.deepcopy(base)
-        data["mlflow"].update(container_name=f"{PREFIX}-fleet-p{i}",
-                              ports=[f"127.0.0.1:{ctx.port(10 + i)}:5000"], compose_file=None)
-        data.update(fleet.pyinfra_data(server_))
-        pyinfra_hosts.append([name, data])
-        ansible_hosts[name] = {
-            "ansible_host": "127.0.0.1", "ansible_port": server_.port, "ansible_user": fleet.user,
-            "ansible_ssh_private_key_file": str(fleet.client_key),
-            "mlflow_container": f"{PREFIX}-fleet-a{i}", "mlflow_image": settings.image,
-            "mlflow_command": list(server.command),
-            "mlflow_env": {**server.env, **settings.env}, "mlflow_secret_files": secret_files,
-            "mlflow_labels": dict(settings.labels), "mlflow_network": settings.network,
-            "mlflow_port": ctx.port(25 + i), "mlflow_memory": docker_size(settings.memory_limit),
-            "mlflow_memory_reservation": docker_size(settings.memory_reservation),
-            "mlflow_restart_policy": settings.restart_policy,
-        }
-    stem = f"{count}{'-' + tag if tag else ''}"
-    hosts_json = ctx.work / f"fleet{stem}.json"
-    hosts_json.write_text(json.dumps(pyinfra_hosts))
-    pyinfra_inv = ctx.work / f"inventory_pyinfra_{stem}.py"
-    pyinfra_inv.write_text(f"import json\nhosts = [tuple(h) for h in json.load(open({str(hosts_json)!r}))]\n")
-    ansible_inv = ctx.work / f"inventory_ansible_{stem}.json"
-    ansible_inv.write_text(json.dumps({"all": {"children": {"mlflow": {"hosts": ansible_hosts}}}}))
-    return pyinfra_inv, ansible_inv
-
-
-def run_ansible(inventory: Path, env: dict, timeout: int = 900) -> dict:
-    start = time.monotonic()
-    proc = subprocess.run([str(ANSIBLE_VENV / "bin" / "ansible-playbook"), "-i", str(inventory),
-                           str(BENCH / "ansible" / "fix_mlflow.yml")], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=BENCH / "ansible")
-    wall = time.monotonic() - start
-    recap = re.findall(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
-                       proc.stdout, re.M)
-    return {"wall_s": round(wall, 3), "returncode": proc.returncode,
-            "changed": sum(int(r[2]) for r in recap), "failed": sum(int(r[3]) + int(r[4]) for r in recap),
-            "hosts": len(recap), "tail": proc.stdout[-1500:] + proc.stderr[-800:]}
-
-
-def run_pyinfra_timed(inventory: Path, deploy: Path, *args, env=None) -> dict:
-    start = time.monotonic()
-    run = run_pyinfra(inventory, deploy, *args, env={"QUANTLAB_PREFIX": PREFIX, **(env or {})})
-    wall = time.monotonic() - start
-    return {"wall_s": round(wall, 3), "returncode": run.returncode, "changed": run.changed,
-            "failed": run.errors, "tail": (run.stdout[-1500:] if run.returncode else "") + run.stderr[-800:]}
-
-
-def precreate_fleet(ctx: Ctx, count: int):
-    """Start every fleet container exactly as each tool would create it (quick size: the tools'
-    own converging runs cost minutes of MLflow cold starts on 2 cores), then wait until they answer."""
-    from dataclasses import replace
-    _, _, spec = ctx.fixed_spec({"compose_file": None})
-    ports = []
-    for i in range(count):
-        for tool, offset in (("p", 10), ("a", 25)):
-            name, port = f"{PREFIX}-fleet-{tool}{i}", ctx.port(offset + i)
-            ctx.remove(name)
-            ctx.docker_run_fixed(replace(spec, name=name, ports=(f"127.0.0.1:{port}:5000",)))
-            ports.append(port)
-    deadline = time.monotonic() + 240
-    waiting = set(ports)
-    while waiting and time.monotonic() < deadline:
-        waiting = {p for p in waiting if not health_ok(p)}
-        time.sleep(1)
-    return sorted(waiting)
-
-
-FLEET_TOOLS = ("pyinfra", "ansible", "ansible-fresh")
-MACHINE_SHELL = "machine-shell"
-
-
-def bench_fleet(ctx: Ctx) -> dict:
-    sizes = ctx.cfg["fleets"]
-    biggest = max(sizes)
-    # The fleet's hosts get a stock login shell (see sshd_fleet); a second fleet of the biggest
-    # size keeps this machine's own root shell, measured alongside so the difference is visible.
-    fleet = start_fleet(ctx.work / "sshd", biggest, shell_rc=stock_shell_rc())
-    machine_fleet = start_fleet(ctx.work / "sshd-machine", biggest) if fleet.shell_rc == "stock" else None
-    names = [f"{PREFIX}-fleet-{t}{i}" for t in "pa" for i in range(biggest)]
-    ctx.extra_containers.update(names)
-    out = {"hosts": sizes, "shell_rc": fleet.shell_rc, "runs": [], "converge": {}, "settle": {}}
-    try:
-        # variant key -> (hosts, fleet, pyinfra inventory, Ansible inventory)
-        variants = {str(n): (n, fleet, *fleet_inventories(ctx, fleet, n)) for n in sizes}
-        if machine_fleet:
-            variants[f"{biggest}/{MACHINE_SHELL}"] = (biggest, machine_fleet,
-                                                      *fleet_inventories(ctx, machine_fleet, biggest, MACHINE_SHELL))
-        out["variants"] = list(variants)
-        warm_env = {id(f): ansible_env(ctx, f, forks=biggest) for f in (fleet, machine_fleet) if f}
-        _, _, pinv, ainv = variants[str(biggest)]
-        aenv = warm_env[id(fleet)]
-        if ctx.cfg.get("fleet_converge", True):
-            log(f"fleet: converging {biggest} hosts with pyinfra (creates {biggest} MLflow containers)")
-            out["converge"]["pyinfra"] = run_pyinfra_timed(pinv, FIX_MLFLOW)
-            log(f"fleet: converging {biggest} hosts with Ansible")
-            out["converge"]["ansible"] = run_ansible(ainv, aenv)
-            for tool, result in out["converge"].items():
-                log(f"fleet: {tool} converge {result['wall_s']} s, changed {result['changed']}, rc {result['returncode']}")
-                if result["returncode"] != 0:
-                    log(f"fleet: {tool} converge FAILED:\n{result['tail']}")
-        else:
-            log(f"fleet: starting {2 * biggest} MLflow containers as the tools would create them")
-            late = precreate_fleet(ctx, biggest)
-            if late:
-                log(f"fleet: ports {late} never answered /health")
-        # One untimed run each: proves the starting point is "no change" for both tools.
-        out["settle"]["pyinfra"] = run_pyinfra_timed(pinv, FIX_MLFLOW)
-        out["settle"]["ansible"] = run_ansible(ainv, aenv)
-        for tool, result in out["settle"].items():
-            log(f"fleet: {tool} settle run {result['wall_s']} s, changed {result['changed']}, rc {result['returncode']}")
-        for rep in range(ctx.cfg["fleet_reps"]):
-            for turn, (key, (n, fleet_, pinv, ainv)) in enumerate(variants.items()):
-                shift = (rep + turn) % len(FLEET_TOOLS)
-                for tool in FLEET_TOOLS[shift:] + FLEET_TOOLS[:shift]:
-                    offsets = fleet_.offsets(n)
-                    if tool == "pyinfra":
-                        result = run_pyinfra_timed(pinv, FIX_MLFLOW)
-                    elif tool == "ansible":
-                        result = run_ansible(ainv, warm_env[id(fleet_)])
-                    else:  # a new ControlPath dir: no master connection left from an earlier run
-                        result = run_ansible(ainv, ansible_env(ctx, fleet_, forks=biggest))
-                    time.sleep(0.3)  # sshd writes its last lines after the client left
-                    counts = fleet_.counts(n, offsets)
-                    per_host = {k: round(sum(c[k] for c in counts) / n, 2) for k in counts[0]}
-                    if result["returncode"] == 0:
-                        result.pop("tail")
-                    out["runs"].append({"tool": tool, "hosts": n, "variant": key, "rep": rep, **result,
-                                        "per_host": per_host})
-                    log(f"fleet: {tool:13} {key:>16} rep={rep} {result['wall_s']:.2f} s changed={result['changed']} "
-                        f"rc={result['returncode']} per host {per_host}")
-    finally:
-        fleet.stop()
-        if machine_fleet:
-            machine_fleet.stop()
-        ctx.remove(*names)
-    summary = {}
-    for key in out["variants"]:
-        for tool in FLEET_TOOLS:
-            runs = [r for r in out["runs"] if r["tool"] == tool and r["variant"] == key]
-            summary[f"{tool}/{key}"] = {
-                "wall_s": median(r["wall_s"] for r in runs),
-                "exec_per_host": median(r["per_host"]["exec"] for r in runs),
-                "sftp_per_host": median(r["per_host"]["sftp"] for r in runs),
-                "connections_per_host": median(r["per_host"]["connections"] for r in runs),
-                "all_no_change": all(r["changed"] == 0 and r["returncode"] == 0 for r in runs),
-                "runs": len(runs)}
-        p = summary[f"pyinfra/{key}"]["wall_s"]
-        for tool in FLEET_TOOLS[1:]:
-            a = summary[f"{tool}/{key}"]["wall_s"]
-            summary[f"speedup/{tool}/{key}"] = round(a / p, 2) if p and a else None
-    out["summary"] = summary
-    return out
+def timeline(samples: list[dict], t0: float) -> list[list]:
+    """[sent, answered, ok] per request, seconds since t0: what plots.py draws as intervals."""
+    return [[round(s["t"] - t0, 3), round(s.get("end", s["t"]) - t0, 3), s["ok"]] for s in samples]
 
 
 # -- 2. repair: time to verified and /health downtime ------------------------------------------
@@ -435,7 +166,7 @@ def bench_repair(ctx: Ctx) -> dict:
             window = outage(samples, t0)
             out["runs"].append({"method": method, "rep": rep, "total_s": total, **window, **extra})
             if rep == 0:
-                out["timelines"][method] = [[round(s["t"] - t0, 2), s["ok"]] for s in samples]
+                out["timelines"][method] = timeline(samples, t0)
             log(f"repair: {method:10} total {total} s, /health down {window['downtime_s']} s "
                 f"({window['failed_samples']} failed samples)")
 
@@ -463,7 +194,7 @@ def bench_repair(ctx: Ctx) -> dict:
             run["tail"] = result["tail"]
         out["runs"].append(run)
         if rep == 0:
-            out["timelines"]["incident"] = [[round(s["t"] - t0, 2), s["ok"]] for s in samples]
+            out["timelines"]["incident"] = timeline(samples, t0)
         log(f"repair: incident -> verified in {result['wall_s']} s (first /health OK at "
             f"{run['first_health_ok_s']} s; SIGKILL reproduced: {sigkilled})")
 
@@ -491,32 +222,34 @@ def bench_repair(ctx: Ctx) -> dict:
 # -- 3. memory and stability under load --------------------------------------------------------
 
 class MemorySampler:
-    """`docker stats` (streaming, about one sample a second) for one container, in a thread."""
+    """The container's memory and OOM kills from its cgroup (bench/cgroup.py), every 0.5 s, in a
+    thread: `samples` [(seconds, MiB)], `ooms` [seconds at which the oom_kill counter rose, once
+    per kill]."""
 
-    _USAGE = re.compile(r"([\d.]+)\s*([KMGT]?i?B)\s*/")
-    _UNITS = {"B": 1 / 1048576, "KiB": 1 / 1024, "kB": 1 / 1024, "MiB": 1, "MB": 1, "GiB": 1024, "GB": 1024}
-
-    def __init__(self, name: str):
+    def __init__(self, container_id: str, interval: float = 0.5):
         self.samples: list[tuple[float, float]] = []
+        self.ooms: list[float] = []
         self.start = time.time()
-        self.process = subprocess.Popen(["docker", "stats", "--format", "{{.MemUsage}}", name],
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.folder = container_cgroup(container_id)
+        self.interval = interval
+        self.done = threading.Event()
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
     def _read(self):
-        for line in self.process.stdout:
-            match = self._USAGE.search(line.replace("\x1b[2J", "").replace("\x1b[H", ""))
-            if match:
-                mib = float(match.group(1)) * self._UNITS.get(match.group(2), 1)
-                self.samples.append((round(time.time() - self.start, 2), round(mib, 1)))
+        last = oom_kills(self.folder) if self.folder else None
+        while self.folder and not self.done.wait(self.interval):
+            t = round(time.time() - self.start, 2)
+            mib, kills = memory_mib(self.folder), oom_kills(self.folder)
+            if mib is not None:
+                self.samples.append((t, mib))
+            if kills is not None:
+                if last is not None and kills > last:
+                    self.ooms += [t] * (kills - last)
+                last = kills
 
     def stop(self) -> list[tuple[float, float]]:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        self.done.set()
         self.thread.join(5)
         return self.samples
 
@@ -537,13 +270,14 @@ def bench_load(ctx: Ctx) -> dict:
             ctx.client.containers.get(name).restart(timeout=20)  # same fresh start as "before"
         started_iso = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
         ready = wait_health(port, 90)
-        mem = MemorySampler(name)
+        mem = MemorySampler(ctx.client.containers.get(name).id)
         load = run_load(f"http://127.0.0.1:{port}", cfg["load_clients"], cfg["load_seconds"],
                         cfg["load_max_requests"])
         time.sleep(2)
         samples = mem.stop()
         container = ctx.client.containers.get(name)
-        logs = container.logs(since=dt.datetime.fromisoformat(started_iso)).decode(errors="replace")
+        since = dt.datetime.fromisoformat(started_iso)
+        logs = container.logs(since=since, timestamps=True).decode(errors="replace")
         state = container.attrs["State"]
         values = [m for _, m in samples]
         half = values[len(values) // 2:]
@@ -556,10 +290,15 @@ def bench_load(ctx: Ctx) -> dict:
             "memory_steady_mib": round(statistics.median(half), 1) if half else None,
             "memory_limit": container.attrs["HostConfig"].get("Memory"),
             "memory_series": samples,
+            # on the memory series' time axis (seconds since its sampler started)
+            "load_offset_s": round(load["started_epoch"] - mem.start, 2),
+            "sigkill_s": [round(t - mem.start, 2) for t in log_times(logs, SIGKILL_LINE)],
+            "oom_kills_s": mem.ooms, "memory_source": str(mem.folder) if mem.folder else None,
         }
         log(f"load: {label:6} {load['requests']} requests, ok {load['ok']}, 5xx {load['http_5xx']}, "
             f"conn errors {load['connection_errors']}, p50 {load['p50_ms']} ms, p99 {load['p99_ms']} ms, "
             f"peak {out[label]['memory_peak_mib']} MiB, SIGKILL lines {out[label]['sigkill_lines']}, "
+            f"OOM kills {len(mem.ooms)}, "
             f"restarts {out[label]['restart_count']}, status {state.get('Status')}")
         if label == "before":
             ctx.remove(name)
@@ -640,20 +379,8 @@ def machine() -> dict:
 
 def verdicts(results: dict) -> list[tuple[str, str, str]]:
     rows = []
-    fleet = results.get("fleet", {}).get("summary")
-    if fleet:
-        big = max(results["fleet"]["hosts"])
-        for tool, what in (("ansible", "warm connection"), ("ansible-fresh", "new connection")):
-            speed = fleet.get(f"speedup/{tool}/{big}")
-            machine = fleet.get(f"speedup/{tool}/{big}/{MACHINE_SHELL}")
-            shell = (f" (stock shell rc; {machine}x with this machine's root shell rc)"
-                     if results["fleet"].get("shell_rc") == "stock" and machine else "")
-            rows.append((f">= 3x faster than Ansible ({what}) at {big} hosts, no change", f"{speed}x{shell}",
-                         "met" if speed and speed >= 3 else "NOT met"))
-        trips = max(fleet[f"pyinfra/{n}"]["exec_per_host"] + fleet[f"pyinfra/{n}"]["sftp_per_host"]
-                    for n in results["fleet"]["hosts"])
-        rows.append(("<= 3 remote round trips per host (no change)", f"{trips:g}",
-                     "met" if trips <= 3 else "NOT met"))
+    if "summary" in results.get("fleet", {}):
+        rows += fleet_stats.verdicts(results["fleet"])
     repair = results.get("repair", {}).get("summary")
     if repair and repair.get("downtime_vs_floor") is not None:
         ratio = repair["downtime_vs_floor"]
@@ -683,35 +410,29 @@ def summary_markdown(results: dict) -> str:
              f"{m['openssh']}. Total bench time {results['elapsed_s']:.0f} s.", ""]
     fleet = results.get("fleet")
     if fleet and "summary" in fleet:
-        s = fleet["summary"]
-        first = fleet["hosts"][0]
-        lines += ["## 1. No-change run over SSH (medians of "
-                  f"{s['pyinfra/' + str(first)]['runs']} interleaved runs)", "",
-                  "| hosts | pyinfra fix_mlflow | Ansible, warm connection | Ansible, new connection | Ansible / pyinfra (warm, new) | remote commands per host: pyinfra / Ansible | SSH logins per host: pyinfra / Ansible warm / new | all no-change |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for key in fleet.get("variants") or [str(n) for n in fleet["hosts"]]:
-            p, a, f = (s[f"{t}/{key}"] for t in FLEET_TOOLS)
-            label = key.replace(f"/{MACHINE_SHELL}", ", this machine's root shell rc")
-            lines.append(f"| {label} | {p['wall_s']:.2f} s | {a['wall_s']:.2f} s | {f['wall_s']:.2f} s | "
-                         f"{s['speedup/ansible/' + key]}x, {s['speedup/ansible-fresh/' + key]}x | "
-                         f"{p['exec_per_host'] + p['sftp_per_host']:g} / {a['exec_per_host'] + a['sftp_per_host']:g} | "
-                         f"{p['connections_per_host']:g} / {a['connections_per_host']:g} / {f['connections_per_host']:g} | "
-                         f"{'yes' if p['all_no_change'] and a['all_no_change'] and f['all_no_change'] else 'NO'} |")
+        lines += [f"## 1. The fleet over SSH: {', '.join(map(str, fleet['hosts']))} hosts", "",
+                  f"One MLflow container per host, managed by both tools ({fleet['memory_per_container_mib']} MiB "
+                  f"each, one gunicorn worker; {fleet['memory_mib']['total']} MiB for {fleet['memory_mib']['containers']} "
+                  "containers). One-change run: the last host's restart policy set to `no` by hand before each run; "
+                  "each tool must report one change and put it back."
+                  + (f" Sizes skipped, too big for the memory available: {fleet['skipped_sizes']}."
+                     if fleet.get("skipped_sizes") else ""), ""]
+        lines += fleet_stats.markdown(fleet)
         if fleet.get("shell_rc") == "stock":
-            lines += ["", "Hosts log in with Debian's stock root `~/.bashrc` (a private mount namespace per sshd). "
+            lines += ["Hosts log in with Debian's stock root `~/.bashrc` (a private mount namespace per sshd). "
                       "This machine's own root `~/.bashrc` runs `pyenv init` on every remote command (about 0.1 s "
                       "of CPU each, and concurrent shells queue on pyenv's rehash lock): the row marked "
-                      "\"this machine's root shell rc\" is the same fleet with it, both tools paying it."]
+                      "\"this machine's root shell rc\" is the same hosts with it, both tools paying it.", ""]
         conv = fleet["converge"]
         if conv:
-            lines += ["", f"First (converging) run on {max(fleet['hosts'])} hosts: pyinfra {conv['pyinfra']['wall_s']:.1f} s "
-                      f"({conv['pyinfra']['changed']} changes, verified), Ansible {conv['ansible']['wall_s']:.1f} s "
-                      f"({conv['ansible']['changed']} changes)."]
-        else:
-            lines += ["", "Containers pre-created as each tool creates them (quick size); the untimed first run of "
-                      f"each tool changed: pyinfra {fleet['settle']['pyinfra']['changed']}, "
-                      f"Ansible {fleet['settle']['ansible']['changed']}."]
-        lines.append("")
+            lines += [f"First (converging) run creating {conv['pyinfra'].get('changed')} containers: pyinfra "
+                      f"{conv['pyinfra']['wall_s']:.1f} s (verified), Ansible {conv['ansible']['wall_s']:.1f} s "
+                      f"({conv['ansible']['changed']} changes).", ""]
+        settled = fleet.get("settle") or []
+        if settled:
+            lines += [f"Starting point: {len(settled)} untimed run(s) of each tool until neither changed anything "
+                      f"(last: pyinfra {settled[-1]['pyinfra']['changed']}, Ansible {settled[-1]['ansible']['changed']} "
+                      "changes).", ""]
     repair = results.get("repair")
     if repair and "summary" in repair:
         s = repair["summary"]
@@ -754,13 +475,22 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, shorter load (< 10 min)")
     parser.add_argument("--only", action="append", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--keep-lab", action="store_true", help="leave the qtbn lab up afterwards")
+    parser.add_argument("--fleet-sizes", type=lambda v: sorted({int(x) for x in v.split(",")}),
+                        help="fleet sizes, comma-separated (default: quick 1,10; full 1,10,25,50); "
+                             "100 needs about 100 x the measured container memory free")
+    parser.add_argument("--fleet-reps", type=int, help="runs per tool, size and scenario (default: quick 3, full 5)")
     args = parser.parse_args()
     size = "quick" if args.quick else "full"
+    cfg = dict(SIZES[size])
+    if args.fleet_sizes:
+        cfg["fleets"] = args.fleet_sizes
+    if args.fleet_reps:
+        cfg["fleet_reps"] = args.fleet_reps
     sections = args.only or list(SECTIONS)
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="qtbn-bench-"))
     started = time.monotonic()
-    ctx = Ctx(size, work)
+    ctx = Ctx(size, cfg, work)
     results = {"size": size, "sections": sections, "config": ctx.cfg,
                "started": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
 

@@ -2,7 +2,8 @@
 
     python bench/health_sampler.py http://127.0.0.1:PORT/health OUT.jsonl --seconds 120
 
-Bounded: stops after --seconds, or on SIGTERM/SIGINT. Samples sit on a fixed grid (a slow answer
+Each line has the request's send time `t` and answer (or failure) time `end`, so a request that
+blocked shows as the interval it blocked. Bounded: stops after --seconds, or on SIGTERM/SIGINT. Samples sit on a fixed grid (a slow answer
 skips the grid points it overran, it does not shift the grid). Only 127.0.0.1 URLs are accepted.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main() -> int:
                 ok, detail = False, str(exc.code)
             except Exception as exc:  # refused, reset, timeout: the service is not answering
                 ok, detail = False, type(exc).__name__
-            out.write(json.dumps({"t": round(t, 3), "ok": ok, "detail": detail}) + "\n")
+            out.write(json.dumps({"t": round(t, 3), "end": round(time.time(), 3), "ok": ok, "detail": detail}) + "\n")
             out.flush()
             tick = max(tick + 1, int((time.monotonic() - start) / args.interval) + 1)
             delay = start + tick * args.interval - time.monotonic()

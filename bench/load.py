@@ -5,7 +5,8 @@
 Each client POSTs /api/2.0/mlflow/experiments/search in a loop (a new connection each request, as
 gunicorn's sync workers close them) until the time is up or the shared request budget is spent.
 Only 127.0.0.1 targets are accepted. Prints one JSON object: requests, ok, 5xx, other HTTP errors,
-connection errors, p50/p99 latency of successful requests (ms), requests per second.
+connection errors, p50/p99 latency of successful requests (ms), requests per second, and per
+second since the start the requests answered ok and failed (`per_second`: [second, ok, failed]).
 """
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ def run_load(base: str, clients: int, seconds: float, max_requests: int, timeout
     latencies: list[float] = []
     counts = {"requests": 0, "ok": 0, "http_5xx": 0, "http_other": 0, "connection_errors": 0}
     errors: dict[str, int] = {}
-    deadline = time.monotonic() + seconds
+    per_second: dict[int, list[int]] = {}  # second since the start -> [ok, failed] answered in it
+    started_epoch = time.time()
+    started = time.monotonic()
+    deadline = started + seconds
 
     def client():
         while time.monotonic() < deadline:
@@ -52,16 +56,17 @@ def run_load(base: str, clients: int, seconds: float, max_requests: int, timeout
                 kind, detail = "connection_errors", type(exc).__name__
                 time.sleep(0.05)  # do not spin on a refused port
             elapsed = (time.perf_counter() - started) * 1000
+            second = int(time.monotonic() - started)
             with lock:
                 counts["requests"] += 1
                 counts[kind] += 1
+                per_second.setdefault(second, [0, 0])[0 if kind == "ok" else 1] += 1
                 if kind == "ok":
                     latencies.append(elapsed)
                 elif detail:
                     errors[detail] = errors.get(detail, 0) + 1
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    started = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -75,7 +80,9 @@ def run_load(base: str, clients: int, seconds: float, max_requests: int, timeout
     return {**counts, "error_kinds": errors, "clients": clients, "seconds": round(duration, 1),
             "p50_ms": pct(0.50), "p99_ms": pct(0.99),
             "mean_ms": round(statistics.fmean(latencies), 1) if latencies else None,
-            "rps": round(counts["ok"] / duration, 1) if duration else 0.0}
+            "rps": round(counts["ok"] / duration, 1) if duration else 0.0,
+            "started_epoch": round(started_epoch, 3),
+            "per_second": [[t, *per_second[t]] for t in sorted(per_second)]}
 
 
 def main() -> int:
