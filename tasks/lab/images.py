@@ -39,6 +39,7 @@ PARENTS = {
     "pipbase": "python",  # the official MLflow image's Python, for the production recipe
     "mlflowprod": "pipbase",
     "sshhost": "base",
+    "machine": "base",  # systemd, sshd, cron: a host in miniature (tests/machines.py)
 }
 
 # What `--images official` uses instead, for users who can pull from a registry.
