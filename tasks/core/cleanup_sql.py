@@ -280,7 +280,7 @@ def plan_deletion(
     return plan
 
 
-def _holders(where: str = "") -> str:
+def lock_holders_from(where: str = "") -> str:
     """FROM/WHERE over the sessions (other than this one) holding the cleanup advisory lock."""
     k1, k2 = LOCK_KEYS
     return (
@@ -306,7 +306,7 @@ def reap_plpgsql() -> str:
     # OFFSET 0 keeps the filter apart from the call: no other session is ever asked to end.
     return (
         f"    FOR ended IN SELECT o.pid, o.state, o.state_change FROM (SELECT a.pid, a.state, "
-        f"a.state_change {_holders(idle)} OFFSET 0) AS o WHERE pg_catalog.pg_terminate_backend(o.pid) LOOP\n"
+        f"a.state_change {lock_holders_from(idle)} OFFSET 0) AS o WHERE pg_catalog.pg_terminate_backend(o.pid) LOOP\n"
         f"      RAISE NOTICE '{REAPED_MARK}: ended session pid % (%, since %): a cleanup run that "
         "did not finish left it holding the cleanup lock; its transaction is rolled back', ended.pid, "
         "ended.state, date_trunc('second', ended.state_change);\n"
@@ -323,7 +323,7 @@ def lock_sql(lock_wait: float, scope: str) -> str:
     holder = (
         "string_agg(format('pid %s (%s, %s since %s)', a.pid, "
         "coalesce(nullif(a.application_name, ''), 'no application name'), a.state, "
-        f"date_trunc('second', a.state_change)), '; ') {_holders()}"
+        f"date_trunc('second', a.state_change)), '; ') {lock_holders_from()}"
     )
     return (
         "DO $quant$ DECLARE deadline timestamptz := clock_timestamp() + "

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from tasks.core.cleanup_sql import LOCK_KEYS, application_sql, lock_sql
+from tasks.core.cleanup_sql import LOCK_KEYS, application_sql, lock_holders_from, lock_sql
 from tasks.core.durations import postgres_interval
 from tasks.core.pg_sql import quote_ident, quote_literal
 from tasks.core.private_file import write_private_text
@@ -157,7 +157,7 @@ def masked_query_sql(column: str, chars: int = 200) -> str:
 
 def stats_sql(largest: int = 5) -> str:
     """Statistics of the connected database as JSON (connections: client backends of the whole
-    server, this query's own excluded). The longest running query's text has every literal and
+    server, this query's own excluded; ``cleanup_lock``: the sessions holding the cleanup lock). The longest running query's text has every literal and
     comment masked (a statement can carry a password), then is cut to 200 characters."""
     return f"""SELECT json_build_object(
   'database', current_database(),
@@ -174,6 +174,10 @@ def stats_sql(largest: int = 5) -> str:
   'tables', (SELECT coalesce(json_object_agg(schemaname || '.' || relname,
        json_build_object('live', n_live_tup, 'dead', n_dead_tup)), '{{}}')
      FROM pg_catalog.pg_stat_user_tables),
+  'cleanup_lock', (SELECT coalesce(json_agg(h), '[]') FROM (
+      SELECT a.pid, a.application_name AS application, a.state,
+             round(extract(epoch FROM clock_timestamp() - a.state_change)) AS seconds
+        {lock_holders_from()}) h),
   'connections', (SELECT coalesce(json_object_agg(st, n), '{{}}') FROM (
       SELECT coalesce(state, 'unknown') AS st, count(*) AS n FROM pg_catalog.pg_stat_activity
        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() GROUP BY 1) c),

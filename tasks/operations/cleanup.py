@@ -43,7 +43,9 @@ from tasks import settings as host_settings
 from tasks.checks.runner import CheckResult, NotYet, RetryPolicy, format_table, progress, run_check
 from tasks.core.cleanup_catalog import CleanupRefused, Dependent, dependents_of
 from tasks.core.cleanup_sql import (
+    APPLICATION_NAME,
     BUSY_MARK,
+    ORPHAN_AFTER_SECONDS,
     REAPED_MARK,
     count_sql,
     delete_script,
@@ -346,6 +348,29 @@ def log_statistics(stats: Mapping) -> None:
             say(current_host, f"stats: {line}")
 
 
+def log_lock_holders(stats: Mapping, settings: CleanupSettings) -> None:
+    """Say who holds the cleanup lock now (the statistics read it), at plan time: a session a
+    killed run left (ours, not running a statement) is ended by this run's wait for the lock."""
+    if not _planning():
+        return
+    for holder in stats.get("cleanup_lock") or []:
+        pid, state, seconds = holder.get("pid"), holder.get("state"), holder.get("seconds")
+        if holder.get("application") == APPLICATION_NAME and state != "active":
+            say(
+                current_host,
+                f"found: session pid {pid} ({state} for {seconds} s) holds the cleanup lock, left by "
+                f"a cleanup run that did not finish; this run ends it once it has been idle "
+                f"{ORPHAN_AFTER_SECONDS} s (its transaction rolls back), then goes on",
+            )
+        else:
+            say(
+                current_host,
+                f"found: session pid {pid} ({holder.get('application') or 'no application name'}, "
+                f"{state}) holds the cleanup lock: another cleanup run; this run waits for it at most "
+                f"{settings.lock_wait:g} s",
+            )
+
+
 @deploy("Clean the database")
 def cleanup_database():
     """Statistics, the guarded deletion, VACUUM (ANALYZE), statistics again when anything changed."""
@@ -353,6 +378,7 @@ def cleanup_database():
     target = cleanup_target(current_host, wanted)
     before = current_host.get_fact(PostgresStatistics, target=target, largest=wanted.largest_tables)
     log_statistics(before)
+    log_lock_holders(before, wanted)
     steps = [delete_matching_rows(name="Delete load-test rows (guarded)", settings=wanted, target=target)]
     if wanted.vacuum:
         steps.append(vacuum_analyze(name="VACUUM (ANALYZE)", settings=wanted, target=target, stats=before))

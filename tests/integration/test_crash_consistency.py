@@ -224,8 +224,13 @@ def test_cleanup_killed_mid_delete(lab, folder):
     # The dead run's session sits idle in its transaction, the rows deleted but not committed.
     assert orphans(lab, ["idle in transaction"]) == ["idle in transaction"]
     assert rows(lab) == (matched, others)
+    planned = dry(inv, CLEANUP)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert "holds the cleanup lock, left by a cleanup run that did not finish" in planned.stdout + planned.stderr
+    assert orphans(lab) == ["idle in transaction"] and rows(lab) == (matched, others), "--dry changes nothing"
     rerun = run(inv, CLEANUP)
     assert rerun.returncode == 0, rerun.report()
+    assert "found: session pid" in rerun.stderr, rerun.report()
     assert "cleanup: found and ended session pid" in rerun.stderr, rerun.report()
     assert "idle in transaction" in rerun.stderr
     assert rows(lab) == (0, others), "only what the guards let go is gone"
