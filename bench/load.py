@@ -33,8 +33,8 @@ def run_load(base: str, clients: int, seconds: float, max_requests: int, timeout
     errors: dict[str, int] = {}
     per_second: dict[int, list[int]] = {}  # second since the start -> [ok, failed] answered in it
     started_epoch = time.time()
-    started = time.monotonic()
-    deadline = started + seconds
+    load_start = time.monotonic()
+    deadline = load_start + seconds
 
     def client():
         while time.monotonic() < deadline:
@@ -56,7 +56,7 @@ def run_load(base: str, clients: int, seconds: float, max_requests: int, timeout
                 kind, detail = "connection_errors", type(exc).__name__
                 time.sleep(0.05)  # do not spin on a refused port
             elapsed = (time.perf_counter() - started) * 1000
-            second = int(time.monotonic() - started)
+            second = int(time.monotonic() - load_start)
             with lock:
                 counts["requests"] += 1
                 counts[kind] += 1
@@ -71,7 +71,7 @@ def run_load(base: str, clients: int, seconds: float, max_requests: int, timeout
         thread.start()
     for thread in threads:
         thread.join(seconds + timeout + 5)
-    duration = time.monotonic() - started
+    duration = time.monotonic() - load_start
     latencies.sort()
 
     def pct(p):
