@@ -163,7 +163,8 @@ class Fleet:
 
     def __init__(self, prefix: str, folder: Path, count: int, docker_socket: bool = False,
                  login: str = "root", port_start: int = 33000, share_apt_archives: bool = False,
-                 client: docker.DockerClient | None = None):
+                 client: docker.DockerClient | None = None, host_network: bool = False,
+                 mounts: tuple[str, ...] = ()):
         if login not in ("root", "admin"):
             raise ValueError("login must be 'root' or 'admin'")
         self.prefix, self.folder, self.count = prefix, Path(folder), count
@@ -174,6 +175,11 @@ class Fleet:
         self.port_start = port_start
         self.hosts: list[SshHost] = []
         self.apt_volume = f"{prefix}-apt-archives"
+        # host_network: the host shares this machine's network (sshd on 127.0.0.1:<port> only),
+        # so the lab's services published on 127.0.0.1 are reachable from it, as on a stack host;
+        # mounts: folders of this machine bind-mounted at the same path (a lab's folder; with
+        # ":ro" read-only).
+        self.host_network, self.mounts = host_network, tuple(mounts)
 
     # setup ------------------------------------------------------------------------------------
     def image(self) -> str:
@@ -198,6 +204,9 @@ class Fleet:
             except docker.errors.NotFound:
                 self.client.volumes.create(self.apt_volume, labels=self.labels)
             volumes[self.apt_volume] = {"bind": APT_ARCHIVES, "mode": "rw"}
+        for mount in self.mounts:
+            folder, _, mode = mount.partition(":")
+            volumes[folder] = {"bind": folder, "mode": mode or "rw"}
         base = free_port_base(self.port_start, span=max(self.count, 1))
         for index in range(1, self.count + 1):
             name = f"{self.prefix}-host{index}"
@@ -206,14 +215,18 @@ class Fleet:
             _keygen(host_key, name)
             host_pub = (self.folder / f"{name}_host_ed25519.pub").read_text().split()
             known_lines.append(f"[{HOST}]:{port} {host_pub[0]} {host_pub[1]}")
+            network = ({"network_mode": "host"} if self.host_network
+                       else {"hostname": name, "ports": {"22/tcp": (HOST, port)}})
             container = self.client.containers.create(
-                image, name=name, hostname=name, labels=self.labels, detach=True,
-                ports={"22/tcp": (HOST, port)}, volumes=volumes, init=False)
+                image, name=name, labels=self.labels, detach=True, volumes=volumes, init=False, **network)
             files = {
                 "/etc/ssh/ssh_host_ed25519_key": (host_key.read_bytes(), 0o600),
                 "/etc/ssh/ssh_host_ed25519_key.pub": ((self.folder / f"{name}_host_ed25519.pub").read_bytes(), 0o644),
                 "/root/.ssh/authorized_keys": (public, 0o600),
             }
+            if self.host_network:
+                files["/etc/ssh/sshd_config.d/00-port.conf"] = (
+                    f"Port {port}\nListenAddress {HOST}\n".encode(), 0o644)
             container.put_archive("/", _tar(files))
             container.start()
             self.hosts.append(SshHost(name, port, self.folder / "client_ed25519", known_hosts,

@@ -1,5 +1,8 @@
 """A fleet of five fresh hosts over real SSH: onboarded, then deploys/fix_mlflow.py across all of them
-in parallel, one host stopped mid-run, an unreachable host, and `--limit` converging the stopped one.
+in parallel with one host whose MLflow image is missing and one whose sshd stops mid-run: the three
+healthy hosts are fixed and verified, the two are named with their reasons, the exit code is
+non-zero; a run while the two are still broken changes nothing on the three; after repairing the
+two (the image pulled, the host back), a rerun converges them with no change on the three.
 
 The hosts are tests/fleet.py `sshhost` containers with the lab engine's socket mounted: none can
 run dockerd itself, so each host's `docker` CLI (installed by onboarding) drives this machine's
@@ -7,11 +10,17 @@ engine. Each host manages its *own* MLflow container on that engine, `<prefix>-m
 all on one lab's network, sharing its PostgreSQL (backend store) and MinIO (artifacts). The
 MLflow deploy logs in as the onboarded `deploy` user with the deploy key (docker group, no sudo).
 
+The missing image: the first host's settings name an image tag the engine does not have
+("pulling" it is `docker tag` of the lab's image). Its host is in the first batch of four, so the
+fifth host is the one still waiting when the others start their MLflow: its container is stopped.
+
 Order is the file's order. A finalizer takes the lab and every host container down. MLflow starts
 are held to four at a time (`--parallel 4`) on this two-core machine.
 """
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import time
 
@@ -59,9 +68,31 @@ def _mlflow_name(lab, host) -> str:
     return f"{lab.prefix}-mlflow-{host.name.rsplit('-', 1)[1]}"
 
 
+def _missing_image(lab) -> str:
+    """The image the first host's settings name: not on the engine until "pulled" (tagged)."""
+    return f"quantlab/{lab.prefix}-mlflow-missing:2.9.2"
+
+
+@pytest.fixture(scope="module")
+def image_missing_host(lab, fleet, request):
+    client = docker.from_env()
+
+    def untag():
+        try:
+            client.images.remove(_missing_image(lab), noprune=True)
+        except docker.errors.ImageNotFound:
+            pass
+
+    untag()
+    request.addfinalizer(untag)
+    return fleet.hosts[0]
+
+
 def _host_data(lab, fleet, deploy_key, host, as_deploy: bool) -> dict:
     from tasks.lab.inventory import lab_host_data
     data = lab_host_data(lab.prefix)
+    if as_deploy and host is fleet.hosts[0]:
+        data["mlflow"]["image"] = _missing_image(lab)
     data["mlflow"].update({
         "container_name": _mlflow_name(lab, host),
         "ports": [],  # checked from inside the container; nothing published per host
@@ -92,10 +123,11 @@ def onboarded(inventories):
 
 
 @pytest.fixture(scope="module")
-def stopped_mid_run(onboarded, inventories, fleet, lab):
-    """fix_mlflow across the fleet with --parallel 4: once four hosts have started their MLflow
-    containers (the run is executing), the fifth host, still waiting for its turn, is stopped."""
-    names = {host.name: _mlflow_name(lab, host) for host in fleet.hosts}
+def stopped_mid_run(onboarded, inventories, fleet, lab, image_missing_host):
+    """fix_mlflow across the fleet with --parallel 4: the first host refuses (its image is
+    missing); once the three other hosts of the first batch have started their MLflow containers
+    (the run is executing), the fifth host, still waiting for its turn, is stopped."""
+    names = {host.name: _mlflow_name(lab, host) for host in fleet.hosts if host is not image_missing_host}
     command = [str(REPO / ".venv" / "bin" / "pyinfra"), "-y", "--json", "--group-data",
                str(REPO / "inventories" / "group_data"), "--parallel", PARALLEL,
                str(inventories["deploy"]), str(FIX)]
@@ -105,8 +137,8 @@ def stopped_mid_run(onboarded, inventories, fleet, lab):
     stopped_at, victim = None, None
     try:
         while proc.poll() is None and time.monotonic() - started < 600:
-            waiting = [host for host in fleet.hosts
-                       if not client.containers.list(all=True, filters={"name": f"^/{names[host.name]}$"})]
+            waiting = [host for host in fleet.hosts if host.name in names
+                       and not client.containers.list(all=True, filters={"name": f"^/{names[host.name]}$"})]
             if len(waiting) == 1:
                 victim = waiting[0]
                 victim.stop(timeout=0)
@@ -119,8 +151,20 @@ def stopped_mid_run(onboarded, inventories, fleet, lab):
             proc.kill()
     # Kept for a reader: what pyinfra printed about the stopped host.
     (fleet.folder / "stopped_mid_run.log").write_text(f"victim {victim and victim.name}\n{stderr}")
+    start = stdout.find("{")
+    results = json.loads(stdout[start:]) if start >= 0 else None
     return {"returncode": proc.returncode, "stdout": stdout, "stderr": stderr, "victim": victim,
-            "stopped_at": stopped_at}
+            "stopped_at": stopped_at, "results": results}
+
+
+def _changed_hosts(results: dict | None) -> dict[str, set[str]]:
+    """Per host name: the operations that changed it, that failed on it, that left it unchanged."""
+    out: dict[str, set[str]] = {}
+    for op in (results or {}).get("results", {}).get("operations", []):
+        for kind in ("success", "error", "no_change"):
+            for name in op[kind]:
+                out.setdefault(f"{name}:{kind}", set()).add(op["name"])
+    return out
 
 
 def _health(lab, name) -> str:
@@ -137,20 +181,33 @@ def test_onboarding_the_fleet_in_parallel(onboarded, fleet):
     assert "onboarding verification failed" not in output
 
 
-def test_one_host_stopped_mid_run_fails_alone(stopped_mid_run, lab, fleet):
+def test_two_hosts_fail_alone_named_and_the_three_are_fixed(stopped_mid_run, lab, fleet, image_missing_host):
     run, victim = stopped_mid_run, stopped_mid_run["victim"]
     report = f"rc={run['returncode']} stopped at {run['stopped_at']}\n{run['stdout'][-5000:]}\n{run['stderr'][-6000:]}"
     assert run["stopped_at"] is not None, report
     assert run["returncode"] != 0, report
     output = run["stdout"] + run["stderr"]
-    assert f"[{victim.name}] Error" in output, report
-    # The others finished and verified: a verification table for each, their containers healthy.
-    with pytest.raises(docker.errors.NotFound):  # it never got to start its MLflow
-        docker.from_env().containers.get(_mlflow_name(lab, victim))
+    # Each of the two is named, with its reason.
+    missing = image_missing_host.name
+    assert re.search(rf"\[{missing}\].*image {re.escape(_missing_image(lab))} is not on this host", output), report
+    assert f"[{victim.name}] Error" in output or f"[{victim.name}] Could not" in output, report
+    assert run["results"] is not None, report
+    assert set(run["results"]["results"]["failed_hosts"]) == {missing, victim.name}, report
+    client = docker.from_env()
+    for host in (image_missing_host, victim):
+        with pytest.raises(docker.errors.NotFound):  # neither got to start an MLflow
+            client.containers.get(_mlflow_name(lab, host))
+    # The three others were fixed and verified, and went on to the deploy's next operation.
+    by_host = _changed_hosts(run["results"])
     for host in fleet.hosts:
-        if host is not victim:
-            assert f"[{host.name}] verification:" in output, report
-            assert _health(lab, _mlflow_name(lab, host)) == "OK", report
+        if host in (image_missing_host, victim):
+            continue
+        assert f"[{host.name}] verification:" in output, report
+        assert _health(lab, _mlflow_name(lab, host)) == "OK", report
+        assert any("MLflow container" in op for op in by_host.get(f"{host.name}:success", ())), report
+        assert any("Compose service" in op for op in
+                   by_host.get(f"{host.name}:success", set()) | by_host.get(f"{host.name}:no_change", set())), report
+        assert not by_host.get(f"{host.name}:error"), report
 
 
 def test_the_others_run_every_operation_after_a_host_drops(stopped_mid_run):
@@ -159,26 +216,44 @@ def test_the_others_run_every_operation_after_a_host_drops(stopped_mid_run):
     assert "docker CLI is not installed" not in stopped_mid_run["stderr"]
 
 
-def test_unreachable_host_is_named_and_the_others_proceed(stopped_mid_run, inventories, fleet):
-    """The stopped host is still down: connecting to it fails; the four others run (no changes)."""
+def _healthy(fleet, stopped_mid_run, image_missing_host):
+    return [h for h in fleet.hosts if h not in (image_missing_host, stopped_mid_run["victim"])]
+
+
+def test_while_the_two_are_broken_the_three_change_nothing(stopped_mid_run, inventories, fleet, lab,
+                                                           image_missing_host):
+    """The stopped host is still down (connecting fails), the image still missing: both named
+    again; the three healthy hosts run every operation with no change."""
     run = run_pyinfra(inventories["deploy"], FIX, "--parallel", PARALLEL)
     victim = stopped_mid_run["victim"]
     output = run.stdout + run.stderr
     assert run.returncode != 0, run.report()
     assert f"[{victim.name}]" in output and "Could not connect" in output, run.report()
-    assert run.results is not None and run.errors == 0 and run.changed == 0, run.report()
-    for host in fleet.hosts:
-        if host is not victim:
-            assert f"[{host.name}] Connected" in output, run.report()
+    assert f"image {_missing_image(lab)} is not on this host" in output, run.report()
+    assert run.results is not None and run.changed == 0, run.report()
+    by_host = _changed_hosts(run.results)
+    for host in _healthy(fleet, stopped_mid_run, image_missing_host):
+        assert f"[{host.name}] Connected" in output, run.report()
+        assert not by_host.get(f"{host.name}:error") and not by_host.get(f"{host.name}:success"), run.report()
+        assert len(by_host.get(f"{host.name}:no_change", ())) == 2, run.report()
 
 
-def test_limit_rerun_converges_the_stopped_host(stopped_mid_run, inventories, lab, fleet):
+def test_a_rerun_after_repairing_the_two_converges_with_no_change_on_the_three(
+        stopped_mid_run, inventories, lab, fleet, image_missing_host):
     victim = stopped_mid_run["victim"]
     victim.start()
-    run = run_pyinfra(inventories["deploy"], FIX, "--limit", victim.name)
+    client = docker.from_env()
+    repo, tag = _missing_image(lab).rsplit(":", 1)
+    client.images.get(lab.state["images"]["mlflow2"]).tag(repo, tag)  # "docker pull"
+    run = run_pyinfra(inventories["deploy"], FIX, "--parallel", PARALLEL)
     assert run.returncode == 0 and run.errors == 0, run.report()
-    assert run.changed >= 1, run.report()
-    assert _health(lab, _mlflow_name(lab, victim)) == "OK"
+    by_host = _changed_hosts(run.results)
+    for host in (image_missing_host, victim):
+        assert any("MLflow container" in op for op in by_host.get(f"{host.name}:success", ())), run.report()
+        assert _health(lab, _mlflow_name(lab, host)) == "OK", run.report()
+    for host in _healthy(fleet, stopped_mid_run, image_missing_host):
+        assert not by_host.get(f"{host.name}:success"), run.report()
+        assert len(by_host.get(f"{host.name}:no_change", ())) == 2, run.report()
     again = run_pyinfra(inventories["deploy"], FIX, "--parallel", PARALLEL)
     assert again.returncode == 0 and again.errors == 0 and again.changed == 0, again.report()
 
