@@ -1,0 +1,176 @@
+"""Long-lived line streams from a host: ``docker events`` and ``docker logs -f`` of its containers.
+
+`@local`: a subprocess per stream, in its own process group. SSH hosts: one paramiko connection
+per host (the inventory's ssh_hostname/port/user/key and known hosts) and a channel per stream.
+A stream that ends or fails is opened again with backoff (1 s doubling to 30 s, back to 1 s after
+a stream lived a minute); the other streams and hosts are not affected. :meth:`Stream.stop` ends
+it, and its process or channel, for good.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tasks.core.watch import EVENTS
+from tasks.watch.hosts import WatchHost
+
+Emit = Callable[[str, str, str, str], None]  # (host, kind "log"|"event"|"status", container, line)
+
+
+def events_command(containers: list[str]) -> str:
+    filters = ["--filter type=container"] + [f"--filter event={e}" for e in EVENTS]
+    for name in containers:
+        filters += [
+            f"--filter container={shlex.quote(name)}",
+            f"--filter container={shlex.quote(name + '-previous')}",
+        ]
+    return "exec docker events --format '{{json .}}' " + " ".join(filters)
+
+
+def logs_command(container: str) -> str:
+    # since the host's own clock now: lines written before the watcher (re)connects are not ours
+    return f'exec docker logs -f --timestamps --since "$(date +%s)" {shlex.quote(container)} 2>&1'
+
+
+class SSHPool:
+    """One paramiko connection per SSH host, opened on demand, reopened after it drops."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def channel(self, host: WatchHost, command: str):
+        import paramiko
+
+        with self._lock:
+            client = self._clients.get(host.name)
+            transport = client.get_transport() if client is not None else None  # type: ignore[attr-defined]
+            if transport is None or not transport.is_active():
+                client = paramiko.SSHClient()
+                if host.ssh.get("known_hosts"):
+                    client.load_host_keys(host.ssh["known_hosts"])
+                else:
+                    client.load_system_host_keys()
+                if not host.ssh.get("strict", True):
+                    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+                client.connect(
+                    host.ssh["hostname"],
+                    port=host.ssh["port"],
+                    username=host.ssh.get("username"),
+                    key_filename=host.ssh.get("key_filename"),
+                    look_for_keys=False,
+                    allow_agent=False,
+                    timeout=10,
+                    banner_timeout=10,
+                    auth_timeout=10,
+                )
+                transport = client.get_transport()
+                assert transport is not None
+                transport.set_keepalive(10)
+                self._clients[host.name] = client
+        assert transport is not None
+        chan = transport.open_session()
+        chan.exec_command(command)
+        return chan
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                try:
+                    client.close()  # type: ignore[attr-defined]
+                except Exception:  # noqa: BLE001 - closing on the way out
+                    pass
+            self._clients.clear()
+
+
+class Stream(threading.Thread):
+    """One command's lines on one host, reopened with backoff until stopped."""
+
+    def __init__(self, host: WatchHost, kind: str, container: str, command: str, emit: Emit, ssh: SSHPool):
+        super().__init__(name=f"watch-{host.name}-{kind}-{container}", daemon=True)
+        self.host, self.kind, self.container, self.command = host, kind, container, command
+        self.emit, self.ssh = emit, ssh
+        self._halt = threading.Event()
+        self._proc: subprocess.Popen | None = None
+        self._chan: Any = None
+        self.opened = 0
+
+    def stop(self) -> None:
+        self._halt.set()
+        proc, chan = self._proc, self._chan
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if chan is not None:
+            chan.close()
+
+    def run(self) -> None:
+        delay = 1.0
+        while not self._halt.is_set():
+            began = time.monotonic()
+            try:
+                self.opened += 1
+                self._follow()
+                reason = "stream ended"
+            except Exception as exc:  # noqa: BLE001 - any failure: reconnect with backoff
+                reason = f"stream failed: {type(exc).__name__}: {str(exc)[:200]}"
+            if self._halt.is_set():
+                break
+            delay = 1.0 if time.monotonic() - began > 60 else min(delay * 2, 30.0)
+            self.emit(
+                self.host.name, "status", self.container, f"{self.kind} {reason}; reopening in {delay:.0f}s"
+            )
+            self._halt.wait(delay)
+
+    def _follow(self) -> None:
+        if self.host.local:
+            self._proc = subprocess.Popen(
+                ["sh", "-c", self.command],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            assert self._proc.stdout is not None
+            try:
+                for raw in self._proc.stdout:
+                    if self._halt.is_set():
+                        break
+                    self.emit(
+                        self.host.name, self.kind, self.container, raw.decode(errors="replace").rstrip("\n")
+                    )
+            finally:
+                if self._proc.poll() is None:
+                    try:
+                        os.killpg(self._proc.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                self._proc.wait(timeout=10)
+            return
+        chan = self._chan = self.ssh.channel(self.host, self.command)
+        try:
+            for raw in chan.makefile("rb"):
+                if self._halt.is_set():
+                    break
+                self.emit(
+                    self.host.name, self.kind, self.container, raw.decode(errors="replace").rstrip("\n")
+                )
+        finally:
+            chan.close()
+
+
+def host_streams(host: WatchHost, emit: Emit, ssh: SSHPool) -> list[Stream]:
+    """The host's streams: its container events, and each catalog container's log."""
+    names = sorted(set(host.containers.values()))
+    streams = [Stream(host, "event", "*", events_command(names), emit, ssh)]
+    streams += [Stream(host, "log", name, logs_command(name), emit, ssh) for name in names]
+    return streams

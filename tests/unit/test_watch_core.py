@@ -1,0 +1,193 @@
+"""The watcher's state machine (tasks/core/watch.py) with the real catalog and an injected clock:
+one remediation per incident, the catalog's throttle, the global limit, the breaker, burst
+collapse, self-trigger suppression, the audit lines."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tasks.core.signatures import load_catalog
+from tasks.core.watch import Settings, Watcher, audit_line, summary_line
+
+SIGKILL = "2026-12-02T04:00:00.000000000Z [2026-12-02 04:00:00 +0000] [7] [ERROR] Worker (pid:{}) was sent SIGKILL! Perhaps out of memory?"
+AUTH = '2026-12-02T04:00:00.0Z FATAL:  password authentication failed for user "{}"'
+WATCHFILES = ("2026-12-02T04:00:00.0Z _rust_notify.WatchfilesRustInternalError: error in underlying watcher: "
+              "Input/output error (os error 5)")
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def watcher(clock, **settings):
+    return Watcher(load_catalog(), clock, Settings(**settings), configured_roles={"h1": ["quant_user"]})
+
+
+def sigkill(w, host="h1", pid=711, container="quant-mlflow"):
+    return w.feed_log(host, "mlflow", container, SIGKILL.format(pid))
+
+
+def test_sigkill_line_is_one_fix_mlflow_decision_with_the_catalogs_throttle(clock):
+    w = watcher(clock)
+    decision = sigkill(w)
+    assert decision is not None
+    assert decision.describe() == "remediate fix_mlflow on h1 for quant-mlflow"
+    assert decision.key == "fix_mlflow:quant-mlflow" and decision.signature == "mlflow-worker-sigkill"
+    assert "was sent SIGKILL" in decision.evidence
+    assert w.feed_log("h1", "mlflow", "quant-mlflow", "2026-12-02T04:00:00Z GET /health 200") is None
+    clock.advance(12.5)
+    w.finished(decision, ok=True)
+    assert w.targets[("h1", decision.key)].until == clock.now + 1800  # the catalog's 30m
+
+
+def test_burst_of_a_thousand_lines_is_one_remediation_in_every_phase(clock):
+    w = watcher(clock, grace=10)
+    first = sigkill(w)
+    decisions = [sigkill(w, pid=1000 + i) for i in range(1000)]
+    assert first is not None and decisions == [None] * 1000
+    assert w.status()["h1/fix_mlflow:quant-mlflow"]["collapsed"] == 1000
+    clock.advance(20)
+    w.finished(first, ok=True)
+    finished = [r for r in w.drain_audit() if r["kind"] == "action"]
+    assert len(finished) == 1 and finished[0]["collapsed"] == 1000 and finished[0]["duration"] == 20
+    # after the grace window, inside the throttle: throttled, audited once, never run
+    clock.advance(11)
+    assert [sigkill(w, pid=5000 + i) for i in range(1000)] == [None] * 1000
+    throttled = w.drain_audit()
+    assert [r["result"] for r in throttled] == ["throttled"]
+    # after the throttle window: runs again, once
+    clock.advance(1800)
+    again = [sigkill(w, pid=9000 + i) for i in range(1000)]
+    assert sum(d is not None for d in again) == 1
+
+
+def test_own_lines_and_events_during_the_run_and_grace_are_suppressed(clock):
+    w = watcher(clock, grace=30)
+    decision = sigkill(w)
+    assert decision is not None
+    # the recreate: old container renamed -previous and stopped, the new one dies/starts
+    for name in ("quant-mlflow-previous", "quant-mlflow", "quant-mlflow"):
+        assert w.feed_event("h1", "mlflow", {"Action": "die", "Actor": {"Attributes": {"name": name}}}) is None
+    assert w.feed_event("h1", "mlflow", {"Action": "oom", "Actor": {"Attributes": {"name": "quant-mlflow"}}}) is None
+    clock.advance(5)
+    w.finished(decision, ok=False)  # failed: a retry is due later, never a new trigger from its own lines
+    clock.advance(10)
+    assert sigkill(w) is None
+    assert w.feed_event("h1", "mlflow", {"Action": "oom", "Actor": {"Attributes": {"name": "quant-mlflow"}}}) is None
+    assert w.status()["h1/fix_mlflow:quant-mlflow"]["suppressed"] == 5
+    # another host's identical container is not suppressed
+    other = w.feed_event("h2", "mlflow", {"Action": "oom", "Actor": {"Attributes": {"name": "quant-mlflow"}}})
+    assert other is not None and other.signature == "mlflow-oom-killed" and other.host == "h2"
+
+
+def test_restart_loop_from_events_needs_the_catalogs_min_restarts(clock):
+    w = watcher(clock)
+    event = {"Action": "die", "Actor": {"Attributes": {"name": "quant-mlflow", "exitCode": "1"}}}
+    assert w.feed_event("h1", "mlflow", event) is None
+    clock.advance(1)
+    assert w.feed_event("h1", "mlflow", {**event, "Action": "restart"}) is None
+    clock.advance(1)
+    decision = w.feed_event("h1", "mlflow", event)
+    assert decision is not None and decision.signature == "mlflow-restart-loop"
+    assert "3 within 600s" in decision.evidence and decision.key == "fix_mlflow:quant-mlflow"
+    # postgres has no packaged fix for a restart loop: reported, nothing run
+    for _ in range(3):
+        assert w.feed_event("h1", "postgres", {"Action": "die", "Actor": {"Attributes": {"name": "pg"}}}) is None
+    assert any(r["signature"] == "service-restart-loop" and r["action"] == "reported" for r in w.drain_audit())
+
+
+def test_global_limit_queues_and_ready_hands_out_when_a_slot_frees(clock):
+    w = watcher(clock, max_concurrent=1)
+    first = sigkill(w, host="h1")
+    assert first is not None
+    assert sigkill(w, host="h2") is None  # queued
+    assert w.ready() == []
+    assert [r["result"] for r in w.drain_audit()] == ["started", "queued"]
+    clock.advance(3)
+    w.finished(first, ok=True)
+    (second,) = w.ready()
+    assert second.host == "h2" and w.running() == 1
+    assert sigkill(w, host="h2") is None  # collapsed into the running one
+
+
+def test_breaker_opens_after_n_failures_and_is_reported_once(clock):
+    w = watcher(clock, breaker_failures=3, retry_delay=30, grace=10)
+    decision = sigkill(w)
+    attempts = []
+    for _ in range(3):
+        assert decision is not None
+        attempts.append(decision.attempt)
+        clock.advance(4)
+        w.finished(decision, ok=False, detail="verification failed")
+        clock.advance(29)
+        assert w.ready() == []
+        clock.advance(1)
+        ready = w.ready()
+        decision = ready[0] if ready else None
+    assert attempts == [1, 2, 3] and decision is None
+    audit = w.drain_audit()
+    assert [r["result"] for r in audit if r["kind"] == "breaker"] == ["open"]
+    assert "breaker open after 3 failed run(s)" in [r for r in audit if r["kind"] == "breaker"][0]["action"]
+    clock.advance(10_000)
+    assert sigkill(w) is None and w.ready() == []
+    assert w.status()["h1/fix_mlflow:quant-mlflow"]["state"] == "open"
+
+
+def test_a_verified_run_resets_the_failure_count(clock):
+    w = watcher(clock, breaker_failures=2, retry_delay=1, grace=0)
+    decision = sigkill(w)
+    w.finished(decision, ok=False)
+    clock.advance(1)
+    (decision,) = w.ready()
+    w.finished(decision, ok=True)
+    assert w.status()["h1/fix_mlflow:quant-mlflow"]["failures"] == 0
+
+
+def test_db_users_only_for_a_configured_role_and_keyed_by_role(clock):
+    w = watcher(clock)
+    decision = w.feed_log("h1", "postgres", "quant-postgres", AUTH.format("quant_user"))
+    assert decision is not None and decision.key == "db_users:quant_user" and decision.containers == ()
+    assert w.feed_log("h1", "backend", "quant-backend", AUTH.format("quant_user")) is None  # same target
+    assert w.feed_log("h1", "postgres", "quant-postgres", AUTH.format("mallory")) is None
+    reported = [r for r in w.drain_audit() if r["action"] == "reported"]
+    assert "not a configured role" in reported[0]["result"]
+
+
+def test_backend_watchfiles_and_unknown_lines(clock):
+    w = watcher(clock)
+    decision = w.feed_log("h1", "backend", "quant-backend", WATCHFILES)
+    assert decision is not None and decision.remediation == "backend_reload"
+    assert w.feed_log("h1", "redis", "quant-redis", "2026-12-02T04:00:00Z Ready to accept connections") is None
+    # informational lines are audited, rate-limited to one per grace window
+    for _ in range(50):
+        w.feed_log("h1", "backend", "quant-backend", "2026-12-02T04:00:00Z Username already exists: concurrent_1")
+    assert sum(r["signature"] == "load-test-duplicate-user" for r in w.drain_audit()) == 1
+
+
+def test_audit_line_and_summary(clock):
+    w = watcher(clock)
+    decision = sigkill(w)
+    clock.advance(14.2)
+    w.finished(decision, ok=True)
+    records = w.drain_audit()
+    for record in records:
+        data = json.loads(audit_line(record))
+        assert {"time", "host", "signature", "evidence", "action", "result", "duration"} <= set(data)
+    done = records[-1]
+    assert done["time"] == "2027-01-15T08:00:14.200000Z" and done["duration"] == 14.2
+    assert summary_line(done) == (
+        "[h1] 2027-01-15T08:00:14Z mlflow-worker-sigkill: remediate fix_mlflow on h1 for quant-mlflow"
+        " -> verified in 14.2s")

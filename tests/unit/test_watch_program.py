@@ -1,0 +1,100 @@
+"""The watcher program's parts without an engine: the commands it runs, the inventory read with
+pyinfra's loader (SSH connection data, container roles, db roles), lines and events through the
+program into the audit file, and a local stream reopened after it ends and stopped for good."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+from tasks.core.watch import Decision, Settings
+from tasks.watch.hosts import WatchHost, load_hosts
+from tasks.watch.program import Program, remediation_command
+from tasks.watch.streams import Stream, events_command, logs_command
+
+SIGKILL = "2026-12-02T04:00:00.1Z [ERROR] Worker (pid:{}) was sent SIGKILL! Perhaps out of memory?"
+
+
+def test_commands_follow_the_catalogs_containers_and_limit_the_deploy_to_the_host():
+    events = events_command(["quant-mlflow", "quant-postgres"])
+    assert events.startswith("exec docker events --format '{{json .}}' --filter type=container")
+    for part in ("event=die", "event=oom", "event=health_status", "event=restart",
+                 "container=quant-mlflow", "container=quant-mlflow-previous", "container=quant-postgres"):
+        assert f"--filter {part}" in events
+    assert logs_command("quant-mlflow") == \
+        'exec docker logs -f --timestamps --since "$(date +%s)" quant-mlflow 2>&1'
+    decision = Decision("ml-2", "fix_mlflow", "quant-mlflow", "fix_mlflow:quant-mlflow", "s", "e", ())
+    command = remediation_command("inventories/prod.py", decision, ["inventories/group_data"])
+    assert command[1:] == ["-y", "--group-data", "inventories/group_data", "inventories/prod.py",
+                           command[5], "--limit", "ml-2"]
+    assert command[5].endswith("deploys/fix_mlflow.py")
+
+
+def test_inventory_is_read_with_pyinfras_loader(tmp_path):
+    key = tmp_path / "id_ed25519"
+    (tmp_path / "inventory.py").write_text(
+        "hosts = [\n"
+        "  ('@local', {'remediate': {'containers': {'mlflow': 'lab-mlflow', 'postgres': 'lab-pg'}},\n"
+        "              'db_roles': [{'name': 'quant_user', 'login': True}]}),\n"
+        f"  ('ml-2', {{'ssh_hostname': '127.0.0.1', 'ssh_port': 2222, 'ssh_user': 'deploy', 'ssh_key': '{key}',\n"
+        "            'ssh_known_hosts_file': '/tmp/kh', 'mlflow': {'container_name': 'm2'}}),\n"
+        "]\n")
+    local, ssh = load_hosts(str(tmp_path / "inventory.py"))
+    assert local.local and local.containers == {"mlflow": "lab-mlflow", "postgres": "lab-pg"}
+    assert local.db_roles == ["quant_user"] and local.role_of("lab-mlflow-previous") == "mlflow"
+    assert not ssh.local and ssh.containers == {"mlflow": "m2"} and ssh.db_roles == []
+    assert ssh.ssh == {"hostname": "127.0.0.1", "port": 2222, "username": "deploy", "key_filename": str(key),
+                       "known_hosts": "/tmp/kh", "strict": True}
+    assert [s.id for s in local.catalog][0] == "mlflow-worker-sigkill"
+
+
+def test_lines_and_events_through_the_program_dry(tmp_path):
+    host = WatchHost("h1", True, {"mlflow": "q-mlflow", "backend": "q-backend"})
+    out = io.StringIO()
+    audit = tmp_path / "audit.jsonl"
+    program = Program("inv.py", [host], str(audit), dry=True, settings=Settings(grace=0), out=out)
+    for pid in range(1000):
+        program.handle_line("h1", "log", "q-mlflow", SIGKILL.format(pid))
+    program.handle_line("h1", "event", "*", json.dumps(
+        {"Action": "oom", "Actor": {"Attributes": {"name": "q-mlflow"}}, "timeNano": 1_800_000_000 * 10**9}))
+    program.handle_line("h1", "event", "*", "not json")
+    program.handle_line("h1", "log", "q-redis", SIGKILL.format(1))  # not a followed container
+    program.handle_line("h1", "status", "q-mlflow", "log stream ended; reopening in 2s")
+    program.write_audit()
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    actions = [r for r in records if r["kind"] == "action"]
+    assert [a["result"] for a in actions] == ["dry-run"]  # dry: one decision, nothing run, then throttled
+    assert any(r["result"] == "throttled" for r in records)
+    assert "-> dry-run" in out.getvalue() and "[h1] q-mlflow: log stream ended" in out.getvalue()
+    program.audit.close()
+
+
+def test_local_stream_is_reopened_after_it_ends_and_stop_ends_its_process(tmp_path):
+    lines: list[tuple] = []
+    marker = tmp_path / "pids"
+    host = WatchHost("h1", True, {})
+    command = f"echo $$ >> {marker}; echo one; echo two; exec sleep 0.5"
+    stream = Stream(host, "log", "c", command, lambda *a: lines.append(a), ssh=None)  # type: ignore[arg-type]
+    stream.start()
+    deadline = time.monotonic() + 10
+    while stream.opened < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stream.opened >= 2  # ended, reopened after its backoff
+    assert ("h1", "log", "c", "one") in lines
+    assert any(kind == "status" and "stream ended; reopening in" in line for _, kind, _, line in lines)
+    long_running = Stream(host, "log", "c", f"echo $$ > {tmp_path / 'long'}; exec sleep 600", lambda *a: None,
+                          ssh=None)  # type: ignore[arg-type]
+    long_running.start()
+    while not (tmp_path / "long").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int((tmp_path / "long").read_text())
+    long_running.stop()
+    stream.stop()
+    long_running.join(5)
+    stream.join(5)
+    assert not long_running.is_alive() and not stream.is_alive()
+    time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert os.path.exists(marker)
