@@ -87,6 +87,7 @@ class Settings:
     grace: float = 60.0  # seconds after a run whose lines and events are the run's own
     retry_delay: float = 30.0  # seconds after a failed run before it is tried again
     restart_window: float = 600.0  # die/restart events counted within this window (restart loops)
+    dry: bool = False  # decisions are audited "would run" instead of "started"
 
 
 def _iso(seconds: float) -> str:
@@ -307,7 +308,8 @@ class Watcher:
             t.started = now
             self._record(t, "finding", t.decision.describe(), "queued", finding.signature, finding.evidence)
             return None
-        self._record(t, "finding", t.decision.describe(), "started", finding.signature, finding.evidence)
+        started = "would run" if self.settings.dry else "started"
+        self._record(t, "finding", t.decision.describe(), started, finding.signature, finding.evidence)
         self._start(t, now)
         return t.decision
 

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-delay", type=float, default=Settings.retry_delay)
     args = parser.parse_args(argv)
     hosts = load_hosts(args.inventory, args.group_data)
-    settings = Settings(args.max_concurrent, args.breaker, args.grace, args.retry_delay)
+    settings = Settings(args.max_concurrent, args.breaker, args.grace, args.retry_delay, dry=args.dry)
     program = Program(args.inventory, hosts, args.audit, args.dry, args.group_data, settings)
     signal.signal(signal.SIGTERM, program.stop)
     signal.signal(signal.SIGINT, program.stop)

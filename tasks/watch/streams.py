@@ -77,6 +77,9 @@ class SSHPool:
                 self._clients[host.name] = client
         assert transport is not None
         chan = transport.open_session()
+        # A pty: when the channel closes, sshd hangs the session up and the remote command gets
+        # SIGHUP (without one, `docker logs -f` would live on until it next writes a line).
+        chan.get_pty(width=500)
         chan.exec_command(command)
         return chan
 
@@ -146,7 +149,7 @@ class Stream(threading.Thread):
                     if self._halt.is_set():
                         break
                     self.emit(
-                        self.host.name, self.kind, self.container, raw.decode(errors="replace").rstrip("\n")
+                        self.host.name, self.kind, self.container, raw.decode(errors="replace").rstrip("\r\n")
                     )
             finally:
                 if self._proc.poll() is None:
@@ -162,7 +165,7 @@ class Stream(threading.Thread):
                 if self._halt.is_set():
                     break
                 self.emit(
-                    self.host.name, self.kind, self.container, raw.decode(errors="replace").rstrip("\n")
+                    self.host.name, self.kind, self.container, raw.decode(errors="replace").rstrip("\r\n")
                 )
         finally:
             chan.close()

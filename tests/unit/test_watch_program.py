@@ -54,7 +54,7 @@ def test_lines_and_events_through_the_program_dry(tmp_path):
     host = WatchHost("h1", True, {"mlflow": "q-mlflow", "backend": "q-backend"})
     out = io.StringIO()
     audit = tmp_path / "audit.jsonl"
-    program = Program("inv.py", [host], str(audit), dry=True, settings=Settings(grace=0), out=out)
+    program = Program("inv.py", [host], str(audit), dry=True, settings=Settings(grace=0, dry=True), out=out)
     for pid in range(1000):
         program.handle_line("h1", "log", "q-mlflow", SIGKILL.format(pid))
     program.handle_line("h1", "event", "*", json.dumps(
@@ -65,7 +65,8 @@ def test_lines_and_events_through_the_program_dry(tmp_path):
     program.write_audit()
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     actions = [r for r in records if r["kind"] == "action"]
-    assert [a["result"] for a in actions] == ["dry-run"]  # dry: one decision, nothing run, then throttled
+    assert [a["result"] for a in actions] == ["dry-run"]
+    assert [r["result"] for r in records if r["kind"] == "finding"][0] == "would run"  # dry: one decision, nothing run, then throttled
     assert any(r["result"] == "throttled" for r in records)
     assert "-> dry-run" in out.getvalue() and "[h1] q-mlflow: log stream ended" in out.getvalue()
     program.audit.close()
