@@ -8,7 +8,8 @@ subprocess limited to that host::
     pyinfra -y [--group-data DIR] INVENTORY deploys/<deploy>.py --limit HOST
 
 (the deploy verifies its own change and exits non-zero when it could not: that is the result).
-Every finding and action is a JSON line in the audit file and a one-line summary on the console.
+Every finding and action is a JSON line in the audit file and a one-line summary on the console;
+each run's full output is kept beside the audit (``<audit>.runs/``, 0600).
 ``--dry`` runs nothing and audits each decision as "dry-run". SIGTERM/SIGINT stop every stream and
 every remediation child (its process group: TERM, then KILL after 20 s), then exit.
 """
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tasks.core.private_file import write_private_text
 from tasks.core.watch import Decision, Settings, Watcher, audit_line, summary_line
 from tasks.watch.hosts import WatchHost, load_hosts
 from tasks.watch.streams import SSHPool, Stream, host_streams
@@ -78,6 +81,8 @@ class Program:
             catalog, time.time, settings or Settings(), configured_roles={h.name: h.db_roles for h in hosts}
         )
         self.audit = open(audit_path, "a", encoding="utf-8") if audit_path else None  # noqa: SIM115
+        # each remediation's full pyinfra output, beside the audit: <audit>.runs/<time>-<host>-<key>.log
+        self.runs_dir = Path(f"{audit_path}.runs") if audit_path else None
         self.inbox: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.ssh = SSHPool()
@@ -159,6 +164,13 @@ class Program:
             ok = proc.returncode == 0
             lines = [line for line in (output or "").splitlines() if line.strip()]
             detail = f"exit {proc.returncode}: " + " | ".join(lines[-3:])[-600:]
+            if self.runs_dir is not None:
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stamp}-{decision.host}-{decision.key}")
+                log = write_private_text(
+                    self.runs_dir / f"{name}.log", " ".join(command) + "\n" + (output or "")
+                )
+                detail = f"{detail} (output: {log})"
         except Exception as exc:  # noqa: BLE001 - a failed start is a failed run
             detail = f"could not run: {exc}"
         finally:

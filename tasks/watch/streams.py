@@ -3,12 +3,17 @@
 `@local`: a subprocess per stream, in its own process group. SSH hosts: one paramiko connection
 per host (the inventory's ssh_hostname/port/user/key and known hosts) and a channel per stream.
 A stream that ends or fails is opened again with backoff (1 s doubling to 30 s, back to 1 s after
-a stream lived a minute); the other streams and hosts are not affected. :meth:`Stream.stop` ends
-it, and its process or channel, for good.
+a stream lived a minute); the other streams and hosts are not affected. It resumes where it left
+off: the first open follows from the host's "now", a reopen from the time of the last line or event
+it delivered (``--since``), skipping what it already delivered, so nothing written while a
+connection was down is lost (a stream that never delivered anything starts from "now" again).
+:meth:`Stream.stop` ends it, and its process or channel, for good.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shlex
 import signal
@@ -24,19 +29,43 @@ from tasks.watch.hosts import WatchHost
 Emit = Callable[[str, str, str, str], None]  # (host, kind "log"|"event"|"status", container, line)
 
 
-def events_command(containers: list[str]) -> str:
+NOW = '"$(date +%s)"'  # the host's own clock, as --since takes it
+
+
+def log_mark(line: str) -> str | None:
+    """A ``docker logs --timestamps`` line's time as a sortable key and a --since value:
+    RFC 3339 UTC with nine fraction digits (docker trims trailing zeros)."""
+    stamp = line.split(" ", 1)[0]
+    if len(stamp) < 20 or stamp[10] != "T" or not stamp.endswith("Z"):
+        return None
+    whole, _, fraction = stamp[:-1].partition(".")
+    if not fraction.isdigit() and fraction:
+        return None
+    return f"{whole}.{fraction[:9].ljust(9, '0')}Z"
+
+
+def event_mark(line: str) -> str | None:
+    """A ``docker events`` JSON line's time as ``seconds.nanoseconds`` (--since's form)."""
+    try:
+        nano = int(json.loads(line).get("timeNano"))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return f"{nano // 10**9}.{nano % 10**9:09d}"  # ten digits of seconds until 2286
+
+
+def events_command(containers: list[str], since: str = NOW) -> str:
     filters = ["--filter type=container"] + [f"--filter event={e}" for e in EVENTS]
     for name in containers:
         filters += [
             f"--filter container={shlex.quote(name)}",
             f"--filter container={shlex.quote(name + '-previous')}",
         ]
-    return "exec docker events --format '{{json .}}' " + " ".join(filters)
+    return f"exec docker events --since {since} --format '{{{{json .}}}}' " + " ".join(filters)
 
 
-def logs_command(container: str) -> str:
-    # since the host's own clock now: lines written before the watcher (re)connects are not ours
-    return f'exec docker logs -f --timestamps --since "$(date +%s)" {shlex.quote(container)} 2>&1'
+def logs_command(container: str, since: str = NOW) -> str:
+    """The container's log from ``since`` (default: the host's now; lines before are not ours)."""
+    return f"exec docker logs -f --timestamps --since {since} {shlex.quote(container)} 2>&1"
 
 
 class SSHPool:
@@ -96,10 +125,22 @@ class SSHPool:
 class Stream(threading.Thread):
     """One command's lines on one host, reopened with backoff until stopped."""
 
-    def __init__(self, host: WatchHost, kind: str, container: str, command: str, emit: Emit, ssh: SSHPool):
+    def __init__(
+        self,
+        host: WatchHost,
+        kind: str,
+        container: str,
+        command: str | Callable[[str], str],
+        emit: Emit,
+        ssh: SSHPool,
+        mark: Callable[[str], str | None] | None = None,
+    ):
+        """``command``: a shell command, or one made from a --since value (``NOW`` or the last
+        ``mark`` seen); ``mark``: a delivered line's sortable time (None: not resumable)."""
         super().__init__(name=f"watch-{host.name}-{kind}-{container}", daemon=True)
         self.host, self.kind, self.container, self.command = host, kind, container, command
-        self.emit, self.ssh = emit, ssh
+        self.emit, self.ssh, self.mark = emit, ssh, mark
+        self.last: str | None = None  # the last delivered line's mark
         self._halt = threading.Event()
         self._proc: subprocess.Popen | None = None
         self._chan: Any = None
@@ -134,10 +175,26 @@ class Stream(threading.Thread):
             )
             self._halt.wait(delay)
 
+    def _deliver(self, raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip("\r\n")
+        if self.mark is not None:
+            mark = self.mark(line)
+            if mark is not None:
+                if self.last is not None and mark <= self.last:
+                    return  # delivered before the stream was reopened
+                self.last = mark
+        self.emit(self.host.name, self.kind, self.container, line)
+
+    def current_command(self) -> str:
+        if callable(self.command):
+            return self.command(shlex.quote(self.last) if self.last else NOW)
+        return self.command
+
     def _follow(self) -> None:
+        command = self.current_command()
         if self.host.local:
             self._proc = subprocess.Popen(
-                ["sh", "-c", self.command],
+                ["sh", "-c", command],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 stdin=subprocess.DEVNULL,
@@ -148,9 +205,7 @@ class Stream(threading.Thread):
                 for raw in self._proc.stdout:
                     if self._halt.is_set():
                         break
-                    self.emit(
-                        self.host.name, self.kind, self.container, raw.decode(errors="replace").rstrip("\r\n")
-                    )
+                    self._deliver(raw)
             finally:
                 if self._proc.poll() is None:
                     try:
@@ -159,14 +214,12 @@ class Stream(threading.Thread):
                         pass
                 self._proc.wait(timeout=10)
             return
-        chan = self._chan = self.ssh.channel(self.host, self.command)
+        chan = self._chan = self.ssh.channel(self.host, command)
         try:
             for raw in chan.makefile("rb"):
                 if self._halt.is_set():
                     break
-                self.emit(
-                    self.host.name, self.kind, self.container, raw.decode(errors="replace").rstrip("\r\n")
-                )
+                self._deliver(raw)
         finally:
             chan.close()
 
@@ -174,6 +227,9 @@ class Stream(threading.Thread):
 def host_streams(host: WatchHost, emit: Emit, ssh: SSHPool) -> list[Stream]:
     """The host's streams: its container events, and each catalog container's log."""
     names = sorted(set(host.containers.values()))
-    streams = [Stream(host, "event", "*", events_command(names), emit, ssh)]
-    streams += [Stream(host, "log", name, logs_command(name), emit, ssh) for name in names]
+    streams = [Stream(host, "event", "*", functools.partial(events_command, names), emit, ssh, event_mark)]
+    streams += [
+        Stream(host, "log", name, functools.partial(logs_command, name), emit, ssh, log_mark)
+        for name in names
+    ]
     return streams

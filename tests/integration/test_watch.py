@@ -128,6 +128,9 @@ def test_sigkill_burst_is_fixed_once_verified_and_audited(lab, tmp_path):
         assert action["signature"] in ("mlflow-worker-sigkill", "mlflow-oom-killed", "mlflow-restart-loop")
         assert action["duration"] > 0 and action["attempt"] == 1
         assert action["collapsed"] >= 999  # the burst: one remediation
+        run_log = Path(action["detail"].rsplit("(output: ", 1)[1].rstrip(")"))
+        assert run_log.parent == tmp_path / "audit.jsonl.runs" and run_log.stat().st_mode & 0o777 == 0o600
+        assert "deploys/fix_mlflow.py --limit @local" in run_log.read_text() and "Recap" in run_log.read_text()
         (finding,) = [r for r in watch.records() if r.get("kind") == "finding"
                       and r.get("remediation") == "fix_mlflow" and r["result"] == "started"]
         assert finding["signature"] == action["signature"] and finding["evidence"] == action["evidence"]

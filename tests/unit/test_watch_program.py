@@ -6,25 +6,31 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
 from tasks.core.watch import Decision, Settings
 from tasks.watch.hosts import WatchHost, load_hosts
 from tasks.watch.program import Program, remediation_command
-from tasks.watch.streams import Stream, events_command, logs_command
+from tasks.watch.streams import NOW, Stream, event_mark, events_command, log_mark, logs_command
 
 SIGKILL = "2026-12-02T04:00:00.1Z [ERROR] Worker (pid:{}) was sent SIGKILL! Perhaps out of memory?"
 
 
 def test_commands_follow_the_catalogs_containers_and_limit_the_deploy_to_the_host():
     events = events_command(["quant-mlflow", "quant-postgres"])
-    assert events.startswith("exec docker events --format '{{json .}}' --filter type=container")
+    assert events.startswith('exec docker events --since "$(date +%s)" --format \'{{json .}}\' --filter type=container')
     for part in ("event=die", "event=oom", "event=health_status", "event=restart",
                  "container=quant-mlflow", "container=quant-mlflow-previous", "container=quant-postgres"):
         assert f"--filter {part}" in events
     assert logs_command("quant-mlflow") == \
         'exec docker logs -f --timestamps --since "$(date +%s)" quant-mlflow 2>&1'
+    assert log_mark("2026-12-02T04:47:45.12Z [ERROR] x") == "2026-12-02T04:47:45.120000000Z"
+    assert log_mark("2026-12-02T04:47:45Z x") == "2026-12-02T04:47:45.000000000Z"
+    assert log_mark("no time here") is None
+    assert event_mark('{"timeNano": 1800000000123456789}') == "1800000000.123456789"
+    assert event_mark("garbage") is None
     decision = Decision("ml-2", "fix_mlflow", "quant-mlflow", "fix_mlflow:quant-mlflow", "s", "e", ())
     command = remediation_command("inventories/prod.py", decision, ["inventories/group_data"])
     assert command[1:] == ["-y", "--group-data", "inventories/group_data", "inventories/prod.py",
@@ -99,3 +105,40 @@ def test_local_stream_is_reopened_after_it_ends_and_stop_ends_its_process(tmp_pa
     time.sleep(0.2)
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     assert os.path.exists(marker)
+
+
+def test_a_reopened_stream_resumes_from_its_last_line_and_skips_what_it_delivered(tmp_path):
+    """The source here is a file (standing in for a container's log) that gets a line every
+    0.1 s; each open prints every line at or after --since, then the stream drops after 0.5 s.
+    Whatever was written while it was down is delivered once, nothing twice."""
+    log = tmp_path / "log"
+    writer_stop = tmp_path / "stop"
+    writer = subprocess.Popen(
+        ["sh", "-c", f"i=0; while [ ! -e {writer_stop} ]; do i=$((i+1)); "
+                     f"echo \"2026-12-02T04:00:00.$(printf %09d $i)Z line $i\" >> {log}; sleep 0.1; done"])
+    commands = []
+
+    def command(since: str) -> str:
+        commands.append(since)
+        start = "" if since == NOW else since.strip("'")
+        return (f"timeout 0.5 sh -c 'while true; do awk -v s=\"{start}\" \"\\$1 >= s\" {log}; "
+                f"sleep 0.05; done' | awk '!seen[$0]++'")
+
+    lines: list[str] = []
+    stream = Stream(WatchHost("h1", True, {}), "log", "c", command, lambda *a: lines.append(a[3]),
+                    ssh=None, mark=log_mark)  # type: ignore[arg-type]
+    try:
+        stream.start()
+        deadline = time.monotonic() + 15
+        while stream.opened < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stream.stop()
+        stream.join(5)
+        writer_stop.touch()
+        writer.wait(5)
+    delivered = [line for line in lines if line.startswith("2026-")]
+    numbers = [int(line.rsplit(" ", 1)[1]) for line in delivered]
+    assert stream.opened >= 3 and commands[0] == NOW and commands[1].startswith("2026-12-02T04:00:00.")
+    assert numbers == sorted(set(numbers))  # nothing twice, in order
+    assert numbers == list(range(1, numbers[-1] + 1))  # nothing lost across the drops
