@@ -43,7 +43,7 @@ def scaling(fleet: dict, out_dir: Path):
             ax.vlines(xs, [sp["q1"] for _, sp in points], [sp["q3"] for _, sp in points], color=color,
                       linewidth=4, alpha=0.6)
         runs = max((summary.get(f"{scenario}/pyinfra/{n}", {}).get("runs") or 0) for n in hosts)
-        ax.set_title(f"{scenario} run ({runs} runs per point)", fontsize=10)
+        ax.set_title(f"{scenario} run ({runs} run{'s' if runs != 1 else ''} per point)", fontsize=10)
         ax.set_xlabel("hosts (sshd on 127.0.0.1)")
         ax.set_ylabel("wall time (s): median, IQR (thick), min-max (thin)")
         ax.set_ylim(bottom=0)
