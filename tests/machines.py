@@ -43,6 +43,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from tasks.lab.cgroups import mount_missing_controllers
 from tasks.lab.harness import REPO
 from tasks.lab.images import ensure_images, image_refs
 from tasks.lab.stack import Lab, Stack, container_specs
@@ -145,6 +146,8 @@ class Machines:
         return mounts
 
     def start(self) -> Machines:
+        # Before any host's systemd mounts them where this machine's engine cannot see them.
+        mount_missing_controllers()
         self.folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.folder, 0o700)
         image = self.image()

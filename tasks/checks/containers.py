@@ -178,9 +178,14 @@ def _memory(session: Session, name: str, warn_percent: float, fail_percent: floa
         if not ok:
             raise NotYet(f"docker stats failed: {out.strip()[-160:] or 'timed out'}")
         try:
-            usage = stats_size(out.strip().splitlines()[-1].split("/")[0])
+            usage_text, limit_text = out.strip().splitlines()[-1].split("/")[:2]
+            usage, seen_limit = stats_size(usage_text), stats_size(limit_text)
         except (ValueError, IndexError):
             raise NotYet(f"unreadable docker stats output: {out.strip()[:80]}") from None
+        if seen_limit == 0:
+            # A running container always has a limit (the machine's memory if none is set): 0B / 0B
+            # means the engine could not read its cgroup, not that it uses nothing.
+            raise NotYet("docker stats reads 0B / 0B: the engine cannot read this container's cgroup")
         verdict, text = memory_verdict(usage, limit, warn_percent, fail_percent)
         if verdict == "fail":
             raise Broken(text)
