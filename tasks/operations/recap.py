@@ -113,7 +113,7 @@ class _Run(BaseStateCallback, logging.Handler):
     def operation_host_error(self, state, host, op_hash, retry_count=0, max_retries=0):  # type: ignore[override]  # pyinfra calls it bound
         self._ended(host, op_hash)
         if host.name not in self.reasons:
-            name = _op_name(state, op_hash)
+            name = _op_name(state, op_hash, host.name)
             self.reasons[host.name] = f"{name}: {_best(self.errors.get(host.name, []))}"
 
     # -- the end --------------------------------------------------------------------------------
@@ -145,7 +145,9 @@ class _Run(BaseStateCallback, logging.Handler):
                     status = "failed"
                 else:
                     status = "changed" if meta.did_change() else "ok"
-                outcome.operations.append(OperationOutcome(_op_name(state, op_hash), status, elapsed))
+                outcome.operations.append(
+                    OperationOutcome(_op_name(state, op_hash, host.name), status, elapsed)
+                )
             if dry and outcome.reachable and host.name not in self.ready and self.run_errors:
                 # the run stopped (an exception) before this host's operations were all planned
                 outcome.failed = True
@@ -192,11 +194,19 @@ class _Run(BaseStateCallback, logging.Handler):
             logger.info(f"--> Run report: {written}")
 
 
-def _op_name(state: Any, op_hash: str) -> str:
+def _op_name(state: Any, op_hash: str, host_name: str | None = None) -> str:
+    """The operation's name as this host knows it. pyinfra keeps one set of names per operation
+    across hosts ("MLflow container h1-mlflow", "... h2-mlflow", ...): joined, 50 hosts' names
+    would bury the reason after them."""
     try:
-        return ", ".join(sorted(state.get_op_meta(op_hash).names)) or "operation"
+        names = sorted(state.get_op_meta(op_hash).names)
     except Exception:
         return "operation"
+    if len(names) > 1 and host_name:
+        names = [name for name in names if host_name in name] or names
+    if len(names) > 1:
+        return f"{names[0]} (and {len(names) - 1} more names on other hosts)"
+    return names[0] if names else "operation"
 
 
 def _best(lines: list[tuple[int, str]]) -> str:

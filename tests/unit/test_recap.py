@@ -135,3 +135,14 @@ def test_progress_around_any_wait(monkeypatch):
     with runner.progress("compose up mlflow", 120, say=lines.append):
         gevent.sleep(0.35)
     assert lines[:3] == ["waiting for compose up mlflow: 0s / 120s"] * 3
+
+
+def test_a_failed_operation_is_named_as_its_host_knows_it_not_by_every_hosts_name():
+    from types import SimpleNamespace
+
+    from tasks.operations.recap import _op_name
+
+    names = {f"Fix the MLflow tracking server | MLflow container h{i}-mlflow" for i in range(1, 51)}
+    state = SimpleNamespace(get_op_meta=lambda op_hash: SimpleNamespace(names=names))
+    assert _op_name(state, "x", "h7") == "Fix the MLflow tracking server | MLflow container h7-mlflow"
+    assert _op_name(state, "x", "other").endswith("(and 49 more names on other hosts)")
