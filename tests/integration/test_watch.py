@@ -18,8 +18,8 @@ from tests.labkit import GROUP_DATA, REPO, lab_up, write_inventory
 pytestmark = pytest.mark.lab
 
 WATCH = REPO / "scripts" / "watch"
-BURST = ('for i in $(seq 1000 1999); do echo "[$(date -u "+%Y-%m-%d %H:%M:%S") +0000] [1] [ERROR] '
-         'Worker (pid:$i) was sent SIGKILL! Perhaps out of memory?" > /proc/1/fd/1; done')
+BURST = ('stamp=$(date -u "+%Y-%m-%d %H:%M:%S"); for i in $(seq 1000 1999); do echo "[$stamp +0000] [1] '
+         '[ERROR] Worker (pid:$i) was sent SIGKILL! Perhaps out of memory?"; done > /proc/1/fd/1')
 
 
 @pytest.fixture(scope="module")
@@ -85,26 +85,30 @@ def leftovers(*markers: object) -> list[str]:
     return found
 
 
-def burst(lab) -> None:
-    """A thousand SIGKILL lines on the MLflow container's own stdout. The incident's container may
-    have used up its restarts (exited for good): it is started again first, as an operator would."""
-    for _ in range(3):
-        container = lab.container("mlflow")
-        if container.status != "running":
-            container.start()
-            time.sleep(2)
-        result = container.exec_run(["sh", "-c", BURST])
-        if result.exit_code == 0:
-            return
+def running_mlflow(lab):
+    """The incident's MLflow container, running: it may have used up its restarts (exited for
+    good); it is started again, as an operator would, before the watcher starts."""
+    container = lab.container("mlflow")
+    if container.status != "running":
+        container.start()
         time.sleep(2)
-    raise AssertionError(f"could not write the burst: {result.output!r}")
+        container.reload()
+    return container
+
+
+def burst(lab, container) -> None:
+    """A thousand SIGKILL lines on that container's own stdout, in one write: into the incident's
+    container only (by id), never into the one a fix may have made meanwhile."""
+    assert lab.container("mlflow").id == container.id, "fixed before the burst: the test raced"
+    result = container.exec_run(["sh", "-c", BURST])
+    assert result.exit_code == 0, result.output
 
 
 def test_dry_run_reports_one_remediation_for_a_burst_and_changes_nothing(lab, tmp_path):
-    before = lab.container("mlflow").id
+    incident = running_mlflow(lab)
     watch = Watch(tmp_path, write_inventory(tmp_path / "inventory.py", lab.prefix), "--dry")
     try:
-        burst(lab)
+        burst(lab, incident)
         watch.wait_for(lambda: watch.actions("fix_mlflow"), 60, "the dry-run decision")
         time.sleep(3)
         (action,) = watch.actions("fix_mlflow")
@@ -112,15 +116,16 @@ def test_dry_run_reports_one_remediation_for_a_burst_and_changes_nothing(lab, tm
     finally:
         assert watch.stop() == 0
     assert "watcher stopped" in watch.text()
-    assert lab.container("mlflow").id == before
+    assert lab.container("mlflow").id == incident.id
     assert leftovers(lab.prefix, tmp_path) == []
 
 
 def test_sigkill_burst_is_fixed_once_verified_and_audited(lab, tmp_path):
     inventory = write_inventory(tmp_path / "inventory.py", lab.prefix)
+    incident = running_mlflow(lab)
     watch = Watch(tmp_path, inventory, "--grace", "20")
     try:
-        burst(lab)
+        burst(lab, incident)
         watch.wait_for(lambda: watch.actions("fix_mlflow"), 600, "fix_mlflow to end")
         (action,) = watch.actions("fix_mlflow")
         assert action["result"] == "verified", action
@@ -148,7 +153,7 @@ def test_sigkill_burst_is_fixed_once_verified_and_audited(lab, tmp_path):
         time.sleep(25)  # past the grace window
 
         def throttled():
-            burst(lab)  # again until the reopened log stream of the new container has it
+            burst(lab, container)  # into the fixed container, inside the throttle window
             time.sleep(5)
             return any(r["result"] == "throttled" for r in watch.records())
 
