@@ -219,6 +219,13 @@ class Program:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _kill_group(proc, signal.SIGKILL)
+        for worker in self.workers:
+            worker.join(timeout=5)
+        while not self.inbox.empty():  # the runs just ended: audited as interrupted
+            item = self.inbox.get_nowait()
+            if item[0] == "done":
+                _, decision, ok, detail = item
+                self.watcher.finished(decision, ok, detail, result=None if ok else "interrupted")
         for stream in self.streams:
             stream.join(timeout=10)
         self.ssh.close()

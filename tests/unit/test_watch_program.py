@@ -142,3 +142,28 @@ def test_a_reopened_stream_resumes_from_its_last_line_and_skips_what_it_delivere
     assert stream.opened >= 3 and commands[0] == NOW and commands[1].startswith("2026-12-02T04:00:00.")
     assert numbers == sorted(set(numbers))  # nothing twice, in order
     assert numbers == list(range(1, numbers[-1] + 1))  # nothing lost across the drops
+
+
+def test_stopping_ends_a_running_remediation_and_its_children(tmp_path, monkeypatch):
+    """SIGTERM's path (Program.stop, then the loop's shutdown) while a remediation runs: its whole
+    process group ends (here a stand-in for pyinfra that starts a child of its own)."""
+    pidfile = tmp_path / "child.pid"
+    monkeypatch.setattr("tasks.watch.program.remediation_command", lambda *a, **k: [
+        "sh", "-c", f"sleep 600 & echo $! > {pidfile}; wait"])
+    host = WatchHost("h1", True, {"mlflow": "q-mlflow"})
+    program = Program("inv.py", [host], str(tmp_path / "audit.jsonl"), out=io.StringIO())
+    program.hosts = []  # no streams: lines are fed by hand
+    program.handle_line("h1", "log", "q-mlflow", SIGKILL.format(1))
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = int(pidfile.read_text())
+    program.stop()
+    assert program.run() == 0
+    time.sleep(0.3)
+    assert not Path(f"/proc/{grandchild}").exists() or \
+        Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [r["result"] for r in records if r["kind"] == "finding"] == ["started"]
+    (action,) = [r for r in records if r["kind"] == "action"]
+    assert action["result"] == "interrupted" and action["detail"].startswith("exit -15")
