@@ -127,7 +127,7 @@ class Watcher:
         stamp = _event_time(event, now)
         kind = action.split(":", 1)[0].strip()
         if kind == "oom":
-            state, evidence = "oom_killed", f"docker event: oom in {container}"
+            state, evidence = "oom_killed", f"engine event: oom in {container}"
         elif kind in ("die", "restart"):
             times = [
                 t for t in self._restarts.get((host, container), []) if now - t < self.settings.restart_window
@@ -139,7 +139,7 @@ class Watcher:
                 return None
             state = "restart_loop"
             evidence = (
-                f"docker event: {kind} of {container} ({len(times)} within {self.settings.restart_window:.0f}s"
+                f"engine event: {kind} of {container} ({len(times)} within {self.settings.restart_window:.0f}s"
                 + (f", exit code {attrs.get('exitCode')}" if "exitCode" in attrs else "")
                 + ")"
             )
@@ -149,7 +149,7 @@ class Watcher:
                 f"unhealthy@{container}",
                 "health-unhealthy",
                 container,
-                f"docker event: {action.strip()} of {container}",
+                f"engine event: {action.strip()} of {container}",
                 now,
             )
             return None
