@@ -14,7 +14,7 @@ from pyinfra.api import StringCommand
 
 from tasks.checks.runner import Broken, NotYet
 from tasks.core.pg_catalog import Catalog
-from tasks.core.pg_exec import PgTarget, pgpass_line, shell_command
+from tasks.core.pg_exec import PgTarget, pgpass_line, psql_tcp_argv, shell_command, with_passfile_on_stdin
 from tasks.core.pg_grants import GrantSpec, usage_sql
 from tasks.facts.postgres import run_and_clean, upload_private
 from tasks.operations import runner
@@ -34,46 +34,13 @@ def query_as_role(host, target: PgTarget, role: str, password_source: SecretSour
     flags = ["-w", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=terse"]
     if target.mode == "psql":
         assert target.host is not None  # PgTarget validated it: psql mode has a host
-        argv = [
-            "env",
-            "PGCONNECT_TIMEOUT=5",
-            f"PGPASSFILE={passfile}",
-            "psql",
-            *flags,
-            "-h",
-            target.host,
-            "-p",
-            str(target.port),
-            "-U",
-            role,
-            "-d",
-            database,
-            "-c",
-            sql,
-        ]
+        tcp = psql_tcp_argv(flags, target.host, target.port, role, database, sql)
+        argv = ["env", "PGCONNECT_TIMEOUT=5", f"PGPASSFILE={passfile}", *tcp]
         command = f"chmod 0600 {shlex.quote(passfile)} && " + " ".join(shlex.quote(a) for a in argv)
     else:
         # The password file goes into the container on stdin, into a mktemp file removed after.
-        inner_psql = " ".join(
-            shlex.quote(a)
-            for a in [
-                "psql",
-                *flags,
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(CONTAINER_PG_PORT),
-                "-U",
-                role,
-                "-d",
-                database,
-                "-c",
-                sql,
-            ]
-        )
-        inner = (
-            'umask 077; f=$(mktemp) || exit 1; cat > "$f"; '
-            f'PGPASSFILE="$f" PGCONNECT_TIMEOUT=5 {inner_psql}; rc=$?; rm -f "$f"; exit $rc'
+        inner = with_passfile_on_stdin(
+            psql_tcp_argv(flags, "127.0.0.1", CONTAINER_PG_PORT, role, database, sql)
         )
         assert target.container is not None  # PgTarget validated it: docker mode has a container
         argv = ["docker", "exec", "-i", "-u", target.os_user, target.container, "sh", "-c", inner]

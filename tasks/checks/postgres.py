@@ -13,7 +13,7 @@ from typing import Any
 
 from tasks.checks import containers
 from tasks.checks.runner import Broken, NotYet, Session
-from tasks.core.pg_exec import pgpass_line
+from tasks.core.pg_exec import pgpass_line, psql_tcp_argv, with_passfile_on_stdin
 from tasks.settings.stack import PostgresService
 from tasks.settings.types import SecretSource
 
@@ -30,32 +30,11 @@ def _pgpass_user_and_password(role: str, password: str) -> str:
 def _psql_host(
     session: Session, host: str, port: int, role: str, password: str | None, database: str, sql: str
 ) -> tuple[bool, str]:
-    argv = [
-        "psql",
-        "-w",
-        "-X",
-        "-At",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        str(host),
-        "-p",
-        str(port),
-        "-U",
-        role,
-        "-d",
-        database,
-        "-c",
-        sql,
-    ]
+    argv = psql_tcp_argv(["-w", "-X", "-At", "-v", "ON_ERROR_STOP=1"], host, port, role, database, sql)
     if password is None:
         return session.sh("PGCONNECT_TIMEOUT=5 " + shlex.join(argv))
     # The secret arrives on stdin; a private file holds it as a libpq password file.
-    inner = (
-        "umask 077; f=$(mktemp) || exit 1; IFS= read -r p; "
-        'printf "*:*:*:%s\\n" "$p" > "$f"; '
-        f'PGPASSFILE="$f" PGCONNECT_TIMEOUT=5 {shlex.join(argv)}; rc=$?; rm -f "$f"; exit $rc'
-    )
+    inner = with_passfile_on_stdin(argv, stdin="credentials")
     return session.shell.run_with_secret(
         inner, _pgpass_user_and_password(role, password), session.command_timeout
     )
@@ -90,28 +69,8 @@ def login_probe(
         session.shell.secrets.append(secret)
         sql = "SELECT current_user"
         if access == "docker":
-            psql = shlex.join(
-                [
-                    "psql",
-                    "-w",
-                    "-X",
-                    "-At",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(container_port),
-                    "-U",
-                    role,
-                    "-d",
-                    database,
-                    "-c",
-                    sql,
-                ]
-            )
-            inner = (
-                'umask 077; f=$(mktemp) || exit 1; cat > "$f"; '
-                f'PGPASSFILE="$f" PGCONNECT_TIMEOUT=5 {psql}; rc=$?; rm -f "$f"; exit $rc'
-            )
+            psql = psql_tcp_argv(["-w", "-X", "-At"], "127.0.0.1", container_port, role, database, sql)
+            inner = with_passfile_on_stdin(psql)
             command = shlex.join(["docker", "exec", "-i", "-u", os_user, str(container), "sh", "-c", inner])
             ok, out = session.shell.run_with_secret(
                 command, pgpass_line(role, secret).rstrip("\n"), session.command_timeout

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -159,3 +160,24 @@ def shell_command(argv: list[str], stdin_path: str) -> str:
         raise ValueError("empty argv")
     _check_name("stdin_path", stdin_path)
     return " ".join(shlex.quote(a) for a in argv) + " < " + shlex.quote(stdin_path)
+
+
+def psql_tcp_argv(
+    flags: Sequence[str], host: str, port: int, role: str, database: str, sql: str
+) -> list[str]:
+    """psql logging in over TCP to ``host``:``port`` as ``role`` and running ``sql`` (``-c``): what
+    the login and usage probes run, so a role is proven over pg_hba's ``host`` rules."""
+    return ["psql", *flags, "-h", host, "-p", str(port), "-U", role, "-d", _dbname_arg(database), "-c", sql]
+
+
+def with_passfile_on_stdin(argv: list[str], *, stdin: Literal["passfile", "credentials"] = "passfile") -> str:
+    """A ``sh -c`` script that runs ``argv`` with a libpq password file read from stdin into a
+    private ``mktemp`` file, removed after; its exit code is ``argv``'s. ``stdin`` is the whole
+    password file (``passfile``, see :func:`pgpass_line`), or its ``user:password`` part alone
+    (``credentials``). The secret never reaches a command line."""
+    fill = 'cat > "$f"; ' if stdin == "passfile" else 'IFS= read -r p; printf "*:*:*:%s\\n" "$p" > "$f"; '
+    return (
+        "umask 077; f=$(mktemp) || exit 1; "
+        + fill
+        + f'PGPASSFILE="$f" PGCONNECT_TIMEOUT=5 {shlex.join(argv)}; rc=$?; rm -f "$f"; exit $rc'
+    )

@@ -1,10 +1,18 @@
 """Command building for host-side psql and docker exec: secrets never on a command line."""
 
 import shlex
+import subprocess
 
 import pytest
 
-from tasks.core.pg_exec import PgTarget, pgpass_line, psql_argv, shell_command
+from tasks.core.pg_exec import (
+    PgTarget,
+    pgpass_line,
+    psql_argv,
+    psql_tcp_argv,
+    shell_command,
+    with_passfile_on_stdin,
+)
 from tasks.settings.types import SecretSource
 
 
@@ -84,3 +92,27 @@ def test_pgpass_line_escapes_separators():
     assert pgpass_line("quant-user", "pa:ss\\w:rd") == "*:*:*:quant-user:pa\\:ss\\\\w\\:rd\n"
     with pytest.raises(ValueError):
         pgpass_line("u", "two\nlines")
+
+
+def test_psql_tcp_argv_names_the_database_as_a_name():
+    argv = psql_tcp_argv(["-w"], "127.0.0.1", 5432, "quant_user", "a=b", "SELECT 1")
+    assert argv == ["psql", "-w", "-h", "127.0.0.1", "-p", "5432", "-U", "quant_user", "-d", "dbname='a=b'",
+                    "-c", "SELECT 1"]
+
+
+# A stand-in for psql that shows what it was given: the password file's text, its mode, its path.
+SHOW_PASSFILE = ["sh", "-c", 'cat "$PGPASSFILE"; stat -c %a "$PGPASSFILE"; echo "$PGPASSFILE" >&2; exit 3']
+
+
+@pytest.mark.parametrize(
+    ("stdin", "given", "want"),
+    [("passfile", "*:*:*:u:p\\:w\n", "*:*:*:u:p\\:w"), ("credentials", "u:p\\:w\n", "*:*:*:u:p\\:w")],
+)
+def test_the_password_file_arrives_on_stdin_private_and_is_removed(stdin, given, want):
+    script = with_passfile_on_stdin(SHOW_PASSFILE, stdin=stdin)
+    assert "p\\:w" not in script
+    run = subprocess.run(["sh", "-c", script], input=given, capture_output=True, text=True, timeout=10)
+    assert run.returncode == 3  # psql's own exit code
+    assert run.stdout.splitlines() == [want, "600"]
+    path = run.stderr.strip()
+    assert path and not __import__("os").path.exists(path)
