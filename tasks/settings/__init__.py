@@ -24,6 +24,7 @@ from tasks.settings.postgres import DB_KEYS, DbSettings, PostgresSettings, gathe
 from tasks.settings.remediate import RemediateSettings
 from tasks.settings.schedule import ScheduleSettings
 from tasks.settings.stack import StackSettings
+from tasks.settings.watcher import WatcherSettings
 
 # Block name in host data -> its model. Every deploy reads its blocks through of_host().
 BLOCKS: dict[str, type[Block]] = {
@@ -36,6 +37,7 @@ BLOCKS: dict[str, type[Block]] = {
     "backend": BackendSettings,
     "stack": StackSettings,
     "remediate": RemediateSettings,
+    "watcher": WatcherSettings,
 }
 
 # Blocks gathered from several top-level host-data keys (``db_roles``, ``db_grants``, ...) rather

@@ -61,6 +61,8 @@ def _rendered(command: Any) -> Any:
     if isinstance(command, FunctionCommand):
         return [command.function.__name__, *command.args]
     if isinstance(command, FileUploadCommand):
+        if isinstance(command.src, str):  # a local file by path
+            return ["upload file", command.src, str(command.dest)]
         command.src.seek(0)
         data = command.src.read()
         return ["upload", data.decode() if isinstance(data, bytes) else data, str(command.dest)]
