@@ -2,6 +2,8 @@
 by test modules (`lab_up`, `shared_lab`). Driving a lab and running pyinfra is tasks/lab/harness.py."""
 from __future__ import annotations
 
+import time
+import urllib.request
 from dataclasses import dataclass
 
 import pytest
@@ -23,7 +25,7 @@ __all__ = [
     "GROUP_DATA", "PYINFRA", "REPO", "LabHandle", "PyinfraRun", "free_port_base", "new_lab",
     "run_pyinfra", "write_inventory",
     "LAB_GROUPS", "LATER_MODULES", "POOL", "PARTS", "MLFLOW", "ROWS", "ROLES", "SERVICES",
-    "LabPool", "group_of", "lab_up", "shared_lab",
+    "LabPool", "group_of", "lab_up", "shared_lab", "gunicorn_timeout", "mlflow_serves",
 ]
 
 
@@ -126,3 +128,23 @@ def shared_lab(request, scenario: str, needs=PARTS, changes=PARTS) -> LabHandle:
         config.stash[POOL] = LabPool(config)
         config.add_cleanup(config.stash[POOL].close)
     return config.stash[POOL].borrow(request, scenario, needs, changes)
+
+
+def gunicorn_timeout(container) -> str:
+    """The ``--timeout`` a lab MLflow container's gunicorn was started with (from its command)."""
+    command = container.attrs["Config"]["Cmd"]
+    return command[command.index("--gunicorn-opts") + 1].split()[1]
+
+
+def mlflow_serves(lab, attempts: int = 30) -> None:
+    """The lab's MLflow answers ``/health`` with OK, within ``attempts`` one-second tries."""
+    last = None
+    for _ in range(attempts):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{lab.port_base}/health", timeout=5) as answer:
+                if answer.read().decode().strip() == "OK":
+                    return
+        except OSError as exc:
+            last = exc
+        time.sleep(1)
+    raise AssertionError(f"MLflow does not serve /health: {last}")

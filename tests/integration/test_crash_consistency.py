@@ -10,19 +10,24 @@ command change), so each test recreates MLflow again.
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import docker
 import pytest
 
 from tasks.core.cleanup_sql import APPLICATION_NAME
-from tasks.operations.faults import ENV, MARK
-from tests.labkit import GROUP_DATA, PARTS, PYINFRA, REPO, run_pyinfra, shared_lab, write_inventory
+from tasks.operations.faults import ENV
+from tests.faultkit import dry, killed
+from tests.labkit import (
+    PARTS,
+    REPO,
+    gunicorn_timeout,
+    mlflow_serves,
+    run_pyinfra,
+    shared_lab,
+    write_inventory,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -51,17 +56,6 @@ def run(inv: Path, deploy: Path = FIX, fault: str | None = None, *args: str):
     return run_pyinfra(inv, deploy, *args, env={ENV: fault} if fault else {ENV: ""})
 
 
-def dry(inv: Path, deploy: Path) -> subprocess.CompletedProcess:
-    """`pyinfra --dry` (without -y, which would skip planning): what the plan says."""
-    return subprocess.run([str(PYINFRA), "--dry", "--group-data", str(GROUP_DATA), str(inv), str(deploy)],
-                          capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, ENV: ""})
-
-
-def killed(result, step: str) -> None:
-    assert result.returncode == -signal.SIGKILL, result.report()
-    assert f"{MARK} killing the controller at {step}" in result.stderr, result.report()
-
-
 def containers(lab) -> dict[str, str]:
     """The lab's MLflow containers (the current one, its kept copy) by name: their status."""
     client = docker.from_env()
@@ -71,21 +65,11 @@ def containers(lab) -> dict[str, str]:
 
 
 def timeout_of(lab) -> str:
-    command = lab.container("mlflow").attrs["Config"]["Cmd"]
-    return command[command.index("--gunicorn-opts") + 1].split()[1]
+    return gunicorn_timeout(lab.container("mlflow"))
 
 
 def serving(lab) -> None:
-    last = None
-    for _ in range(30):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{lab.port_base}/health", timeout=5) as answer:
-                if answer.read().decode().strip() == "OK":
-                    return
-        except OSError as exc:
-            last = exc
-        time.sleep(1)
-    raise AssertionError(f"MLflow does not serve /health: {last}")
+    mlflow_serves(lab)
 
 
 def converges(lab, inv: Path, found: str, timeout: str) -> None:

@@ -9,18 +9,14 @@ tests run in file order, each starting from the state the one before converged t
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tasks.facts.compose import pending_path
-from tasks.operations.faults import ENV, MARK
-from tests.labkit import GROUP_DATA, PYINFRA, REPO, new_lab, run_pyinfra
+from tasks.operations.faults import ENV
+from tests.faultkit import dry, killed
+from tests.labkit import REPO, gunicorn_timeout, mlflow_serves, new_lab, run_pyinfra
 
 pytestmark = pytest.mark.lab
 
@@ -52,17 +48,6 @@ def run(inv: Path, fault: str | None = None, *args: str):
     return run_pyinfra(inv, DEPLOY, *args, env={ENV: fault or ""})
 
 
-def dry(inv: Path, deploy: Path) -> subprocess.CompletedProcess:
-    """`pyinfra --dry` (without -y, which would skip planning): what the plan says."""
-    return subprocess.run([str(PYINFRA), "--dry", "--group-data", str(GROUP_DATA), str(inv), str(deploy)],
-                          capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, ENV: ""})
-
-
-def killed(result, step: str) -> None:
-    assert result.returncode == -signal.SIGKILL, result.report()
-    assert f"{MARK} killing the controller at {step}" in result.stderr, result.report()
-
-
 def compose_file(lab) -> Path:
     return Path(lab.state["compose_file"])
 
@@ -76,21 +61,11 @@ def mlflow(lab):
 
 
 def timeout_of(lab) -> str:
-    command = mlflow(lab).attrs["Config"]["Cmd"]
-    return command[command.index("--gunicorn-opts") + 1].split()[1]
+    return gunicorn_timeout(lab.container("mlflow"))
 
 
 def serving(lab) -> None:
-    last = None
-    for _ in range(30):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{lab.port_base}/health", timeout=5) as answer:
-                if answer.read().decode().strip() == "OK":
-                    return
-        except OSError as exc:
-            last = exc
-        time.sleep(1)
-    raise AssertionError(f"MLflow does not serve /health: {last}")
+    mlflow_serves(lab)
 
 
 def found_line(lab) -> str:
