@@ -6,18 +6,20 @@ The unit holds no secret and no value from host data other than paths and names:
 through systemd's escaping (tasks/core/quoting.py) and a control character anywhere is refused.
 The service restarts on failure (``Restart=on-failure``); stopping it stops the whole control
 group (``KillMode=control-group``: the streams and any pyinfra child), after the watcher's own
-clean stop (SIGTERM: it ends its children's process groups within 20 s).
+clean stop (SIGTERM: it ends its children's process groups within 20 s). Where systemd is not
+PID 1, a supervisor loop (:func:`supervisor_script`) gives the same restart policy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from tasks.core.quoting import check_rendered, one_line, systemd_exec_word, systemd_value
+from tasks.core.quoting import argv_line, check_rendered, one_line, systemd_exec_word, systemd_value, word
 
 if TYPE_CHECKING:
     from tasks.settings.watcher import WatcherSettings
@@ -179,3 +181,66 @@ TimeoutStopSec={STOP_SECONDS}
 WantedBy=multi-user.target
 """
     return check_rendered(text, "watcher: the service unit")
+
+
+def supervisor_paths(s: WatcherSettings) -> dict[str, str]:
+    """The supervised process where systemd is not PID 1: its script, pid file and log."""
+    return {
+        "script": f"{s.install_dir}/supervise-{s.name}.sh",
+        "pid_file": f"/run/{s.name}.pid",
+        "log": f"{posixpath.dirname(s.audit_path)}/{s.name}.log",
+    }
+
+
+def supervisor_script(s: WatcherSettings, env_file: bool) -> str:
+    """The supervisor loop, for a host where systemd is not PID 1 (started in a session of its
+    own, ``setsid``): runs the watcher; a non-zero exit restarts it after ``restart_sec`` (as
+    ``Restart=on-failure``), a clean exit ends the loop; SIGTERM is passed on to the watcher, waited
+    for (it ends its own children), then the loop exits and removes its pid file. Every value is
+    one single-quoted word (no expansion)."""
+    p, sp = paths(s), supervisor_paths(s)
+    env = f"set -a; . {word(p['env_file'])}; set +a\n" if env_file else ""
+    text = f"""#!/bin/sh
+# The watcher's supervisor where systemd is not PID 1, installed by deploys/install_watcher.py.
+# Restarts the watcher after a failure ({int(s.restart_sec)} s); SIGTERM stops it and then itself.
+set -u
+umask 077
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH
+LANG=C.UTF-8; HOME=/root; PYTHONUNBUFFERED=1; export LANG HOME PYTHONUNBUFFERED
+{env}PIDFILE={word(sp["pid_file"])}
+LOG={word(sp["log"])}
+cd {word(s.install_dir)} || exit 70
+echo $$ >"$PIDFILE"
+child=""
+sleeper=""
+stopping=""
+stop() {{
+    stopping=1
+    if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null; fi
+    if [ -n "$sleeper" ]; then kill -TERM "$sleeper" 2>/dev/null; fi
+}}
+trap stop TERM INT HUP
+say() {{ printf '%s supervisor: %s\\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$LOG"; }}
+while [ -z "$stopping" ]; do
+    {argv_line(watch_argv(s))} </dev/null >>"$LOG" 2>&1 &
+    child=$!
+    say "watcher started (pid $child)"
+    rc=0
+    while :; do
+        wait "$child"; rc=$?
+        # a trapped signal interrupts wait: wait again until the watcher has really ended
+        if kill -0 "$child" 2>/dev/null; then continue; fi
+        break
+    done
+    child=""
+    if [ -n "$stopping" ]; then say "stopped"; break; fi
+    if [ "$rc" -eq 0 ]; then say "watcher exited 0: not restarted"; break; fi
+    say "watcher exited $rc: restarting in {int(s.restart_sec)} s"
+    sleep {int(s.restart_sec)} &
+    sleeper=$!
+    wait "$sleeper" || true
+    sleeper=""
+done
+rm -f "$PIDFILE"
+"""
+    return check_rendered(text, "watcher: the supervisor script")

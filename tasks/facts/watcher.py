@@ -23,3 +23,20 @@ class WatcherInstalled(FactBase):
     def process(self, output):
         values = dict(line.split("=", 1) for line in output if "=" in line)
         return {key: (values.get(key) or "").strip() or None for key in ("project", "wheels")}
+
+
+class SupervisedWatcher(FactBase):
+    """The pid of the watcher's supervisor loop (hosts without systemd), or None: the pid in
+    ``pid_file``, when that process runs ``script``."""
+
+    def command(self, pid_file: str, script: str):
+        return (
+            f"pid=$(cat {shlex.quote(pid_file)} 2>/dev/null); "
+            'case "$pid" in ""|*[!0-9]*) exit 0 ;; esac; '
+            f"if tr '\\000' ' ' </proc/$pid/cmdline 2>/dev/null | grep -qF -- {shlex.quote(script)}; "
+            "then echo $pid; fi"
+        )
+
+    def process(self, output):
+        text = "".join(output).strip()
+        return int(text) if text.isdigit() else None

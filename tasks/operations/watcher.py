@@ -8,8 +8,9 @@ bundles uploaded in :mod:`tasks.operations.watcher_bundle`; the facts are in
 :mod:`tasks.facts.watcher`. The install is offline: the host's ``python3 -m venv --without-pip``
 and pip run from its own wheel install the controller's wheels with ``--no-index``.
 
-A host where systemd is not PID 1 is refused, clearly: no other supervisor is built (watch such a
-host centrally with scripts/watch).
+Where systemd is not PID 1, a supervisor loop (a shell script started in a session of its own)
+restarts the watcher after a failure; it is not started at boot there (no init system would run
+it): the next deploy run starts it again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -28,15 +30,18 @@ from pyinfra.operations import files, systemd
 
 from tasks import settings as host_settings
 from tasks.core.watcher_units import (
+    STOP_SECONDS,
     env_file_text,
     host_data,
     inventory_text,
     localize_secrets,
     paths,
     service_unit,
+    supervisor_paths,
+    supervisor_script,
 )
 from tasks.facts.schedule import InitSystem
-from tasks.facts.watcher import WatcherInstalled
+from tasks.facts.watcher import SupervisedWatcher, WatcherInstalled
 from tasks.operations import runner
 from tasks.operations.recap import say
 from tasks.operations.refusals import deploy, operation
@@ -154,6 +159,55 @@ def private_file(path: str, content: bytes):
     yield FunctionCommand(_install_private, (path, content), {})
 
 
+def _stop_command(pid: int, pid_file: str) -> str:
+    """SIGTERM to the supervisor (it stops the watcher, which ends its children), waited for;
+    its process group killed if it outlives the wait."""
+    pid, tries = int(pid), int(STOP_SECONDS * 2)
+    return (
+        f"kill -TERM {int(pid)} 2>/dev/null; i=0; "
+        f"while kill -0 {int(pid)} 2>/dev/null && [ $i -lt {int(tries)} ]; do sleep 0.5; i=$((i + 1)); done; "
+        f"if kill -0 {int(pid)} 2>/dev/null; then kill -KILL -- -{int(pid)}; fi; rm -f {q(pid_file)}"
+    )
+
+
+def _start_command(script: str, pid_file: str) -> str:
+    """The supervisor in a session of its own, detached; waited for until its pid file is there."""
+    return (
+        f"setsid -f {q(script)} </dev/null >/dev/null 2>&1; i=0; "
+        f"while [ ! -s {q(pid_file)} ] && [ $i -lt 20 ]; do sleep 0.5; i=$((i + 1)); done; test -s {q(pid_file)}"
+    )
+
+
+@operation()
+def supervised(script: str, pid_file: str, running: bool = True, restarted: bool = False):
+    """
+    The watcher's supervisor loop (``script``, a host without systemd): started in a session
+    of its own when ``running`` and not running; stopped (and waited for) when not ``running``;
+    stopped and started again when ``restarted`` and running.
+
+    **Example:**
+
+    .. code:: python
+
+        watcher.supervised(name="Watcher running", script=path, pid_file=pid_path)
+    """
+    pid = current_host.get_fact(SupervisedWatcher, pid_file=pid_file, script=script)
+    if not running:
+        if pid is None:
+            current_host.noop(f"{script} is not running")
+            return
+        yield StringCommand(_stop_command(pid, pid_file))
+        return
+    if pid is None:
+        yield StringCommand(_start_command(script, pid_file))
+        return
+    if restarted:
+        yield StringCommand(_stop_command(pid, pid_file))
+        yield StringCommand(_start_command(script, pid_file))
+        return
+    current_host.noop(f"{script} is running (pid {pid})")
+
+
 def _read_secret(host_name: str, path: str) -> bytes:
     try:
         data = Path(path).expanduser().read_bytes()
@@ -167,7 +221,9 @@ def _read_secret(host_name: str, path: str) -> bytes:
 
 
 def _remove(s: WatcherSettings, init: dict) -> None:
-    p = paths(s)
+    p, sp = paths(s), supervisor_paths(s)
+    supervised(name=f"Supervised watcher {s.name} stopped", script=sp["script"], pid_file=sp["pid_file"],
+               running=False)  # fmt: skip
     if init["systemd"]:
         service = systemd.service(
             name=f"Service {s.name} stopped", service=f"{s.name}.service", running=False, enabled=False
@@ -179,6 +235,33 @@ def _remove(s: WatcherSettings, init: dict) -> None:
     say(current_host, f"watcher: audit {s.audit_path} (and its .runs/) left in place")
 
 
+def _supervised(s: WatcherSettings, env_text: str | None, changes: list) -> None:
+    """Where systemd is not PID 1: the supervisor loop (tasks/core/watcher_units.py), started in
+    a session of its own; restarted when anything it runs changed. Not started at boot: no init
+    system runs it there (the next deploy run starts it again)."""
+    sp = supervisor_paths(s)
+    script = files.put(
+        name=f"Supervisor {sp['script']}",
+        src=io.StringIO(supervisor_script(s, env_file=env_text is not None)),
+        dest=sp["script"],
+        user="root",
+        mode="700",
+    )
+    supervised(name=f"Supervised watcher {s.name} running", script=sp["script"], pid_file=sp["pid_file"])
+    supervised(
+        name=f"Supervised watcher {s.name} restarted for the changes",
+        script=sp["script"],
+        pid_file=sp["pid_file"],
+        restarted=True,
+        _if=lambda: script.did_change() or any(op.did_change() for op in changes),
+    )
+    say(
+        current_host,
+        f"watcher: systemd is not PID 1 here: supervised by {sp['script']} (restarted after a failure); "
+        "not started at boot (no init system runs it): the next deploy run starts it again",
+    )
+
+
 @deploy("Install the watcher")
 def install_watcher(settings: WatcherSettings | None = None):
     """The host's `watcher` block, or ``settings`` when given."""
@@ -187,10 +270,11 @@ def install_watcher(settings: WatcherSettings | None = None):
     if not s.present:
         _remove(s, init)
         return
-    if not init["systemd"]:
+    use_systemd = s.supervisor == "systemd" or (s.supervisor == "auto" and init["systemd"])
+    if use_systemd and not init["systemd"]:
         raise OperationError(
-            f"watcher: systemd is not PID 1 on this host (PID 1 is {init['pid1']!r}) and no other "
-            "supervisor is built: nothing installed; watch this host centrally (scripts/watch INVENTORY)"
+            f"watcher.supervisor 'systemd': systemd is not PID 1 on this host (PID 1 is {init['pid1']!r}); "
+            "nothing installed"
         )
     p = paths(s)
     try:
@@ -241,6 +325,9 @@ def install_watcher(settings: WatcherSettings | None = None):
             mode="600",
         )  # fmt: skip
     )
+    if not use_systemd:
+        _supervised(s, env_text, changes)
+        return
     unit_op = files.put(name=f"Unit {s.name}.service", src=io.StringIO(unit), dest=p["unit"], mode="644")
     changes.append(unit_op)
     systemd.daemon_reload(name="systemd reload", _if=unit_op.did_change)
@@ -248,3 +335,17 @@ def install_watcher(settings: WatcherSettings | None = None):
                     running=True, enabled=True)  # fmt: skip
     systemd.service(name=f"Service {s.name} restarted for the changes", service=f"{s.name}.service",
                     restarted=True, _if=lambda: any(op.did_change() for op in changes))  # fmt: skip
+
+
+@deploy("Collect the watcher's audit")
+def collect_watch_audit(settings: WatcherSettings | None = None):
+    """The host's watcher audit to the controller: ``<collect_dir>/<host>.jsonl`` (pyinfra's
+    ``files.get``: fetched again only when it changed). A host with no audit yet is said, not failed."""
+    s = settings or host_settings.of_host(current_host, "watcher")
+    if not current_host.get_fact(File, path=s.audit_path):
+        say(current_host, f"watcher: no audit at {s.audit_path} on this host yet")
+        return
+    folder = Path(s.collect_dir).expanduser().absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    local = folder / (re.sub(r"[^A-Za-z0-9_.@-]+", "_", current_host.name) + ".jsonl")
+    files.get(name=f"Audit {s.audit_path} to {local}", src=s.audit_path, dest=str(local))

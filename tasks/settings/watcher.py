@@ -7,7 +7,7 @@ The ``watcher`` block (deploys/install_watcher.py): the per-host placement of th
         "name": "quant-watch",              # the systemd unit's name, default file names
         "install_dir": "/opt/quant-remediation",  # the project and its .venv on the host
         "config_dir": "/etc/quant-watch",   # the host's own inventory and secret copies (0700)
-        "supervisor": "auto",               # auto: a systemd service where systemd is PID 1
+        "supervisor": "auto",               # auto: systemd where it is PID 1, else a supervised process
         "dry": False,                       # the watcher only reports what it would run
     }
 
@@ -51,10 +51,10 @@ class WatcherSettings(Block):
     audit_file: HostPath | None = Field(
         None, description="the watcher's audit (JSON lines); None: /var/log/quant-remediation/<name>.jsonl"
     )
-    supervisor: Literal["auto", "systemd"] = Field(
+    supervisor: Literal["auto", "systemd", "process"] = Field(
         "auto",
-        description="auto: a systemd service where systemd is PID 1; a host without systemd is "
-        "refused (run scripts/watch centrally for it)",
+        description="auto: a systemd service where systemd is PID 1, else a supervised process "
+        "(a restart loop, started now; not at boot: no init system runs it)",
     )
     python: HostPath = Field("/usr/bin/python3", description="the host's Python (3.11, with its venv module)")
     wheels: str | None = Field(
@@ -67,6 +67,12 @@ class WatcherSettings(Block):
     max_concurrent: StrictInt | None = Field(None, ge=1, le=64, description="scripts/watch --max-concurrent")
     breaker: StrictInt | None = Field(None, ge=1, le=100, description="scripts/watch --breaker")
     restart_sec: StrictInt = Field(5, ge=1, le=3600, description="systemd RestartSec after a failure")
+    collect_dir: str = Field(
+        "watch-audit",
+        min_length=1,
+        description="deploys/collect_watch_audit.py: where the hosts' audits go on the controller "
+        "(<collect_dir>/<host>.jsonl; relative: to the current directory)",
+    )
     exclude: list[Annotated[str, Pattern(r"[A-Za-z_][A-Za-z0-9_]*", "a host data key")]] = Field(
         default_factory=lambda: ["onboard", "cleanup_schedule"],
         description="host data keys left out of the host's own inventory (besides connection keys)",

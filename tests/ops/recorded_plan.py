@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
-from pyinfra.api import Config, FileUploadCommand, FunctionCommand, Inventory, State, StringCommand
+from pyinfra.api import (
+    Config,
+    FileDownloadCommand,
+    FileUploadCommand,
+    FunctionCommand,
+    Inventory,
+    State,
+    StringCommand,
+)
 from pyinfra.api.host import Host
 from pyinfra.api.util import get_kwargs_str
 from pyinfra.context import ctx_host, ctx_state
@@ -60,6 +68,8 @@ def _rendered(command: Any) -> Any:
     """``"shell text"``, ``["upload", text, dest]``, or ``[callback name, *args]``."""
     if isinstance(command, FunctionCommand):
         return [command.function.__name__, *command.args]
+    if isinstance(command, FileDownloadCommand):
+        return ["download", str(command.src), str(command.dest)]
     if isinstance(command, FileUploadCommand):
         if isinstance(command.src, str):  # a local file by path
             return ["upload file", command.src, str(command.dest)]

@@ -19,6 +19,7 @@ from tasks.core.watcher_units import (
     localize_secrets,
     secret_copy_name,
     service_unit,
+    supervisor_script,
 )
 from tasks.operations import watcher as watcher_ops
 from tasks.operations.watcher_bundle import bundle_hash
@@ -50,8 +51,9 @@ def env(tmp_path, monkeypatch):
     return {"data": data, "secret": secret, "wheels": wheels, "tmp": tmp_path}
 
 
-def facts(init=SYSTEMD_HOST, installed="", files=None, sums=None, sha256=None, running=None):
+def facts(init=SYSTEMD_HOST, installed="", files=None, sums=None, sha256=None, running=None, supervisor=""):
     return {
+        "SupervisedWatcher": Output(supervisor),
         "InitSystem": init,
         "WatcherInstalled": Output(installed or "project=\nwheels="),
         "File": {**{f"path={p}": v for p, v in (files or {}).items()}, "*": None},
@@ -154,9 +156,41 @@ def test_a_missing_env_secret_is_a_settings_error(env):
         plan(env, facts())
 
 
-def test_a_host_without_systemd_is_refused_clearly(env):
-    with pytest.raises(OperationError, match="systemd is not PID 1 on this host .PID 1 is 'bash'. and no other supervisor"):
-        plan(env, facts(init=CONTAINER_HOST))
+def test_systemd_asked_for_on_a_host_without_it_is_refused(env):
+    with pytest.raises(OperationError, match="watcher.supervisor 'systemd': systemd is not PID 1 on this host .PID 1 is 'bash'."):
+        plan(env, facts(init=CONTAINER_HOST), supervisor="systemd")
+
+
+SCRIPT = "/opt/quant-remediation/supervise-quant-watch.sh"
+PID_FILE = "/run/quant-watch.pid"
+
+
+def test_a_host_without_systemd_gets_a_supervised_process(env):
+    result, s = plan(env, facts(init=CONTAINER_HOST))
+    steps = dict(result.steps)
+    assert ["upload", supervisor_script(s, env_file=False), SCRIPT] in steps[f"Supervisor {SCRIPT}"]
+    assert steps[f"Supervisor {SCRIPT}"][-2:] == [f"chown root {SCRIPT}", f"chmod 700 {SCRIPT}"]
+    (start,) = steps["Supervised watcher quant-watch running"]
+    assert start.startswith(f"setsid -f {SCRIPT} </dev/null >/dev/null 2>&1;") and PID_FILE in start
+    assert not any(name.startswith(("Unit ", "Service ", "systemd")) for name in steps), list(steps)
+    assert any("supervised by " + SCRIPT in line and "not started at boot" in line for line in result.logs)
+
+
+def test_a_running_supervisor_plans_no_start_and_is_restarted_only_after_a_change(env):
+    result, _ = plan(env, facts(init=CONTAINER_HOST, supervisor="4242"))
+    steps = dict(result.steps)
+    assert steps["Supervised watcher quant-watch running"] == []
+    stop, start = steps["Supervised watcher quant-watch restarted for the changes"]  # gated by _if
+    assert stop.startswith("kill -TERM 4242 ") and "kill -KILL -- -4242" in stop and start.startswith("setsid -f ")
+    assert f"{SCRIPT} is running (pid 4242)" in result.noops
+
+
+def test_present_false_stops_the_supervised_process(env):
+    result, _ = plan(env, facts(init=CONTAINER_HOST, supervisor="4242"), present=False)
+    ((name, (stop,)), *rest) = result.steps
+    assert name == "Supervised watcher quant-watch stopped" and stop.startswith("kill -TERM 4242 ")
+    assert f"rm -f {PID_FILE}" in stop
+    assert not any(n.startswith("Service ") for n, _ in rest)
 
 
 def test_present_false_stops_the_service_and_removes_what_was_installed(env):
@@ -164,6 +198,7 @@ def test_present_false_stops_the_service_and_removes_what_was_installed(env):
     host["Directory"].update({"path=/opt/quant-remediation": {**ROOT_DIR, "mode": 755}})
     result, _ = plan(env, host, present=False)
     assert result.steps == [
+        ("Supervised watcher quant-watch stopped", []),
         ("Service quant-watch stopped", [f"systemctl stop {SERVICE}", f"systemctl disable {SERVICE}"]),
         (f"No unit {SERVICE}", [f"rm -f {UNIT}"]),
         ("systemd reload", ["systemctl daemon-reload"]),
@@ -175,3 +210,28 @@ def test_present_false_stops_the_service_and_removes_what_was_installed(env):
     gone["Directory"] = {"*": None}
     again, _ = plan(env, gone, present=False)
     assert all(commands == [] for name, commands in again.steps if name != "systemd reload"), again.steps
+
+
+def _collect(env, host_facts, folder):
+    s = host_settings.load("watcher", "h1", {"collect_dir": str(folder)})
+    return plan_on_host(lambda: watcher_ops.collect_watch_audit(s), host_facts, host_data=env["data"])
+
+
+def test_collecting_fetches_the_hosts_audit_unless_it_is_already_here(env):
+    folder = env["tmp"] / "collected"
+    audit = "/var/log/quant-remediation/quant-watch.jsonl"
+    host = {"File": {f"path={audit}": {"mode": 600, "user": "root", "size": 10}}, "TmpDir": "/tmp",
+            "Sha1File": {f"path={audit}": hashlib.sha1(b'{"kind": "action"}\n').hexdigest()}}
+    result = _collect(env, host, folder)
+    ((name, commands),) = result.steps
+    assert name == f"Audit {audit} to {folder}/h1.jsonl"
+    assert commands == [["download", audit, f"{folder}/h1.jsonl"]]
+    (folder / "h1.jsonl").write_text('{"kind": "action"}\n')
+    again = _collect(env, host, folder)
+    assert again.steps == [(name, [])] and again.noops == [f"file {folder}/h1.jsonl has already been downloaded"]
+
+
+def test_collecting_from_a_host_without_an_audit_says_so(env):
+    result = _collect(env, {"File": {"*": None}}, env["tmp"] / "collected")
+    assert result.steps == []
+    assert "watcher: no audit at /var/log/quant-remediation/quant-watch.jsonl on this host yet" in result.logs

@@ -227,6 +227,14 @@ CASES = [
     ("stack", service("redis", container=f"r{LF}"), "stack.services.redis.container", "control character"),
     ("stack", service("s3", bucket=f"b{NUL}"), "stack.services.s3.bucket", "control character"),
     ("stack", service("backend", health_path="/h\tx"), "stack.services.backend.health_path", "control character"),
+    # -- watcher
+    ("watcher", {"present": "no"}, "watcher.present", "true/false, got str"),
+    ("watcher", {"install_dir": "opt/q"}, "watcher.install_dir", "absolute path"),
+    ("watcher", {"config_dir": f"/etc/q{LF}ExecStartPre=/bin/sh"}, "watcher.config_dir", "control character"),
+    ("watcher", {"name": "../etc/x"}, "watcher.name", "not valid"),
+    ("watcher", {"supervisor": "runit"}, "watcher.supervisor", "auto"),
+    ("watcher", {"restart_sec": 0}, "watcher.restart_sec", ">= 1"),
+    ("watcher", {"exclude": ["a b"]}, "watcher.exclude[0]", "not valid"),
     # -- remediate
     ("remediate", {"verify": "no"}, "remediate.verify", "true/false, got str"),
     ("remediate", {"verify": 0}, "remediate.verify", "true/false, got int"),

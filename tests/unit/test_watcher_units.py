@@ -18,6 +18,7 @@ from tasks.core.watcher_units import (
     paths,
     secret_copy_name,
     service_unit,
+    supervisor_script,
     watch_argv,
 )
 
@@ -107,3 +108,61 @@ def test_the_unit_escapes_specifiers_and_refuses_control_characters():
     assert '"/opt/q%%h uant/.venv/bin/python"' in text
     with pytest.raises(Exception, match="control character"):
         service_unit(settings(install_dir="/opt/q\x1buant"), env_file=False)
+
+
+def _run_supervisor(tmp_path, program: str):
+    """The real supervisor script, its watcher a stand-in shell program; pid file under tmp_path."""
+    import subprocess
+
+    install = tmp_path / "inst"
+    (install / ".venv" / "bin").mkdir(parents=True)
+    fake = install / ".venv" / "bin" / "python"
+    fake.write_text("#!/bin/sh\n" + program)
+    fake.chmod(0o755)
+    s = settings(install_dir=str(install), audit_file=str(tmp_path / "audit.jsonl"), restart_sec=1)
+    text = supervisor_script(s, env_file=False)
+    pid_file = tmp_path / "pid"
+    assert "PIDFILE=/run/quant-watch.pid\n" in text
+    script = tmp_path / "supervise.sh"
+    script.write_text(text.replace("PIDFILE=/run/quant-watch.pid\n", f"PIDFILE={pid_file}\n"))
+    script.chmod(0o700)
+    proc = subprocess.Popen([str(script)], start_new_session=True)
+    return proc, pid_file, tmp_path / "quant-watch.log"
+
+
+def _wait(condition, seconds=15.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_the_supervisor_restarts_a_failed_watcher_and_stops_it_on_sigterm(tmp_path):
+    import os
+    import signal
+
+    runs = tmp_path / "runs"
+    # first run fails (exit 3), the second stays up until it is told to stop
+    proc, pid_file, log = _run_supervisor(tmp_path, f"echo $$ >> {runs}\n"
+                                          f"[ $(wc -l < {runs}) -ge 2 ] || exit 3\nexec sleep 300\n")
+    try:
+        _wait(lambda: runs.exists() and len(runs.read_text().split()) == 2)
+        assert pid_file.read_text().strip() == str(proc.pid)
+        _wait(lambda: "watcher started" in log.read_text() and log.read_text().count("watcher started") == 2)
+        assert "watcher exited 3: restarting in 1 s" in log.read_text()
+        watcher = int(runs.read_text().split()[1])
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        _wait(lambda: not os.path.exists(f"/proc/{watcher}"))  # the watcher ended with it
+        assert not pid_file.exists() and log.read_text().rstrip().endswith("supervisor: stopped")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_the_supervisor_does_not_restart_a_clean_exit(tmp_path):
+    proc, pid_file, log = _run_supervisor(tmp_path, "exit 0\n")
+    assert proc.wait(timeout=10) == 0
+    assert "watcher exited 0: not restarted" in log.read_text() and not pid_file.exists()
