@@ -163,9 +163,9 @@ def _finish(
     new_record = remediation.updated_record(record, ran, ran_at, result)
     folder = os.path.dirname(settings.record_path)
     ok, out = run_now(host, f"mkdir -p {shlex.quote(folder)}")
-    # With the operation's arguments (sudo: staged, then copied as root): one record on the
+    # With the operation's arguments, beside the record then moved over it: one record on the
     # host whoever logs in, so the throttle holds for every operator and the scheduled run.
-    written = ok and runner.put_file(
+    written = ok and runner.replace_file(
         host, io.BytesIO((json.dumps(new_record, indent=2) + "\n").encode()), settings.record_path
     )
     report.update(

@@ -99,6 +99,28 @@ def put_file(host, src: IO | str, dest: str, **overrides: Any) -> bool:
     return bool(host.put_file(src, dest, print_output=False, **arguments))
 
 
+def replace_file(host, src: IO | str, dest: str, mode: str = "644", **overrides: Any) -> bool:
+    """``src`` into a fresh ``mktemp`` file beside ``dest``, made ``mode``, then ``mv -f`` over
+    ``dest``, all with the operation's connector arguments: readers never see half a file, and
+    whoever may write the folder may replace the file, whoever wrote the old one (the record under
+    /var/lib/quantlab: root through sudo on one run, the deploy user through the group folder
+    onboarding makes on the next, where a copy into root's file would be refused). Not for secrets."""
+    folder, _, name = dest.rpartition("/")
+    ok, out = run_now(host, f"mktemp {shlex.quote(f'{folder}/.{name}.XXXXXX')}", **overrides)
+    lines = out.strip().splitlines() if ok else []
+    if not lines:
+        return False
+    temp = shlex.quote(lines[-1])
+    if put_file(host, src, lines[-1], **overrides):
+        ok, _ = run(
+            host, f"chmod {shlex.quote(mode)} {temp} && mv -f {temp} {shlex.quote(dest)}", **overrides
+        )
+        if ok:
+            return True
+    run(host, f"rm -f {temp}", **overrides)
+    return False
+
+
 def get_file(host, src: str, dest: IO | str, **overrides: Any) -> bool:
     """Download with the operation's connector arguments (with sudo: copied to a temp file first)."""
     arguments = {**connector_arguments(host), **overrides}

@@ -249,6 +249,54 @@ def test_put_file_carries_the_arguments_and_private_files_stay_the_login_users(s
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="su to another user without a password needs root")
+def test_replace_file_moves_a_new_file_over_one_the_user_cannot_write(state):
+    """The record's case: root's file in a folder the user's group may write (root:<group> 2770,
+    as onboarding makes /var/lib/quantlab). The user (``_su_user=nobody``) cannot write root's
+    file in place, but runner.replace_file makes its own beside it and moves it over: the file is
+    then the user's, 0644, with the new text, and no temp file is left."""
+    import pathlib
+    import shutil
+    import subprocess
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    folder = tempfile.mkdtemp(prefix="quant-ops-")
+    seen: dict = {}
+    try:
+        os.chown(folder, 0, nobody.pw_gid)
+        os.chmod(folder, 0o2770)
+        for name in NAMES:
+            path = f"{folder}/{name}.json"
+            with open(path, "w") as handle:
+                handle.write("root's\n")
+            os.chmod(path, 0o644)
+        assert subprocess.run(["su", "-s", "/bin/sh", "nobody", "-c", f"test -w {folder}/good1.json"]).returncode
+        for host in state.inventory:  # no setfacl here: the upload itself as root, the rest as nobody
+            put = host.connector.put_file
+            host.connector.put_file = lambda src, dest, *a, _put=put, **kw: _put(
+                src, dest, *a, **{k: v for k, v in kw.items() if k != "_su_user"})
+
+        @operation()
+        def record():
+            def callback(state, host):
+                seen[host.name] = runner.replace_file(host, io.BytesIO(b"{}\n"), f"{folder}/{host.name}.json")
+                return seen[host.name]
+
+            yield FunctionCommand(callback, (), {})
+
+        add_op(state, record, _su_user="nobody", _su_shell="/bin/sh")
+        _run(state)
+        assert not state.failed_hosts and all(seen[name] for name in NAMES), seen
+        for name in NAMES:
+            st = os.stat(f"{folder}/{name}.json")
+            assert (st.st_uid, oct(st.st_mode & 0o7777)) == (nobody.pw_uid, "0o644")
+            assert pathlib.Path(f"{folder}/{name}.json").read_text() == "{}\n"
+        assert sorted(os.listdir(folder)) == sorted(f"{name}.json" for name in NAMES)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_refusals_module_is_the_one_way(tmp_path):
     """Every operation and deploy of the project is declared through refusals (module doc)."""
     import pathlib

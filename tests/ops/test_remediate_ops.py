@@ -34,6 +34,7 @@ DEPLOY = OPS.parent.parent / "deploys" / "remediate.py"
 MLFLOW, POSTGRES, BACKEND = "qtops-mlflow", "qtops-postgres", "qtops-backend"
 BACKEND_IMAGE = "quantlab/backend:5766e3318cda"  # Config.Image of the recorded backend container
 RECORD_PATH = "/var/lib/quantlab/remediation-runs.json"
+RECORD_TEMP = "/var/lib/quantlab/.remediation-runs.json.a1B2c3"  # mktemp's answer: written, then moved
 NOW = "2026-01-02T03:30:00.512345678Z"  # the host's clock when the fact ran
 DIAGNOSIS = (f"HostDiagnosis(containers=('{BACKEND}', '{MLFLOW}', '{POSTGRES}'), "
              f"record_path={RECORD_PATH}, since=2h, tail=2000)")
@@ -320,7 +321,9 @@ def finish_script(logs_stdout: str = "", mkdir_ok: bool = True) -> list[dict]:
         # "no new evidence since the fix": the container's logs since the host-clock stamp
         {"command": f"docker logs --timestamps --since {RAN_AT} {MLFLOW} 2>&1", "stdout": logs_stdout},
         {"command": "mkdir -p /var/lib/quantlab", "ok": mkdir_ok},
-        *([{"upload": RECORD_PATH}] if mkdir_ok else []),
+        *([{"command": "mktemp /var/lib/quantlab/.remediation-runs.json.XXXXXX", "stdout": RECORD_TEMP + "\n"},
+           {"upload": RECORD_TEMP},
+           {"command": f"chmod 644 {RECORD_TEMP} && mv -f {RECORD_TEMP} {RECORD_PATH}"}] if mkdir_ok else []),
     ]
 
 
@@ -338,7 +341,7 @@ def test_a_run_stamps_the_record_and_the_next_plan_changes_nothing(tmp_path):
     ok, logs = execute(finish_command(first), host)
     host.assert_all_asked()
     assert ok is True and host.errors == []
-    written = json.loads(host.uploads[RECORD_PATH])
+    written = json.loads(host.uploads[RECORD_TEMP])
     assert written == {"version": 1, "runs": {"fix_mlflow:qtops-mlflow": {
         "ran_at": RAN_AT, "remediation": "fix_mlflow", "target": MLFLOW,
         "signatures": ["mlflow-worker-sigkill"], "result": "verified"}}}
@@ -349,7 +352,7 @@ def test_a_run_stamps_the_record_and_the_next_plan_changes_nothing(tmp_path):
     assert "remediation verification:" in "\n".join(logs)
 
     # The next run reads the record it wrote: the same old lines are handled, nothing to do.
-    second = plan(mlflow="sigkill", record=host.uploads[RECORD_PATH],
+    second = plan(mlflow="sigkill", record=host.uploads[RECORD_TEMP],
                   now="2026-01-02T03:32:40.000000000Z")
     assert second.steps == [(RECORD_STEP, [])] and second.noops == [NOTHING_RAN]
     assert reads(second) == ["HostDiagnosis"]
@@ -367,7 +370,7 @@ def test_new_evidence_after_the_fix_fails_verification_with_its_line_and_still_r
     assert error.startswith("remediation verification failed:\n  mlflow-worker-sigkill gone (qtops-mlflow): "
                             "1 new line(s): [2026-01-02 03:31:12 +0000] [1] [ERROR] Worker (pid:902)")
     # The run is recorded (it ran: the throttle applies), with its result.
-    assert json.loads(host.uploads[RECORD_PATH])["runs"]["fix_mlflow:qtops-mlflow"]["result"] == \
+    assert json.loads(host.uploads[RECORD_TEMP])["runs"]["fix_mlflow:qtops-mlflow"]["result"] == \
         "verification failed"
     assert report(tmp_path)["actions"][0]["result"] == "verification failed"
 
