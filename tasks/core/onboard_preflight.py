@@ -26,6 +26,9 @@ SYSTEM_TREES = (
     "/var/lib/apt", "/var/lib/docker", "/var/log", "/var/spool", "/var/cache", "/var/mail",
 )  # fmt: skip
 NOT_A_ROOT = ("/", "/home", "/var", "/var/lib")
+# The deploys' own folder under /var/lib: the one place outside the allowed roots where onboarding
+# gives the deploy user's group a folder (remediate.record_path's; /var/lib holds system folders).
+STATE_DIR = "/var/lib/quantlab"
 
 
 def normal_path(path: str) -> bool:
@@ -103,11 +106,19 @@ def preflight_problems(
     probe: Mapping[str, Any],
     gid_holder: str | None = None,
     resolved: Mapping[str, str] | None = None,
+    record_dir: str | None = None,
 ) -> list[str]:
     """Why this host cannot be onboarded as asked (empty: it can). ``resolved``: the
-    onboarding paths as they resolve on the host (:func:`resolved_path_problems`)."""
+    onboarding paths as they resolve on the host (:func:`resolved_path_problems`);
+    ``record_dir``: the remediation record's folder (:func:`record_dir_problems`)."""
     problems = []
-    if probe.get("uid") != "0":
+    if probe.get("uid") != "0" and probe.get("user") == settings.user:
+        problems.append(
+            f"logged in as {settings.user}, the deploy user onboarding makes, without root: its sudo "
+            "is narrow by design (onboard.sudo_commands); run onboarding as root or as a user with "
+            "full sudo (_sudo=True), as the first time"
+        )
+    elif probe.get("uid") != "0":
         problems.append(
             f"commands run as uid {probe.get('uid')}, not root: connect as root, or as a "
             "sudo user with _sudo=True"
@@ -141,4 +152,36 @@ def preflight_problems(
         problems.append(f"docker_gid {gid} is already the group {gid_holder!r}'s id")
     if resolved is not None:
         problems += resolved_path_problems(settings, resolved)
+    if record_dir is not None:
+        problems += record_dir_problems(settings, record_dir, resolved)
     return problems
+
+
+def record_dir_problems(
+    settings: OnboardSettings, folder: str, resolved: Mapping[str, str] | None = None
+) -> list[str]:
+    """The folder of the remediation record (``remediate.record_path``), which onboarding makes
+    ``root:<deploy user's group>`` 2770 so that the deploy user writes the record without sudo:
+    :data:`STATE_DIR` (or below it) or a folder strictly below an allowed root, never a system
+    directory, as written and as it resolves on the host."""
+    where = f"remediate.record_path's folder {folder}"
+
+    def why_not(path: str) -> str | None:
+        if normal_path(path) and (path == STATE_DIR or below(path, STATE_DIR)):
+            return None
+        why = outside_roots(path, settings.allowed_roots)
+        return why and (
+            f"onboarding makes it writable by {settings.user}'s group, so it must be {STATE_DIR} "
+            f"(or below it) or a folder below an allowed root: {why}"
+        )
+
+    why = why_not(folder)
+    if why:
+        return [f"{where}: {why}"]
+    real = (resolved or {}).get(folder)
+    if resolved is not None and real is None:
+        return [f"{where}: could not be resolved on this host"]
+    why = why_not(real) if real and real != folder else None
+    if why:
+        return [f"{where} resolves to {real} on this host (a symlink): {why}"]
+    return []

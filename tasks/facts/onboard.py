@@ -15,7 +15,7 @@ class OnboardProbe(FactBase):
     What onboarding needs to know before it changes anything, in one round trip: who runs the
     commands, the package tools, the init system, the Docker socket and the docker group.
 
-    Returns ``{"uid", "os_id", "apt_get", "dpkg", "pid1", "systemd", ..., "socket_kind",
+    Returns ``{"uid", "user", "os_id", "apt_get", "dpkg", "pid1", "systemd", ..., "socket_kind",
     "socket_gid", "docker_group_gid"}`` (strings; the gids ints or None).
     """
 
@@ -24,6 +24,7 @@ class OnboardProbe(FactBase):
         return "; ".join(
             [
                 "echo uid=$(id -u)",
+                "echo user=$(id -un)",
                 "echo os_id=$(. /etc/os-release 2>/dev/null; echo ${ID:-unknown})",
                 "echo os_like=$(. /etc/os-release 2>/dev/null; echo ${ID_LIKE:-})",
                 "echo apt_get=$(command -v apt-get || true)",

@@ -5,7 +5,9 @@
 On a host pyinfra reaches as root (or as a sudo user with ``_sudo``), from the host's ``onboard``
 data (tasks/settings/onboard.py):
 
-1. **Preflight** (before any change): apt-get and dpkg present, root reachable, the paths
+1. **Preflight** (before any change): apt-get and dpkg present, root reachable (logged in as the
+   deploy user itself, whose sudo is narrow, it says so: onboarding runs as root or a user with
+   full sudo), the remediation record's folder one onboarding may give the deploy user's group, the paths
    onboarding creates and hands to the deploy user resolving (``realpath -m``) below the allowed
    roots, not through a symlink into a system directory, and for the
    chosen Docker engine what it needs (``engine: local`` - systemd as PID 1 to run dockerd;
@@ -27,10 +29,13 @@ data (tasks/settings/onboard.py):
 5. Narrow sudo: ``/etc/sudoers.d/<sudoers_name>`` listing only ``sudo_commands``, uploaded under a
    name sudo ignores, checked with ``visudo -cf``, then moved in place (a bad file never
    becomes active).
-6. The stack's directories under ``stack_dir`` and its compose file rendered from settings (the
+6. The remediation record's folder (``remediate.record_path``'s, default ``/var/lib/quantlab``):
+   ``root:<user>`` 2770, so the deploy user writes the record without sudo and root keeps the
+   folder (it must be ``/var/lib/quantlab`` or below it, or below an allowed root).
+7. The stack's directories under ``stack_dir`` and its compose file rendered from settings (the
    MLflow service from the host's ``mlflow`` settings exactly as deploys/fix_mlflow.py computes
    it, so that deploy finds the file already in step; secrets only as ``${VAR}``).
-7. **Verification** (read-only, at execution; never counted as a change): tasks/checks/onboard.py.
+8. **Verification** (read-only, at execution; never counted as a change): tasks/checks/onboard.py.
 
 A second run reports no changes. With ``engine: socket`` the daemon serving the host is not the
 host's own (a container with the engine's socket mounted, a host using a remote engine):
@@ -40,6 +45,7 @@ daemon.json is written for when it runs its own, and verification says it cannot
 from __future__ import annotations
 
 import io
+import posixpath
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -244,8 +250,9 @@ def onboard(settings: OnboardSettings | None = None):
     probe = host.get_fact(OnboardProbe, socket=settings.docker_socket)
     gid = wanted_gid(settings, probe)
     holder = host.get_fact(GroupByGid, gid=gid) if gid is not None else None
-    resolved = host.get_fact(RealPaths, paths=tuple(path for _, path in settings.owned_paths()))
-    problems = preflight_problems(settings, probe, holder, resolved)
+    record_dir = posixpath.dirname(host_settings.of_host(host, "remediate").record_path)
+    resolved = host.get_fact(RealPaths, paths=(*(path for _, path in settings.owned_paths()), record_dir))
+    problems = preflight_problems(settings, probe, holder, resolved, record_dir)
     if problems:
         refuse(name="Preflight: can this host be onboarded?", problems=problems)
         return
@@ -297,6 +304,16 @@ def onboard(settings: OnboardSettings | None = None):
         text=sudoers_text(settings.user, settings.sudo_commands),
     )
 
+    # The remediation record's folder: the deploy user's group writes there without sudo (the
+    # record is replaced by a move, whoever wrote it before); setgid, so every record is the
+    # group's; root keeps the folder itself; others get nothing.
+    files.directory(
+        name=f"Record folder {record_dir} ({settings.user}'s group writes it)",
+        path=record_dir,
+        user="root",
+        group=settings.user,
+        mode="2770",
+    )
     for folder in ("", *settings.directories):
         path = f"{settings.stack_dir}/{folder}".rstrip("/")
         files.directory(

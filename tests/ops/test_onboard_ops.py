@@ -74,8 +74,11 @@ def probe(name: str) -> dict:
 
 
 # What realpath -m answers on a fresh host for the default onboarding paths: each is itself.
-DEFAULT_PATHS = ["/opt/quant-stack", "/opt/quant-stack/docker-compose.yml", "/home/deploy"] + [
+DEFAULT_PATHS = ["/opt/quant-stack", "/opt/quant-stack/docker-compose.yml", "/home/deploy", "/var/lib/quantlab"] + [
     f"/opt/quant-stack/{d}" for d in ("data/postgres", "data/minio", "data/redis", "logs", "backups")]
+
+
+RECORD_FOLDER = "Record folder /var/lib/quantlab (deploy's group writes it)"
 
 
 def fresh_host(probe_name: str, **facts) -> dict:
@@ -153,6 +156,62 @@ def test_refused_when_paths_cannot_be_resolved():
     assert "could not be resolved on this host" in steps[0][1][0][1]
 
 
+def test_refused_when_run_as_the_deploy_user_itself():
+    """Onboarding again as `deploy` (the user it made, narrow sudo, no _sudo): refused in one
+    line saying why and as whom to run it; nothing else planned, nothing changed."""
+    as_deploy = {**probe("debian_container_with_socket"), "uid": "1000", "user": "deploy"}
+    facts = fresh_host("debian_container_with_socket", **{"onboard.OnboardProbe": {SOCKET: as_deploy},
+                                                          "onboard.GroupByGid": {"gid=106": None}})
+    steps = deploy_plan(onboard.onboard, onboard_data(engine="socket"), facts)
+    assert names(steps) == ["Preflight: can this host be onboarded?"]
+    assert steps[0][1][0][1] == (
+        "cannot onboard this host, nothing was changed:\n  logged in as deploy, the deploy user onboarding "
+        "makes, without root: its sudo is narrow by design (onboard.sudo_commands); run onboarding as root "
+        "or as a user with full sudo (_sudo=True), as the first time")
+
+
+def test_another_non_root_login_is_told_to_connect_as_root():
+    as_someone = {**probe("debian_container_with_socket"), "uid": "1001", "user": "ops"}
+    facts = fresh_host("debian_container_with_socket", **{"onboard.OnboardProbe": {SOCKET: as_someone},
+                                                          "onboard.GroupByGid": {"gid=106": None}})
+    message = deploy_plan(onboard.onboard, onboard_data(engine="socket"), facts)[0][1][0][1]
+    assert "commands run as uid 1001, not root: connect as root, or as a sudo user with _sudo=True" in message
+
+
+@pytest.mark.parametrize("record_path, why", [
+    ("/var/lib/systemd/runs.json", "must be /var/lib/quantlab (or below it) or a folder below an allowed root"),
+    ("/etc/runs.json", "must be /var/lib/quantlab (or below it) or a folder below an allowed root"),
+    ("/var/lib/quantlab/./runs.json", "not a normalized absolute path"),
+])
+def test_refused_when_the_record_folder_is_not_the_deploys_own(record_path, why):
+    """Onboarding gives the record's folder to the deploy user's group: never a system folder."""
+    facts = fresh_host("debian_container_with_socket", **{"onboard.GroupByGid": {"gid=106": None}})
+    data = {**onboard_data(engine="socket"), "remediate": {"record_path": record_path}}
+    steps = deploy_plan(onboard.onboard, data, facts)
+    assert names(steps) == ["Preflight: can this host be onboarded?"]
+    folder = record_path.rsplit("/", 1)[0]
+    message = steps[0][1][0][1]
+    assert f"remediate.record_path's folder {folder}: " in message and why in message, message
+
+
+def test_a_record_folder_below_an_allowed_root_is_made_the_groups():
+    resolved = {**{path: path for path in DEFAULT_PATHS}, "/srv/quant/state": "/srv/quant/state"}
+    facts = fresh_host("debian_container_with_socket", **{"onboard.GroupByGid": {"gid=106": None},
+                                                          "onboard.RealPaths": {"*": resolved}})
+    data = {**onboard_data(engine="socket"), "remediate": {"record_path": "/srv/quant/state/runs.json"}}
+    steps = dict(deploy_plan(onboard.onboard, data, facts))
+    assert steps["Record folder /srv/quant/state (deploy's group writes it)"][1] == "chmod 2770 /srv/quant/state"
+
+
+def test_refused_when_the_record_folder_leads_through_a_symlink():
+    resolved = {**{path: path for path in DEFAULT_PATHS}, "/var/lib/quantlab": "/etc/sudoers.d"}
+    facts = fresh_host("debian_container_with_socket", **{"onboard.GroupByGid": {"gid=106": None},
+                                                          "onboard.RealPaths": {"*": resolved}})
+    message = deploy_plan(onboard.onboard, onboard_data(engine="socket"), facts)[0][1][0][1]
+    assert ("remediate.record_path's folder /var/lib/quantlab resolves to /etc/sudoers.d on this host "
+            "(a symlink)") in message
+
+
 def test_real_paths_fact():
     fact = onboard_facts.RealPaths()
     assert fact.command(paths=("/opt/quant-stack", "/home/deploy")) == (
@@ -178,12 +237,16 @@ def test_socket_engine_plan_on_a_fresh_container():
         "Docker daemon.json: container log rotation",
         "Deploy user deploy",
         "Narrow sudo for deploy (/etc/sudoers.d/quant-deploy)",
+        RECORD_FOLDER,
         "Stack directory /opt/quant-stack",
         *(f"Stack directory /opt/quant-stack/{d}" for d in ("data/postgres", "data/minio", "data/redis",
                                                           "logs", "backups")),
         "Compose file /opt/quant-stack/docker-compose.yml",
         "Verify the onboarded host",
     ]  # no dockerd service: the engine is not this host's
+    # The record's folder: root's, the deploy user's group writes it (setgid), others nothing.
+    assert steps[RECORD_FOLDER] == ["mkdir -p /var/lib/quantlab", "chmod 2770 /var/lib/quantlab",
+                                    "chown root:deploy /var/lib/quantlab"]
     assert steps["Group docker with gid 106"] == ["groupadd -r --gid 106 docker"]
     apt = steps["Docker engine and CLI from Debian's packages"]
     assert apt[0] == "apt-get update" and apt[-1].endswith("install --no-install-recommends docker.io")

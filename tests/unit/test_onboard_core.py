@@ -191,6 +191,37 @@ def test_preflight_checks_the_paths_as_they_resolve():
     assert preflight_problems(settings(allowed_roots=["/opt", "/data"]), probe(), None, moved) == []
 
 
+@pytest.mark.parametrize("folder, resolved, needle", [
+    ("/var/lib/quantlab", "/var/lib/quantlab", None),
+    ("/var/lib/quantlab/records", "/var/lib/quantlab/records", None),
+    ("/srv/quant/state", "/srv/quant/state", None),  # below an allowed root
+    ("/var/lib/quantlab", "/data/quantlab", "resolves to /data/quantlab on this host (a symlink)"),
+    ("/var/lib/quantlab", "/var/lib/dpkg", "resolves to /var/lib/dpkg on this host (a symlink)"),
+    ("/var/lib/quantlab", None, "could not be resolved on this host"),
+    ("/var/lib/sudo", "/var/lib/sudo", "must be /var/lib/quantlab (or below it) or a folder below an allowed root"),
+    ("/var/lib", "/var/lib", "must be /var/lib/quantlab"),
+    ("/opt", "/opt", "must be /var/lib/quantlab"),
+])
+def test_the_record_folder_is_the_deploys_own(folder, resolved, needle):
+    """Onboarding gives the record's folder to the deploy user's group: /var/lib/quantlab (or below
+    it) or below an allowed root, as written and as it resolves; never /var/lib's system folders."""
+    from tasks.core.onboard_preflight import record_dir_problems
+
+    problems = record_dir_problems(settings(), folder, {} if resolved is None else {folder: resolved})
+    if needle is None:
+        assert problems == [], problems
+    else:
+        assert len(problems) == 1 and needle in problems[0], problems
+        assert problems[0].startswith(f"remediate.record_path's folder {folder}")
+
+
+def test_preflight_names_the_deploy_user_logged_in_without_root():
+    [problem] = preflight_problems(settings(), probe(uid="1000", user="deploy"), None, None)
+    assert problem.startswith("logged in as deploy, the deploy user onboarding makes, without root")
+    [problem] = preflight_problems(settings(), probe(uid="1000", user="ops"), None, None)
+    assert problem.startswith("commands run as uid 1000, not root")
+
+
 def test_all_problems_reported_at_once():
     message = problems_of(authorized_keys=[KEY], engine="x", log_max_file=0, user="Bad Name")
     assert message.count("host 'h1'") == 3
