@@ -44,6 +44,25 @@ SHARED_DIRS = (
 )  # fmt: skip
 
 
+def system_paths(name: str) -> dict[str, str]:
+    """The paths a job named ``name`` gets when its settings leave them out: root's folders."""
+    return {
+        "script_path": f"/usr/local/lib/quant-remediation/{name}.sh",
+        "log_file": f"/var/log/quant-remediation/{name}.log",
+        "lock_file": f"{LOCK_DIR}/{name}.lock",
+    }
+
+
+def home_paths(name: str, home: str) -> dict[str, str]:
+    """The same for a job its own non-root user installs without sudo (deploys/schedule_cleanup.py
+    run as the deploy user): under its home, where it may write (its lock folder its own too)."""
+    return {
+        "script_path": f"{home}/.local/lib/quant-remediation/{name}.sh",
+        "log_file": f"{home}/.local/state/quant-remediation/{name}.log",
+        "lock_file": f"{home}/.local/state/quant-remediation/{name}.lock",
+    }
+
+
 def _abs(s: ScheduleSettings, path: str) -> str:
     return path if path.startswith("/") else f"{s.project_dir}/{path}"
 

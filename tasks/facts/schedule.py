@@ -1,5 +1,5 @@
-"""Facts the cleanup schedule decides on: the init system (is systemd PID 1, does cron run) and
-a user's crontab as raw lines. Read-only."""
+"""Facts the cleanup schedule decides on: the init system (is systemd PID 1, does cron run), who
+the commands run as, and a user's crontab as raw lines. Read-only."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from pyinfra.api import FactBase
 
 class InitSystem(FactBase):
     """Whether systemd runs as PID 1 (``/run/systemd/system`` exists, as ``sd_booted()``
-    checks), PID 1's name, and whether a cron daemon runs."""
+    checks), PID 1's name, whether a cron daemon runs, and who the deploy's commands run as
+    (``uid``, ``user`` and that user's ``home``: root with sudo, else the login user)."""
 
     def command(self):
         return (
             "if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi; "
             "echo pid1=$(cat /proc/1/comm 2>/dev/null || echo unknown); "
             "if pgrep -x cron >/dev/null 2>&1 || pgrep -x crond >/dev/null 2>&1; "
-            "then echo cron=running; else echo cron=stopped; fi"
+            "then echo cron=running; else echo cron=stopped; fi; "
+            'echo uid=$(id -u); echo user=$(id -un); echo home=$(getent passwd "$(id -un)" | cut -d: -f6)'
         )
 
     def process(self, output):
@@ -26,6 +28,9 @@ class InitSystem(FactBase):
             "systemd": values.get("systemd") == "yes",
             "pid1": values.get("pid1", "unknown"),
             "cron_running": values.get("cron") == "running",
+            "uid": values.get("uid", "").strip(),
+            "user": values.get("user", "").strip(),
+            "home": values.get("home", "").strip(),
         }
 
 

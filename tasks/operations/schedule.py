@@ -3,6 +3,10 @@ Scheduling the database cleanup: a cron entry (and/or a systemd timer + service 
 machine that runs pyinfra (or a named ops host), running ``deploys/cleanup_database.py``
 non-interactively under a lock, with a rotated log and a clear exit status.
 
+Run as a non-root login without sudo (the onboarded ``deploy`` user), the job is that user's own
+(:func:`own_job`): its crontab, its files under its home; what would need root (a job for
+another user, a systemd timer, installing cron) is refused in one line saying so.
+
 Settings: the ops host's ``cleanup_schedule`` block
 (:class:`tasks.settings.schedule.ScheduleSettings`). What gets installed (job script, crontab
 command, units) is built in :mod:`tasks.core.schedule_units`; the facts are in
@@ -27,9 +31,11 @@ from tasks.core.schedule_units import (
     LOCK_DIR,
     choose_schedulers,
     cron_command,
+    home_paths,
     job_script,
     on_calendar,
     service_unit,
+    system_paths,
     timer_unit,
     without_named_entry,
 )
@@ -68,6 +74,29 @@ def cron_entry_absent(entry: str, user: str | None = None):
     yield StringCommand(f"printf %s {shlex.quote(body)} | crontab{user_args} -")
 
 
+def own_job(s: ScheduleSettings, init: dict) -> ScheduleSettings:
+    """The settings for a job the login user installs without root: it must be the job's user
+    (a job for another user needs root), never a systemd timer (its units need root), and the
+    paths left to their defaults go under its home (root's folders are root's)."""
+    login, home = init["user"], init["home"]
+    if s.user != login:
+        raise OperationError(
+            f"cleanup_schedule.user is {s.user!r}, but commands run as {login!r} without root: a job "
+            f"for {s.user} needs root (connect as root or a user with full sudo, _sudo=True); or set "
+            f"cleanup_schedule.user to {login!r} for {login}'s own crontab"
+        )
+    if s.scheduler in ("systemd", "both"):
+        raise OperationError(
+            f"cleanup_schedule.scheduler {s.scheduler!r}: a systemd timer goes into {UNIT_DIR}, which "
+            f"needs root, but commands run as {login!r} without it: set scheduler 'cron' (or 'auto') "
+            f"for {login}'s own crontab, or connect as root or a user with full sudo"
+        )
+    if not home.startswith("/") or home == "/":
+        raise OperationError(f"cleanup_schedule: {login} has no home folder to keep its job in ({home!r})")
+    defaults, own_paths = system_paths(s.name), home_paths(s.name, home)
+    return s.model_copy(update={k: own_paths[k] for k, v in defaults.items() if getattr(s, k) == v})
+
+
 # --- the packaged deploy -------------------------------------------------------------------------
 
 
@@ -76,8 +105,11 @@ def schedule_cleanup(settings: ScheduleSettings | None = None):
     """The host's `cleanup_schedule` block, or ``settings`` when given."""
     s = settings or host_settings.of_host(current_host, "cleanup_schedule")
     init = current_host.get_fact(InitSystem)
+    own = init["uid"] != "0"  # no root: the login user installs a job of its own
+    if own:
+        s = own_job(s, init)
     try:
-        use_cron, use_systemd = choose_schedulers(s.scheduler, init["systemd"])
+        use_cron, use_systemd = choose_schedulers(s.scheduler, init["systemd"] and not own)
     except ValueError as exc:
         raise OperationError(f"cleanup_schedule.{exc}") from None
     if use_systemd and s.present:
@@ -85,17 +117,26 @@ def schedule_cleanup(settings: ScheduleSettings | None = None):
             on_calendar(s)  # the timer needs one: a settings problem, reported before any change
         except ValueError as exc:
             raise SettingsError(current_host.name, [str(exc)]) from None
-    if not init["systemd"]:
+    if own:
+        say(
+            current_host,
+            f"schedule: commands run as {init['user']} without root: the job is {init['user']}'s own, "
+            f"in its crontab, its files under {init['home']}"
+            + (" (a systemd timer needs root: none)" if init["systemd"] else ""),
+        )
+    elif not init["systemd"]:
         say(
             current_host,
             f"schedule: systemd is not PID 1 here (PID 1 is {init['pid1']!r}): "
             "no systemd timer" + (", cron entry only" if use_cron else ""),
         )
     unit_dir = UNIT_DIR
+    # Root names the crontab's user; a user's own crontab takes no -u (only root may give one).
+    cron_user = None if own else s.user
 
     if not s.present:
-        cron_entry_absent(name=f"No cron entry {s.name}", entry=s.name, user=s.user)
-        if init["systemd"]:
+        cron_entry_absent(name=f"No cron entry {s.name}", entry=s.name, user=cron_user)
+        if init["systemd"] and not own:
             timer = systemd.service(
                 name=f"Timer {s.name} stopped", service=f"{s.name}.timer", running=False, enabled=False
             )
@@ -111,12 +152,19 @@ def schedule_cleanup(settings: ScheduleSettings | None = None):
         return
 
     if use_cron and s.install_cron and not current_host.get_fact(Which, command="crontab"):
+        if own:
+            raise OperationError(
+                f"cleanup_schedule: cron is not installed and {init['user']} cannot install it "
+                "without root: install cron as root (or onboard the host), then run this again"
+            )
         if current_host.get_fact(Which, command="apt-get"):
             apt.packages(name="cron is installed", packages=["cron"], update=True, cache_time=86400)
         else:
             server.packages(name="cron is installed", packages=["cron"])
-    files.directory(name="Job script directory", path=str(Path(s.script_path).parent), mode="755")
-    if str(Path(s.lock_file).parent) == LOCK_DIR:
+    files.directory(
+        name="Job script directory", path=str(Path(s.script_path).parent), mode="700" if own else "755"
+    )
+    if str(Path(s.lock_file).parent) == LOCK_DIR and not own:
         # Only root or the job's user may create or open the lock file (see schedule_units).
         files.directory(name=f"Lock directory {LOCK_DIR}", path=LOCK_DIR, user=s.user, mode="755")
     # The job's own: only its user reads (or changes) what it runs as that user.
@@ -133,7 +181,7 @@ def schedule_cleanup(settings: ScheduleSettings | None = None):
             name=f"Cron entry {s.name}",
             command=cron_command(s),
             cron_name=s.name,
-            user=s.user,
+            user=cron_user,
             minute=s.minute,
             hour=s.hour,
             day_of_month=s.day_of_month,
@@ -147,7 +195,9 @@ def schedule_cleanup(settings: ScheduleSettings | None = None):
                 "installed but fires only once cron runs",
             )
     else:
-        cron_entry_absent(name=f"No cron entry {s.name} (systemd timer instead)", entry=s.name, user=s.user)
+        cron_entry_absent(
+            name=f"No cron entry {s.name} (systemd timer instead)", entry=s.name, user=cron_user
+        )
     if use_systemd:
         units = [
             files.put(

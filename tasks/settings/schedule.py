@@ -16,6 +16,12 @@ look like one (``*PASSWORD*``, ``*TOKEN*``, ...) are refused. Paths left None ar
 ``name`` (``/usr/local/lib/quant-remediation/<name>.sh``, ``/var/log/quant-remediation/<name>.log``,
 ``/var/lib/quant-remediation/<name>.lock``) and ``project_dir`` (``<project_dir>/.venv/bin/pyinfra``).
 
+Installed by a non-root login without sudo (the onboarded ``deploy`` user), the job is that
+user's own: ``user`` must be that user, the entry goes into its own crontab (a systemd timer, in
+/etc/systemd/system, needs root) and the paths left None go under its home
+(``~/.local/lib/quant-remediation/<name>.sh``, ``~/.local/state/quant-remediation/<name>.log``
+and ``.lock``).
+
 The lock file's directory is one only root or the job's user can write: the default one is made
 by the deploy (0755, owned by ``user``); a shared directory (``/tmp``, ``/run/lock``, ...) is
 refused here, and the job itself refuses to run when the directory or the file could be anyone
@@ -43,7 +49,7 @@ from pydantic import (
 
 from tasks.core.cron import CRON_FIELDS, cron_field_problem, on_calendar_problem
 from tasks.core.names import host_path_problem
-from tasks.core.schedule_units import LOCK_DIR, SHARED_DIRS
+from tasks.core.schedule_units import LOCK_DIR, SHARED_DIRS, system_paths
 from tasks.core.sizes import GIB, MIB
 from tasks.settings.base import Block, Pattern
 from tasks.settings.types import ENV_NAME_RE, Size, plaintext_problem
@@ -165,13 +171,7 @@ class ScheduleSettings(Block):
         if not isinstance(name, str) or not re.fullmatch(_NAME_RE, name):
             name = DEFAULT_NAME  # the name's own error is reported; derive from the default
         project = data.get("project_dir") or PROJECT_DIR
-        derived = {
-            "project_dir": project,
-            "pyinfra": f"{project}/.venv/bin/pyinfra",
-            "script_path": f"/usr/local/lib/quant-remediation/{name}.sh",
-            "log_file": f"/var/log/quant-remediation/{name}.log",
-            "lock_file": f"{LOCK_DIR}/{name}.lock",
-        }
+        derived = {"project_dir": project, "pyinfra": f"{project}/.venv/bin/pyinfra", **system_paths(name)}
         for key, value in derived.items():
             if not data.get(key):
                 data[key] = value

@@ -19,8 +19,10 @@ from tests.ops.recorded_plan import Output, plan_on_host
 
 SCRIPT = "/usr/local/lib/quant-remediation/quant-db-cleanup.sh"
 LOCK_DIR = "/var/lib/quant-remediation"
-CRON_HOST = Output("systemd=no\npid1=bash\ncron=running")  # a container: PID 1 is a shell
-SYSTEMD_HOST = Output("systemd=yes\npid1=systemd\ncron=running")
+AS_ROOT = "uid=0\nuser=root\nhome=/root"  # who the commands run as: root (a root login, or sudo)
+AS_DEPLOY = "uid=1000\nuser=deploy\nhome=/home/deploy"  # the onboarded deploy user, no sudo
+CRON_HOST = Output(f"systemd=no\npid1=bash\ncron=running\n{AS_ROOT}")  # a container: PID 1 is a shell
+SYSTEMD_HOST = Output(f"systemd=yes\npid1=systemd\ncron=running\n{AS_ROOT}")
 INSTALLED_CRONTAB = Output("MAILTO=root\n\n# pyinfra-name=quant-db-cleanup\n17 3 * * * " + SCRIPT)
 DIRECTORY = {"mode": 755, "user": "root", "group": "root"}
 TIMER = "quant-db-cleanup.timer"
@@ -105,7 +107,7 @@ def test_the_lock_directory_belongs_to_the_jobs_user():
 
 
 def test_cron_host_without_a_cron_daemon_is_told():
-    result, _ = plan(settings(), facts(init=Output("systemd=no\npid1=bash\ncron=stopped")))
+    result, _ = plan(settings(), facts(init=Output(f"systemd=no\npid1=bash\ncron=stopped\n{AS_ROOT}")))
     assert any("no cron daemon is running" in line for line in result.logs)
 
 
@@ -216,3 +218,96 @@ def test_cron_entry_absent_keeps_other_entries_and_their_comments():
                           {"CrontabText": {"user=deploy": crontab}})
     assert result.commands() == ["printf %s '# pyinfra-name=other\n1 2 * * * /bin/other\n# keep me\n"
                                  "5 5 * * * /bin/keep\n' | crontab -u deploy -"]
+
+
+# -- installed by the deploy user itself (no root): its own job --------------------------------------
+
+OWN = "/home/deploy/.local/lib/quant-remediation"
+OWN_SCRIPT = f"{OWN}/quant-db-cleanup.sh"
+
+
+def own_facts(init=f"systemd=no\npid1=bash\ncron=running\n{AS_DEPLOY}", crontab="", files=None, sums=None):
+    host = facts(init=Output(init), files=files, sums=sums)
+    host["CrontabText"] = host["Crontab"] = {"user=None": Output(crontab)}  # its own: `crontab -l`
+    return host
+
+
+def test_the_deploy_user_installs_its_own_job_in_its_crontab_and_home():
+    s = settings(user="deploy")
+    result, steps = plan(s, own_facts())
+    own = s.model_copy(update={"script_path": OWN_SCRIPT,
+                               "log_file": "/home/deploy/.local/state/quant-remediation/quant-db-cleanup.log",
+                               "lock_file": "/home/deploy/.local/state/quant-remediation/quant-db-cleanup.lock"})
+    assert steps == [
+        ("Job script directory", [f"mkdir -p {OWN}", f"chmod 700 {OWN}"]),
+        # no lock directory step: the job makes its own under its home (none in root's folders)
+        (f"Job script {OWN_SCRIPT}", [["upload", job_script(own), OWN_SCRIPT], f"chown deploy {OWN_SCRIPT}",
+                                      f"chmod 700 {OWN_SCRIPT}"]),
+        ("Cron entry quant-db-cleanup", ["echo '# pyinfra-name=quant-db-cleanup' >> /tmp/TEMP",
+                                         f"echo '17 3 * * * {OWN_SCRIPT}' >> /tmp/TEMP",
+                                         "crontab /tmp/TEMP"]),  # no -u: only root may name a user
+    ]
+    assert "LOCK=/home/deploy/.local/state/quant-remediation/quant-db-cleanup.lock" in job_script(own)
+    assert ("schedule: commands run as deploy without root: the job is deploy's own, in its crontab, its "
+            "files under /home/deploy") in result.logs
+
+
+def test_the_deploy_users_installed_job_plans_no_change():
+    s = settings(user="deploy")
+    own = s.model_copy(update={k: v.replace("/usr/local/lib", "/home/deploy/.local/lib")
+                               .replace("/var/log", "/home/deploy/.local/state")
+                               .replace("/var/lib", "/home/deploy/.local/state")
+                               for k, v in (("script_path", s.script_path), ("log_file", s.log_file),
+                                            ("lock_file", s.lock_file))})
+    files = {OWN: {"mode": 700, "user": "deploy", "group": "deploy", "dir": True},
+             OWN_SCRIPT: {"mode": 700, "user": "deploy", "group": "deploy"}}
+    crontab = f"# pyinfra-name=quant-db-cleanup\n17 3 * * * {OWN_SCRIPT}"
+    _, steps = plan(s, own_facts(crontab=crontab, files=files, sums={OWN_SCRIPT: sha1(job_script(own))}))
+    assert [name for name, _ in steps] == ["Job script directory", f"Job script {OWN_SCRIPT}",
+                                           "Cron entry quant-db-cleanup"]
+    assert all(commands == [] for _, commands in steps), steps
+
+
+def test_paths_the_settings_name_are_kept_for_the_deploy_users_job():
+    _, steps = plan(settings(user="deploy", script_path="/srv/quant/jobs/cleanup.sh"), own_facts())
+    assert "Job script /srv/quant/jobs/cleanup.sh" in dict(steps)
+
+
+def test_on_a_systemd_host_the_deploy_users_job_goes_in_its_crontab():
+    result, steps = plan(settings(user="deploy"), own_facts(init=f"systemd=yes\npid1=systemd\ncron=running\n"
+                                                                 f"{AS_DEPLOY}"))
+    names = [name for name, _ in steps]
+    assert "Cron entry quant-db-cleanup" in names and not any("Unit" in n or "Timer" in n for n in names)
+    assert any(line.endswith("(a systemd timer needs root: none)") for line in result.logs)
+
+
+def test_a_job_for_root_installed_without_root_is_refused_in_one_line():
+    with pytest.raises(OperationError) as err:
+        plan(settings(), own_facts())
+    assert str(err.value) == (
+        "cleanup_schedule.user is 'root', but commands run as 'deploy' without root: a job for root needs "
+        "root (connect as root or a user with full sudo, _sudo=True); or set cleanup_schedule.user to "
+        "'deploy' for deploy's own crontab")
+
+
+def test_a_systemd_timer_without_root_is_refused_in_one_line():
+    with pytest.raises(OperationError, match=r"^cleanup_schedule.scheduler 'systemd': a systemd timer goes "
+                                             r"into /etc/systemd/system, which needs root"):
+        plan(settings(user="deploy", scheduler="systemd"),
+             own_facts(init=f"systemd=yes\npid1=systemd\ncron=running\n{AS_DEPLOY}"))
+
+
+def test_no_crontab_and_no_root_is_refused_not_installed():
+    host = own_facts()
+    host["Which"] = {"command=crontab": None, "command=apt-get": "/usr/bin/apt-get"}
+    with pytest.raises(OperationError, match="cron is not installed and deploy cannot install it without root"):
+        plan(settings(user="deploy"), host)
+
+
+def test_present_false_by_the_deploy_user_removes_its_own_entry_and_script():
+    s = settings(user="deploy", present=False)
+    crontab = f"# pyinfra-name=quant-db-cleanup\n17 3 * * * {OWN_SCRIPT}"
+    _, steps = plan(s, own_facts(init=f"systemd=yes\npid1=systemd\ncron=running\n{AS_DEPLOY}",
+                                 crontab=crontab, files={OWN_SCRIPT: {"mode": 700}}))
+    assert steps == [("No cron entry quant-db-cleanup", ["printf %s '' | crontab -"]),
+                     (f"No job script {OWN_SCRIPT}", [f"rm -f {OWN_SCRIPT}"])]  # root's units: not its to remove

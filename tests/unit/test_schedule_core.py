@@ -86,8 +86,10 @@ def test_choose_schedulers():
 
 def test_init_system_fact_parses():
     fact = InitSystem()
-    assert fact.process(["systemd=no", "pid1=process_api", "cron=stopped"]) == \
-        {"systemd": False, "pid1": "process_api", "cron_running": False}
+    assert fact.process(["systemd=no", "pid1=process_api", "cron=stopped", "uid=1000", "user=deploy",
+                         "home=/home/deploy"]) == \
+        {"systemd": False, "pid1": "process_api", "cron_running": False, "uid": "1000", "user": "deploy",
+         "home": "/home/deploy"}
 
 
 # --- the job script, run for real ------------------------------------------------------------
