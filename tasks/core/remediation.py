@@ -22,6 +22,7 @@ STATUS_THROTTLED = "throttled"  # fresh evidence, but the same remediation ran w
 STATUS_HANDLED = "handled"  # all evidence predates the last run of its remediation
 STATUS_INFO = "informational"  # severity info, no remediation
 STATUS_REPORTED = "reported"  # no remediation for it (or unknown role): reported, nothing done
+STATUS_DEFERRED = "deferred"  # would run, but another remediation was forced (:func:`force`)
 
 
 @dataclass
@@ -113,9 +114,68 @@ def decide(
                 f" since its last run at {iso_time(last)}" if last else ""
             )
         actions.append(action)
-    rank = {STATUS_RUN: 0, STATUS_THROTTLED: 1, STATUS_REPORTED: 2, STATUS_INFO: 3, STATUS_HANDLED: 4}
-    actions.sort(key=lambda a: (rank[a.status], -order.get(a.severity, 0), a.key))
-    return actions
+    return _sorted(actions)
+
+
+_RANK = {
+    STATUS_RUN: 0,
+    STATUS_THROTTLED: 1,
+    STATUS_DEFERRED: 2,
+    STATUS_REPORTED: 3,
+    STATUS_INFO: 4,
+    STATUS_HANDLED: 5,
+}
+
+
+def _sorted(actions: list[Action]) -> list[Action]:
+    order = {name: i for i, name in enumerate(SEVERITIES)}
+    return sorted(actions, key=lambda a: (_RANK[a.status], -order.get(a.severity, 0), a.key))
+
+
+def parse_key(key: str) -> tuple[str, str]:
+    """``<remediation>:<target>`` -> (remediation, target); ValueError when either part is empty."""
+    name, _, target = key.partition(":")
+    if not name.strip() or not target.strip() or name == "none":
+        raise ValueError(f"{key!r} is not <remediation>:<target> (for example db_users:quant_user)")
+    return name.strip(), target.strip()
+
+
+def force(actions: Iterable[Action], key: str, configured_roles: Iterable[str] = ()) -> list[Action]:
+    """Only the action ``key`` runs (the watcher saw its evidence and chose it): run even when
+    the host's record would throttle it or call its evidence handled (the watcher's own throttle
+    and breaker decided; its retries must run), and added with no finding when this run's logs
+    hold none. Every other action that would run is deferred (left for its own run). A db_users
+    key whose role ``configured_roles`` does not list is reported, never run."""
+    remediation, target = parse_key(key)
+    out = []
+    found = False
+    for action in actions:
+        if action.key == key:
+            found = True
+            if action.status in (STATUS_THROTTLED, STATUS_HANDLED):
+                action.reason = f"forced ({key}); the record alone would say: {action.reason}"
+                action.status = STATUS_RUN
+            elif action.status == STATUS_RUN:
+                action.reason = f"forced ({key}); {action.reason}"
+        elif action.status == STATUS_RUN:
+            action.status = STATUS_DEFERRED
+            action.reason = f"deferred: only {key} was asked for ({action.reason})"
+        out.append(action)
+    if not found:
+        action = Action(
+            key,
+            remediation,
+            target,
+            STATUS_RUN,
+            "error",
+            [],
+            f"forced ({key}): no finding in this run's logs",
+        )
+        if remediation == "db_users" and target not in set(configured_roles):
+            action.status = STATUS_REPORTED
+            action.reason = f"user {target!r} is not a configured role (db_roles): reported, never created"
+        out.append(action)
+    return _sorted(out)
 
 
 def updated_record(record: Mapping | None, ran: Iterable[Action], ran_at: str, result: str) -> dict:
@@ -143,6 +203,7 @@ def format_actions(actions: Iterable[Action], evidence: int = 3) -> list[str]:
             "handled": "nothing to do",
             "informational": "informational",
             "reported": "reported",
+            "deferred": "deferred",
         }[a.status]
         lines.append(f"[{a.severity}] {', '.join(a.signatures)} ({a.target}): {label}; {a.reason}")
         shown = a.findings[-evidence:]

@@ -1,6 +1,9 @@
 """
 Diagnose, then remediate: the packaged deploy behind deploys/remediate.py.
 
+Long because the diagnosis, the registry of remediations with their verifiers, and the run's
+record and report are one deploy's steps over one set of actions; apart, each would re-read them.
+
 On each host: one read-only fact (tasks.facts.diagnose.HostDiagnosis) reads the containers the
 catalog names, the findings are grouped into actions (tasks.core.remediation.decide), and only the
 actions that call for it run their packaged deploy on that host, chosen from :data:`REMEDIATIONS`:
@@ -17,6 +20,12 @@ that finds nothing to do yields no command at all, so pyinfra's table shows no c
 Settings: the host's ``remediate`` block (tasks/settings/remediate.py; env
 QUANTLAB_REMEDIATE_REPORT_DIR overrides ``report_dir``); container roles from its ``stack``,
 ``mlflow``, ``postgres`` and ``backend`` blocks, then ``remediate.containers``.
+
+Forced mode (the watcher's, tasks/watch/program.py): env ``QUANT_REMEDIATE_ONLY=<remediation>:<target>``
+(for example ``db_users:quant_user``), read by :func:`forced_key` only, runs that one remediation
+and nothing else (tasks.core.remediation.force): the others the diagnosis finds are "deferred",
+and the record's throttle does not hold it back (the watcher's own throttle and breaker decided).
+Unset, it changes nothing.
 """
 
 from __future__ import annotations
@@ -80,6 +89,26 @@ def container_roles(target: Any, settings: RemediateSettings) -> dict[str, str]:
 def configured_roles(target: Any) -> list[str]:
     """The roles db_roles lists (present): the only ones a db_users remediation may touch."""
     return [r.name for r in host_settings.of_host(target, "db").roles if r.present]
+
+
+ONLY_ENV = "QUANT_REMEDIATE_ONLY"
+# the container role a remediation's target names (db_users names a role of db_roles instead)
+TARGET_ROLE = {"fix_mlflow": "mlflow", "backend_reload": "backend"}
+
+
+def forced_key(environ=None) -> str | None:
+    """``QUANT_REMEDIATE_ONLY``'s ``<remediation>:<target>``, or None when it is unset or empty;
+    OperationError when it names no packaged remediation."""
+    value = (os.environ if environ is None else environ).get(ONLY_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        name, target = remediation.parse_key(value)
+    except ValueError as exc:
+        raise OperationError(f"{ONLY_ENV}: {exc}") from None
+    if name not in REMEDIATIONS:
+        raise OperationError(f"{ONLY_ENV}: unknown remediation {name!r} (one of {', '.join(REMEDIATIONS)})")
+    return f"{name}:{target}"
 
 
 def _safe(name: str) -> str:
@@ -302,9 +331,20 @@ def remediate():
             catalog, role, name, seen.get("state"), seen.get("restart_count", 0)
         )
     now = signatures.parse_time(facts["now"]) or _dt.datetime.now(_dt.UTC)
-    # db_roles are read (and validated) only when a finding names a role.
-    roles_listed = configured_roles(host) if any(f.remediation == "db_users" for f in findings) else []
+    only = forced_key()
+    # db_roles are read (and validated) only when a finding (or the forced key) names a role.
+    needs_roles = any(f.remediation == "db_users" for f in findings) or (only or "").startswith("db_users:")
+    roles_listed = configured_roles(host) if needs_roles else []
     actions = remediation.decide(findings, catalog, facts["record"], now, roles_listed)
+    if only:
+        name, target = remediation.parse_key(only)
+        if name in TARGET_ROLE and roles.get(TARGET_ROLE[name]) != target:
+            raise OperationError(
+                f"{ONLY_ENV}={only}: {target!r} is not this host's {TARGET_ROLE[name]} container "
+                f"({roles.get(TARGET_ROLE[name]) or 'none'})"
+            )
+        actions = remediation.force(actions, only, roles_listed)
+        say(host, f"{ONLY_ENV}={only}: only this remediation runs")
 
     if facts.get("record_error"):
         say(
@@ -336,9 +376,10 @@ def remediate():
         "containers": wanted,
         "missing_containers": missing,
         "record_path": settings.record_path,
+        "forced": only,
         "summary": {
             s: sum(1 for a in actions if a.status == s)
-            for s in ("run", "throttled", "reported", "informational", "handled")
+            for s in ("run", "throttled", "deferred", "reported", "informational", "handled")
         },
         "actions": [a.to_dict() for a in actions],
     }

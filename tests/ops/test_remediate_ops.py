@@ -145,7 +145,7 @@ def test_an_informational_line_is_reported_and_changes_nothing(tmp_path):
     assert result.steps == [(RECORD_STEP, [])] and result.noops == [NOTHING_RAN]
     text = diagnosis_text(result)
     assert "[info] load-test-duplicate-user (load-test-duplicate-user@qtops-backend): informational" in text
-    assert report(tmp_path)["summary"] == {"run": 0, "throttled": 0, "reported": 0, "informational": 1,
+    assert report(tmp_path)["summary"] == {"run": 0, "throttled": 0, "deferred": 0, "reported": 0, "informational": 1,
                                            "handled": 0}
 
 
@@ -289,7 +289,7 @@ def test_the_plan_reports_findings_evidence_and_what_would_run(tmp_path):
     planned = report(tmp_path)
     assert planned["phase"] == "planned" and planned["diagnosed_at"] == NOW
     assert planned["containers"] == {"backend": BACKEND, "mlflow": MLFLOW, "postgres": POSTGRES}
-    assert planned["summary"] == {"run": 1, "throttled": 0, "reported": 1, "informational": 1, "handled": 0}
+    assert planned["summary"] == {"run": 1, "throttled": 0, "deferred": 0, "reported": 1, "informational": 1, "handled": 0}
     assert [(a["key"], a["status"], a["findings_total"]) for a in planned["actions"]] == [
         ("fix_mlflow:qtops-mlflow", "run", 2),
         ("db_users:analytics", "reported", 2),
@@ -381,3 +381,48 @@ def test_a_record_that_cannot_be_written_fails_the_host_naming_the_path():
     host.assert_all_asked()
     assert ok is False
     assert host.errors and host.errors[0].startswith(f"could not write the last-run record {RECORD_PATH}")
+
+
+# -- forced mode: the watcher's QUANT_REMEDIATE_ONLY ----------------------------------------------
+
+def test_forced_mode_runs_only_the_watchers_finding_for_that_role(monkeypatch, tmp_path):
+    monkeypatch.setenv(remediate.ONLY_ENV, "db_users:quant_user")
+    result = plan(mlflow="sigkill", postgres="auth-quant_user", backend="watchfiles")
+    assert names(result) == ["PostgreSQL role quant_user", "PostgreSQL grants in quant-db", RECORD_STEP]
+    assert "reporting" not in repr(result.steps)
+    ran = dict(result.steps)[RECORD_STEP][0][1]
+    assert [a.key for a in ran] == ["db_users:quant_user"]
+    doc = report(tmp_path)
+    assert doc["forced"] == "db_users:quant_user"
+    assert {a["key"]: a["status"] for a in doc["actions"]} == {
+        "db_users:quant_user": "run", "fix_mlflow:qtops-mlflow": "deferred", "backend_reload:qtops-backend": "deferred"}
+    assert f"{remediate.ONLY_ENV}=db_users:quant_user: only this remediation runs" in diagnosis_text(result)
+
+
+def test_forced_mode_runs_inside_the_records_window_and_without_a_finding(monkeypatch):
+    # the watcher's retry after a failed run: the record would throttle it
+    monkeypatch.setenv(remediate.ONLY_ENV, f"fix_mlflow:{MLFLOW}")
+    result = plan(mlflow="sigkill", record=record_of(f"fix_mlflow:{MLFLOW}", "2026-01-02T03:05:00.000000000Z"))
+    assert names(result) == [f"MLflow container {MLFLOW}", RECORD_STEP]
+    # the line left the logs' window: the watcher saw it, the run still happens
+    monkeypatch.setenv(remediate.ONLY_ENV, f"backend_reload:{BACKEND}")
+    assert names(plan()) == [f"Backend container {BACKEND}", RECORD_STEP]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("cleanup:x", "unknown remediation 'cleanup'"),
+    ("db_users", "is not <remediation>:<target>"),
+    ("fix_mlflow:someone-else", "'someone-else' is not this host's mlflow container"),
+])
+def test_forced_mode_refuses_what_it_cannot_run(monkeypatch, value, message):
+    monkeypatch.setenv(remediate.ONLY_ENV, value)
+    with pytest.raises(OperationError, match=message):
+        plan(mlflow="sigkill")
+
+
+def test_forced_mode_never_creates_an_unlisted_role(monkeypatch, tmp_path):
+    monkeypatch.setenv(remediate.ONLY_ENV, "db_users:analytics")
+    result = plan(postgres="auth-analytics")
+    assert result.steps == [(RECORD_STEP, [])] and result.noops == [NOTHING_RAN]
+    [action] = report(tmp_path)["actions"]
+    assert (action["key"], action["status"]) == ("db_users:analytics", "reported")
