@@ -12,8 +12,9 @@ It reuses the signature catalog (tasks/core/signatures.py) and its decisions
 ``<remediation>:<target>``, the catalog's throttle, a db_users role that ``db_roles`` does not list
 reported and never created). The watcher keeps, per (host, key):
 
-- ``pending``: a run is wanted but the global limit (``max_concurrent``) is reached;
-  :meth:`Watcher.ready` hands it out when a slot frees.
+- ``pending``: a run is wanted but the global limit (``max_concurrent``) is reached, or its host
+  already runs one (``per_host``: remediations on one host share its last-run record and its
+  containers, so they go one after another); :meth:`Watcher.ready` hands it out when a slot frees.
 - ``running``: every matching line or event is *collapsed* into it (counted, never a new run).
 - after a run, the catalog's ``throttle`` window (from its end) for a verified run; lines inside
   ``grace`` seconds after the end are the remediation's own and ignored (suppressed). Events on
@@ -22,6 +23,9 @@ reported and never created). The watcher keeps, per (host, key):
 - a failed run is retried ``retry_delay`` seconds after its end (without a new line), until
   ``breaker_failures`` failures in a row open the breaker: reported once, never tried again while
   the watcher runs. A verified run resets the count.
+
+A host whose connection failed is audited once as "disconnected" (:meth:`Watcher.host_down`) and
+once as "reconnected" with how long it was away (:meth:`Watcher.host_up`).
 
 Time is injected (``clock``: seconds since the epoch), so tests are exact. Every finding and action
 is an audit record (:meth:`Watcher.drain_audit`), one JSON line each (:func:`audit_line`), and a
@@ -88,6 +92,7 @@ class Settings:
     retry_delay: float = 30.0  # seconds after a failed run before it is tried again
     restart_window: float = 600.0  # die/restart events counted within this window (restart loops)
     dry: bool = False  # decisions are audited "would run" instead of "started"
+    per_host: int = 1  # remediations running at once on one host
 
 
 def _iso(seconds: float) -> str:
@@ -104,16 +109,19 @@ class Watcher:
     clock: Callable[[], float]
     settings: Settings = field(default_factory=Settings)
     configured_roles: Mapping[str, Iterable[str]] = field(default_factory=dict)  # host -> db_roles
+    # host -> its own catalog (host data remediate.catalog); a host not named reads ``catalog``
+    catalogs: Mapping[str, tuple[Signature, ...]] = field(default_factory=dict)
     targets: dict[tuple[str, str], _Target] = field(default_factory=dict)
     _audit: list[dict] = field(default_factory=list)
     _reported: dict[tuple[str, str], float] = field(default_factory=dict)  # no-fix findings: last audit
     _restarts: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    _down: dict[str, float] = field(default_factory=dict)  # host -> since when its connection failed
 
     # -- input ----------------------------------------------------------------------------------
 
     def feed_log(self, host: str, role: str, container: str, line: str) -> Decision | None:
         """One ``docker logs --timestamps`` line of ``role``'s container on ``host``."""
-        findings = match_lines(self.catalog, role, container, [line])
+        findings = match_lines(self.catalog_of(host), role, container, [line])
         return self._finding(host, findings[0]) if findings else None
 
     def feed_event(self, host: str, role: str, event: Mapping[str, Any]) -> Decision | None:
@@ -134,7 +142,7 @@ class Watcher:
             ]
             times.append(now)
             self._restarts[(host, container)] = times
-            sig = self._state_signature(role, "restart_loop")
+            sig = self._state_signature(host, role, "restart_loop")
             if sig is None or len(times) < sig.min_restarts:
                 return None
             state = "restart_loop"
@@ -155,7 +163,7 @@ class Watcher:
             return None
         else:
             return None
-        sig = self._state_signature(role, state)
+        sig = self._state_signature(host, role, state)
         if sig is None:
             return None
         finding = Finding(
@@ -182,10 +190,53 @@ class Watcher:
                     t.decision.evidence,
                 )
         for t in sorted(self.targets.values(), key=lambda t: t.started):
-            if t.state == PENDING and self.running() < self.settings.max_concurrent and t.decision:
+            if t.state == PENDING and not self._full(t.host) and t.decision:
                 self._start(t, now)
                 out.append(t.decision)
         return out
+
+    def host_down(self, host: str, reason: str) -> None:
+        """``host``'s connection failed (its streams reconnect with backoff): audited once until
+        it is back."""
+        if host in self._down:
+            return
+        now = self.clock()
+        self._down[host] = now
+        self._audit.append(
+            _record(
+                now,
+                host,
+                "host-unreachable",
+                reason,
+                "reconnect with backoff",
+                "disconnected",
+                None,
+                kind="connection",
+            )
+        )
+
+    def host_up(self, host: str) -> None:
+        """A stream of ``host`` opened again: audited "reconnected" when it had been down."""
+        since = self._down.pop(host, None)
+        if since is None:
+            return
+        now = self.clock()
+        self._audit.append(
+            _record(
+                now,
+                host,
+                "host-unreachable",
+                f"down since {_iso(since)}",
+                "reconnect with backoff",
+                "reconnected",
+                now - since,
+                kind="connection",
+            )
+        )
+
+    def down(self) -> list[str]:
+        """Hosts whose connection is down now."""
+        return sorted(self._down)
 
     def finished(self, decision: Decision, ok: bool, detail: str = "", result: str | None = None) -> None:
         """The run ``decision`` asked for has ended: verified (``ok``) or failed. ``result`` names
@@ -228,8 +279,12 @@ class Watcher:
             t.state = RETRY
             t.until = now + self.settings.retry_delay
 
-    def running(self) -> int:
-        return sum(1 for t in self.targets.values() if t.state == RUNNING)
+    def running(self, host: str | None = None) -> int:
+        """Remediations running now (on ``host``, or on all hosts)."""
+        return sum(1 for t in self.targets.values() if t.state == RUNNING and host in (None, t.host))
+
+    def _full(self, host: str) -> bool:
+        return self.running() >= self.settings.max_concurrent or self.running(host) >= self.settings.per_host
 
     def drain_audit(self) -> list[dict]:
         records, self._audit = self._audit, []
@@ -253,7 +308,7 @@ class Watcher:
         now = self.clock()
         roles = self.configured_roles.get(host, ())
         action = remediation.decide(
-            [finding], self.catalog, None, _dt.datetime.fromtimestamp(now, _dt.UTC), roles
+            [finding], self.catalog_of(host), None, _dt.datetime.fromtimestamp(now, _dt.UTC), roles
         )[0]
         if action.status != remediation.STATUS_RUN:
             self._report_once(
@@ -303,7 +358,7 @@ class Watcher:
         t.decision = Decision(
             host, t.remediation, t.target, t.key, finding.signature, finding.evidence, t.containers
         )
-        if self.running() >= self.settings.max_concurrent:
+        if self._full(host):
             t.state = PENDING
             t.started = now
             self._record(t, "finding", t.decision.describe(), "queued", finding.signature, finding.evidence)
@@ -326,8 +381,11 @@ class Watcher:
                 return True
         return False
 
-    def _state_signature(self, role: str, state: str) -> Signature | None:
-        return next((s for s in self.catalog if s.state == state and role in s.containers), None)
+    def catalog_of(self, host: str) -> tuple[Signature, ...]:
+        return self.catalogs.get(host, self.catalog)
+
+    def _state_signature(self, host: str, role: str, state: str) -> Signature | None:
+        return next((s for s in self.catalog_of(host) if s.state == state and role in s.containers), None)
 
     def _report_once(
         self,

@@ -3,11 +3,16 @@ The watcher program behind ``scripts/watch INVENTORY [--dry] [--audit PATH]``.
 
 Streams every host's container events and logs (tasks/watch/streams.py), feeds each line to the
 pure state machine (tasks/core/watch.py) on the main thread, and runs what it decides as a pyinfra
-subprocess limited to that host::
+subprocess limited to that host and that finding::
 
-    pyinfra -y [--group-data DIR] INVENTORY deploys/<deploy>.py --limit HOST
+    QUANT_REMEDIATE_ONLY=<remediation>:<target> pyinfra -y [--group-data DIR] INVENTORY \
+        deploys/remediate.py --limit HOST
 
-(the deploy verifies its own change and exits non-zero when it could not: that is the result).
+(deploys/remediate.py in forced mode: only that remediation, e.g. db_users for the one role the
+line named, never the host's other roles; it verifies its change, stamps the host's last-run
+record, and exits non-zero when it could not: that is the result).
+A host whose SSH connection fails is audited "disconnected" once, its streams reconnect with
+backoff, and it is audited "reconnected" when one opens again; the other hosts carry on.
 Every finding and action is a JSON line in the audit file and a one-line summary on the console;
 each run's full output is kept beside the audit (``<audit>.runs/``, 0600).
 ``--dry`` runs nothing and audits each decision as "dry-run". SIGTERM/SIGINT stop every stream and
@@ -35,26 +40,21 @@ from tasks.watch.hosts import WatchHost, load_hosts
 from tasks.watch.streams import SSHPool, Stream, host_streams
 
 REPO = Path(__file__).resolve().parents[2]
-DEPLOYS = {
-    "fix_mlflow": REPO / "deploys" / "fix_mlflow.py",
-    "db_users": REPO / "deploys" / "db_users.py",
-    "backend_reload": REPO / "deploys" / "fix_backend_reload.py",
-}
+REMEDIATE = REPO / "deploys" / "remediate.py"
+ONLY_ENV = "QUANT_REMEDIATE_ONLY"  # tasks.operations.remediate.ONLY_ENV (not imported: pyinfra-free here)
 PYINFRA = Path(sys.executable).parent / "pyinfra"
 
 
 def remediation_command(inventory: str, decision: Decision, group_data: list[str] | None = None) -> list[str]:
-    """The pyinfra command that runs ``decision``'s deploy on its host only."""
+    """The pyinfra command that runs ``decision``'s remediation on its host only (with
+    :func:`remediation_env`)."""
     folders = [arg for folder in group_data or [] for arg in ("--group-data", folder)]
-    return [
-        str(PYINFRA),
-        "-y",
-        *folders,
-        inventory,
-        str(DEPLOYS[decision.remediation]),
-        "--limit",
-        decision.host,
-    ]
+    return [str(PYINFRA), "-y", *folders, inventory, str(REMEDIATE), "--limit", decision.host]
+
+
+def remediation_env(decision: Decision, environ=None) -> dict[str, str]:
+    """The run's environment: the watcher's own, with ``QUANT_REMEDIATE_ONLY`` naming the finding."""
+    return {**(os.environ if environ is None else environ), ONLY_ENV: decision.key}
 
 
 class Program:
@@ -75,10 +75,18 @@ class Program:
             group_data,
             out,
         )
-        catalog = hosts[0].catalog if hosts else ()  # one catalog: the first host's
         self.by_name = {h.name: h for h in hosts}
+        # each host's own catalog (its remediate.catalog, else the packaged one), read once each
+        by_path: dict[str | None, tuple] = {}
+        for h in hosts:
+            if h.catalog_path not in by_path:
+                by_path[h.catalog_path] = h.catalog
         self.watcher = Watcher(
-            catalog, time.time, settings or Settings(), configured_roles={h.name: h.db_roles for h in hosts}
+            next(iter(by_path.values()), ()),
+            time.time,
+            settings or Settings(),
+            configured_roles={h.name: h.db_roles for h in hosts},
+            catalogs={h.name: by_path[h.catalog_path] for h in hosts},
         )
         self.audit = open(audit_path, "a", encoding="utf-8") if audit_path else None  # noqa: SIM115
         # each remediation's full pyinfra output, beside the audit: <audit>.runs/<time>-<host>-<key>.log
@@ -110,8 +118,15 @@ class Program:
 
     def handle_line(self, host_name: str, kind: str, container: str, line: str) -> None:
         host = self.by_name[host_name]
+        if kind == "opened":
+            self.watcher.host_up(host_name)
+            return
         if kind == "status":
             self.say(f"[{host_name}] {container}: {line}")
+            if not host.local and " stream failed: " in line:
+                self.watcher.host_down(
+                    host_name, line.split(" stream failed: ", 1)[1].rsplit("; reopening", 1)[0]
+                )
             return
         decision = None
         if kind == "log":
@@ -152,6 +167,7 @@ class Program:
                     return
                 proc = subprocess.Popen(
                     command,
+                    env=remediation_env(decision),
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -168,7 +184,8 @@ class Program:
                 stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
                 name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stamp}-{decision.host}-{decision.key}")
                 log = write_private_text(
-                    self.runs_dir / f"{name}.log", " ".join(command) + "\n" + (output or "")
+                    self.runs_dir / f"{name}.log",
+                    f"{ONLY_ENV}={decision.key} " + " ".join(command) + "\n" + (output or ""),
                 )
                 detail = f"{detail} (output: {log})"
         except Exception as exc:  # noqa: BLE001 - a failed start is a failed run

@@ -6,7 +6,11 @@ A stream that ends or fails is opened again with backoff (1 s doubling to 30 s, 
 a stream lived a minute); the other streams and hosts are not affected. It resumes where it left
 off: the first open follows from the host's "now", a reopen from the time of the last line or event
 it delivered (``--since``), skipping what it already delivered, so nothing written while a
-connection was down is lost (a stream that never delivered anything starts from "now" again).
+connection was down is lost. A stream that has not delivered a line yet resumes from the host's
+time of its first open (each open first prints the host's clock, ``ORIGIN``, which is not
+delivered): a container recreated before its first line (a backend that prints its watchfiles
+error as it starts) is not missed.
+Each open that succeeds is told (kind "opened"), so the program can say when a host is back.
 :meth:`Stream.stop` ends it, and its process or channel, for good.
 """
 
@@ -26,10 +30,12 @@ from typing import Any
 from tasks.core.watch import EVENTS
 from tasks.watch.hosts import WatchHost
 
-Emit = Callable[[str, str, str, str], None]  # (host, kind "log"|"event"|"status", container, line)
+# (host, kind "log"|"event"|"status"|"opened", container, line)
+Emit = Callable[[str, str, str, str], None]
 
 
 NOW = '"$(date +%s)"'  # the host's own clock, as --since takes it
+ORIGIN = "@quant-watch-origin "  # the first line of each open: the host's clock, seconds.nanoseconds
 
 
 def log_mark(line: str) -> str | None:
@@ -69,16 +75,23 @@ def logs_command(container: str, since: str = NOW) -> str:
 
 
 class SSHPool:
-    """One paramiko connection per SSH host, opened on demand, reopened after it drops."""
+    """One paramiko connection per SSH host, opened on demand, reopened after it drops. A lock
+    per host: a host that does not answer (a connect waits up to its timeout) holds up only its
+    own streams, never another host's."""
 
     def __init__(self) -> None:
         self._clients: dict[str, object] = {}
         self._lock = threading.Lock()
+        self._host_locks: dict[str, threading.Lock] = {}
+
+    def _host_lock(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._host_locks.setdefault(name, threading.Lock())
 
     def channel(self, host: WatchHost, command: str):
         import paramiko
 
-        with self._lock:
+        with self._host_lock(host.name):
             client = self._clients.get(host.name)
             transport = client.get_transport() if client is not None else None  # type: ignore[attr-defined]
             if transport is None or not transport.is_active():
@@ -103,7 +116,8 @@ class SSHPool:
                 transport = client.get_transport()
                 assert transport is not None
                 transport.set_keepalive(10)
-                self._clients[host.name] = client
+                with self._lock:
+                    self._clients[host.name] = client
         assert transport is not None
         chan = transport.open_session()
         # A pty: when the channel closes, sshd hangs the session up and the remote command gets
@@ -114,7 +128,7 @@ class SSHPool:
 
     def close(self) -> None:
         with self._lock:
-            for client in self._clients.values():
+            for client in list(self._clients.values()):
                 try:
                     client.close()  # type: ignore[attr-defined]
                 except Exception:  # noqa: BLE001 - closing on the way out
@@ -141,6 +155,7 @@ class Stream(threading.Thread):
         self.host, self.kind, self.container, self.command = host, kind, container, command
         self.emit, self.ssh, self.mark = emit, ssh, mark
         self.last: str | None = None  # the last delivered line's mark
+        self.origin: str | None = None  # the host's clock at the first open (ORIGIN's line)
         self._halt = threading.Event()
         self._proc: subprocess.Popen | None = None
         self._chan: Any = None
@@ -177,6 +192,11 @@ class Stream(threading.Thread):
 
     def _deliver(self, raw: bytes) -> None:
         line = raw.decode(errors="replace").rstrip("\r\n")
+        if line.startswith(ORIGIN) and callable(self.command):
+            stamp = line[len(ORIGIN) :].strip()
+            if self.origin is None and stamp.replace(".", "", 1).isdigit():
+                self.origin = stamp
+            return
         if self.mark is not None:
             mark = self.mark(line)
             if mark is not None:
@@ -187,7 +207,8 @@ class Stream(threading.Thread):
 
     def current_command(self) -> str:
         if callable(self.command):
-            return self.command(shlex.quote(self.last) if self.last else NOW)
+            since = shlex.quote(self.last) if self.last else (self.origin or NOW)
+            return f'echo "{ORIGIN}$(date +%s.%N)"; ' + self.command(since)
         return self.command
 
     def _follow(self) -> None:
@@ -201,6 +222,7 @@ class Stream(threading.Thread):
                 start_new_session=True,
             )
             assert self._proc.stdout is not None
+            self.emit(self.host.name, "opened", self.container, self.kind)
             try:
                 for raw in self._proc.stdout:
                     if self._halt.is_set():
@@ -215,6 +237,7 @@ class Stream(threading.Thread):
                 self._proc.wait(timeout=10)
             return
         chan = self._chan = self.ssh.channel(self.host, command)
+        self.emit(self.host.name, "opened", self.container, self.kind)
         try:
             for raw in chan.makefile("rb"):
                 if self._halt.is_set():

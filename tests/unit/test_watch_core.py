@@ -191,3 +191,50 @@ def test_audit_line_and_summary(clock):
     assert summary_line(done) == (
         "[h1] 2027-01-15T08:00:14Z mlflow-worker-sigkill: remediate fix_mlflow on h1 for quant-mlflow"
         " -> verified in 14.2s")
+
+
+def test_one_remediation_at_a_time_per_host_the_next_queued_until_it_ends(clock):
+    # db_users and the backend fix on one host share its last-run record: one after the other
+    w = watcher(clock, max_concurrent=2, grace=5)
+    db = w.feed_log("h1", "postgres", "quant-postgres", AUTH.format("quant_user"))
+    assert db is not None and db.key == "db_users:quant_user"
+    assert w.feed_log("h1", "backend", "quant-backend", WATCHFILES) is None  # queued behind it
+    assert sigkill(w, host="h2") is not None  # another host: its own slot
+    assert w.ready() == [] and w.running("h1") == 1 and w.running() == 2
+    clock.advance(4)
+    w.finished(db, ok=True)
+    (backend,) = w.ready()
+    assert backend.key == "backend_reload:quant-backend" and backend.host == "h1"
+    results = [(r.get("remediation"), r["result"]) for r in w.drain_audit()]
+    assert results == [("db_users", "started"), ("backend_reload", "queued"), ("fix_mlflow", "started"),
+                       ("db_users", "verified")]
+
+
+def test_a_lost_host_is_audited_once_down_and_once_back_with_how_long(clock):
+    w = watcher(clock)
+    w.host_down("h2", "NoValidConnectionsError: [Errno 111] Connection refused")
+    clock.advance(3)
+    w.host_down("h2", "again, from another stream")  # already down: not audited again
+    assert w.down() == ["h2"]
+    w.host_up("h1")  # was never down: nothing
+    clock.advance(4.5)
+    w.host_up("h2")
+    w.host_up("h2")
+    down, up = w.drain_audit()
+    assert (down["kind"], down["result"], down["host"]) == ("connection", "disconnected", "h2")
+    assert "Connection refused" in down["evidence"] and down["duration"] is None
+    assert (up["result"], up["duration"]) == ("reconnected", 7.5) and w.down() == []
+    assert summary_line(up).startswith("[h2] ") and "-> reconnected in 7.5s" in summary_line(up)
+
+
+def test_each_host_reads_its_own_catalog(clock):
+    """Host data remediate.catalog per host: a line is matched against its host's catalog only."""
+    packaged = load_catalog()
+    only_backend = tuple(s for s in packaged if s.id == "backend-watchfiles-io-error")
+    w = Watcher(packaged, clock, Settings(), configured_roles={"h1": ["quant_user"], "h2": ["quant_user"]},
+                catalogs={"h2": only_backend})
+    assert w.feed_log("h2", "postgres", "quant-postgres", AUTH.format("quant_user")) is None
+    assert w.feed_log("h2", "mlflow", "quant-mlflow", SIGKILL.format(1)) is None
+    assert w.feed_log("h2", "backend", "quant-backend", WATCHFILES).key == "backend_reload:quant-backend"
+    assert w.feed_log("h1", "postgres", "quant-postgres", AUTH.format("quant_user")).key == "db_users:quant_user"
+    assert w.feed_event("h2", "mlflow", {"Action": "oom", "Actor": {"Attributes": {"name": "quant-mlflow"}}}) is None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tasks.core.watch import Decision, Settings
 from tasks.watch.hosts import WatchHost, load_hosts
-from tasks.watch.program import Program, remediation_command
+from tasks.watch.program import Program, remediation_command, remediation_env
 from tasks.watch.streams import NOW, Stream, event_mark, events_command, log_mark, logs_command
 
 SIGKILL = "2026-12-02T04:00:00.1Z [ERROR] Worker (pid:{}) was sent SIGKILL! Perhaps out of memory?"
@@ -35,7 +35,11 @@ def test_commands_follow_the_catalogs_containers_and_limit_the_deploy_to_the_hos
     command = remediation_command("inventories/prod.py", decision, ["inventories/group_data"])
     assert command[1:] == ["-y", "--group-data", "inventories/group_data", "inventories/prod.py",
                            command[5], "--limit", "ml-2"]
-    assert command[5].endswith("deploys/fix_mlflow.py")
+    assert command[5].endswith("deploys/remediate.py")
+    # forced mode: only the watcher's finding runs (tasks/operations/remediate.py reads it)
+    db = Decision("ml-2", "db_users", "quant_user", "db_users:quant_user", "s", "e", ())
+    env = remediation_env(db, {"PATH": "/usr/bin", "QUANT_REMEDIATE_ONLY": "fix_mlflow:other"})
+    assert env == {"PATH": "/usr/bin", "QUANT_REMEDIATE_ONLY": "db_users:quant_user"}
 
 
 def test_inventory_is_read_with_pyinfras_loader(tmp_path):
@@ -167,3 +171,40 @@ def test_stopping_ends_a_running_remediation_and_its_children(tmp_path, monkeypa
     assert [r["result"] for r in records if r["kind"] == "finding"] == ["started"]
     (action,) = [r for r in records if r["kind"] == "action"]
     assert action["result"] == "interrupted" and action["detail"].startswith("exit -15")
+
+
+def test_a_stream_without_a_line_yet_resumes_from_the_hosts_time_of_its_first_open():
+    """Not from "now" again: a container recreated before its first line printed it at start."""
+    commands: list[str] = []
+    lines: list[tuple] = []
+
+    def command(since: str) -> str:
+        commands.append(since)
+        return "exec sleep 0.3"  # ends without a line
+
+    stream = Stream(WatchHost("h1", True, {}), "log", "c", command, lambda *a: lines.append(a),
+                    ssh=None, mark=log_mark)  # type: ignore[arg-type]
+    before = time.time()
+    try:
+        stream.start()
+        deadline = time.monotonic() + 10
+        while len(commands) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stream.stop()
+        stream.join(5)
+    assert commands[0] == NOW and stream.origin is not None
+    assert commands[1] == stream.origin and before - 1 < float(stream.origin) < time.time()
+    assert not any(kind == "log" for _, kind, _, _ in lines)  # the host's clock is not a log line
+    assert stream.current_command().startswith('echo "@quant-watch-origin $(date +%s.%N)"; exec sleep')
+
+
+def test_the_program_gives_each_host_its_own_catalog(tmp_path):
+    import yaml
+    packaged = yaml.safe_load((Path(__file__).parents[2] / "tasks/core/signatures.yml").read_text())["signatures"]
+    own = tmp_path / "catalog.yml"
+    own.write_text(yaml.safe_dump({"signatures": [s for s in packaged if s["id"] == "backend-watchfiles-io-error"]}))
+    hosts = [WatchHost("h1", True, {"mlflow": "m"}), WatchHost("h2", True, {"backend": "b"}, catalog_path=str(own))]
+    program = Program("inv.py", hosts, None, dry=True, out=io.StringIO())
+    assert [s.id for s in program.watcher.catalog_of("h2")] == ["backend-watchfiles-io-error"]
+    assert program.watcher.catalog_of("h1")[0].id == "mlflow-worker-sigkill"
