@@ -196,7 +196,9 @@ def _memory(session: Session, name: str, warn_percent: float, fail_percent: floa
 
 def restarts_stable(session: Session, name: str, window: float):
     """A probe: the restart count read when the container was first seen has not moved after at
-    least ``window`` seconds."""
+    least ``window`` seconds since then (the checks run before it count towards the window; it
+    waits only for what is left). verify_stack's window is ``stack.restart_window``, a fix's
+    verification's ``mlflow.restart_watch``."""
 
     def probe():
         first, at = session.first_restarts[name]
@@ -206,8 +208,8 @@ def restarts_stable(session: Session, name: str, window: float):
         now = int(inspect(session, name).get("RestartCount") or 0)
         span = time.monotonic() - at
         if now != first:
-            raise Broken(f"restart count went {first} -> {now} within {span:.0f}s")
-        return f"restart count {now}, unchanged over {span:.0f}s"
+            raise Broken(f"restart count went {first} -> {now} within {span:.1f}s")
+        return f"restart count {now}, unchanged over {span:.1f}s"
 
     return probe
 

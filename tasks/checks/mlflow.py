@@ -123,18 +123,36 @@ def check_mlflow(session: Session, conf: MlflowService, memory: tuple[float, flo
         )
 
 
+# The default of ``mlflow.restart_watch`` (tasks/settings/mlflow.py), for callers without settings.
+RESTART_WATCH_SECONDS = 5.0
+
+
 def verify_mlflow(
-    run: Runner, name: str, port: int, server_kind: str, workers: int, start_seconds: float = 90.0
+    run: Runner,
+    name: str,
+    port: int,
+    server_kind: str,
+    workers: int,
+    start_seconds: float = 90.0,
+    restart_watch: float = RESTART_WATCH_SECONDS,
 ) -> list[CheckResult]:
     """The checks a recreated or updated MLflow container must pass, in order: present, running,
     healthy, not OOM-killed, memory below the limit, /health, experiments search, the worker
-    count (`server_kind` is read from the process tree itself), and no known failure line in its
-    logs since it started."""
+    count (`server_kind` is read from the process tree itself), its restart count unchanged for
+    ``restart_watch`` seconds since it was first seen (0: not watched; the checks before run
+    within that time), and no known failure line in its logs since it started."""
     starting = RetryPolicy(attempts=int(start_seconds), seconds=start_seconds, wait=1.0)
-    session = Session(runner_shell(run), retry=starting, deadline=3 * start_seconds)
+    session = Session(runner_shell(run), retry=starting, deadline=3 * start_seconds + restart_watch)
     check_mlflow(
         session, MlflowService(container=name, container_port=port, workers=workers, artifacts=False)
     )
+    if restart_watch > 0 and all(result.passed for result in session.results):
+        session.check(
+            f"container {name} restart count is stable",
+            name,
+            containers.restarts_stable(session, name, restart_watch),
+            RetryPolicy(2, restart_watch + 10, 1),
+        )
     if all(result.passed for result in session.results):
         started = session.inspected[name]["State"]["StartedAt"]
         session.check(

@@ -179,6 +179,7 @@ class _Patcher:
         self.refs = rtx.ref_counts(doc)
         self.changed: list[str] = []
         version = str(doc.get("version") or "")
+        self.version = version
         self.format2 = version.startswith(("1", "2"))  # compose format 2.x has no `deploy:`
         counts: Counter[type] = Counter(type(v) for v in _scalars(doc) if isinstance(v, _QUOTED))
         self.quote = max(_QUOTED, key=lambda kind: 2 * counts[kind] + (kind is DoubleQuotedScalarString))
@@ -416,8 +417,25 @@ class _Patcher:
 
     def init(self, init: bool) -> None:
         if _yaml11(self.svc.get("init")) is not init:
+            if init and self.version and not _init_supported(self.version):
+                raise ComposeError(
+                    f"service {self.name!r}: `init: true` needs compose file format 2.2+ or 3.7+, and "
+                    f"this file says version {self.version!r} (docker-compose v1 would refuse the "
+                    "file): raise its version, or set mlflow.init to false; nothing was changed"
+                )
             self.put(self.svc, "init", init)
             self.changed.append("init")
+
+
+def _init_supported(version: str) -> bool:
+    """Whether compose file format ``version`` has a service's ``init`` (2.2+ and 3.7+; compose
+    v2 ignores ``version``, docker-compose v1 validates against it)."""
+    major, _, minor = version.strip().partition(".")
+    try:
+        number = (int(major), int(minor or 0))
+    except ValueError:
+        return True  # not a version v1 knows: let compose say what it thinks of it
+    return number >= (3, 7) or (number[0] == 2 and number >= (2, 2))
 
 
 def _scalars(node: Any) -> list[Any]:

@@ -8,6 +8,11 @@ Drift rules:
   added are not drift; ``entrypoint=None`` means "the image's own".
 - memory, memory reservation, memory swap and restart policy can change in place
   (``docker update``); anything else needs a recreate.
+- ``init`` (Docker's ``--init``: ``docker-init``, i.e. tini, as PID 1, so the server gets the stop
+  signal instead of ignoring it as a PID 1 without a handler does) is compared when the desired
+  spec sets it (None: not managed); inspect's ``HostConfig.Init`` null reads as off (a daemon-wide
+  ``"init": true`` in daemon.json is not seen: asking for it then recreates once, to set it on the
+  container itself). It needs a recreate.
 - env keys we set are listed (names only) in the label ``MANAGED_ENV_LABEL``; a key listed
   there but no longer desired is drift (else a dropped key would linger forever), unless
   its value equals the image's default.
@@ -58,6 +63,7 @@ class ContainerSpec:
     restart_policy: str = "no"  # no | always | unless-stopped | on-failure[:N]
     ports: tuple[str, ...] = ()  # canonical, see normalize_port
     networks: tuple[str, ...] = ()  # desired: must be attached to these
+    init: bool | None = None  # run under Docker's init (--init); None: not managed, left as it is
     # Read from docker inspect only:
     image_id: str | None = None
     managed_env_keys: frozenset[str] = frozenset()
@@ -166,6 +172,7 @@ def spec_from_inspect(inspect_json: Any) -> ContainerSpec:
         restart_policy=_restart_policy(host.get("RestartPolicy")),
         ports=_ports_from_bindings(host.get("PortBindings")),
         networks=tuple(sorted((data.get("NetworkSettings") or {}).get("Networks") or {})),
+        init=bool(host.get("Init")),
         image_id=data.get("Image"),
         managed_env_keys=frozenset(k for k in managed.split(",") if k),
     )
@@ -248,6 +255,8 @@ def diff_spec(
     if desired.memory_swap is not None:
         compare("memory_swap", actual.memory_swap, desired.memory_swap)
     compare("restart_policy", actual.restart_policy, desired.restart_policy)
+    if desired.init is not None:
+        compare("init", bool(actual.init), desired.init)
 
     if not changes:
         return Plan("none", desired.name)
@@ -272,6 +281,8 @@ def _show(setting: str, value: Any) -> str:
         return "(unset)"
     if value == MASK:
         return MASK
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if setting in _SIZE_SETTINGS and isinstance(value, int):
         return "unlimited" if value == -1 else human_size(value)
     if isinstance(value, tuple):
@@ -335,6 +346,8 @@ def docker_run_args(spec: ContainerSpec, env_file: str | None) -> list[str]:
     if len(spec.networks) > 1:
         raise ValueError("docker run attaches one network; connect others afterwards")
     args = ["docker", "run", "--detach", "--name", spec.name, "--restart", spec.restart_policy]
+    if spec.init is not None:
+        args.append("--init" if spec.init else "--init=false")
     if spec.memory:
         args += ["--memory", docker_size(spec.memory)]
     if spec.memory_swap is not None:

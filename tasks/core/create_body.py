@@ -25,6 +25,8 @@ exactly what it asked for):
   --memory`` (2 x memory where the kernel accounts swap, -1 where it does not);
 - ``RestartPolicy`` and ``PortBindings`` (the old object kept when it already means the spec's,
   so an equal setting reads back byte for byte); ``ExposedPorts`` follows the published ports;
+- ``HostConfig.Init`` when the spec sets ``init`` (kept as it was when it already means the same:
+  null is off), as ``docker run --init`` sets it;
 - ``spec.networks`` the container is not on are connected (no aliases).
 
 Runtime, derived by the engine (dropped, the engine makes them anew): ``Hostname`` when it is the
@@ -368,6 +370,8 @@ def create_request(current: Any, spec: ContainerSpec, old_image: Any | None, new
         host["MemorySwap"] = 0
     host["Memory"] = spec.memory
     host["MemoryReservation"] = spec.memory_reservation
+    if spec.init is not None and bool(host.get("Init")) != spec.init:
+        host["Init"] = spec.init
     host["Links"] = _links(host.get("Links"))
 
     declared = set(config.get("Volumes") or {}) | set((new_image.get("Config") or {}).get("Volumes") or {})

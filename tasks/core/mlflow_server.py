@@ -208,6 +208,7 @@ def desired_container(
         restart_policy=settings.restart_policy,
         ports=tuple(sorted(normalize_port(p) for p in settings.ports)),
         networks=(settings.network,) if settings.network else (),
+        init=settings.init,
     )
 
 

@@ -101,7 +101,7 @@ def healthy_mlflow_settings() -> MlflowSettings:
 
 
 def mlflow_service(scenario: str) -> tuple[str, str]:
-    """The scenario's lines of the mlflow service: (restart, command, environment) and (deploy,
+    """The scenario's lines of the mlflow service: (restart, init, command, environment) and (deploy,
     labels). `healthy` is what deploys/fix_mlflow.py makes of healthy_mlflow_settings(), through the
     same server_spec(); `incident` is what the seed ran (tasks.lab.stack.container_specs)."""
     env = {"MLFLOW_S3_ENDPOINT_URL": COMPOSE_S3_ENDPOINT, "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY}
@@ -117,6 +117,7 @@ def mlflow_service(scenario: str) -> tuple[str, str]:
         comment = (
             "# 2 sync workers, recycled every ~100 requests; blank GUNICORN_CMD_ARGS so nothing overrides"
         )
+        init = settings.init
     else:
         incident = MLFLOW_SCENARIOS["incident"]
         command = ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000", "--backend-store-uri"]
@@ -125,7 +126,11 @@ def mlflow_service(scenario: str) -> tuple[str, str]:
         restart, limit, reservation = incident["restart"], incident["memory"], incident["reservation"]
         env["GUNICORN_CMD_ARGS"] = "-c /etc/quantlab/gunicorn_incident.py"
         comment = "# a crashing server is restarted 3 times, then left for someone to look at"
-    server = [f"    {comment}", f"    restart: {yaml_scalar(restart)}", "    command:"]
+        init = False  # the seed's: `mlflow server` as PID 1
+    server = [f"    {comment}", f"    restart: {yaml_scalar(restart)}"]
+    if init:
+        server.append("    init: true                 # Docker's init as PID 1: a stop waits out no grace")
+    server.append("    command:")
     server += [f"      - {yaml_scalar(part)}" for part in command]
     server += ["    environment:"] + [f"      {key}: {yaml_scalar(value)}" for key, value in env.items()]
     resources = ["    deploy:", "      resources:", "        limits:", f"          memory: {limit}"]

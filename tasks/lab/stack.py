@@ -83,6 +83,7 @@ class ContainerSpec(TypedDict, total=False):
     mem_reservation: str
     restart: str
     labels: dict[str, str]
+    init: bool
 
 
 @dataclass
@@ -232,6 +233,10 @@ def container_specs(lab: Lab, scenario: str, refs: dict, values: dict) -> dict[s
         specs["mlflow"]["mem_reservation"] = mlflow["reservation"]
     if scenario == "healthy":
         mlflow_environment.update(healthy_server_spec(lab).env)
+        # As fix_mlflow makes it (mlflow.init): under Docker's init, so a stop takes no grace.
+        # The incident's is the seed's, `mlflow server` as PID 1: its fix is the one recreate
+        # that gives it the init.
+        specs["mlflow"]["init"] = True
     else:
         mlflow_environment["GUNICORN_CMD_ARGS"] = "-c /etc/quantlab/gunicorn_incident.py"
     for service, spec in specs.items():
@@ -639,6 +644,8 @@ class Stack:
             }
             if spec.get("command"):
                 entry["command"] = spec["command"]
+            if spec.get("init"):
+                entry["init"] = True
             environment = {}
             for key, value in spec.get("environment", {}).items():
                 if value in secret_values:

@@ -116,6 +116,7 @@ def server(settings: MlflowSettings, secret_values: dict):
             spec_.kind,
             spec_.workers,
             settings.start_timeout,
+            settings.restart_watch,
         )
 
     yield from docker.container._inner(spec=desired, verify=verify, facts=facts)
@@ -152,6 +153,7 @@ def compose_service(settings: MlflowSettings, secret_values: dict):
         environment={**settings.env, **spec_.env},
         memory_limit=settings.memory_limit,
         memory_reservation=settings.memory_reservation,
+        init=settings.init,
     )
     try:
         text, changed = patch_compose_service(fact["text"], settings.compose_service, patch)
@@ -250,6 +252,7 @@ def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContai
         memory_reservation=settings.memory_reservation,
         restart=settings.restart_policy,
         labels=labels,
+        init=settings.init,
     )
     try:
         new_text, changed_keys = patch_compose_service(fact["text"], service, patch)
@@ -266,6 +269,7 @@ def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContai
         memory=settings.memory_limit,
         memory_reservation=settings.memory_reservation,
         restart_policy=settings.restart_policy,
+        init=settings.init,
         # Ports, entrypoint and networks are the file's business here: compared with themselves.
         ports=made.ports if made else (),
         entrypoint=made.entrypoint if made else None,
@@ -290,7 +294,13 @@ def _through_compose(settings: MlflowSettings, fact: dict, target: ComposeContai
 
     def verify_for(container: str):
         return lambda run: verify_mlflow(
-            run, container, settings.port, spec_.kind, spec_.workers, settings.start_timeout
+            run,
+            container,
+            settings.port,
+            spec_.kind,
+            spec_.workers,
+            settings.start_timeout,
+            settings.restart_watch,
         )
 
     yield FunctionCommand(compose.apply, (change, verify_for), {})

@@ -2,7 +2,8 @@
 The ``mlflow`` block: the tracking server's container and server settings (deploys/fix_mlflow.py).
 
 Defaults are the seed incident's fix: 2 sync workers, timeout 60, max-requests 100 + jitter 10,
-1 GiB limit, 512 MiB reservation. Host data says where things are::
+1 GiB limit, 512 MiB reservation; and the server under Docker's init, so a recreate's stop of the
+old container takes well under a second. Host data says where things are::
 
     mlflow = {
         "container_name": "quant-mlflow",
@@ -132,6 +133,22 @@ class MlflowSettings(Block):
         le=3600,
         description="seconds a new container gets to become healthy and pass verification before "
         "it is rolled back; longer on slow or loaded hosts (MLflow 3 imports for tens of seconds)",
+    )
+    restart_watch: Duration = Field(
+        5,
+        ge=0,
+        le=3600,
+        description="after a change, the new container's restart count must not move for this long, "
+        "counted from when it is first seen (its other checks run meanwhile, so this is a floor on the "
+        "verification, not an addition): longer catches a server that dies later and rolls it back, "
+        "but every repair takes at least this long; 0: not watched (verify_stack and the watcher "
+        "still see later restarts)",
+    )
+    init: bool | None = Field(
+        True,
+        description="run the server under Docker's init (`--init`, compose `init: true`): `mlflow "
+        "server` as PID 1 ignores SIGTERM, so each stop waits out the grace; set on a container it "
+        "lacks, it costs one recreate; null: left as the container (or compose file) has it",
     )
     restart_policy: Annotated[
         str,

@@ -53,6 +53,7 @@ def test_dry_run_names_each_change_and_changes_nothing(lab, tmp_path):
     assert "memory: 420 MiB -> 1 GiB" in out
     assert "memory_reservation: unlimited -> 512 MiB" in out
     assert "--workers 4 ->" in out and "--workers 2 --gunicorn-opts" in out
+    assert "init: off -> on" in out  # the seed's `mlflow server` ran as PID 1
     assert mlflow(lab).id == before
     assert mlflow(lab).attrs["HostConfig"]["Memory"] == 420 * MIB
 
@@ -67,7 +68,7 @@ def test_incident_is_fixed_verified_and_second_run_changes_nothing(lab, tmp_path
     tally = re.search(r"(\d+)/(\d+) checks passed", first.stderr)
     assert tally and tally[1] == tally[2] and int(tally[1]) >= 9, first.stderr[-3000:]
     for check in ("/health answers OK", "searches experiments", "runs 2 workers", "is not OOM-killed",
-                  "memory is below its limit", "no known failure line"):
+                  "memory is below its limit", "restart count is stable", "no known failure line"):
         assert check in first.stderr
 
     container = mlflow(lab)
@@ -75,6 +76,9 @@ def test_incident_is_fixed_verified_and_second_run_changes_nothing(lab, tmp_path
     assert host_config["Memory"] == GIB
     assert host_config["MemoryReservation"] == 512 * MIB
     assert host_config["RestartPolicy"]["Name"] == "unless-stopped"
+    assert host_config["Init"] is True  # Docker's init is PID 1, the server its child: it gets SIGTERM
+    pid1 = container.exec_run(["ps", "-o", "args=", "-p", "1"]).output.decode().strip()
+    assert pid1.startswith("/sbin/docker-init -- mlflow server"), pid1
     command = container.attrs["Config"]["Cmd"]
     assert command[command.index("--workers") + 1] == "2"
     assert command[command.index("--gunicorn-opts") + 1] == (

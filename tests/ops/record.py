@@ -68,9 +68,10 @@ def main() -> None:
         save("spec-fixed", {**asdict(desired), "secret_env_keys": sorted(desired.secret_env_keys),
                             "managed_env_keys": []})
         save("image-mlflow2", inspect("image", IMAGE))
-        # The incident as the lab makes it: 4 workers, 420 MiB, no reservation, a stale GUNICORN_CMD_ARGS.
+        # The incident as the lab makes it: 4 workers, 420 MiB, no reservation, a stale GUNICORN_CMD_ARGS,
+        # `mlflow server` as PID 1 (no --init).
         incident = replace(
-            desired, memory=420 << 20, memory_reservation=0,
+            desired, memory=420 << 20, memory_reservation=0, init=None,
             command=tuple(incident_command(server.command)),
             env={**{k: v for k, v in desired.env.items() if k not in server.env},
                  "GUNICORN_CMD_ARGS": "-c /etc/quantlab/gunicorn_incident.py"})

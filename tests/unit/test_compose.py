@@ -444,3 +444,23 @@ def test_docker_compose_reads_the_patched_file(tmp_path):
     assert backend["deploy"]["resources"]["limits"]["memory"] == "1g"
     assert services["postgres"]["restart"] == services["redis"]["restart"] == "unless-stopped"
     assert "pgdata" in yaml.safe_load(result.stdout)["volumes"]
+
+
+@pytest.mark.parametrize("version, ok", [
+    ("", True), ("2.2", True), ("2.4", True), ("3.7", True), ("3.9", True), ("'3.8'", True),
+    ("2", False), ("2.1", False), ("3", False), ("3.6", False), ("1", False),
+])
+def test_init_needs_a_file_format_that_has_it(version, ok):
+    """docker-compose v1 validates a file against its `version`: `init` came in 2.2 and 3.7; an
+    older version is refused with the reason, the file untouched (no version: compose spec, fine)."""
+    head = f"version: {version}\n" if version else ""
+    text = head + "services:\n  s:\n    image: x\n"
+    if ok:
+        new, changed = patch_compose_service(text, "s", ServicePatch(init=True))
+        assert (new, changed) == (text + "    init: true\n", ["init"])
+    else:
+        with pytest.raises(ComposeError, match="needs compose file format 2.2. or 3.7."):
+            patch_compose_service(text, "s", ServicePatch(init=True))
+    # Turning it off, or a file that already says true, never needs a newer format.
+    assert patch_compose_service(text + "    init: true\n", "s", ServicePatch(init=True))[1] == []
+    assert patch_compose_service(text + "    init: true\n", "s", ServicePatch(init=False))[1] == ["init"]

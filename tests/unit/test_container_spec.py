@@ -301,3 +301,40 @@ def test_inspect_input_is_not_mutated():
     before = copy.deepcopy(data)
     spec_from_inspect(data)
     assert data == before
+
+
+# -- init (Docker's --init: docker-init as PID 1) ---------------------------------------------------
+
+WITH_INIT = dataclasses.replace(DESIRED, init=True)
+
+
+def test_init_missing_on_the_container_is_a_recreate():
+    """inspect's HostConfig.Init is null on a container made without --init: off, so wanting it
+    recreates (it cannot be changed in place)."""
+    plan = plan_for(WITH_INIT)
+    assert plan.action == "recreate"
+    assert format_plan(plan) == ["init: off -> on"]
+    assert plan_for(WITH_INIT, HostConfig__Init=False).action == "recreate"
+    assert plan_for(WITH_INIT, HostConfig__Init=True).action == "none"
+
+
+def test_init_not_managed_leaves_the_containers_own():
+    """A spec without an opinion (None) compares nothing: a container with an init stays as it is."""
+    assert plan_for(DESIRED, HostConfig__Init=True).action == "none"
+    assert plan_for(DESIRED).action == "none"
+
+
+def test_init_off_wanted_recreates_a_container_that_has_one():
+    off = dataclasses.replace(DESIRED, init=False)
+    assert format_plan(plan_for(off, HostConfig__Init=True)) == ["init: on -> off"]
+    assert plan_for(off).action == "none"  # null reads as off
+
+
+def test_run_args_carry_the_init_and_read_back_as_none():
+    args = docker_run_args(WITH_INIT, "/tmp/x.env")
+    assert args[:8] == ["docker", "run", "--detach", "--name", "quant-mlflow", "--restart", "unless-stopped", "--init"]
+    assert "--init=false" in docker_run_args(dataclasses.replace(DESIRED, init=False), "/tmp/x.env")
+    assert not any(a.startswith("--init") for a in docker_run_args(DESIRED, "/tmp/x.env"))
+    labels = dict(a.split("=", 1) for a, prev in zip(args[1:], args) if prev == "--label")
+    data = inspect_json(Config__Labels=labels, HostConfig__Init=True)
+    assert diff_spec(WITH_INIT, spec_from_inspect(data), IMAGE).action == "none"

@@ -174,6 +174,21 @@ def test_restart_policy_object_kept_when_equal_built_when_not():
     assert host["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
 
 
+def test_init_set_when_the_spec_asks_and_kept_when_it_already_means_the_same():
+    """HostConfig.Init as `docker run --init` sets it; null means off, so an off spec keeps null."""
+    assert RICH["HostConfig"].get("Init") is None
+    assert build(spec=same_spec(RICH, init=True)).body["HostConfig"]["Init"] is True
+    assert build(spec=same_spec(RICH, init=False)).body["HostConfig"].get("Init") is None
+    assert build().body["HostConfig"].get("Init") is None
+    with_init = {**RICH, "HostConfig": {**RICH["HostConfig"], "Init": True}}
+    assert build(with_init).body["HostConfig"]["Init"] is True  # not managed: kept
+    assert build(with_init, spec=same_spec(with_init, init=False)).body["HostConfig"]["Init"] is False
+    spec = same_spec(RICH, init=True)
+    body = build(spec=spec).body
+    stored = {**RICH, "HostConfig": body["HostConfig"]}
+    assert not diff_spec(spec, spec_from_inspect(stored)).changed
+
+
 def test_ports_rebuilt_from_the_spec_and_exposed_ports_follow():
     spec = same_spec(RICH, ports=("127.0.0.1:28951:5001/tcp", "[::1]:28952:5000/udp", "8080:80/tcp"))
     body = build(spec=spec).body

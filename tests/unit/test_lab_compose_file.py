@@ -64,6 +64,7 @@ def test_incident_mlflow_is_the_seeds(lab):
     assert mlflow["restart"] == "on-failure:3"
     assert mlflow["environment"]["GUNICORN_CMD_ARGS"] == "-c /etc/quantlab/gunicorn_incident.py"
     assert "labels" not in mlflow
+    assert "init" not in mlflow  # `mlflow server` as PID 1, as the seed ran it
 
 
 def test_healthy_mlflow_is_what_the_deploy_makes_of_the_settings(lab):
@@ -75,6 +76,7 @@ def test_healthy_mlflow_is_what_the_deploy_makes_of_the_settings(lab):
     assert mlflow["deploy"]["resources"] == {"limits": {"memory": "1g"}, "reservations": {"memory": "512m"}}
     assert mlflow["restart"] == "unless-stopped"
     assert mlflow["labels"] == {"io.quantlab.mlflow-version": "2.9.2"}
+    assert mlflow["init"] is True  # mlflow.init's default: fix_mlflow finds nothing to change
 
 
 def test_no_secret_in_the_file(lab):
