@@ -150,6 +150,8 @@ def default_compose(settings: OnboardSettings, mlflow: MlflowSettings, mlflow_sp
             }
         },
     }
+    if mlflow.init is not None:
+        service["init"] = mlflow.init  # the server under Docker's init, as fix_mlflow sets it
     if mlflow.ports:
         service["ports"] = list(mlflow.ports)
     return {

@@ -3,7 +3,7 @@
 An MLflow container made as a user makes one (`docker run`: a named volume, a bind mount, a tmpfs,
 an anonymous volume, two user networks with aliases, its own healthcheck, labels, user, working dir,
 log options, ulimits, dropped capabilities, a 127.0.0.1 port, a sqlite store on the volume) and an
-inventory whose `mlflow` block matches it but for the workers. deploys/fix_mlflow.py over @local
+inventory whose `mlflow` block matches it but for the workers (and the init it lacks). deploys/fix_mlflow.py over @local
 recreates it, verified; a second run changes nothing. The old and new inspect documents are walked
 whole: every path that differs must be a managed field or a runtime one (allow-lists below), not a
 list of fields we thought of. Then a change whose container cannot start forces a rollback, and the
@@ -34,6 +34,7 @@ TOKEN_VAR = "QTRK_SECRET_TOKEN"
 # Paths (``/``-joined keys, ``*`` any one key) that may differ between a container and its copy.
 MANAGED = (
     "Config/Cmd",  # the workers: the drift fixed
+    "HostConfig/Init",  # mlflow.init: the user's runs `mlflow server` as PID 1, the new one under docker-init
     "Args",  # derived from Cmd
     f"Config/Labels/{MANAGED_ENV_LABEL}",  # the deploy notes the env keys it owns
 )
@@ -212,6 +213,7 @@ def test_the_drifted_workers_are_fixed_by_a_verified_recreate(stack, first):
     assert re.search(r"(\d+)/\1 checks passed", result.stderr), result.report()
     assert after["Id"] != before["Id"] and after["Name"] == before["Name"]
     assert (workers(before["Config"]["Cmd"]), workers(after["Config"]["Cmd"])) == ("4", "2")
+    assert (before["HostConfig"]["Init"], after["HostConfig"]["Init"]) == (None, True)
     assert after["State"]["Running"] and after["Image"] == before["Image"]
     assert not docker("ps", "-aq", "--filter", f"name=^{stack.name}-previous$")
     assert stack.token not in result.stdout + result.stderr

@@ -323,8 +323,9 @@ def test_default_compose_agrees_with_fix_mlflow():
     patch = ServicePatch(command=tuple(spec.command), environment={**mlflow.env, **spec.env},
                          memory_limit=mlflow.memory_limit, memory_reservation=mlflow.memory_reservation,
                          restart=mlflow.restart_policy,
-                         labels={**mlflow.labels, "io.quantlab.mlflow-version": "2.9.2"})
+                         labels={**mlflow.labels, "io.quantlab.mlflow-version": "2.9.2"}, init=mlflow.init)
     assert patch_compose_service(text, "mlflow", patch) == (text, [])
+    assert doc["services"]["mlflow"]["init"] is True
 
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose (compose v1) is not installed")
