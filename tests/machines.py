@@ -46,11 +46,13 @@ import docker.errors
 from tasks.lab.cgroups import mount_missing_controllers
 from tasks.lab.harness import REPO
 from tasks.lab.images import ensure_images, image_refs
+from tasks.lab.layout import ARTIFACT_BUCKET, S3_ACCESS_KEY
 from tasks.lab.stack import Lab, Stack, container_specs
 from tests.fleet import HOST, SshHost, _keygen, _tar, wait_ready
 from tests.labkit import free_port_base
 
 SERVICE = "machine"  # the `quantlab.service` label of host containers
+COMPOSE_FILE = "/opt/quant-stack/docker-compose.yml"  # the one onboarding renders
 RUN_ARGS = {
     # SYS_PTRACE: runc's `docker exec` (and healthchecks) joins the namespaces of a process
     # owned by another user (postgres), which needs it; without it: "error executing setns process".
@@ -266,6 +268,27 @@ class MachineStack(Stack):
         if mlflow_scenario == "healthy":
             self._wait(f"starting {self.name('mlflow')}", lambda: self._health("mlflow"), "MLflow's /health",
                        timeout=180)
+
+    def mlflow_data(self, image: str, **overrides) -> dict:
+        """The host's `mlflow` block, as tasks/lab/inventory.py writes the lab's."""
+        lab = self.lab
+        data = {
+            "container_name": lab.name("mlflow"),
+            "image": image,
+            "ports": [f"127.0.0.1:{lab.port('mlflow')}:5000"],
+            "network": lab.network,
+            "backend_store_uri": f"postgresql://mlflow@{lab.name('postgres')}:5432/mlflow",
+            "artifacts_destination": f"s3://{ARTIFACT_BUCKET}",
+            "env": {"MLFLOW_S3_ENDPOINT_URL": f"http://{lab.name('minio')}:9000", "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY},
+            "secret_env": {
+                "PGPASSWORD": {"file": str(lab.secret_path("mlflow_db_password"))},
+                "AWS_SECRET_ACCESS_KEY": {"file": str(lab.secret_path("s3_secret_key"))},
+            },
+            "labels": {"quantlab.prefix": lab.prefix},
+            "compose_file": COMPOSE_FILE,
+        }
+        data.update(overrides)
+        return data
 
     def mlflow_health(self) -> str:
         """MLflow's /health from inside the host (its port is published on the host's loopback)."""

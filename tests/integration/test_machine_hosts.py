@@ -30,7 +30,6 @@ import time
 import pytest
 
 from tasks.lab.images import image_refs
-from tasks.lab.layout import ARTIFACT_BUCKET, S3_ACCESS_KEY
 from tasks.lab.stack import SIGKILL_LINE
 from tests.fleet import _keygen
 from tests.labkit import PYINFRA, REPO, run_pyinfra
@@ -42,7 +41,6 @@ ONBOARD = REPO / "deploys" / "onboard_host.py"
 FIX = REPO / "deploys" / "fix_mlflow.py"
 SCHEDULE = REPO / "deploys" / "schedule_cleanup.py"
 COUNT = 2
-COMPOSE_FILE = "/opt/quant-stack/docker-compose.yml"  # the one onboarding renders
 TEST_USERS = "(username LIKE 'concurrent\\_%' OR username LIKE 'test\\_%')"
 
 
@@ -67,28 +65,6 @@ def stacks(machines):
     return {host.name: MachineStack(host, machines.folder / f"{host.name}-lab") for host in machines.hosts}
 
 
-def _mlflow_data(stack: MachineStack, image: str, **overrides) -> dict:
-    """The host's `mlflow` block, as tasks/lab/inventory.py writes the lab's."""
-    lab = stack.lab
-    data = {
-        "container_name": lab.name("mlflow"),
-        "image": image,
-        "ports": [f"127.0.0.1:{lab.port('mlflow')}:5000"],
-        "network": lab.network,
-        "backend_store_uri": f"postgresql://mlflow@{lab.name('postgres')}:5432/mlflow",
-        "artifacts_destination": f"s3://{ARTIFACT_BUCKET}",
-        "env": {"MLFLOW_S3_ENDPOINT_URL": f"http://{lab.name('minio')}:9000", "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY},
-        "secret_env": {
-            "PGPASSWORD": {"file": str(lab.secret_path("mlflow_db_password"))},
-            "AWS_SECRET_ACCESS_KEY": {"file": str(lab.secret_path("s3_secret_key"))},
-        },
-        "labels": {"quantlab.prefix": lab.prefix},
-        "compose_file": COMPOSE_FILE,
-    }
-    data.update(overrides)
-    return data
-
-
 def _inventory(machines, stacks, deploy_key, name: str, as_deploy: bool, **mlflow) -> object:
     data = {}
     image = image_refs()["mlflow2"]
@@ -97,7 +73,7 @@ def _inventory(machines, stacks, deploy_key, name: str, as_deploy: bool, **mlflo
         ssh = host.pyinfra_host_data(user="deploy", key=deploy_key) if as_deploy else host.pyinfra_host_data()
         data[host.name] = {
             **ssh,
-            "mlflow": _mlflow_data(stack, image, **mlflow.get(host.name, {})),
+            "mlflow": stack.mlflow_data(image, **mlflow.get(host.name, {})),
             "onboard": {"engine": "local", "authorized_keys": [{"file": f"{deploy_key}.pub"}]},
         }
     return machines.write_inventory(machines.folder / f"{name}.py", data)
