@@ -126,30 +126,39 @@ def bench_repair(ctx: Ctx) -> dict:
     cold_spec = replace(fixed, name=cold_name, ports=(f"127.0.0.1:{cold_port}:5000",))
     out = {"runs": [], "timelines": {}}
 
-    def drifted():
+    def drifted(init: bool):
         """Running and healthy, but with the pre-fix server settings (4 workers, no gunicorn
-        options, on-failure:3) and a roomy limit: fix_mlflow must recreate it."""
-        ctx.run_incident_like(name, port, "2g", "on-failure:3", hook=False)
+        options, on-failure:3) and a roomy limit: fix_mlflow must recreate it. `init`: under
+        Docker's init, as fix_mlflow makes containers (a later drift of one it made); without,
+        `mlflow server` is PID 1 as the seed ran it: the one recreate that gives it the init, whose
+        stop of the old container still waits out the grace (it ignores SIGTERM)."""
+        ctx.run_incident_like(name, port, "2g", "on-failure:3", hook=False, init=init)
         if wait_health(port, 120) is None:
             raise RuntimeError("the drifted MLflow container never became healthy")
         time.sleep(1.5)
 
+    methods = ["fix_mlflow", "naive", "cold", "fix_first"]
     for rep in range(ctx.cfg["repair_reps"]):
-        for method in (["fix_mlflow", "naive", "cold"] if rep % 2 == 0 else ["naive", "cold", "fix_mlflow"]):
+        for method in methods[rep % len(methods):] + methods[:rep % len(methods)]:
             if method == "cold":
                 ctx.remove(cold_name)
                 start = time.monotonic()
                 ctx.docker_run_fixed(cold_spec)
                 up = wait_health(cold_port, 120)
+                # The stop a recreate makes of a container fix_mlflow made (under the init).
+                start = time.monotonic()
+                subprocess.run(["docker", "stop", "-t", "5", cold_name], capture_output=True, timeout=60)
+                stop = time.monotonic() - start
                 ctx.remove(cold_name)
-                out["runs"].append({"method": "cold", "rep": rep, "cold_start_s": round(up, 2) if up else None})
-                log(f"repair: cold start {up and round(up, 2)} s")
+                out["runs"].append({"method": "cold", "rep": rep, "cold_start_s": round(up, 2) if up else None,
+                                    "stop_s": round(stop, 2)})
+                log(f"repair: cold start {up and round(up, 2)} s, docker stop {stop:.2f} s")
                 continue
-            drifted()
+            drifted(init=method != "fix_first")
             sampler = Sampler(port, ctx.work / f"health-{method}-{rep}.jsonl")
             t0 = time.time()
             start = time.monotonic()
-            if method == "fix_mlflow":
+            if method in ("fix_mlflow", "fix_first"):
                 result = run_pyinfra_timed(inventory, FIX_MLFLOW)
                 total = result["wall_s"]
                 extra = {"returncode": result["returncode"], "changed": result["changed"]}
@@ -204,8 +213,11 @@ def bench_repair(ctx: Ctx) -> dict:
     floor = med("cold", "cold_start_s")
     out["summary"] = {
         "cold_start_s": floor,
+        "stop_under_init_s": med("cold", "stop_s"),
         "fix_mlflow_total_s": med("fix_mlflow", "total_s"),
         "fix_mlflow_downtime_s": med("fix_mlflow", "downtime_s"),
+        "fix_first_total_s": med("fix_first", "total_s"),
+        "fix_first_downtime_s": med("fix_first", "downtime_s"),
         "naive_total_s": med("naive", "total_s"),
         "naive_downtime_s": med("naive", "downtime_s"),
         "incident_to_verified_s": med("incident", "total_s"),
@@ -384,9 +396,14 @@ def verdicts(results: dict) -> list[tuple[str, str, str]]:
     repair = results.get("repair", {}).get("summary")
     if repair and repair.get("downtime_vs_floor") is not None:
         ratio = repair["downtime_vs_floor"]
-        rows.append(("/health downtime <= 1.5x MLflow cold start",
+        rows.append(("/health downtime <= 1.2x MLflow cold start",
                      f"{repair['fix_mlflow_downtime_s']} s vs {repair['cold_start_s']} s = {ratio}x",
-                     "met" if ratio <= 1.5 else "NOT met"))
+                     "met" if ratio <= 1.2 else "NOT met"))
+    if repair and repair.get("fix_mlflow_total_s") is not None:
+        total = repair["fix_mlflow_total_s"]
+        rows.append(("repair (a drifted container fix_mlflow made, under the init) -> verified <= 6 s",
+                     f"{total} s (the one recreate that adds the init to a container without it: "
+                     f"{repair.get('fix_first_total_s')} s)", "met" if total <= 6 else "NOT met"))
     load = results.get("load", {}).get("after")
     if load:
         ok = load["sigkill_lines"] == 0 and load["load"]["http_5xx"] == 0
@@ -439,7 +456,9 @@ def summary_markdown(results: dict) -> str:
         lines += ["## 2. Repair and /health downtime (medians)", "",
                   "| | total | /health down |", "|---|---|---|",
                   f"| MLflow cold start (floor) | {s['cold_start_s']} s | - |",
-                  f"| fix_mlflow recreate (drifted, running) -> verified | {s['fix_mlflow_total_s']} s | {s['fix_mlflow_downtime_s']} s ({s['downtime_vs_floor']}x floor) |",
+                  f"| fix_mlflow recreate (drifted, running, under the init) -> verified | {s['fix_mlflow_total_s']} s | {s['fix_mlflow_downtime_s']} s ({s['downtime_vs_floor']}x floor) |",
+                  f"| fix_mlflow recreate that adds the init (drifted, `mlflow server` as PID 1: the old one's stop waits out the 5 s grace) | {s.get('fix_first_total_s')} s | {s.get('fix_first_downtime_s')} s |",
+                  f"| `docker stop -t 5` of a container as fix_mlflow makes it (under the init) | {s.get('stop_under_init_s')} s | - |",
                   f"| naive `docker rm -f` + `docker run` + poll | {s['naive_total_s']} s | {s['naive_downtime_s']} s ({s['naive_downtime_vs_floor']}x floor) |",
                   f"| incident (4 workers, 420 MiB, being OOM-killed) -> fix_mlflow verified | {s['incident_to_verified_s']} s | {s['incident_downtime_s']} s in the recreate (before it, /health flapped between OOM kills) |",
                   ""]

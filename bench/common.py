@@ -87,9 +87,12 @@ class Ctx:
         for name in names:
             subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
 
-    def run_incident_like(self, name: str, port: int, memory: str, restart: str, hook: bool):
+    def run_incident_like(self, name: str, port: int, memory: str, restart: str, hook: bool,
+                          init: bool = False):
         """An MLflow container with the incident's server settings (4 gunicorn workers, no
-        gunicorn options); `hook` adds the lab's gunicorn hook that makes workers the OOM victims."""
+        gunicorn options); `hook` adds the lab's gunicorn hook that makes workers the OOM victims;
+        `init` runs it under Docker's init, as fix_mlflow makes containers (without it `mlflow
+        server` is PID 1, as the seed ran it, and a stop waits out the whole grace)."""
         lab = Lab(prefix=PREFIX, port_base=self.port_base)
         env = mlflow_env(lab, lab.secrets())
         if hook:
@@ -100,7 +103,7 @@ class Ctx:
         self.client.containers.run(
             self.host_data["mlflow"]["image"], mlflow_command(lab, "incident"), name=name,
             environment=env, mem_limit=memory, restart_policy=policy, network=lab.network,
-            ports={"5000/tcp": ("127.0.0.1", port)}, detach=True,
+            ports={"5000/tcp": ("127.0.0.1", port)}, detach=True, init=init,
             labels={"quantlab.prefix": PREFIX, VERSION_LABEL: LAB_MLFLOW_VERSION,
                     "com.docker.compose.project": PREFIX, "com.docker.compose.service": "mlflow"})
         if name != f"{PREFIX}-mlflow":

@@ -365,8 +365,11 @@ def _recreate(
         fault_point("recreate.after-rename")
     have_backup = run_now(host, f"docker inspect --type container {q_prev} >/dev/null 2>&1")[0]
     if have_backup:
-        # A short grace period: `mlflow server` runs as PID 1 with no SIGTERM handler, so any
-        # longer wait is spent idle before the kill (measured in bench/: the full 20 s it was).
+        # A short grace period: `mlflow server` as PID 1 has no SIGTERM handler, so a container
+        # without an init waits all of it out before the kill (measured in bench/: the full 20 s
+        # it was). Under Docker's init (mlflow.init, HostConfig.Init) the server gets the SIGTERM
+        # and the stop takes a fraction of a second: only a container's first recreate, the one
+        # that gives it the init, still waits the grace out.
         _must(host, f"docker stop -t {STOP_GRACE_SECONDS} {q_prev}", f"stopping {previous}")
         fault_point("recreate.after-stop")
     # From here the previous container is down: any failure, not only a refusal (a lost SFTP
