@@ -15,9 +15,11 @@ from pathlib import Path
 
 import docker
 import pytest
+import yaml
 
-from tasks.core.mlflow_server import count_workers
+from tasks.core.mlflow_server import JOB_EXECUTION_ENV, count_workers
 from tasks.lab.images import image_refs
+from tasks.settings.mlflow import MANAGED_ENV_KEYS
 from tests.labkit import REPO, new_lab, run_pyinfra
 
 pytestmark = pytest.mark.lab
@@ -77,6 +79,40 @@ def changed_lines(before: str, after: str) -> list[str]:
             if line.startswith(("- ", "+ "))]
 
 
+# What the deploy may change in the MLflow service, read as compose reads it (merge keys resolved):
+# leaf paths (``command`` is a list, compared whole).
+MANAGED_PATHS = (
+    ("command",), ("image",), ("restart",), ("labels", "io.quantlab.mlflow-version"),
+    ("deploy", "resources", "limits", "memory"), ("deploy", "resources", "reservations", "memory"),
+    ("mem_limit",), ("mem_reservation",), ("init",), *(("environment", key) for key in sorted(MANAGED_ENV_KEYS)),
+    # MLflow 3's job runner, off unless settings.env says otherwise (the plan notes it)
+    *(("environment", key) for key in sorted(JOB_EXECUTION_ENV)),
+)  # fmt: skip
+
+
+def leaf_differences(old, new, path=()) -> list[tuple]:
+    """Every leaf path whose value differs between two YAML documents (lists compared whole; a
+    mapping that is not there reads as an empty one)."""
+    if (isinstance(old, dict) or isinstance(new, dict)) and (old is None or new is None):
+        old, new = old or {}, new or {}
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [p for key in sorted(set(old) | set(new), key=str)
+                for p in leaf_differences(old.get(key), new.get(key), (*path, key))]
+    return [] if old == new else [path]
+
+
+def unmanaged_changes(before: str, after: str) -> list[tuple]:
+    """Paths the fix changed in the user's file beyond the MLflow service's managed keys: the
+    other services, the `x-` block, volumes, and the MLflow service's other keys must be as they
+    were (an env key written empty where the file had none counts as managed: it is one)."""
+    old, new = yaml.safe_load(before), yaml.safe_load(after)
+    old_mlflow, new_mlflow = old["services"].pop("mlflow"), new["services"].pop("mlflow")
+    outside = leaf_differences(old, new)
+    inside = [("services", "mlflow", *p) for p in leaf_differences(old_mlflow, new_mlflow)
+              if p not in MANAGED_PATHS]
+    return outside + inside
+
+
 def test_the_incident_is_in_the_logs(lab):
     logs = mlflow(lab).logs().decode(errors="replace")
     assert SIGKILL_LINE in logs
@@ -123,6 +159,8 @@ def test_fix_through_compose_keeps_the_users_file(lab, tmp_path):
     assert "x-common: &common" in after_text and after_text.count("<<: *common") == 5
     changed = changed_lines(before_text, after_text)
     assert changed and all(MANAGED_LINE.match(line) for line in changed), changed
+    # ...and by meaning: nothing outside the MLflow service's managed keys differs.
+    assert unmanaged_changes(before_text, after_text) == []
     assert "restart: on-failure:3" in before_text and "restart: on-failure:3" not in after_text
 
     second = run_pyinfra(inventory(tmp_path, lab), DEPLOY)
@@ -149,11 +187,13 @@ def test_a_failed_apply_puts_the_previous_file_back(lab, tmp_path):
 
 def test_mlflow3_through_the_same_file(lab, tmp_path):
     image = image_refs()["mlflow3"]
+    before_text = compose_file(lab).read_text()
     # MLflow 3 imports for tens of seconds, longer on a loaded CI machine: a wider start budget.
     first = run_pyinfra(inventory(tmp_path, lab, image=image, start_timeout=240), DEPLOY)
     assert first.returncode == 0 and first.changed == 1, first.report()
     text = compose_file(lab).read_text()
     assert f"image: {image}" in text and "--uvicorn-opts" in text and "io.quantlab.mlflow-version: 3." in text
+    assert unmanaged_changes(before_text, text) == []
     container = mlflow(lab)
     assert container.attrs["Config"]["Image"] == image
     second = run_pyinfra(inventory(tmp_path, lab, image=image, start_timeout=240), DEPLOY)
