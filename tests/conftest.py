@@ -44,10 +44,11 @@ def _module_of(nodeid: str) -> str:
 # The slowest modules, slowest first (serial run of 2026-12-01, pytest --durations: fix_mlflow
 # 7.1 min, db_users 5.1, fleet 3.5, cleanup 3.2, verify_stack 4.1 with its two labs, mlflow3 2.0;
 # 2026-12-02: no_secrets_in_output 3.0, fix_mlflow_compose 2.6, lab_compose 1.9, machine_hosts 6.1
-# alone, with its teardown; crash_consistency 4.7, crash_consistency_compose 2.3).
+# alone, with its teardown; crash_consistency 4.7, crash_consistency_compose 2.3, watcher_placement
+# 2.7 with its machine host).
 SLOWEST = ("test_fix_mlflow.py", "test_db_users.py", "test_machine_hosts.py", "test_crash_consistency.py",
            "test_verify_stack.py", "test_fleet.py", "test_fleet_output.py", "test_deploys_sudo.py",
-           "test_cleanup.py", "test_watch.py", "test_crash_consistency_compose.py", "test_no_secrets_in_output.py", "test_fix_mlflow_compose.py", "test_fix_mlflow_mlflow3.py",
+           "test_watcher_placement.py", "test_cleanup.py", "test_watch.py", "test_crash_consistency_compose.py", "test_no_secrets_in_output.py", "test_fix_mlflow_compose.py", "test_fix_mlflow_mlflow3.py",
            "test_lab_compose.py", "test_lab.py", "test_remediate.py",
            "test_schedule.py", "test_fix_mlflow_ssh.py", "test_onboard.py")
 

@@ -506,6 +506,8 @@ DEPLOYS = [
     ("fix_backend_reload", {"backend": {"container": "hostile-nope-backend", "port": "8000"}},
      "backend.port: is not a whole number, got str"),
     ("onboard_host", {"onboard": "deploy"}, "onboard: expected a mapping, got str"),
+    ("install_watcher", {"watcher": {"restart_sec": 0}}, "watcher.restart_sec: must be >= 1"),
+    ("collect_watch_audit", {"watcher": {"present": "no"}}, "watcher.present: is not true/false, got str"),
 ]
 
 
