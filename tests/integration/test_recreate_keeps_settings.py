@@ -213,7 +213,7 @@ def test_the_drifted_workers_are_fixed_by_a_verified_recreate(stack, first):
     assert re.search(r"(\d+)/\1 checks passed", result.stderr), result.report()
     assert after["Id"] != before["Id"] and after["Name"] == before["Name"]
     assert (workers(before["Config"]["Cmd"]), workers(after["Config"]["Cmd"])) == ("4", "2")
-    assert (before["HostConfig"]["Init"], after["HostConfig"]["Init"]) == (None, True)
+    assert (before["HostConfig"].get("Init"), after["HostConfig"].get("Init")) == (None, True)
     assert after["State"]["Running"] and after["Image"] == before["Image"]
     assert not docker("ps", "-aq", "--filter", f"name=^{stack.name}-previous$")
     assert stack.token not in result.stdout + result.stderr
