@@ -30,7 +30,7 @@ SIGKILL_LINE = "was sent SIGKILL! Perhaps out of memory?"
 # What the deploy may change in the user's file: the MLflow service's managed keys.
 MANAGED_LINE = re.compile(
     r"^\s*(command:|- |--|mlflow server|GUNICORN_CMD_ARGS:|MLFLOW_\w+_OPTS:|environment:|memory:|limits:"
-    r"|reservations:|labels:|io\.quantlab\.mlflow-version:|image:|restart:)"
+    r"|reservations:|labels:|io\.quantlab\.mlflow-version:|image:|restart:|init:)"
 )
 
 
@@ -151,6 +151,7 @@ def test_fix_through_compose_keeps_the_users_file(lab, tmp_path):
                                                          "Config": {"max-file": "3", "max-size": "10m"}}
     assert any(m["Destination"] == "/etc/quantlab/gunicorn_incident.py" for m in container.attrs["Mounts"])
     assert "PGPASSWORD" in {e.partition("=")[0] for e in container.attrs["Config"]["Env"]}
+    assert container.attrs["HostConfig"]["Init"] is True  # `init: true` in the file, applied by compose
     assert all(ids(lab)[s] == i for s, i in before_ids.items() if s != "mlflow")
 
     after_text = compose_file(lab).read_text()
