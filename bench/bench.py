@@ -11,6 +11,8 @@ Sections (in this order; `--only` picks some):
            every 100 ms by a separate process; MLflow's cold start as the floor; incident -> verified
   load     before/after the fix under the same bounded load: memory, SIGKILLs, errors, p50/p99
   cleanup  VACUUM ANALYZE through deploys/cleanup_database.py vs `vacuumdb --analyze`, same table
+  mttr     scripts/watch over the lab: idle CPU/memory, then each incident's first log line ->
+           verified fix (MTTR) for fix_mlflow, db_users, backend_reload (bench/mttr.py)
 
 Everything runs on the lab with prefix `qtbn` (brought up at the start, down at the end) and only
 ever addresses 127.0.0.1 ports of containers and sshd processes this run created.
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 
 import fleet_stats
+import mttr
 from cgroup import container_cgroup, memory_mib, oom_kills
 from common import (
     ANSIBLE_VENV,
@@ -55,17 +58,17 @@ from fleet import bench_fleet
 from tasks.lab.harness import write_inventory
 from tasks.lab.stack import SIGKILL_LINE
 
-SECTIONS = ("fleet", "repair", "load", "cleanup")
+SECTIONS = ("fleet", "repair", "load", "cleanup", "mttr")
 
 SIZES = {
     "quick": {"fleets": [1, 10], "fleet_reps": 3, "fleet_converge": 0, "machine_shell_hosts": 10,
               "repair_reps": 2, "incident_reps": 1,
               "load_clients": 8, "load_seconds": 15, "load_max_requests": 20000,
-              "cleanup_rows": 500_000, "cleanup_reps": 3},
+              "cleanup_rows": 500_000, "cleanup_reps": 3, "mttr_reps": 1},
     "full": {"fleets": [1, 10, 25, 50], "fleet_reps": 5, "fleet_converge": 10, "machine_shell_hosts": 10,
              "repair_reps": 5, "incident_reps": 2,
              "load_clients": 12, "load_seconds": 45, "load_max_requests": 60000,
-             "cleanup_rows": 2_000_000, "cleanup_reps": 5},
+             "cleanup_rows": 2_000_000, "cleanup_reps": 5, "mttr_reps": 3},
 }
 
 
@@ -416,6 +419,8 @@ def verdicts(results: dict) -> list[tuple[str, str, str]]:
         rows.append(("cleanup overhead < 10% + 1 s",
                      f"{cleanup['overhead_s']} s (budget {cleanup['budget_s']} s)",
                      "met" if cleanup["overhead_s"] < cleanup["budget_s"] else "NOT met"))
+    if "summary" in results.get("mttr", {}):
+        rows += mttr.verdicts(results["mttr"])
     return rows
 
 
@@ -480,6 +485,8 @@ def summary_markdown(results: dict) -> str:
         lines += [f"## 4. VACUUM ANALYZE of a {cleanup['rows']}-row table with {cleanup['rows']} dead tuples (medians)", "",
                   f"`vacuumdb --analyze` {s['vacuumdb_s']} s; deploys/cleanup_database.py {s['deploy_s']} s; "
                   f"overhead {s['overhead_s']} s (budget 10% + 1 s = {s['budget_s']} s).", ""]
+    if "summary" in results.get("mttr", {}):
+        lines += mttr.markdown(results["mttr"])
     rows = verdicts(results)
     if rows:
         lines += ["## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
@@ -524,7 +531,7 @@ def main() -> int:
             log(f"== {section}")
             try:
                 results[section] = {"fleet": bench_fleet, "repair": bench_repair, "load": bench_load,
-                                    "cleanup": bench_cleanup}[section](ctx)
+                                    "cleanup": bench_cleanup, "mttr": mttr.bench_mttr}[section](ctx)
             except Exception as exc:  # one broken section still leaves the others' figures
                 log(f"{section} FAILED: {type(exc).__name__}: {exc}")
                 results[section] = {"error": f"{type(exc).__name__}: {exc}"}
