@@ -260,7 +260,13 @@ def _fix_mlflow(actions: list[remediation.Action]) -> Verifier:
     spec = server_spec(settings, image_mlflow_version(settings))
     fix_mlflow()
     return lambda host_, run: verify_mlflow(
-        run, settings.container_name, settings.port, spec.kind, spec.workers, settings.start_timeout
+        run,
+        settings.container_name,
+        settings.port,
+        spec.kind,
+        spec.workers,
+        settings.start_timeout,
+        settings.restart_watch,
     )
 
 
