@@ -5,30 +5,40 @@ searched for each of the lab's secrets (the files under .lab/<prefix>/secrets/),
 base64 (each alignment), URL-encoded and hex: no hit.
 
 Searched: stdout and stderr of every run; the reports (cleanup, verify_stack, remediate and its run
-record); every file the deploys wrote (the compose file they patch, the scheduled job's script and
-log, root's crontab); every file under /tmp changed since the first run (env and create-request
-files a recreate uses must be gone); the lab's folder but for its own secret files and `.env`; and
-what PostgreSQL logged meanwhile.
+record, and every run's QUANT_REPORT document); every file the deploys wrote (the compose file they
+patch, the scheduled job's script and log, root's crontab); every file under /tmp changed since the
+first run (env and create-request files a recreate uses must be gone); the lab's folder but for its
+own secret files and `.env`; and what PostgreSQL logged meanwhile.
 
-onboard_host runs `--dry` only, against one fresh `sshhost` over real SSH (tests/fleet.py): for real
-it installs Debian packages from the network, and it never reads the lab's secrets; its plan and
-facts are searched like the others. The compose-style lab is not brought up here: its compose
-file holds `${VAR}` and `env_file` names, no value, and its containers are read through the same
-filtered fact (tests/unit/test_docker_facts.py, tests/integration/test_docker_fact.py).
+onboard_host runs against one fresh `sshhost` over real SSH (tests/fleet.py: logged in as `admin`
+with sudo, the engine's socket mounted, engine "socket"): planned, then for real (it installs
+Debian's docker.io, makes the deploy user, daemon.json, sudoers, the record's folder and the stack's
+compose file), then again, which changes nothing. The `onboard` block has no secret source of its
+own (public keys only); what onboarding takes that names secrets is the host's `mlflow` block,
+whose `secret_env` points at the lab's secret files (PGPASSWORD, AWS_SECRET_ACCESS_KEY) and which
+it renders into the compose file as `${VAR}`: the host's data here is the lab's own, all of it (the
+record's folder at its default on the host). Besides its output and reports, every file under the
+host's /etc, /opt, /srv, /home, /root, /tmp, /var/tmp, /var/log and /var/lib/quantlab is searched.
+The compose-style lab is not brought up here: its compose file holds `${VAR}` and `env_file`
+names, no value, and its containers are read through the same filtered fact
+(tests/unit/test_docker_facts.py, tests/integration/test_docker_fact.py).
 """
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
 import json
 import os
 import random
 import re
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 from urllib.parse import quote
 
+import docker.errors
 import pytest
 
 from tasks.lab.inventory import lab_host_data
@@ -39,6 +49,11 @@ pytestmark = pytest.mark.lab
 
 DEPLOYS = REPO / "deploys"
 VERBOSE = ("-vvv", "--debug", "--json")
+# What onboarding writes on its host lies under these (the record's folder, the stack, the deploy
+# user's home, /etc for daemon.json and sudoers); pyinfra's uploads pass through /tmp.
+HOST_FOLDERS = ("/etc", "/opt", "/srv", "/home", "/root", "/tmp", "/var/tmp", "/var/log", "/var/lib/quantlab")
+STACK_COMPOSE, DAEMON_JSON, SUDOERS = "/opt/quant-stack/docker-compose.yml", "/etc/docker/daemon.json", \
+    "/etc/sudoers.d/quant-deploy"
 
 
 def encodings(secret: str) -> set[str]:
@@ -66,6 +81,8 @@ class Sweep:
         self.outputs: dict[str, str] = {}
         self.codes: dict[str, int] = {}
         self.results: dict[str, dict | None] = {}
+        self.reports: dict[str, Path] = {}  # each run's QUANT_REPORT document
+        self.seconds: dict[str, float] = {}
         self.started = time.time()
         # Two cores shared with other tests: MLflow may take longer than 5 s to answer.
         stack = {**lab_host_data(lab.prefix)["stack"], "http_timeout": 20}
@@ -78,8 +95,12 @@ class Sweep:
     def run(self, label: str, deploy: str, *args: str, inventory: Path | None = None, timeout: int = 900) -> None:
         command = [str(PYINFRA), *args, "--group-data", str(GROUP_DATA), str(inventory or self.inventory),
                    str(DEPLOYS / deploy)]
+        self.reports[label] = self.folder / "reports" / f"run-{len(self.reports):02d}.json"
+        began = time.monotonic()
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                              env={**os.environ, **self.env}, stdin=subprocess.DEVNULL)
+                              env={**os.environ, **self.env, "QUANT_REPORT": str(self.reports[label])},
+                              stdin=subprocess.DEVNULL)
+        self.seconds[label] = round(time.monotonic() - began, 1)
         self.outputs[label] = f"$ {' '.join(command)}\n{proc.stdout}\n{proc.stderr}"
         self.codes[label] = proc.returncode
         start = proc.stdout.find("{")
@@ -111,15 +132,19 @@ def sweep(request, tmp_path_factory):
     request.addfinalizer(lambda: subprocess.run(
         [str(PYINFRA), "-y", str(gone), str(DEPLOYS / "schedule_cleanup.py")], cwd=REPO, capture_output=True))
 
-    # One fresh host over real SSH for onboarding's plan.
+    # One fresh host over real SSH for onboarding, with the lab's host data (its mlflow block's
+    # secret_env names the lab's secret files) but the record's folder at its default there.
     fleet = Fleet(f"qtnso{random.randrange(16 ** 4):04x}", folder / "fleet", 1, docker_socket=True, login="admin")
     request.addfinalizer(fleet.remove)
     fleet.start()
     _keygen(folder / "deploy_ed25519", "deploy@ops")
     (host,) = fleet.hosts
+    data = {key: value for key, value in lab_host_data(lab.prefix).items() if key != "remediate"}
+    assert set(data["mlflow"]["secret_env"]) == {"PGPASSWORD", "AWS_SECRET_ACCESS_KEY"}, data["mlflow"]
     onboard = fleet.write_inventory(folder / "onboard.py", {host.name: {
-        **host.pyinfra_host_data(),
+        **data, **host.pyinfra_host_data(),
         "onboard": {"engine": "socket", "authorized_keys": [{"file": str(folder / "deploy_ed25519.pub")}]}}})
+    sweep.onboard_host = host
 
     # Plans first: nothing changes, every fact is read and printed.
     for deploy in ("fix_mlflow.py", "db_users.py", "cleanup_database.py", "remediate.py",
@@ -140,8 +165,33 @@ def sweep(request, tmp_path_factory):
     sweep.env["QUANTLAB_VERIFY_SINCE"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     sweep.run("verify_stack.py -y", "verify_stack.py", "-y", *VERBOSE)
     sweep.run("schedule_cleanup.py -y", "schedule_cleanup.py", "-y", *VERBOSE, inventory=schedule)
+    # Onboarding for real (Debian's docker.io from the network), then again: nothing to change.
+    sweep.run("onboard_host.py -y", "onboard_host.py", "-y", *VERBOSE, inventory=onboard)
+    sweep.run("onboard_host.py -y again", "onboard_host.py", "-y", *VERBOSE, inventory=onboard)
     sweep.job = job
+    (folder / "seconds.json").write_text(json.dumps(sweep.seconds, indent=1))  # where the time goes
     return sweep
+
+
+def host_files(host) -> tuple[dict[str, str], set[str]]:
+    """Every regular file (up to 20 MiB) under HOST_FOLDERS on the host, read through the engine,
+    and the folders seen."""
+    files: dict[str, str] = {}
+    folders: set[str] = set()
+    for folder in HOST_FOLDERS:
+        try:
+            stream, _ = host.container.get_archive(folder)
+        except docker.errors.NotFound:
+            continue
+        parent = os.path.dirname(folder)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream)), mode="r") as tar:
+            for member in tar:
+                path = os.path.join(parent, member.name)
+                if member.isdir():
+                    folders.add(path)
+                elif member.isfile() and member.size <= 20 << 20:
+                    files[path] = tar.extractfile(member).read().decode(errors="replace")
+    return files, folders
 
 
 def test_the_search_finds_a_secret_in_every_form_it_looks_for(sweep):
@@ -154,7 +204,7 @@ def test_the_search_finds_a_secret_in_every_form_it_looks_for(sweep):
 
 
 def test_every_run_happened(sweep):
-    assert len(sweep.outputs) == 19, sorted(sweep.outputs)
+    assert len(sweep.outputs) == 21, sorted(sweep.outputs)
     # Each real run did its part (so the paths that handle secrets ran): a failure here is shown
     # with its output; none of it holds a secret (the next tests say so).
     failed = {label: sweep.outputs[label][-3000:] for label, code in sweep.codes.items()
@@ -170,6 +220,15 @@ def test_every_run_happened(sweep):
     for deploy in ("fix_mlflow.py", "db_users.py", "cleanup_database.py", "fix_backend_reload.py"):
         results = sweep.results[f"{deploy} -y"]
         assert results and results["results"]["totals"]["success"] >= 1, (deploy, results)
+
+
+def test_onboarding_ran_for_real_then_changed_nothing(sweep):
+    first, again = sweep.results["onboard_host.py -y"], sweep.results["onboard_host.py -y again"]
+    assert first and first["results"]["totals"]["success"] >= 10, sweep.outputs["onboard_host.py -y"][-3000:]
+    assert again and again["results"]["totals"]["error"] == 0, sweep.outputs["onboard_host.py -y again"][-3000:]
+    changed = [op["name"] for op in again["results"]["operations"] if op["success"]]
+    assert again["results"]["totals"]["success"] == 0 and not changed, changed
+    assert "checks passed" in sweep.outputs["onboard_host.py -y again"]  # its verification ran
 
 
 def test_no_output_shows_a_secret(sweep):
@@ -191,6 +250,9 @@ def test_no_report_shows_a_secret(sweep):
     home = REPO / ".lab" / sweep.lab.prefix
     reports += [p for p in (home / "remediation-reports").glob("*") if p.is_file()]
     assert all(p.exists() for p in reports[:2]), reports
+    # Every run's document, onboarding's (plan, run, run again) among them.
+    assert all(sweep.reports[f"onboard_host.py {run}"].exists() for run in ("--dry", "-y", "-y again"))
+    reports += [p for p in sweep.reports.values() if p.exists()]
     hits = []
     for path in reports:
         assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
@@ -214,13 +276,29 @@ def test_no_file_the_deploys_wrote_shows_a_secret(sweep):
     assert not hits, hits
 
 
+def test_no_file_onboarding_left_on_its_host_shows_a_secret(sweep):
+    files, folders = host_files(sweep.onboard_host)
+    assert {STACK_COMPOSE, DAEMON_JSON, SUDOERS} <= set(files) and "/var/lib/quantlab" in folders, \
+        sorted(folders)[:50]
+    # The lab's secret_env reached the compose file by name only, for compose to read at `up`.
+    for name in ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY"):
+        assert f"${{{name}:?set {name}}}" in files[STACK_COMPOSE], files[STACK_COMPOSE]
+    hits = [hit for path, text in files.items() for hit in sweep.hits(f"{sweep.onboard_host.name}:{path}", text)]
+    assert not hits, hits
+
+
 def test_nothing_left_in_tmp_holds_a_secret(sweep):
     # Env files and create requests a recreate uploads are removed right after use; any other
     # file a run left in /tmp is searched too (other tests' files cannot hold this lab's secrets).
+    # Not the engine's own: for every `docker exec`, the containers' healthchecks included (MLflow's
+    # every 5 s, after the runs too), runc writes the process spec (the container's env with it)
+    # to /tmp/runc-process<N> here and removes it once the process starts.
     hits = []
     for path in Path("/tmp").rglob("*"):
         try:
             if not path.is_file() or path.is_symlink() or path.stat().st_mtime < sweep.started - 5:
+                continue
+            if path.parent == Path("/tmp") and path.name.startswith("runc-process"):
                 continue
             if path.stat().st_size > 20 << 20:
                 continue
