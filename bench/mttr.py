@@ -140,10 +140,12 @@ def descendants(parents: dict[int, int], root: int) -> set[int]:
 
 
 def idle_figures(before: dict[int, int], after: dict[int, int], seconds: float, hz: int,
-                 rss_samples: list[int], main_rss_samples: list[int]) -> dict:
+                 rss_samples: list[int], main_rss_samples: list[int], pss_samples: list[int] | None = None) -> dict:
     """CPU share of one core over the window (CPU ticks of the tree's processes: the difference
     for those alive at both ends, all of theirs for those started in between) and resident memory
-    (MiB; the tree's and the Python program's own), from /proc figures."""
+    (MiB; the tree's RSS sum, which counts the pages the `docker` CLI processes share once per
+    process, its PSS sum, which splits them, and the Python program's own RSS), from /proc
+    figures (KiB samples)."""
     ticks = sum(after[pid] - before.get(pid, 0) for pid in after)
     mib = [kib / 1024 for kib in rss_samples]
     main = [kib / 1024 for kib in main_rss_samples]
@@ -151,7 +153,8 @@ def idle_figures(before: dict[int, int], after: dict[int, int], seconds: float, 
             "cpu_s": round(ticks / hz, 2), "processes": len(after),
             "rss_mib_median": round(statistics.median(mib), 1) if mib else None,
             "rss_mib_max": round(max(mib), 1) if mib else None,
-            "python_rss_mib": round(statistics.median(main), 1) if main else None}
+            "python_rss_mib": round(statistics.median(main), 1) if main else None,
+            "pss_mib_median": round(statistics.median(pss_samples) / 1024, 1) if pss_samples else None}
 
 
 LABELS = {"fix_mlflow": "MLflow SIGKILL -> fix_mlflow",
@@ -164,8 +167,10 @@ def markdown(result: dict) -> list[str]:
     idle = result.get("idle") or {}
     lines = [f"## 5. Watcher MTTR (central, @local; {result.get('reps')} run(s) each; medians, min-max)", "",
              f"Idle, no incident, {idle.get('seconds')} s: {idle.get('cpu_percent')}% of one CPU, "
-             f"{idle.get('rss_mib_median')} MiB resident for the watcher and its {idle.get('processes', 0) - 1} "
-             f"stream process(es) (Python alone {idle.get('python_rss_mib')} MiB).", "",
+             f"{idle.get('rss_mib_median')} MiB resident (RSS sum"
+             + (f"; PSS {idle['pss_mib_median']} MiB" if idle.get("pss_mib_median") is not None else "") + ") for the "
+             f"watcher and its {idle.get('processes', 0) - 1} stream process(es) (Python alone "
+             f"{idle.get('python_rss_mib')} MiB).", "",
              "| incident -> fix | verified | first line -> decision | run (remediate + verify) | "
              "first line -> verified (MTTR) | goal < 30 s |",
              "|---|---|---|---|---|---|"]
@@ -173,7 +178,7 @@ def markdown(result: dict) -> list[str]:
     def cell(s: dict) -> str:
         if not s or s.get("median") is None:
             return "-"
-        return f"{s['median']} s ({s['min']}-{s['max']})" if s["n"] > 1 else f"{s['median']} s"
+        return f"{s['median']} s ({s['min']} to {s['max']})" if s["n"] > 1 else f"{s['median']} s"
 
     for remediation, s in result.get("summary", {}).items():
         lines.append(f"| {LABELS[remediation]} | {s['verified']}/{s['reps']} | {cell(s['decision_s'])} | "
@@ -190,18 +195,23 @@ def verdicts(result: dict) -> list[tuple[str, str, str]]:
 
 # -- runtime ------------------------------------------------------------------------------------
 
-def _proc_stat(pid: int) -> tuple[int, int, int] | None:
-    """(ppid, utime+stime ticks, rss KiB) of a process, None if it is gone."""
+def _proc_stat(pid: int) -> tuple[int, int, int, int] | None:
+    """(ppid, utime+stime ticks, RSS KiB, PSS KiB) of a process, None if it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         status = Path(f"/proc/{pid}/status").read_text()
     except (OSError, IndexError):
         return None
     rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-    return int(fields[1]), int(fields[11]) + int(fields[12]), rss
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        pss = next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+    except OSError:
+        pss = 0
+    return int(fields[1]), int(fields[11]) + int(fields[12]), rss, pss
 
 
-def _tree(root: int) -> dict[int, tuple[int, int, int]]:
+def _tree(root: int) -> dict[int, tuple[int, int, int, int]]:
     stats = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -216,15 +226,16 @@ def measure_idle(pid: int, seconds: float = IDLE_SECONDS) -> dict:
     hz = os.sysconf("SC_CLK_TCK")
     first = _tree(pid)
     start = time.monotonic()
-    rss, main = [], []
+    rss, pss, main = [], [], []
     while time.monotonic() - start < seconds:
         time.sleep(1.0)
         tree = _tree(pid)
         rss.append(sum(s[2] for s in tree.values()))
-        main.append(tree.get(pid, (0, 0, 0))[2])
+        pss.append(sum(s[3] for s in tree.values()))
+        main.append(tree.get(pid, (0, 0, 0, 0))[2])
     last = _tree(pid)
     return idle_figures({p: s[1] for p, s in first.items()}, {p: s[1] for p, s in last.items()},
-                        time.monotonic() - start, hz, rss, main)
+                        time.monotonic() - start, hz, rss, main, pss)
 
 
 class Watcher:
@@ -386,6 +397,7 @@ def bench_mttr(ctx) -> dict:
         watch.stop()
     idle = out["idle"]
     log(f"mttr: idle {idle['cpu_percent']}% CPU, {idle['rss_mib_median']} MiB resident "
+        f"(PSS {idle['pss_mib_median']} MiB) "
         f"({idle['processes']} processes)")
     for remediation in INCIDENTS:
         for rep in range(reps):

@@ -75,10 +75,11 @@ def test_summary_spread_and_goal():
     assert not summary["backend_reload"]["goal_met"]  # over 30 s
     assert mttr.spread([None]) == {"n": 0, "median": None, "min": None, "max": None}
     lines = "\n".join(mttr.markdown({"reps": 3, "summary": summary, "idle": {
-        "seconds": 20.0, "cpu_percent": 0.4, "rss_mib_median": 60.0, "processes": 4, "python_rss_mib": 40.0}}))
-    assert "| MLflow SIGKILL -> fix_mlflow | 3/3 | 0.5 s (0.5-0.5) | 23.0 s (20.0-29.0) | 25.0 s (22.0-31.0) | met |" in lines
+        "seconds": 20.0, "cpu_percent": 0.4, "rss_mib_median": 60.0, "processes": 4, "python_rss_mib": 40.0,
+        "pss_mib_median": 45.0}}))
+    assert "| MLflow SIGKILL -> fix_mlflow | 3/3 | 0.5 s (0.5 to 0.5) | 23.0 s (20.0 to 29.0) | 25.0 s (22.0 to 31.0) | met |" in lines
     assert "| quant_user auth failure -> db_users | 1/2 |" in lines and lines.count("NOT met") == 2
-    assert "0.4% of one CPU, 60.0 MiB resident for the watcher and its 3 stream process(es)" in lines
+    assert "0.4% of one CPU, 60.0 MiB resident (RSS sum; PSS 45.0 MiB) for the watcher and its 3 stream process(es)" in lines
     verdicts = mttr.verdicts({"summary": summary})
     assert [v[2] for v in verdicts] == ["met", "NOT met", "NOT met"]
 
@@ -89,6 +90,7 @@ def test_the_watchers_process_tree_and_its_idle_figures():
     assert mttr.descendants(parents, 99) == {99}
     # 10 and 11 alive at both ends; 13 started in between (all its ticks count); 12 ended (lost)
     idle = mttr.idle_figures({10: 500, 11: 40, 12: 7}, {10: 504, 11: 41, 13: 3}, 20.0, 100,
-                             [61440, 62464, 61440], [40960, 40960, 41984])
+                             [61440, 62464, 61440], [40960, 40960, 41984], [30720, 31744, 30720])
     assert idle["cpu_s"] == 0.08 and idle["cpu_percent"] == 0.4 and idle["processes"] == 3
     assert idle["rss_mib_median"] == 60.0 and idle["rss_mib_max"] == 61.0 and idle["python_rss_mib"] == 40.0
+    assert idle["pss_mib_median"] == 30.0
