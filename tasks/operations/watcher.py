@@ -61,6 +61,16 @@ def _bundles(wheels: str, out: Path) -> tuple[Path, Path]:
     return project_bundle(out), wheels_bundle(out, Path(wheels))
 
 
+def _missing_bundle(install_dir: str, bundle: str, key: str, what: str, where: str) -> str | None:
+    """The bundle's hash when the host's ``key`` (project or wheels) is not that bundle; None (and
+    a noop "<what> <hash> is installed in <where>") when it is."""
+    want = bundle_hash(Path(bundle))
+    if current_host.get_fact(WatcherInstalled, install_dir=install_dir)[key] == want:
+        current_host.noop(f"{what} {want} is installed in {where}")
+        return None
+    return want
+
+
 @operation()
 def project(install_dir: str, bundle: str):
     """
@@ -73,9 +83,8 @@ def project(install_dir: str, bundle: str):
 
         watcher.project(name="Project", install_dir="/opt/quant-remediation", bundle=path)
     """
-    want = bundle_hash(Path(bundle))
-    if current_host.get_fact(WatcherInstalled, install_dir=install_dir)["project"] == want:
-        current_host.noop(f"project {want} is installed in {install_dir}")
+    want = _missing_bundle(install_dir, bundle, "project", "project", install_dir)
+    if want is None:
         return
     d, tmp = q(install_dir), q(f"{install_dir}/.project.tar.gz")
     yield StringCommand(f"mkdir -p {d} && chmod 755 {d}")
@@ -101,9 +110,8 @@ def runtime(install_dir: str, bundle: str, python: str = "/usr/bin/python3"):
 
         watcher.runtime(name="Runtime", install_dir="/opt/quant-remediation", bundle=path)
     """
-    want = bundle_hash(Path(bundle))
-    if current_host.get_fact(WatcherInstalled, install_dir=install_dir)["wheels"] == want:
-        current_host.noop(f"runtime {want} is installed in {install_dir}/.venv")
+    want = _missing_bundle(install_dir, bundle, "wheels", "runtime", f"{install_dir}/.venv")
+    if want is None:
         return
     d, venv, wheels = q(install_dir), q(f"{install_dir}/.venv"), q(f"{install_dir}/.wheels")
     tmp = q(f"{install_dir}/.wheels.tar")
