@@ -238,6 +238,7 @@ def fleet_inventories(ctx: Ctx, fleet, count: int, tag: str = "") -> tuple[Path,
             "mlflow_port": ctx.fleet_port(i), "mlflow_memory": docker_size(settings.memory_limit),
             "mlflow_memory_reservation": docker_size(settings.memory_reservation),
             "mlflow_restart_policy": settings.restart_policy,
+            "mlflow_init": bool(settings.init),  # as fix_mlflow: without it each tool undid the other
         }
     stem = f"{count}{'-' + tag if tag else ''}"
     hosts_json = ctx.work / f"fleet{stem}.json"
@@ -421,6 +422,8 @@ def bench_fleet(ctx: Ctx) -> dict:
                     log(f"fleet: {scenario:10} {tool:13} {key:>16} rep={rep} {result['wall_s']:.2f} s "
                         f"changed={result['changed']} rc={result['returncode']} cpu={result['cpu']} "
                         f"phases={ {k: v for k, v in ph.items() if v is not None} } per host {result['per_host']}")
+                    if result["returncode"]:
+                        log(f"fleet: {tool} failed:\n{result.get('tail', '')}")
     finally:
         end_masters(ctx.control_dirs)
         time.sleep(0.5)
