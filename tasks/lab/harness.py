@@ -40,6 +40,11 @@ def free_port_base(start: int, span: int = 10) -> int:
     raise RuntimeError("no free port range found")
 
 
+# What the engine says when a published port is taken (by a process; by another container).
+PORT_TAKEN = ("address already in use", "port is already allocated")
+PORT_ATTEMPTS = 3
+
+
 @dataclass
 class LabHandle:
     prefix: str
@@ -64,8 +69,22 @@ class LabHandle:
         return proc
 
     def up(self, scenario: str, style: str | None = None):
-        """`scripts/lab up`; style "compose" for the compose-style lab (None: the lab's own, else docker)."""
-        return self.cli("up", "--scenario", scenario, *(("--style", style) if style else ()))
+        """`scripts/lab up`; style "compose" for the compose-style lab (None: the lab's own, else docker).
+
+        A port found free when the base was picked can be taken before the lab binds it (another
+        lab starting beside this one, or a client's ephemeral port: the bases lie in Linux's
+        ephemeral range): then the half-made lab is taken down and brought up on a new base."""
+        args = ("up", "--scenario", scenario, *(("--style", style) if style else ()))
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            proc = self.cli(*args, check=False)
+            output = proc.stdout + proc.stderr
+            if proc.returncode == 0:
+                return proc
+            if attempt == PORT_ATTEMPTS or not any(text in output for text in PORT_TAKEN):
+                raise AssertionError(f"scripts/lab {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+            self.down()
+            self.port_base = free_port_base(self.port_base - self.port_base % 1000)
+        raise AssertionError("unreachable")
 
     def down(self):
         return self.cli("down", check=False)

@@ -1,0 +1,53 @@
+"""LabHandle.up brings a lab up again on a new port base when a published port was taken between
+picking the base and binding it (seen in a suite run: three workers' labs and the clients'
+ephemeral ports share Linux's ephemeral range); any other failure is raised at once. The
+`scripts/lab` calls are scripted here: what is tested is the decision, not the engine."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tasks.lab import harness
+
+TAKEN = ("lab: Error starting userland proxy: listen tcp4 127.0.0.1:39774: bind: address already in use",
+         "lab: Bind for 127.0.0.1:39775 failed: port is already allocated")
+
+
+class ScriptedLab(harness.LabHandle):
+    def __init__(self, answers: list[tuple[int, str]]):
+        super().__init__(prefix="qtunit", port_base=39770)
+        self.answers = answers
+        self.calls: list[tuple[int, tuple[str, ...]]] = []
+
+    def cli(self, *args, check=True, timeout=900):
+        self.calls.append((self.port_base, args))
+        if args[0] == "down":
+            return subprocess.CompletedProcess(args, 0, "", "")
+        code, err = self.answers.pop(0)
+        return subprocess.CompletedProcess(args, code, "", err)
+
+
+@pytest.mark.parametrize("message", TAKEN)
+def test_a_taken_port_takes_the_half_made_lab_down_and_retries_on_a_new_base(message):
+    lab = ScriptedLab([(1, message), (0, "")])
+    lab.up("incident")
+    ups = [(base, args) for base, args in lab.calls if args[0] == "up"]
+    assert [args[0] for _, args in lab.calls] == ["up", "down", "up"]
+    assert ups[0][0] == 39770 and ups[1][0] != 39770
+    assert ups[1][1] == ("up", "--scenario", "incident")
+
+
+def test_another_failure_is_raised_at_once_with_the_labs_output():
+    lab = ScriptedLab([(1, "lab: image quantlab/mlflow2 missing")])
+    with pytest.raises(AssertionError, match="image quantlab/mlflow2 missing"):
+        lab.up("healthy")
+    assert [args[0] for _, args in lab.calls] == ["up"]
+
+
+def test_a_port_taken_every_time_gives_up_after_the_last_attempt():
+    lab = ScriptedLab([(1, TAKEN[0])] * harness.PORT_ATTEMPTS)
+    with pytest.raises(AssertionError, match="address already in use"):
+        lab.up("healthy", style="compose")
+    assert [args[0] for _, args in lab.calls].count("up") == harness.PORT_ATTEMPTS
