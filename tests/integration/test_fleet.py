@@ -100,6 +100,9 @@ def _host_data(lab, fleet, deploy_key, host, as_deploy: bool) -> dict:
         "container_name": _mlflow_name(lab, host),
         "ports": [],  # checked from inside the container; nothing published per host
         "compose_file": "/opt/quant-stack/docker-compose.yml",  # the one onboarding rendered
+        # Three MLflow starts at once beside the rest of the suite: the default 90 s budget was
+        # seen spent (the image's health probes timing out) with the load average near 20.
+        "start_timeout": 240,
     })
     data["onboard"] = {"engine": "socket", "authorized_keys": [{"file": str(deploy_key) + ".pub"}]}
     if as_deploy:
