@@ -193,8 +193,8 @@ def test_a_host_rebooted_mid_recreate_converges_on_the_next_run(fixed, machines,
     try:
         engine, started = host.engine(), time.monotonic()
         while proc.poll() is None and time.monotonic() - started < 300:
-            current = engine.containers.list(all=True, filters={"name": f"^/{name}$"})
-            previous = engine.containers.list(all=True, filters={"name": f"^/{name}-previous$"})
+            current = engine.containers.list(all=True, sparse=True, filters={"name": f"^/{name}$"})
+            previous = engine.containers.list(all=True, sparse=True, filters={"name": f"^/{name}-previous$"})
             seen = f"{name}: {[c.short_id for c in current]}, previous: {[c.status for c in previous]}"
             if previous and current and current[0].id != old_id:
                 host.reboot()  # the new container exists, the old one is set aside: verifying
@@ -213,7 +213,7 @@ def test_a_host_rebooted_mid_recreate_converges_on_the_next_run(fixed, machines,
     engine = host.engine()
     assert host.systemctl("is-active", "docker.service")[1].strip() == "active"
     assert engine.containers.get(stack.name("postgres")).status == "running"
-    leftover = engine.containers.list(all=True, filters={"name": f"^/{name}-previous$"})
+    leftover = engine.containers.list(all=True, sparse=True, filters={"name": f"^/{name}-previous$"})
     assert leftover, "the reboot came too late: no previous copy left\n" + report
 
     again = run_pyinfra(inventory, FIX, "--limit", host.name, timeout=600)
@@ -227,7 +227,7 @@ def test_a_host_rebooted_mid_recreate_converges_on_the_next_run(fixed, machines,
     attrs = _mlflow_attrs(host, stack)
     assert _workers(attrs) == "3" and attrs["State"]["Running"]
     assert stack.mlflow_health() == "OK"
-    assert not engine.containers.list(all=True, filters={"name": f"^/{name}-previous$"})
+    assert not engine.containers.list(all=True, sparse=True, filters={"name": f"^/{name}-previous$"})
 
 
 @pytest.fixture(scope="module")

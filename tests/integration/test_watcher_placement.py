@@ -73,8 +73,14 @@ def processes(host) -> list[str]:
 
 
 def records(host) -> list[dict]:
-    _, out = host.exec(f"cat {AUDIT} 2>/dev/null || true")
-    return [json.loads(line) for line in out.splitlines() if line.strip().startswith("{")]
+    """The host's audit lines, read through the engine. An exec the loaded engine fails (it once
+    read as an empty audit, the failure's text not being JSON) is tried again, then reported."""
+    for _ in range(5):
+        code, out = host.exec(f"cat {AUDIT}")
+        if code == 0:
+            return [json.loads(line) for line in out.splitlines() if line.strip().startswith("{")]
+        time.sleep(2)
+    raise AssertionError(f"reading {AUDIT} on {host.name} failed (exit {code}): {out[-300:]}")
 
 
 @pytest.fixture(scope="module")
