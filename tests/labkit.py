@@ -26,7 +26,16 @@ __all__ = [
     "run_pyinfra", "write_inventory",
     "LAB_GROUPS", "LATER_MODULES", "POOL", "PARTS", "MLFLOW", "ROWS", "ROLES", "SERVICES",
     "LabPool", "group_of", "lab_up", "shared_lab", "gunicorn_timeout", "mlflow_serves",
+    "containers_by_name",
 ]
+
+
+def containers_by_name(client) -> dict[str, str]:
+    """Every container on the engine, name -> status, from one `docker ps -a`. Sparse: the SDK's
+    full list inspects each container after listing, and one that another worker removes in
+    between raised NotFound (seen in a suite run)."""
+    return {c.attrs["Names"][0].lstrip("/"): c.attrs["State"]
+            for c in client.containers.list(all=True, sparse=True)}
 
 
 def lab_up(request, tag: str, port_start: int, scenario: str) -> LabHandle:

@@ -22,6 +22,7 @@ from tests.faultkit import dry, killed
 from tests.labkit import (
     PARTS,
     REPO,
+    containers_by_name,
     gunicorn_timeout,
     mlflow_serves,
     run_pyinfra,
@@ -60,8 +61,7 @@ def containers(lab) -> dict[str, str]:
     """The lab's MLflow containers (the current one, its kept copy) by name: their status."""
     client = docker.from_env()
     name = lab.name("mlflow")
-    return {c.name: c.status for c in client.containers.list(all=True)
-            if c.name in (name, f"{name}-previous")}
+    return {n: status for n, status in containers_by_name(client).items() if n in (name, f"{name}-previous")}
 
 
 def timeout_of(lab) -> str:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tasks.core.mlflow_server import count_workers
-from tests.labkit import MLFLOW, REPO, run_pyinfra, shared_lab, write_inventory
+from tests.labkit import MLFLOW, REPO, containers_by_name, run_pyinfra, shared_lab, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -86,8 +86,7 @@ def test_incident_is_fixed_verified_and_second_run_changes_nothing(lab, tmp_path
     assert "GUNICORN_CMD_ARGS=" in container.attrs["Config"]["Env"]
     assert container.status == "running"
     assert workers(container) == 2
-    previous = [c.name for c in docker.from_env().containers.list(all=True)
-                if c.name == f"{lab.prefix}-mlflow-previous"]
+    previous = [n for n in containers_by_name(docker.from_env()) if n == f"{lab.prefix}-mlflow-previous"]
     assert previous == [], "the previous container is removed once the new one passed"
     for secret in secrets(lab):
         assert secret not in first.stdout + first.stderr

@@ -17,7 +17,7 @@ from tasks.lab import images as lab_images
 from tasks.lab.compose_stack import compose_container_name, healthy_mlflow_settings
 from tasks.lab.inventory import lab_compose_host_data
 from tasks.lab.stack import LAB_MLFLOW_VERSION, SERVICES, SIGKILL_LINE
-from tests.labkit import REPO, new_lab
+from tests.labkit import REPO, containers_by_name, new_lab
 
 pytestmark = pytest.mark.lab
 
@@ -206,7 +206,7 @@ def test_down_leaves_nothing_of_the_prefix(lab, client, healthy):
     proc = lab.cli("down", timeout=300)
     assert "is down" in proc.stdout
     assert _ids(client, lab.prefix) == {}
-    assert [c.name for c in client.containers.list(all=True) if c.name.startswith(lab.prefix)] == []
+    assert [n for n in containers_by_name(client) if n.startswith(lab.prefix)] == []
     assert [n.name for n in client.networks.list() if n.name.startswith(lab.prefix)] == []
     assert [v.name for v in client.volumes.list() if v.name.startswith(lab.prefix)] == []
     assert not home.exists()
