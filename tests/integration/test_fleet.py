@@ -33,7 +33,7 @@ import docker.errors
 import pytest
 
 from tests.fleet import Fleet, _keygen
-from tests.labkit import REPO, ROLES, SERVICES, run_pyinfra, shared_lab
+from tests.labkit import REPO, ROLES, SERVICES, containers_by_name, run_pyinfra, shared_lab
 
 pytestmark = pytest.mark.lab
 
@@ -147,8 +147,8 @@ def stopped_mid_run(onboarded, inventories, fleet, lab, image_missing_host):
     changed_at = time.monotonic()
     try:
         while proc.poll() is None and time.monotonic() - started < 600:
-            now = {host.name for host in fleet.hosts if host.name in names
-                   and client.containers.list(all=True, sparse=True, filters={"name": f"^/{names[host.name]}$"})}
+            on_engine = containers_by_name(client)
+            now = {host for host, container in names.items() if container in on_engine}
             if now != created:
                 created, changed_at = now, time.monotonic()
             elif created and time.monotonic() - changed_at >= SETTLED:
