@@ -229,7 +229,7 @@ def test_stack_an_exited_container_skips_its_service_checks_and_fails():
               "State/FinishedAt": "2026-01-02T03:10:41.402118803Z"}
     inspect = {"inspect": {"recorded": "backend-fixed", "set": exited}}
     steps = with_answers(BACKEND["steps"], present=inspect, running=inspect, not_oom=inspect, restarts=inspect,
-                         oom_counter=None, memory=None, stats=None, health=None, health_db=None)
+                         oom_counter=None, memory=None, cgroup_memory=None, health=None, health_db=None)
     outcome = verify_stack(BACKEND["host_data"], steps)
     outcome.host.assert_all_asked()
     assert (outcome.result, outcome.returned) == ("Error", False)

@@ -53,6 +53,8 @@ class Host:
             return True, json.dumps([data])
         if command.startswith("docker exec") and "memory.events" in command:
             return True, "oom 0\noom_kill 0\n"
+        if command.startswith("docker exec") and "memory.current" in command:
+            return True, f"v2\n{300 << 20}\n{1 << 30}\ninactive_file 0\n"
         if command.startswith("docker stats"):
             return True, "300MiB / 1GiB\n"
         if "/health" in command:

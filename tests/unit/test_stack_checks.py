@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from tasks.checks import stack as sc
-from tasks.checks.containers import memory_verdict, oom_kills, stats_size
+from tasks.checks.containers import cgroup_memory, memory_verdict, oom_kills, stats_size
 from tasks.checks.http import error_text, http_command, parse_http
 from tasks.checks.logs import grep_pattern, logs_command
 from tasks.checks.report import format_report, report_dict, write_report
@@ -170,6 +170,19 @@ def test_memory_verdict():
     assert memory_verdict(5 * mib, 0, 85, 95) == ("pass", "5 MiB in use, no memory limit set")
 
 
+def test_cgroup_memory_counts_as_docker_stats_does():
+    mib = 1 << 20
+    # v2: memory.current less inactive_file; "max" is no limit
+    assert cgroup_memory(f"v2\n{300 * mib}\n{1024 * mib}\ninactive_file {20 * mib}\n") == (280 * mib, 1024 * mib)
+    assert cgroup_memory(f"v2\n{300 * mib}\nmax\ninactive_file 0\n") == (300 * mib, None)
+    # v1: usage_in_bytes less total_inactive_file; no stat line: nothing subtracted
+    assert cgroup_memory(f"v1\n{300 * mib}\n{512 * mib}\ntotal_inactive_file {100 * mib}\n") == (200 * mib, 512 * mib)
+    assert cgroup_memory(f"v2\n{300 * mib}\n{512 * mib}\n") == (300 * mib, 512 * mib)
+    # neither layout (the command printed nothing), or an error text: not a reading
+    for text in ("", "OCI runtime exec failed: exec: \"sh\": not found", "v2\nmax\nmax\n"):
+        assert cgroup_memory(text) is None
+
+
 def test_oom_kills_from_cgroup_v1_and_v2():
     assert oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 49\n") == 49
     assert oom_kills("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n") == 2
@@ -258,6 +271,8 @@ class FakeHost:
                                       "Config": {"Image": "img"}, "Created": "2026"}])
         if "memory.events" in command:
             return True, "oom_kill 0\n"
+        if "memory.current" in command and "cgroup" not in self.broken:
+            return True, f"v2\n{110 << 20}\n{1 << 30}\ninactive_file {10 << 20}\n"
         if "docker stats" in command:
             return True, "100MiB / 1GiB\n"
         if "pg_isready" in command:
@@ -476,3 +491,92 @@ def test_a_container_that_starts_crash_looping_fails_health_at_once_and_skips_it
     skipped = by_name["mlflow service checks"]
     assert skipped.status == "skip" and "crash-looping" in skipped.evidence
     assert not any("/health" in r.name for r in session.results)
+
+
+def _memory_check(fake):
+    from tasks.checks.containers import container_checks
+
+    session = Session(Shell(fake.run, fake.put), retry=RetryPolicy(2, 5.0, 0.01), environ=ENV)
+    container_checks(session, "qt-mlflow", 85, 95)
+    return next(r for r in session.results if r.name.endswith("memory is below its limit"))
+
+
+def test_memory_is_read_from_the_containers_cgroup_in_one_exec():
+    fake = FakeHost()
+    memory = _memory_check(fake)
+    assert memory.status == "pass" and memory.evidence == "100 MiB of 1024 MiB (10%)"
+    assert not any("docker stats" in c for c in fake.commands)
+
+
+class ForeignCgroupHost(FakeHost):
+    """The container sees a cgroup that is not its own (a host cgroup namespace): its limit is
+    not the container's."""
+
+    def run(self, command: str, timeout: int):
+        if "memory.current" in command:
+            self.commands.append(command)
+            return True, f"v2\n{9 << 30}\nmax\ninactive_file 0\n"
+        return super().run(command, timeout)
+
+
+@pytest.mark.parametrize("fake", [FakeHost(broken={"cgroup"}), ForeignCgroupHost()], ids=["unreadable", "foreign"])
+def test_memory_falls_back_to_docker_stats_when_the_cgroup_is_not_the_containers(fake):
+    memory = _memory_check(fake)
+    assert memory.status == "pass" and memory.evidence == "100 MiB of 1024 MiB (10%)"
+    assert any("docker stats" in c for c in fake.commands)
+
+
+class StartingHost(FakeHost):
+    """A container just started: Docker's first health probe has not run yet. ``answers``:
+    what running its healthcheck command now gives, in turn."""
+
+    def __init__(self, test, answers):
+        super().__init__()
+        self.test, self.answers = test, list(answers)
+
+    def run(self, command: str, timeout: int):
+        if "docker inspect" in command and "index .Config.Healthcheck.Test" not in command:
+            self.commands.append(command)
+            state = {"Status": "running", "StartedAt": "2026-01-01T00:00:00Z", "OOMKilled": False,
+                     "Health": {"Status": "starting", "FailingStreak": 0, "Log": []}}
+            health = {"Test": self.test, "Interval": 5_000_000_000, "Timeout": 3_000_000_000}
+            return True, json.dumps([{"State": state, "RestartCount": 0, "HostConfig": {"Memory": 1 << 30},
+                                      "Config": {"Image": "img", "Healthcheck": health}, "Created": "2026"}])
+        if "docker exec -i" in command:
+            self.commands.append(command)
+            return self.answers.pop(0)
+        return super().run(command, timeout)
+
+
+def _healthy_check(fake, attempts=5):
+    from tasks.checks.containers import container_checks
+
+    session = Session(Shell(fake.run, fake.put), retry=RetryPolicy(attempts, 5.0, 0.01), environ=ENV)
+    container_checks(session, "qt-mlflow", 85, 95)
+    return next(r for r in session.results if r.name.endswith("is healthy"))
+
+
+def test_a_starting_container_is_healthy_once_its_own_healthcheck_passes_run_now():
+    fake = StartingHost(["CMD-SHELL", "curl -fsS http://admin:hc-s3cret@127.0.0.1:5000/health || exit 1"],
+                        [(False, "curl: (7) Failed to connect"), (True, "OK")])
+    healthy = _healthy_check(fake)
+    assert healthy.status == "pass" and healthy.attempts == 2
+    assert "healthcheck command passes, run now" in healthy.evidence
+    runs = [c for c in fake.commands if "docker exec -i" in c]
+    assert len(runs) == 2
+    # the test's text reaches the container's shell on a pipe, never on a command line
+    assert all("hc-s3cret" not in c for c in fake.commands)
+    assert "index .Config.Healthcheck.Test 1" in runs[0] and "| docker exec -i qt-mlflow sh" in runs[0]
+
+
+def test_a_starting_container_whose_healthcheck_keeps_failing_is_not_healthy():
+    fake = StartingHost(["CMD-SHELL", "exit 1"], [(False, "")] * 3)
+    healthy = _healthy_check(fake, attempts=3)
+    assert healthy.status == "fail" and "its healthcheck command, run now, fails" in healthy.evidence
+
+
+def test_an_exec_form_healthcheck_is_left_to_docker():
+    fake = StartingHost(["CMD", "curl", "-fsS", "http://127.0.0.1:5000/health"], [])
+    healthy = _healthy_check(fake, attempts=2)
+    assert healthy.status == "fail" and "health starting" in healthy.evidence
+    assert not any("docker exec -i" in c for c in fake.commands)
