@@ -447,7 +447,9 @@ def summary_markdown(results: dict) -> str:
                       "\"this machine's root shell rc\" is the same hosts with it, both tools paying it.", ""]
         conv = fleet["converge"]
         if conv:
-            lines += [f"First (converging) run creating {conv['pyinfra'].get('changed')} containers: pyinfra "
+            lines += [f"First (converging) run creating {conv['pyinfra'].get('changed')} containers, "
+                      f"{fleet.get('converge_parallel', 'all')} hosts at a time (the hosts share this machine's "
+                      "cores): pyinfra "
                       f"{conv['pyinfra']['wall_s']:.1f} s (verified), Ansible {conv['ansible']['wall_s']:.1f} s "
                       f"({conv['ansible']['changed']} changes).", ""]
         settled = fleet.get("settle") or []
