@@ -309,6 +309,25 @@ def settle(ctx: Ctx, pinv: Path, ainv: Path, aenv: dict, rounds: int = 3) -> lis
     return history
 
 
+# Every fleet container's MLflow keeps about two idle connections to the lab's one PostgreSQL (real
+# hosts each have their own): at 50 hosts PostgreSQL's default 100 slots ran out, and the containers
+# started last waited on them silently (MLflow retries its store connection without a log line).
+FLEET_PG_CONNECTIONS = 400
+
+
+def pg_max_connections(ctx: Ctx, value: int | None) -> None:
+    """Set (None: reset) the lab PostgreSQL's max_connections, which takes a restart."""
+    ctx.lab.psql(f"ALTER SYSTEM SET max_connections = {int(value)}" if value else "ALTER SYSTEM RESET max_connections",
+                 database="postgres")
+    postgres = ctx.lab.name("postgres")
+    subprocess.run(["docker", "restart", "-t", "30", postgres], check=True, capture_output=True, timeout=120)
+    deadline = time.monotonic() + 120
+    while subprocess.run(["docker", "exec", postgres, "pg_isready", "-q"], capture_output=True,
+                         timeout=60).returncode and time.monotonic() < deadline:
+        time.sleep(1)
+    log(f"fleet: lab PostgreSQL max_connections {ctx.lab.psql('SHOW max_connections', database='postgres')}")
+
+
 def restart_policy(name: str) -> str:
     return subprocess.run(["docker", "inspect", "--format", "{{.HostConfig.RestartPolicy.Name}}", name],
                           capture_output=True, text=True, timeout=60).stdout.strip()
@@ -335,6 +354,7 @@ def bench_fleet(ctx: Ctx) -> dict:
     ctx.extra_containers.update(names)
     fleet = machine_fleet = None
     try:
+        pg_max_connections(ctx, FLEET_PG_CONNECTIONS)
         # Memory first: one container, measured, tells whether the biggest size fits.
         late = start_containers(ctx, range(0, 1))
         time.sleep(3)
@@ -372,14 +392,15 @@ def bench_fleet(ctx: Ctx) -> dict:
             # waited on (10 hosts: still unhealthy after 2.5 min). Both tools get CONVERGE_PARALLEL.
             cenv = {**warm[id(fleet)], "ANSIBLE_FORKS": str(CONVERGE_PARALLEL)}
             out["converge_parallel"] = CONVERGE_PARALLEL
-            for tool in ("pyinfra", "ansible"):
+            # Ansible first: the containers pyinfra then makes stay, as start_containers makes the rest.
+            for tool in ("ansible", "pyinfra"):
                 log(f"fleet: {tool} creates {converge} MLflow containers, {CONVERGE_PARALLEL} hosts at a time (timed)")
                 result = (pyinfra_run(cpinv, parallel=CONVERGE_PARALLEL) if tool == "pyinfra"
                           else ansible_run(cainv, cenv))
                 out["converge"][tool] = {k: v for k, v in result.items() if k != "tail" or result["returncode"]}
                 log(f"fleet: {tool} converge {result['wall_s']} s, changed {result['changed']}, "
                     f"rc {result['returncode']}")
-                if tool == "pyinfra":
+                if tool == "ansible":
                     ctx.remove(*names[:converge])
         log(f"fleet: starting MLflow containers {converge}..{biggest - 1} as fix_mlflow creates them")
         late += start_containers(ctx, range(converge or 1, biggest))
@@ -445,5 +466,6 @@ def bench_fleet(ctx: Ctx) -> dict:
         ctx.remove(*names)
         for control in ctx.control_dirs:
             shutil.rmtree(control, ignore_errors=True)
+        pg_max_connections(ctx, None)
     out["summary"] = summarize(out["runs"], out["variants"])
     return out
