@@ -424,6 +424,11 @@ def verdicts(results: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def converge_failed(run: dict) -> str:
+    """", N host(s) failed" for a converge run with failed hosts, else ""."""
+    return f", {run['failed']} host(s) failed" if run.get("failed") else ""
+
+
 def summary_markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"# Benchmark summary ({results['size']}, {results['finished']})", "",
@@ -450,8 +455,9 @@ def summary_markdown(results: dict) -> str:
             lines += [f"First (converging) run creating {conv['pyinfra'].get('changed')} containers, "
                       f"{fleet.get('converge_parallel', 'all')} hosts at a time (the hosts share this machine's "
                       "cores): pyinfra "
-                      f"{conv['pyinfra']['wall_s']:.1f} s (verified), Ansible {conv['ansible']['wall_s']:.1f} s "
-                      f"({conv['ansible']['changed']} changes).", ""]
+                      f"{conv['pyinfra']['wall_s']:.1f} s (verified{converge_failed(conv['pyinfra'])}), "
+                      f"Ansible {conv['ansible']['wall_s']:.1f} s ({conv['ansible']['changed']} changes"
+                      f"{converge_failed(conv['ansible'])}).", ""]
         settled = fleet.get("settle") or []
         if settled:
             lines += [f"Starting point: {len(settled)} untimed run(s) of each tool until neither changed anything "
