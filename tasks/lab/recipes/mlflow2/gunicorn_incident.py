@@ -1,6 +1,5 @@
-# Lab incident only (GUNICORN_CMD_ARGS="-c /etc/quantlab/gunicorn_incident.py"): make each worker
-# the kernel's first OOM victim, as the workers were in the incident, rather than the `mlflow
-# server` parent, which is larger at boot. Raising one's own oom_score_adj needs no privilege.
+# Lab incident only (GUNICORN_CMD_ARGS="-c /etc/quantlab/gunicorn_incident.py"): gunicorn hooks
+# that pace the replacement of killed workers and make each worker the kernel's first OOM victim.
 import time
 
 # gunicorn replaces a killed worker at once, and each new worker imports MLflow again (~2 s of
@@ -19,6 +18,8 @@ def pre_fork(server, worker):
         time.sleep(PAUSE_SECONDS)
 
 
+# The workers were the incident's OOM victims, not the `mlflow server` parent, which is larger at
+# boot. Raising one's own oom_score_adj needs no privilege.
 def post_fork(server, worker):
     with open("/proc/self/oom_score_adj", "w") as adj:
         adj.write("1000")
