@@ -2,19 +2,18 @@
 check of them: the controller killed where it was asked, the plan `--dry` prints after it."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from pathlib import Path
 
 from tasks.operations.faults import ENV, MARK
-from tests.labkit import GROUP_DATA, PYINFRA, REPO
+from tests.labkit import GROUP_DATA, pyinfra_process
 
 
 def dry(inv: Path, deploy: Path) -> subprocess.CompletedProcess:
     """`pyinfra --dry` (without -y, which would skip planning): what the plan says."""
-    return subprocess.run([str(PYINFRA), "--dry", "--group-data", str(GROUP_DATA), str(inv), str(deploy)],
-                          capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, ENV: ""})
+    return pyinfra_process("--dry", "--group-data", str(GROUP_DATA), str(inv), str(deploy), env={ENV: ""},
+                           timeout=300)
 
 
 def killed(result, step: str) -> None:

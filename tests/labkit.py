@@ -17,13 +17,14 @@ from tasks.lab.harness import (
     PyinfraRun,
     free_port_base,
     new_lab,
+    pyinfra_process,
     run_pyinfra,
     write_inventory,
 )
 
 __all__ = [
     "GROUP_DATA", "PYINFRA", "REPO", "LabHandle", "PyinfraRun", "free_port_base", "new_lab",
-    "run_pyinfra", "write_inventory",
+    "pyinfra_process", "run_pyinfra", "write_inventory",
     "LAB_GROUPS", "LATER_MODULES", "POOL", "PARTS", "MLFLOW", "ROWS", "ROLES", "SERVICES",
     "LabPool", "group_of", "lab_up", "shared_lab", "gunicorn_timeout", "mlflow_serves",
     "containers_by_name",

@@ -16,9 +16,13 @@ from typing import cast
 
 import docker
 
+from tasks.lab.prefork import Prefork
+
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
 GROUP_DATA = REPO / "inventories" / "group_data"
+# pyinfra runs forked from a warm process (tasks/lab/prefork.py): the same CLI without its imports
+PREFORK = Prefork(PYINFRA.parent / "python", REPO)
 
 
 def free_port_base(start: int, span: int = 10) -> int:
@@ -156,12 +160,30 @@ class PyinfraRun:
         return f"rc={self.returncode}\n--- stdout\n{self.stdout[-tail:]}\n--- stderr\n{self.stderr[-tail:]}"
 
 
+def pyinfra_process(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`pyinfra *args` from the checkout, stdin closed, output captured as text: forked from the warm
+    process (tasks/lab/prefork.py) unless another run of this process holds it, then a subprocess."""
+    command = [str(PYINFRA), *args]
+    environment = {**os.environ, **(env or {})}
+    proc = PREFORK.run(command, environment, REPO, timeout) if PREFORK.enabled() else None
+    if proc is None:
+        proc = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+        )
+    return proc
+
+
 def run_pyinfra(
     inventory: str | Path, deploy: str | Path, *args: str, env: dict | None = None, timeout: int = 900
 ) -> PyinfraRun:
     """`pyinfra -y --json`, as a user would run it; results parsed from the JSON on stdout."""
-    command = [
-        str(PYINFRA),
+    proc = pyinfra_process(
         "-y",
         "--json",
         "--group-data",
@@ -169,9 +191,8 @@ def run_pyinfra(
         *args,
         str(inventory),
         str(deploy),
-    ]
-    proc = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})}
+        env=env,
+        timeout=timeout,
     )
     results = None
     start = proc.stdout.find("{")

@@ -19,7 +19,7 @@ import pytest
 from tasks import settings as host_settings
 from tasks.core.cleanup_catalog import catalog_sql, dependents_of, parse_catalog
 from tasks.core.cleanup_sql import BUSY_MARK, LOCK_KEYS, Counts, delete_script, plan_deletion
-from tests.labkit import GROUP_DATA, PYINFRA, REPO, ROWS, run_pyinfra, shared_lab, write_inventory
+from tests.labkit import GROUP_DATA, REPO, ROWS, pyinfra_process, run_pyinfra, shared_lab, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -122,9 +122,8 @@ def test_dry_lists_counts_and_sample_names(lab, folder):
     before = snapshot(lab)
     matched = int(lab.psql(f"SELECT count(*) FROM users WHERE {TEST_USERS}"))
     total = int(lab.psql("SELECT count(*) FROM users"))
-    proc = subprocess.run([str(PYINFRA), "--dry", "--group-data", str(GROUP_DATA),
-                           str(inventory(folder, lab, "dry")), str(DEPLOY)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO, stdin=subprocess.DEVNULL)
+    proc = pyinfra_process("--dry", "--group-data", str(GROUP_DATA), str(inventory(folder, lab, "dry")), str(DEPLOY),
+                           timeout=300)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-2000:]
     assert f"plan: delete {matched} of {total} rows from \"public\".\"users\"" in output

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.labkit import free_port_base
+from tests.labkit import free_port_base, pyinfra_process
 
 pytestmark = pytest.mark.lab
 
@@ -105,9 +105,8 @@ class DbLab:
 
     def deploy(self, inventory="inventories/lab.py", *flags, json_output=True, check=True,
                env=None):
-        argv = [str(PYINFRA), "-y", *(["--json"] if json_output else []), *flags, inventory, DEPLOY]
-        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "QUANTLAB_PREFIX": self.prefix, **(env or {})})
+        proc = pyinfra_process("-y", *(["--json"] if json_output else []), *flags, inventory, DEPLOY,
+                               env={"QUANTLAB_PREFIX": self.prefix, **(env or {})}, timeout=300)
         if check:
             assert proc.returncode == 0, f"pyinfra failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         return proc

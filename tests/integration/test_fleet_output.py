@@ -17,11 +17,9 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
-import os
 import re
 import socket
 import stat
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ import pytest
 
 from tasks.core.recap import plain
 from tasks.lab.inventory import lab_host_data
-from tests.labkit import GROUP_DATA, PYINFRA, REPO, SERVICES, PyinfraRun, run_pyinfra, shared_lab
+from tests.labkit import GROUP_DATA, REPO, SERVICES, PyinfraRun, pyinfra_process, run_pyinfra, shared_lab
 from tests.sshd import sshd  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.lab
@@ -154,10 +152,8 @@ def diff_blocks(run) -> dict[str, list[str]]:
 def dry_diff(inventory: Path, deploy: Path) -> PyinfraRun:
     """`pyinfra --dry --diff` as an operator types it (no -y: with -y pyinfra skips change
     detection, and --diff prints nothing)."""
-    proc = subprocess.run(
-        [str(PYINFRA), "--dry", "--diff", "--group-data", str(GROUP_DATA), str(inventory), str(deploy)],
-        capture_output=True, text=True, timeout=600, cwd=REPO, env=dict(os.environ), stdin=subprocess.DEVNULL,
-    )
+    proc = pyinfra_process("--dry", "--diff", "--group-data", str(GROUP_DATA), str(inventory), str(deploy),
+                           timeout=600)
     return PyinfraRun(proc.returncode, None, proc.stdout, proc.stderr)
 
 

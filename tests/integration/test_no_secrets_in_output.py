@@ -43,7 +43,7 @@ import pytest
 
 from tasks.lab.inventory import lab_host_data
 from tests.fleet import Fleet, _keygen
-from tests.labkit import GROUP_DATA, PYINFRA, REPO, lab_up, write_inventory
+from tests.labkit import GROUP_DATA, PYINFRA, REPO, lab_up, pyinfra_process, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -97,9 +97,8 @@ class Sweep:
                    str(DEPLOYS / deploy)]
         self.reports[label] = self.folder / "reports" / f"run-{len(self.reports):02d}.json"
         began = time.monotonic()
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                              env={**os.environ, **self.env, "QUANT_REPORT": str(self.reports[label])},
-                              stdin=subprocess.DEVNULL)
+        proc = pyinfra_process(*command[1:], env={**self.env, "QUANT_REPORT": str(self.reports[label])},
+                               timeout=timeout)
         self.seconds[label] = round(time.monotonic() - began, 1)
         self.outputs[label] = f"$ {' '.join(command)}\n{proc.stdout}\n{proc.stderr}"
         self.codes[label] = proc.returncode

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,7 +12,16 @@ from pathlib import Path
 import pytest
 
 from tasks.lab.inventory import lab_host_data
-from tests.labkit import MLFLOW, PYINFRA, REPO, ROLES, SERVICES, run_pyinfra, shared_lab, write_inventory
+from tests.labkit import (
+    MLFLOW,
+    REPO,
+    ROLES,
+    SERVICES,
+    pyinfra_process,
+    run_pyinfra,
+    shared_lab,
+    write_inventory,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -84,9 +92,8 @@ def test_healthy_lab_all_pass_and_pyinfra_reports_no_change(healthy, tmp_path):
 
 def test_dry_run_runs_no_check(healthy, tmp_path):
     inventory = write_inventory(tmp_path / "inventory.py", healthy.prefix)
-    proc = subprocess.run([str(PYINFRA), "--dry", "--group-data", str(REPO / "inventories" / "group_data"),
-                           str(inventory), str(DEPLOY)], capture_output=True, text=True, cwd=REPO,
-                          timeout=300)
+    proc = pyinfra_process("--dry", "--group-data", str(REPO / "inventories" / "group_data"), str(inventory),
+                           str(DEPLOY), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "verify: CHECK" not in proc.stdout + proc.stderr
 
