@@ -143,7 +143,8 @@ def wait_health(port: int, seconds: float = 120.0, interval: float = 0.1) -> flo
 
 def run_pyinfra_timed(inventory: Path, deploy: Path, *args, env=None) -> dict:
     start = time.monotonic()
-    run = run_pyinfra(inventory, deploy, *args, env={"QUANTLAB_PREFIX": PREFIX, **(env or {})})
+    # a real `pyinfra` process each time, imports included, as a user runs it (not the tests' forked runs)
+    run = run_pyinfra(inventory, deploy, *args, env={"QUANTLAB_PREFIX": PREFIX, **(env or {})}, forked=False)
     wall = time.monotonic() - start
     return {"wall_s": round(wall, 3), "returncode": run.returncode, "changed": run.changed,
             "failed": run.errors, "tail": (run.stdout[-1500:] if run.returncode else "") + run.stderr[-800:]}

@@ -160,12 +160,16 @@ class PyinfraRun:
         return f"rc={self.returncode}\n--- stdout\n{self.stdout[-tail:]}\n--- stderr\n{self.stderr[-tail:]}"
 
 
-def pyinfra_process(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+def pyinfra_process(
+    *args: str, env: dict | None = None, inherit_env: bool = True, timeout: float = 900, forked: bool = True
+) -> subprocess.CompletedProcess:
     """`pyinfra *args` from the checkout, stdin closed, output captured as text: forked from the warm
-    process (tasks/lab/prefork.py) unless another run of this process holds it, then a subprocess."""
+    process (tasks/lab/prefork.py) unless another run of this process holds it, then a subprocess.
+    ``env`` is added to this process's environment, or is the whole of it without ``inherit_env``;
+    ``forked=False``: always a subprocess (a timed run must pay the imports a user waits for)."""
     command = [str(PYINFRA), *args]
-    environment = {**os.environ, **(env or {})}
-    proc = PREFORK.run(command, environment, REPO, timeout) if PREFORK.enabled() else None
+    environment = {**os.environ, **(env or {})} if inherit_env else dict(env or {})
+    proc = PREFORK.run(command, environment, REPO, timeout) if forked and PREFORK.enabled() else None
     if proc is None:
         proc = subprocess.run(
             command,
@@ -180,7 +184,12 @@ def pyinfra_process(*args: str, env: dict | None = None, timeout: float = 900) -
 
 
 def run_pyinfra(
-    inventory: str | Path, deploy: str | Path, *args: str, env: dict | None = None, timeout: int = 900
+    inventory: str | Path,
+    deploy: str | Path,
+    *args: str,
+    env: dict | None = None,
+    timeout: int = 900,
+    forked: bool = True,
 ) -> PyinfraRun:
     """`pyinfra -y --json`, as a user would run it; results parsed from the JSON on stdout."""
     proc = pyinfra_process(
@@ -193,6 +202,7 @@ def run_pyinfra(
         str(deploy),
         env=env,
         timeout=timeout,
+        forked=forked,
     )
     results = None
     start = proc.stdout.find("{")

@@ -139,6 +139,9 @@ class SSHPool:
 class Stream(threading.Thread):
     """One command's lines on one host, reopened with backoff until stopped."""
 
+    REOPEN_DELAY = 1.0  # seconds before the first reopen; doubled on each quick failure...
+    REOPEN_DELAY_MAX = 30.0  # ...up to this; back to the first after a stream that lasted a minute
+
     def __init__(
         self,
         host: WatchHost,
@@ -173,7 +176,7 @@ class Stream(threading.Thread):
             chan.close()
 
     def run(self) -> None:
-        delay = 1.0
+        delay = self.REOPEN_DELAY
         while not self._halt.is_set():
             began = time.monotonic()
             try:
@@ -184,7 +187,9 @@ class Stream(threading.Thread):
                 reason = f"stream failed: {type(exc).__name__}: {str(exc)[:200]}"
             if self._halt.is_set():
                 break
-            delay = 1.0 if time.monotonic() - began > 60 else min(delay * 2, 30.0)
+            delay = (
+                self.REOPEN_DELAY if time.monotonic() - began > 60 else min(delay * 2, self.REOPEN_DELAY_MAX)
+            )
             self.emit(
                 self.host.name, "status", self.container, f"{self.kind} {reason}; reopening in {delay:.0f}s"
             )

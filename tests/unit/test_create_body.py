@@ -373,7 +373,8 @@ class UnixHTTPServer(HTTPServer):
 def engine_socket(tmp_path):
     path = str(tmp_path / "engine.sock")
     server = UnixHTTPServer(path, FakeEngine)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # polls every 0.05 s (not 0.5): shutdown() at teardown waits for the next poll
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     FakeEngine.received = []
     yield path

@@ -101,7 +101,9 @@ def job(tmp_path):
     fake = tmp_path / "pyinfra"
     fake.write_text('#!/bin/sh\necho "argv: $*"\necho "prefix=${QUANTLAB_PREFIX:-} '
                     'tty=$(tty 2>/dev/null) path=$PATH"\n'
-                    'if [ -f "$FAKE_DIR/sleep" ]; then sleep 3; fi\n'
+                    # "sleep": hold the run (and its lock) until the test writes "release" (at most 30 s)
+                    'if [ -f "$FAKE_DIR/sleep" ]; then i=0; while [ ! -f "$FAKE_DIR/release" ] '
+                    '&& [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; fi\n'
                     'if [ -f "$FAKE_DIR/busy" ]; then echo "ERROR: cleanup-lock-busy: x"; exit 1; fi\n'
                     'exit $(cat "$FAKE_DIR/rc" 2>/dev/null || echo 0)\n')
     fake.chmod(0o755)
@@ -188,6 +190,7 @@ def test_overlapping_runs_skip_with_75(job):
             break
         time.sleep(0.1)
     rc, output = job()
+    (job.dir / "release").write_text("")
     assert rc == 75
     assert first.wait(timeout=30) == 0
     log = job.log.read_text()

@@ -5,8 +5,6 @@ stops before it plans a single operation (the end of the file: pyinfra --dry on 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import typing
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tasks import settings
+from tasks.lab.harness import pyinfra_process
 from tasks.settings import SettingsError
 from tasks.settings.base import MAX_TEXT
 
@@ -515,11 +514,7 @@ DEPLOYS = [
 def test_a_deploy_given_a_bad_value_stops_before_any_operation(deploy, data, line, tmp_path):
     inventory = _inventory(tmp_path, data)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QUANT", "PYINFRA"))}
-    pyinfra = Path(sys.executable).with_name("pyinfra")
-    result = subprocess.run(
-        [str(pyinfra), "--dry", str(inventory), f"deploys/{deploy}.py"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
-    )
+    result = pyinfra_process("--dry", str(inventory), f"deploys/{deploy}.py", env=env, inherit_env=False, timeout=300)
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
     assert f"host '@local': {line}" in out, out

@@ -10,12 +10,20 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tasks.core.watch import Decision, Settings
 from tasks.watch.hosts import WatchHost, load_hosts
 from tasks.watch.program import Program, remediation_command, remediation_env
 from tasks.watch.streams import NOW, Stream, event_mark, events_command, log_mark, logs_command
 
 SIGKILL = "2026-12-02T04:00:00.1Z [ERROR] Worker (pid:{}) was sent SIGKILL! Perhaps out of memory?"
+
+
+@pytest.fixture(autouse=True)
+def quick_reopen(monkeypatch):
+    """Streams here reopen after 0.1 s, 0.2 s, ... instead of 1 s, 2 s, ...: the same backoff, faster."""
+    monkeypatch.setattr(Stream, "REOPEN_DELAY", 0.1)
 
 
 def test_commands_follow_the_catalogs_containers_and_limit_the_deploy_to_the_host():
