@@ -124,6 +124,7 @@ class Prefork:
         self.proc: subprocess.Popen | None = None
         self.log: Path | None = None
         self.pending = b""
+        self.registered = False
 
     @staticmethod
     def enabled() -> bool:
@@ -142,7 +143,9 @@ class Prefork:
             )
             os.close(fd)
             self.pending = b""
-            atexit.register(self.close)
+            if not self.registered:
+                atexit.register(self.close)
+                self.registered = True
         return self.proc
 
     def close(self) -> None:
@@ -178,6 +181,7 @@ class Prefork:
         """`subprocess.run(argv, capture_output=True, text=True, ...)`, forked; None when busy."""
         if not self.lock.acquire(blocking=False):
             return None
+        pid, answered = None, False
         try:
             proc = self._start()
             assert proc.stdin is not None
@@ -191,18 +195,39 @@ class Prefork:
                 started = self._answer(time.monotonic() + 60)
                 if started is None:
                     raise RuntimeError("the warm pyinfra process did not fork within 60 s")
+                pid = started["pid"]
                 done = self._answer(time.monotonic() + timeout)
                 if done is None:
-                    os.kill(started["pid"], signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                     self._answer(None)
+                    answered = True
                     raise subprocess.TimeoutExpired(
                         argv, timeout, out.read_text(errors="replace"), err.read_text(errors="replace")
                     )
+                answered = True
                 return subprocess.CompletedProcess(
                     argv, done["returncode"], out.read_text(errors="replace"), err.read_text(errors="replace")
                 )
         finally:
+            if not answered:
+                self._abandon(pid)
             self.lock.release()
+
+    def _abandon(self, pid: int | None) -> None:
+        """A run left before its last answer (an error, a test's timeout, ^C): its answers would
+        come out of step with the next request's, so the run and the warm process both go (as
+        `subprocess.run` kills its child); the next run starts a new warm process."""
+        for target in (pid, self.proc.pid if self.proc is not None else None):
+            if target is not None:
+                try:
+                    os.kill(target, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self.proc is not None:
+            self.proc.wait()
+            self.proc = None
+        if self.log is not None:
+            self.log.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

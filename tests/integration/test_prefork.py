@@ -96,3 +96,24 @@ def test_a_second_caller_meanwhile_is_told_to_run_its_own(setup):
     finally:
         slow.join()
     assert results["slow"] is not None and results["slow"].returncode == 0
+
+
+def test_a_run_left_before_its_answer_does_not_put_the_next_one_out_of_step(setup, monkeypatch):
+    folder, prefork = setup
+    answer = prefork._answer
+    calls = []
+
+    def interrupted(deadline):
+        calls.append(deadline)
+        if len(calls) == 2:  # the run's own answer: as if pytest-timeout or ^C fired while waiting
+            raise KeyboardInterrupt
+        return answer(deadline)
+
+    monkeypatch.setattr(prefork, "_answer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prefork.run(_argv(folder), _env(folder, "left", PREFORK_SLEEP="30"), REPO, timeout=120)
+    assert prefork.proc is None  # the warm process went with the run
+    monkeypatch.setattr(prefork, "_answer", answer)
+    after = prefork.run(_argv(folder), _env(folder, "after"), REPO, timeout=120)
+    assert after is not None and after.returncode == 0, after.stderr
+    assert _totals(after.stdout)["success"] == 2  # its own answers, not the left run's
