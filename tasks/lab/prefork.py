@@ -87,6 +87,8 @@ def _child(request: dict, channel: int) -> None:
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
+    except BaseException:
+        traceback.print_exc()  # setting the run up failed: said on its stderr (else the warm process's log)
     finally:
         os._exit(code)
 
