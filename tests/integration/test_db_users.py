@@ -22,7 +22,6 @@ from tests.labkit import free_port_base, pyinfra_process
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
-PYINFRA = REPO / ".venv" / "bin" / "pyinfra"
 LAB = REPO / "scripts" / "lab"
 DEPLOY = "deploys/db_users.py"
 

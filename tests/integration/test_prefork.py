@@ -4,17 +4,16 @@ honoured, a timeout killing the run, a second caller told to run its own subproc
 from __future__ import annotations
 
 import json
+import os
 import subprocess
-import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from tasks.lab.harness import PYINFRA, REPO
 from tasks.lab.prefork import Prefork
-
-REPO = Path(__file__).resolve().parents[2]
-PYINFRA = Path(sys.executable).parent / "pyinfra"
 
 DEPLOY = """\
 import atexit, os
@@ -40,8 +39,6 @@ def _argv(folder: Path) -> list[str]:
 
 
 def _env(folder: Path, name: str, **extra: str) -> dict[str, str]:
-    import os
-
     return {**os.environ, "PREFORK_MARK": name, "PREFORK_FILE": str(folder / name), **extra}
 
 
@@ -91,7 +88,7 @@ def test_a_second_caller_meanwhile_is_told_to_run_its_own(setup):
         for _ in range(100):
             if prefork.lock.locked():
                 break
-            threading.Event().wait(0.05)
+            time.sleep(0.05)
         assert prefork.run(_argv(folder), _env(folder, "busy"), REPO, timeout=120) is None
     finally:
         slow.join()
