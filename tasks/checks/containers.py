@@ -80,9 +80,7 @@ def cgroup_memory(text: str) -> tuple[int, int | None] | None:
     if limit_text != "max" and not limit_text.isdigit():
         return None
     inactive = int(lines[4]) if len(lines) >= 5 and lines[4].isdigit() else 0
-    return max(0, usage - inactive if inactive < usage else usage), (
-        None if limit_text == "max" else int(limit_text)
-    )
+    return usage - inactive if inactive < usage else usage, (None if limit_text == "max" else int(limit_text))
 
 
 def healthcheck_shell(data: dict) -> bool:
@@ -239,10 +237,7 @@ def _memory(session: Session, name: str, warn_percent: float, fail_percent: floa
             # Only a cgroup whose limit is the container's own is its own (a host's cgroup
             # namespace shows a parent's files): otherwise ask the engine.
             if read is not None and read[1] == limit:
-                verdict, text = memory_verdict(read[0], limit, warn_percent, fail_percent)
-                if verdict == "fail":
-                    raise Broken(text)
-                return Warned(text) if verdict == "warn" else text
+                return _judged(read[0], limit)
         ok, out = session.sh(f"docker stats --no-stream --format '{{{{.MemUsage}}}}' {shlex.quote(name)}")
         if not ok:
             raise NotYet(f"docker stats failed: {out.strip()[-160:] or 'timed out'}")
@@ -255,6 +250,9 @@ def _memory(session: Session, name: str, warn_percent: float, fail_percent: floa
             # A running container always has a limit (the machine's memory if none is set): 0B / 0B
             # means the engine could not read its cgroup, not that it uses nothing.
             raise NotYet("docker stats reads 0B / 0B: the engine cannot read this container's cgroup")
+        return _judged(usage, limit)
+
+    def _judged(usage: int, limit: int):
         verdict, text = memory_verdict(usage, limit, warn_percent, fail_percent)
         if verdict == "fail":
             raise Broken(text)

@@ -526,6 +526,33 @@ def test_memory_falls_back_to_docker_stats_when_the_cgroup_is_not_the_containers
     assert any("docker stats" in c for c in fake.commands)
 
 
+class FullHost(FakeHost):
+    """Its container uses ``mib`` of its 1 GiB limit, by the cgroup and by `docker stats`."""
+
+    def __init__(self, mib, broken=()):
+        super().__init__(broken)
+        self.mib = mib
+
+    def run(self, command: str, timeout: int):
+        if "memory.current" in command and "cgroup" not in self.broken:
+            self.commands.append(command)
+            return True, f"v2\n{self.mib << 20}\n{1 << 30}\ninactive_file 0\n"
+        if "docker stats" in command:
+            self.commands.append(command)
+            return True, f"{self.mib}MiB / 1GiB\n"
+        return super().run(command, timeout)
+
+
+@pytest.mark.parametrize("broken", [(), ("cgroup",)], ids=["cgroup", "docker-stats"])
+@pytest.mark.parametrize("mib, status, evidence", [
+    (900, "warn", "900 MiB of 1024 MiB (88%): above the 85% warning level"),
+    (1000, "fail", "1000 MiB of 1024 MiB (98%): at or above 95% of the limit"),
+])
+def test_memory_near_the_limit_warns_then_fails_whichever_source_read_it(broken, mib, status, evidence):
+    memory = _memory_check(FullHost(mib, broken))
+    assert (memory.status, memory.evidence) == (status, evidence)
+
+
 class StartingHost(FakeHost):
     """A container just started: Docker's first health probe has not run yet. ``answers``:
     what running its healthcheck command now gives, in turn."""
