@@ -43,7 +43,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from tasks.lab.cgroups import mount_missing_controllers
+from tasks.lab.cgroups import mount_missing_controllers, remove_container_cgroups
 from tasks.lab.harness import REPO
 from tasks.lab.images import ensure_images, image_refs
 from tasks.lab.layout import ARTIFACT_BUCKET, S3_ACCESS_KEY
@@ -216,11 +216,13 @@ class Machines:
         return wanted
 
     def remove(self) -> list[str]:
-        removed = []
+        removed, inner = [], []
         for container in self.client.containers.list(
                 all=True, filters={"label": [f"quantlab.prefix={self.prefix}", f"quantlab.service={SERVICE}"]}):
+            inner += _inner_container_ids(container)
             container.remove(force=True, v=True)
             removed.append(container.name)
+        remove_container_cgroups(inner)  # the host's dockerd died with it, leaving them behind
         for volume in self.client.volumes.list(filters={"label": f"quantlab.prefix={self.prefix}"}):
             volume.remove(force=True)
             removed.append(volume.name)
@@ -231,6 +233,17 @@ class Machines:
         hosts = [(host.name, host_data[host.name]) for host in self.hosts if host.name in host_data]
         path.write_text(f"hosts = {hosts!r}\n")
         return path
+
+
+def _inner_container_ids(container) -> list[str]:
+    """The full ids of the containers a running host's own engine has (none when it cannot say)."""
+    if container.status != "running":
+        return []
+    try:
+        code, out = container.exec_run(["timeout", "20", "docker", "ps", "-aq", "--no-trunc"])
+    except docker.errors.DockerException:
+        return []
+    return out.decode(errors="replace").split() if code == 0 else []
 
 
 class MachineStack(Stack):

@@ -9,12 +9,18 @@ reads `0B / 0B` and OOM events are lost, for every container, until the machine 
 here on 2026-12-02). Mounted here first, systemd finds them mounted and uses them.
 
 Nothing to do on cgroup v2 (one hierarchy) or when every enabled controller is mounted already.
+
+Such a host's own dockerd makes its containers' cgroups in those shared hierarchies
+(`<controller>/docker/<id>`) and dies with the host before removing them: removing a host removes
+them after it (:func:`remove_container_cgroups`), else they pile up, empty, across runs.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -106,3 +112,35 @@ def _read_only_flags(path: Path) -> tuple[bool, bool]:
             super_options = supers[2].split(",") if len(supers) > 2 else []
             return "ro" in fields[5].split(","), "ro" in super_options
     return False, False
+
+
+def remove_container_cgroups(ids: Iterable[str], root: Path = CGROUP_ROOT, wait: float = 3.0) -> int:
+    """Remove ``<controller>/docker/<id>`` under ``root`` for each container id given, once empty
+    (rmdir fails on a cgroup with a process or a child: a live container's stays). Its processes
+    may still be exiting: tried again for up to ``wait`` seconds. Returns how many were removed."""
+    ids = [i for i in ids if i and "/" not in i and i not in (".", "..")]
+    if not ids or not root.is_dir():
+        return 0
+    left = [
+        folder / "docker" / i
+        for folder in root.iterdir()
+        if folder.is_dir() and not folder.is_symlink()
+        for i in ids
+        if (folder / "docker" / i).is_dir()
+    ]
+    removed, deadline = 0, time.monotonic() + wait
+    while left:
+        busy = []
+        for path in left:
+            try:
+                path.rmdir()
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError:
+                busy.append(path)
+        if not busy or time.monotonic() >= deadline:
+            break
+        left = busy
+        time.sleep(0.2)
+    return removed

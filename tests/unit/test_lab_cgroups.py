@@ -1,6 +1,7 @@
-"""Which cgroup v1 controllers the lab mounts before a machine-like host starts (tasks/lab/cgroups.py),
-read from /proc/cgroups and mountinfo texts as this machine had them."""
-from tasks.lab.cgroups import missing_mounts, mounted_controllers
+"""Which cgroup v1 controllers the lab mounts before a machine-like host starts, read from
+/proc/cgroups and mountinfo texts as this machine had them, and which cgroups it removes after one
+(tasks/lab/cgroups.py)."""
+from tasks.lab.cgroups import missing_mounts, mounted_controllers, remove_container_cgroups
 
 PROC_FRESH = """#subsys_name	hierarchy	num_cgroups	enabled
 cpuset	3	19	1
@@ -51,3 +52,19 @@ def test_nothing_to_mount_when_every_enabled_controller_is_mounted():
         f"4{i} 31 0:4{i} / /sys/fs/cgroup/{name} rw,relatime - cgroup cgroup rw,{name}\n"
         for i, name in enumerate(("net_cls,net_prio", "hugetlb", "perf_event")))
     assert missing_mounts(PROC_FRESH, mounted) == []
+
+
+def test_a_removed_hosts_container_cgroups_go_once_empty_and_nothing_else(tmp_path):
+    gone, busy, other = "a" * 64, "b" * 64, "c" * 64
+    for controller in ("memory", "pids", "cpu,cpuacct"):
+        for cid in (gone, busy, other):
+            (tmp_path / controller / "docker" / cid).mkdir(parents=True)
+    (tmp_path / "cpu").symlink_to(tmp_path / "cpu,cpuacct")
+    # A cgroup with a child (or a process) cannot be removed: rmdir fails, as a live one's would.
+    (tmp_path / "memory" / "docker" / busy / "child").mkdir()
+    removed = remove_container_cgroups([gone, busy, "", ".."], root=tmp_path, wait=0.3)
+    assert removed == 5  # gone in 3 controllers, busy in the 2 where it is empty
+    assert not any((tmp_path / c / "docker" / gone).exists() for c in ("memory", "pids", "cpu,cpuacct"))
+    assert (tmp_path / "memory" / "docker" / busy / "child").is_dir()
+    assert all((tmp_path / c / "docker" / other).is_dir() for c in ("memory", "pids", "cpu,cpuacct"))
+    assert (tmp_path / "memory" / "docker").is_dir()
