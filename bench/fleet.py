@@ -40,10 +40,11 @@ from pathlib import Path
 from cgroup import container_cgroup, memory_mib
 from common import ANSIBLE_VENV, BENCH, FIX_MLFLOW, PREFIX, Ctx, health_ok, log
 from fleet_stats import TOOLS, ansible_phases, pyinfra_phases, summarize
-from sshd_fleet import start_fleet, stock_shell_rc
+from sshd_fleet import start_fleet
 
 from tasks.core.sizes import docker_size
 from tasks.lab.harness import GROUP_DATA, PYINFRA, REPO, PyinfraRun, free_port_base
+from tasks.lab.sshd import stock_shell_rc
 
 MACHINE_SHELL = "machine-shell"
 FLEET_SETTINGS = {"compose_file": None, "workers": 1}

@@ -7,12 +7,9 @@ and manages its own, uniquely named MLflow container. Built from tasks/lab/sshd.
 keys, stop), with two differences: several servers, and `LogLevel DEBUG1`, so the log records every
 channel request (`exec` = one remote command, `subsystem` = one sftp session) for counting round trips.
 
-Every remote command runs through the login user's shell, and Debian's bash reads `~/.bashrc`
-for commands sent over SSH. On the project's machines root's `~/.bashrc` runs `pyenv init`
-(about 0.1 s of CPU per command, and concurrent shells queue on pyenv's rehash lock), which a
-managed host would not do. `start_fleet(..., shell_rc=stock_shell_rc())` gives the fleet's
-sshds a private mount namespace in which the user's `~/.bashrc` is Debian's stock one; nothing
-outside those sshd processes sees the difference.
+`start_fleet(..., shell_rc=stock_shell_rc())` gives the fleet's sshds a private mount namespace in
+which the user's `~/.bashrc` is Debian's stock one, as tasks/lab/sshd.py says why; without it they
+run with this machine's own.
 """
 from __future__ import annotations
 
@@ -28,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tasks.lab.sshd import HOST, SSHD, free_port, keygen, sshd_config, stop_sshd  # noqa: E402
+from tasks.lab.sshd import (  # noqa: E402
+    HOST,
+    free_port,
+    keygen,
+    sshd_argv,
+    sshd_config,
+    stop_sshd,
+)
 
 # sshd 9.x at DEBUG1: "debug1: server_input_channel_req: channel 0 request exec reply 1"
 CHANNEL_REQUEST = re.compile(r"server_input_channel_req: channel \d+ request (exec|subsystem|shell)\b")
@@ -96,25 +100,6 @@ def _wait_banner(port: int, process: subprocess.Popen, log: Path, seconds: float
     raise RuntimeError(f"sshd on port {port} did not answer")
 
 
-def stock_shell_rc() -> Path | None:
-    """Debian's stock ~/.bashrc for root (base-files), else the one new users get."""
-    for candidate in (Path("/usr/share/base-files/dot.bashrc"), Path("/etc/skel/.bashrc")):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _sshd_argv(config: Path, shell_rc: Path | None, home: Path) -> list[str]:
-    sshd = [str(SSHD), "-D", "-e", "-f", str(config)]
-    user_rc = home / ".bashrc"
-    if shell_rc is None or not user_rc.exists():
-        return sshd
-    # A private mount namespace: the bind mount is seen by this sshd and its sessions only.
-    script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-            str(shell_rc), str(user_rc), *sshd]
-
-
 def start_fleet(folder: Path, count: int, shell_rc: Path | None = None) -> Fleet:
     """`count` sshds; with `shell_rc` (root only) the user's ~/.bashrc is that file in their sessions."""
     if shell_rc is not None and (os.geteuid() != 0 or not shutil.which("unshare")):
@@ -138,7 +123,7 @@ def start_fleet(folder: Path, count: int, shell_rc: Path | None = None) -> Fleet
                                           log_level="DEBUG1", max_sessions=100))
             log = folder / f"sshd{index}.log"
             with log.open("wb") as out:
-                process = subprocess.Popen(_sshd_argv(config, shell_rc, Path(account.pw_dir)),
+                process = subprocess.Popen(sshd_argv(config, shell_rc, Path(account.pw_dir)),
                                            stdin=subprocess.DEVNULL,
                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             servers.append(Server(index, port, log, process))

@@ -21,14 +21,16 @@ from tasks.lab.sshd import (
     _wait_ready,
     free_port,
     keygen,
+    sshd_argv,
     sshd_config,
     start_sshd,
+    stock_shell_rc,
     stop_sshd,
 )
 
 __all__ = [
     "HOST", "PRIVSEP_DIR", "SSH_KEYGEN", "SSHD", "SSHD_MISSING", "SshServer", "_wait_ready", "free_port",
-    "keygen", "sshd_config", "start_sshd", "stop_sshd", "sshd",
+    "keygen", "sshd_argv", "sshd_config", "start_sshd", "stock_shell_rc", "stop_sshd", "sshd",
 ]
 
 

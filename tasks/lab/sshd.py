@@ -15,6 +15,12 @@ uploads, a login shell with sshd's environment instead of pytest's) differs from
 Works unprivileged for the current user, and as root on a fresh Debian 12 with `openssh-server`
 installed (it creates `/run/sshd`, the privilege separation directory sshd insists on, if missing).
 
+Every remote command runs through the login user's shell, and Debian's bash reads `~/.bashrc` for
+commands sent over SSH. This machine's root `~/.bashrc` runs `pyenv init` (about 0.1 s of CPU per
+command, and concurrent shells queue on pyenv's rehash lock), which a managed host would not do. So,
+as root with util-linux's `unshare`, sshd runs in a private mount namespace in which `~/.bashrc` is
+Debian's stock one (:func:`stock_shell_rc`); nothing outside that sshd and its sessions sees it.
+
 The pytest fixture is `sshd` in tests/sshd.py; bench/sshd_fleet.py starts several from these pieces.
 """
 
@@ -202,15 +208,40 @@ def stop_sshd(process: subprocess.Popen) -> None:
         pass
 
 
-def start_sshd(folder: Path) -> SshServer:
-    """Start sshd in the foreground (-D, logging to stderr with -e, captured in `folder/sshd.log`)."""
+def stock_shell_rc() -> Path | None:
+    """Debian's stock ~/.bashrc for root (base-files), else the one new users get."""
+    for candidate in (Path("/usr/share/base-files/dot.bashrc"), Path("/etc/skel/.bashrc")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def sshd_argv(config: Path, shell_rc: Path | None, home: Path) -> list[str]:
+    """sshd in the foreground with ``config``; with ``shell_rc`` (root and `unshare` only), in a
+    private mount namespace where ``home``/.bashrc is that file."""
+    sshd = [str(SSHD), "-D", "-e", "-f", str(config)]
+    user_rc = home / ".bashrc"
+    if shell_rc is None or not user_rc.exists() or os.geteuid() != 0 or not shutil.which("unshare"):
+        return sshd
+    # The bind mount is seen by this sshd and its sessions only; `exec` keeps sshd's pid the one
+    # Popen returned (stop_sshd signals it).
+    script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+            str(shell_rc), str(user_rc), *sshd]  # fmt: skip
+
+
+def start_sshd(folder: Path, shell_rc: Path | None = None) -> SshServer:
+    """Start sshd in the foreground (-D, logging to stderr with -e, captured in `folder/sshd.log`),
+    its sessions with ``shell_rc`` as the user's ~/.bashrc (default: :func:`stock_shell_rc`)."""
     if not SSHD.exists():
         raise FileNotFoundError(SSHD_MISSING)
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     if os.geteuid() == 0 and not PRIVSEP_DIR.is_dir():
         PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
-    user = pwd.getpwuid(os.geteuid()).pw_name
+    account = pwd.getpwuid(os.geteuid())
+    user = account.pw_name
+    shell_rc = shell_rc or stock_shell_rc()
 
     keygen(folder / "ssh_host_ed25519_key", "quantlab-test-host")
     keygen(folder / "client_ed25519", "quantlab-test-client")
@@ -233,9 +264,9 @@ def start_sshd(folder: Path) -> SshServer:
         known_hosts.write_text(f"[{HOST}]:{port} {host_pub[0]} {host_pub[1]}\n")
         log = folder / "sshd.log"
         with log.open("wb") as log_file:
-            # sshd re-execs itself and requires an absolute path.
+            # sshd re-execs itself and requires an absolute path (sshd_argv gives it).
             process = subprocess.Popen(
-                [str(SSHD), "-D", "-e", "-f", str(config)],
+                sshd_argv(config, shell_rc, Path(account.pw_dir)),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

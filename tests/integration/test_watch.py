@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -24,7 +25,7 @@ import pytest
 import yaml
 
 from tests.labkit import GROUP_DATA, REPO, lab_up, write_inventory
-from tests.sshd import SSHD, SSHD_MISSING, _wait_ready, start_sshd, stop_sshd
+from tests.sshd import SSHD, SSHD_MISSING, _wait_ready, sshd_argv, start_sshd, stock_shell_rc, stop_sshd
 
 pytestmark = pytest.mark.lab
 
@@ -380,8 +381,8 @@ def restart(server) -> None:
     """The same sshd again: same port, host key and config."""
     with server.log.open("ab") as log:
         server.process = subprocess.Popen(
-            [str(SSHD), "-D", "-e", "-f", str(server.folder / "sshd_config")], stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            sshd_argv(server.folder / "sshd_config", stock_shell_rc(), Path(pwd.getpwnam(server.user).pw_dir)),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _wait_ready(server)
 
 
@@ -445,7 +446,14 @@ def test_one_hosts_sshd_stopped_the_others_still_healed_it_reconnects_with_backo
               f"backend_reload {ended(backend) - watchfiles_at:.1f}s")
         assert backend_db(lab) == 200 and "quant_user" in roles(lab)
 
-        # ssh-c comes back: its streams reconnect (they kept trying, each waiting longer)
+        def waits() -> list[int]:
+            return [int(line.rsplit("reopening in ", 1)[1].rstrip("s"))
+                    for line in watch.text().splitlines()
+                    if line.startswith(f"[ssh-c] {lab.prefix}-mlflow: log stream failed")]
+
+        # ssh-c's streams kept trying, each waiting longer (the heals may have been quicker than that)
+        watch.wait_for(lambda: len(waits()) >= 3 and waits()[-1] >= 8, 120, "ssh-c's stream to back off to 8 s")
+        # ssh-c comes back: its streams reconnect
         restart(c)
         watch.wait_for(lambda: any(r.get("host") == "ssh-c" and r["result"] == "reconnected"
                                    for r in watch.records()), 60, "ssh-c to reconnect")
@@ -454,10 +462,7 @@ def test_one_hosts_sshd_stopped_the_others_still_healed_it_reconnects_with_backo
         assert down["kind"] == up["kind"] == "connection" and "Unable to connect to port" in down["evidence"]
         # in order, and the time away recorded (a number; no time bound: these machines are noisy)
         assert cut_at <= ended(down) <= ended(up) and isinstance(up["duration"], (int, float)), (down, up)
-        waits = [int(line.rsplit("reopening in ", 1)[1].rstrip("s"))
-                 for line in watch.text().splitlines()
-                 if line.startswith(f"[ssh-c] {lab.prefix}-mlflow: log stream failed")]
-        assert len(waits) >= 3 and waits == sorted(waits) and waits[-1] >= 8, waits  # backoff
+        assert waits() == sorted(waits()), waits()  # backoff
         assert "[ssh-c] " in watch.text() and "-> reconnected in" in watch.text()
         assert not [r for r in watch.records() if r.get("host") == "ssh-c" and r.get("kind") == "action"]
         assert len([r for r in watch.records() if r.get("kind") == "action"]) == 2
