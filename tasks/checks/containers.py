@@ -57,22 +57,31 @@ def oom_kills(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-# The container's own memory cgroup, read from inside it (one exec, ~0.2 s, where `docker stats`
-# takes 1.5-2.5 s: it waits for two samples). Prints nothing where neither cgroup layout is there.
+# The memory cgroup of the exec'd process, which is the container's, read from inside it (one
+# exec, ~0.2 s, where `docker stats` takes 1.5-2.5 s: it waits for two samples). Where the mount
+# shows a parent's hierarchy (the host's cgroup namespace), /proc/self/cgroup's path under it is the
+# container's folder. Prints nothing where neither cgroup layout is there.
 CGROUP_MEMORY_COMMAND = (
     "d=/sys/fs/cgroup; "
+    "if [ -r $d/cgroup.controllers ]; then "
+    "p=$(sed -n 's/^0::\\(.*\\)$/\\1/p' /proc/self/cgroup); "
+    'if [ -r "$d$p/memory.current" ]; then d="$d$p"; fi; '
     "if [ -r $d/memory.current ] && [ -r $d/memory.max ]; then "
-    "echo v2; cat $d/memory.current $d/memory.max; grep '^inactive_file ' $d/memory.stat; "
+    "echo v2; cat $d/memory.current $d/memory.max; grep '^inactive_file ' $d/memory.stat; fi; "
     "elif [ -r $d/memory/memory.usage_in_bytes ]; then "
-    "echo v1; cat $d/memory/memory.usage_in_bytes $d/memory/memory.limit_in_bytes; "
-    "grep '^total_inactive_file ' $d/memory/memory.stat; fi"
+    "p=$(sed -n 's/^[0-9]*:[^:]*memory[^:]*:\\(.*\\)$/\\1/p' /proc/self/cgroup); m=$d/memory; "
+    'if [ -r "$m$p/memory.usage_in_bytes" ]; then m="$m$p"; fi; '
+    "echo v1; cat $m/memory.usage_in_bytes $m/memory.limit_in_bytes; "
+    "grep '^total_inactive_file ' $m/memory.stat; fi"
 )
+# cgroup v1 shows "no limit" as the largest page count in bytes (9223372036854771712 here).
+V1_NO_LIMIT = 1 << 62
 
 
 def cgroup_memory(text: str) -> tuple[int, int | None] | None:
     """(usage, limit) in bytes from :data:`CGROUP_MEMORY_COMMAND`'s output, usage less the
-    inactive file cache as `docker stats` counts it; limit None when the cgroup has none ("max");
-    None when the output is not that."""
+    inactive file cache as `docker stats` counts it; limit None when the cgroup has none ("max",
+    or v1's largest value); None when the output is not that."""
     lines = text.split()
     if len(lines) < 3 or lines[0] not in ("v1", "v2") or not lines[1].isdigit():
         return None
@@ -80,7 +89,8 @@ def cgroup_memory(text: str) -> tuple[int, int | None] | None:
     if limit_text != "max" and not limit_text.isdigit():
         return None
     inactive = int(lines[4]) if len(lines) >= 5 and lines[4].isdigit() else 0
-    return usage - inactive if inactive < usage else usage, (None if limit_text == "max" else int(limit_text))
+    limit = None if limit_text == "max" or int(limit_text) >= V1_NO_LIMIT else int(limit_text)
+    return usage - inactive if inactive < usage else usage, limit
 
 
 def healthcheck_shell(data: dict) -> bool:
@@ -229,15 +239,12 @@ def _not_oom(session: Session, name: str):
 def _memory(session: Session, name: str, warn_percent: float, fail_percent: float):
     def probe():
         limit = int(inspect(session, name).get("HostConfig", {}).get("Memory") or 0)
-        if limit:
-            ok, out = session.sh(
-                f"docker exec {shlex.quote(name)} sh -c {shlex.quote(CGROUP_MEMORY_COMMAND)}"
-            )
-            read = cgroup_memory(out) if ok else None
-            # Only a cgroup whose limit is the container's own is its own (a host's cgroup
-            # namespace shows a parent's files): otherwise ask the engine.
-            if read is not None and read[1] == limit:
-                return _judged(read[0], limit)
+        ok, out = session.sh(f"docker exec {shlex.quote(name)} sh -c {shlex.quote(CGROUP_MEMORY_COMMAND)}")
+        read = cgroup_memory(out) if ok else None
+        # A cgroup whose limit is not the container's (none when it has none) is not its own:
+        # then ask the engine.
+        if read is not None and read[1] == (limit or None):
+            return _judged(read[0], limit)
         ok, out = session.sh(f"docker stats --no-stream --format '{{{{.MemUsage}}}}' {shlex.quote(name)}")
         if not ok:
             raise NotYet(f"docker stats failed: {out.strip()[-160:] or 'timed out'}")

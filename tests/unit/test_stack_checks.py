@@ -178,6 +178,8 @@ def test_cgroup_memory_counts_as_docker_stats_does():
     # v1: usage_in_bytes less total_inactive_file; no stat line: nothing subtracted
     assert cgroup_memory(f"v1\n{300 * mib}\n{512 * mib}\ntotal_inactive_file {100 * mib}\n") == (200 * mib, 512 * mib)
     assert cgroup_memory(f"v2\n{300 * mib}\n{512 * mib}\n") == (300 * mib, 512 * mib)
+    # v1 shows no limit as its largest value
+    assert cgroup_memory(f"v1\n{300 * mib}\n9223372036854771712\ntotal_inactive_file 0\n") == (300 * mib, None)
     # neither layout (the command printed nothing), or an error text: not a reading
     for text in ("", "OCI runtime exec failed: exec: \"sh\": not found", "v2\nmax\nmax\n"):
         assert cgroup_memory(text) is None
@@ -551,6 +553,40 @@ class FullHost(FakeHost):
 def test_memory_near_the_limit_warns_then_fails_whichever_source_read_it(broken, mib, status, evidence):
     memory = _memory_check(FullHost(mib, broken))
     assert (memory.status, memory.evidence) == (status, evidence)
+
+
+class UnlimitedHost(FakeHost):
+    """Its container has no memory limit; its cgroup shows ``cgroup_limit`` (v1's "none", or a
+    parent's limit where the cgroup is not its own)."""
+
+    def __init__(self, cgroup_limit):
+        super().__init__()
+        self.cgroup_limit = cgroup_limit
+
+    def run(self, command: str, timeout: int):
+        if "docker inspect" in command:
+            ok, out = super().run(command, timeout)
+            data = json.loads(out)
+            data[0]["HostConfig"]["Memory"] = 0
+            return ok, json.dumps(data)
+        if "memory.current" in command:
+            self.commands.append(command)
+            return True, f"v1\n{70 << 20}\n{self.cgroup_limit}\ntotal_inactive_file {4 << 20}\n"
+        if "docker stats" in command:
+            self.commands.append(command)
+            return True, "99MiB / 23.5GiB\n"
+        return super().run(command, timeout)
+
+
+def test_a_container_without_a_limit_is_read_from_its_cgroup_unless_the_cgroup_has_one():
+    fake = UnlimitedHost(9223372036854771712)
+    memory = _memory_check(fake)
+    assert (memory.status, memory.evidence) == ("pass", "66 MiB in use, no memory limit set")
+    assert not any("docker stats" in c for c in fake.commands)
+    fake = UnlimitedHost(512 << 20)  # a parent's limit: not the container's cgroup
+    memory = _memory_check(fake)
+    assert (memory.status, memory.evidence) == ("pass", "99 MiB in use, no memory limit set")
+    assert any("docker stats" in c for c in fake.commands)
 
 
 class StartingHost(FakeHost):
