@@ -584,8 +584,15 @@ class Stack:
 
     def status_rows(self) -> list[dict]:
         rows = []
+        containers = {service: self.container(service) for service in SERVICES}
+        running = [
+            c for c in containers.values() if c is not None and c.attrs["State"]["Status"] == "running"
+        ]
+        # The engine answers a stats request after its next sample (about 1 s): ask for all at once.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:
+            usages = dict(zip([c.id for c in running], pool.map(_memory_usage, running), strict=True))
         for service in SERVICES:
-            container = self.container(service)
+            container = containers[service]
             if container is None:
                 rows.append(
                     {
@@ -601,13 +608,7 @@ class Stack:
                 continue
             state = container.attrs["State"]
             limit = container.attrs["HostConfig"].get("Memory") or 0
-            usage = None
-            if state["Status"] == "running":
-                stats = container.stats(stream=False)
-                memory = stats.get("memory_stats", {})
-                inner = memory.get("stats", {})
-                if "usage" in memory:
-                    usage = memory["usage"] - inner.get("total_inactive_file", inner.get("inactive_file", 0))
+            usage = usages.get(container.id)
             rows.append(
                 {
                     "service": service,
@@ -693,6 +694,20 @@ class Stack:
             "compose_file": str(self.lab.compose_file),
         }
         self.lab.state_file.write_text(json.dumps(state, indent=2) + "\n")
+
+
+def _memory_usage(container) -> int | None:
+    """Memory in use less the inactive file cache, as `docker stats` shows it; one sample
+    (``one_shot``) where the engine's API has it (1.41+)."""
+    try:
+        stats = container.stats(stream=False, one_shot=True)
+    except docker.errors.InvalidVersion:
+        stats = container.stats(stream=False)
+    memory = stats.get("memory_stats", {})
+    inner = memory.get("stats", {})
+    if "usage" not in memory:
+        return None
+    return memory["usage"] - inner.get("total_inactive_file", inner.get("inactive_file", 0))
 
 
 def _oom_text(container, state: dict) -> str:
