@@ -57,22 +57,27 @@ def oom_kills(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-# The memory cgroup of the exec'd process, which is the container's, read from inside it (one
-# exec, ~0.2 s, where `docker stats` takes 1.5-2.5 s: it waits for two samples). Where the mount
-# shows a parent's hierarchy (the host's cgroup namespace), /proc/self/cgroup's path under it is the
-# container's folder. Prints nothing where neither cgroup layout is there.
-CGROUP_MEMORY_COMMAND = (
+# Sets $c to the memory cgroup of the exec'd process, which is the container's ($v: v1 or v2).
+# Where the mount shows a parent's hierarchy (the host's cgroup namespace), /proc/self/cgroup's
+# path under it is the container's folder; else the mount is the container's own.
+OWN_MEMORY_CGROUP = (
     "d=/sys/fs/cgroup; "
-    "if [ -r $d/cgroup.controllers ]; then "
-    "p=$(sed -n 's/^0::\\(.*\\)$/\\1/p' /proc/self/cgroup); "
-    'if [ -r "$d$p/memory.current" ]; then d="$d$p"; fi; '
-    "if [ -r $d/memory.current ] && [ -r $d/memory.max ]; then "
-    "echo v2; cat $d/memory.current $d/memory.max; grep '^inactive_file ' $d/memory.stat; fi; "
-    "elif [ -r $d/memory/memory.usage_in_bytes ]; then "
-    "p=$(sed -n 's/^[0-9]*:[^:]*memory[^:]*:\\(.*\\)$/\\1/p' /proc/self/cgroup); m=$d/memory; "
-    'if [ -r "$m$p/memory.usage_in_bytes" ]; then m="$m$p"; fi; '
-    "echo v1; cat $m/memory.usage_in_bytes $m/memory.limit_in_bytes; "
-    "grep '^total_inactive_file ' $m/memory.stat; fi"
+    "if [ -r $d/cgroup.controllers ]; then v=v2; c=$d; p=$(sed -n 's/^0::\\(.*\\)$/\\1/p' /proc/self/cgroup); "
+    "else v=v1; c=$d/memory; p=$(sed -n 's/^[0-9]*:[^:]*memory[^:]*:\\(.*\\)$/\\1/p' /proc/self/cgroup); fi; "
+    'if [ -n "$p" ] && [ "$p" != / ] && [ -d "$c$p" ]; then c="$c$p"; fi; '
+)
+# The container's memory use and limit, read from inside it (one exec, ~0.2 s, where `docker stats`
+# takes 1.5-2.5 s: it waits for two samples). Prints nothing where neither cgroup layout is there.
+CGROUP_MEMORY_COMMAND = OWN_MEMORY_CGROUP + (
+    "if [ $v = v2 ]; then "
+    "if [ -r $c/memory.current ] && [ -r $c/memory.max ]; then "
+    "echo v2; cat $c/memory.current $c/memory.max; grep '^inactive_file ' $c/memory.stat; fi; "
+    "elif [ -r $c/memory.usage_in_bytes ]; then "
+    "echo v1; cat $c/memory.usage_in_bytes $c/memory.limit_in_bytes; grep '^total_inactive_file ' $c/memory.stat; fi"
+)
+# The kernel's OOM kill count in the container's memory cgroup (see :func:`oom_kills`).
+OOM_EVENTS_COMMAND = OWN_MEMORY_CGROUP + (
+    "cat $c/memory.events 2>/dev/null || cat $c/memory.oom_control 2>/dev/null"
 )
 # cgroup v1 shows "no limit" as the largest page count in bytes (9223372036854771712 here).
 V1_NO_LIMIT = 1 << 62
@@ -213,13 +218,9 @@ def _healthcheck_now(session: Session, name: str, data: dict) -> tuple[bool, str
 def _not_oom(session: Session, name: str):
     def probe():
         state = inspect(session, name)["State"]
-        cat = (
-            "cat /sys/fs/cgroup/memory.events 2>/dev/null "
-            "|| cat /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null"
-        )
         kills = None
         if state.get("Status") == "running":
-            ok, out = session.sh(f"docker exec {shlex.quote(name)} sh -c {shlex.quote(cat)}")
+            ok, out = session.sh(f"docker exec {shlex.quote(name)} sh -c {shlex.quote(OOM_EVENTS_COMMAND)}")
             kills = oom_kills(out) if ok else None
         problems = []
         if state.get("OOMKilled"):

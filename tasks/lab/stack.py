@@ -31,7 +31,7 @@ from typing import TypedDict
 import docker.errors
 import yaml
 
-from tasks.checks.containers import oom_kills
+from tasks.checks.containers import OOM_EVENTS_COMMAND, oom_kills
 from tasks.core.mlflow_server import server_spec
 from tasks.lab import images as lab_images
 from tasks.lab.images import Progress
@@ -715,14 +715,7 @@ def _oom_text(container, state: dict) -> str:
     memory cgroup also shows workers killed inside a container that kept running."""
     kills = None
     if state["Status"] == "running":
-        result = container.exec_run(
-            [
-                "sh",
-                "-c",
-                "cat /sys/fs/cgroup/memory.events 2>/dev/null || "
-                "cat /sys/fs/cgroup/memory/memory.oom_control",
-            ]
-        )
+        result = container.exec_run(["sh", "-c", OOM_EVENTS_COMMAND])
         kills = oom_kills(result.output.decode(errors="replace")) if result.exit_code == 0 else None
     if state.get("OOMKilled"):
         return "yes"
