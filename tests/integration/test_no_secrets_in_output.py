@@ -293,9 +293,15 @@ def test_nothing_left_in_tmp_holds_a_secret(sweep):
     # every 5 s, after the runs too), runc writes the process spec (the container's env with it)
     # to /tmp/runc-process<N> here and removes it once the process starts.
     hits = []
+    # Where the checkout itself is under /tmp (a CI clone), the lab's own secret files and .env are
+    # where they belong (test_no_file_the_deploys_wrote_shows_a_secret searches the rest of its folder).
+    home = REPO / ".lab" / sweep.lab.prefix
+    own = (home / "secrets", home / ".env")
     # os.walk, not rglob: other workers' runs remove their temp folders while this walks /tmp.
     found = (Path(top) / name for top, _, names in os.walk("/tmp", onerror=lambda _: None) for name in names)
     for path in found:
+        if any(path == mine or mine in path.parents for mine in own):
+            continue
         try:
             if not path.is_file() or path.is_symlink() or path.stat().st_mtime < sweep.started - 5:
                 continue
