@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -63,6 +64,10 @@ def _tar(files: dict[str, tuple[bytes, int]]) -> bytes:
             info.size, info.mode, info.mtime = len(content), mode, int(time.time())
             tar.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
+
+
+EXEC_OUTPUT_PREFIX = "/tmp/.quant-test-exec-"  # SshHost.exec
+EXEC_END = "__quant_test_exec_end__"
 
 
 @dataclass
@@ -120,9 +125,26 @@ class SshHost:
             client.close()
 
     def exec(self, command: str) -> tuple[int, str]:
-        """A command in the container as root, by the engine (not over SSH): for test setup only."""
-        code, output = self.container.exec_run(["sh", "-c", command])
-        return code, output.decode(errors="replace")
+        """A command in the container as root, by the engine (not over SSH): for test setup only.
+        Its output (stdout and stderr, as exec_run gives them) and exit status.
+
+        The engine can drop a quick exec's output (docker-py issue #2042; a suite run here got ""
+        from `systemctl is-enabled`): the output goes to a file in the container, printed with an
+        end marker, and is read again, never run again, when the marker did not arrive."""
+        path = f"{EXEC_OUTPUT_PREFIX}{secrets.token_hex(6)}"
+        script = f"(\n{command}\n) >{path} 2>&1; code=$?; cat {path}; printf %s {EXEC_END}; exit $code"
+        code, output = self.container.exec_run(["sh", "-c", script])
+        for _ in range(5):
+            text = output.decode(errors="replace")
+            if text.endswith(EXEC_END):
+                try:  # not left behind: a test may search the host's /tmp
+                    self.container.exec_run(["rm", "-f", path], detach=True)
+                except docker.errors.APIError:
+                    pass  # the command stopped the host; /tmp goes with it
+                return code, text[:-len(EXEC_END)]
+            time.sleep(0.2)
+            _, output = self.container.exec_run(["sh", "-c", f"cat {path} && printf %s {EXEC_END}"])
+        raise RuntimeError(f"{self.name}: the engine kept losing the output of {command!r}")
 
     def stop(self, timeout: int = 0):
         self.container.stop(timeout=timeout)
