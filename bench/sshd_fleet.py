@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from tasks.lab.sshd import (  # noqa: E402
     sshd_argv,
     sshd_config,
     stop_sshd,
+    uses_shell_rc,
 )
 
 # sshd 9.x at DEBUG1: "debug1: server_input_channel_req: channel 0 request exec reply 1"
@@ -102,8 +102,6 @@ def _wait_banner(port: int, process: subprocess.Popen, log: Path, seconds: float
 
 def start_fleet(folder: Path, count: int, shell_rc: Path | None = None) -> Fleet:
     """`count` sshds; with `shell_rc` (root only) the user's ~/.bashrc is that file in their sessions."""
-    if shell_rc is not None and (os.geteuid() != 0 or not shutil.which("unshare")):
-        shell_rc = None  # a mount namespace needs root and util-linux: the fleet runs as is
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     if os.geteuid() == 0:
@@ -137,4 +135,4 @@ def start_fleet(folder: Path, count: int, shell_rc: Path | None = None) -> Fleet
     known_hosts = folder / "known_hosts"
     known_hosts.write_text("\n".join(known) + "\n")
     return Fleet(folder, user, folder / "client_key", known_hosts, servers,
-                 "stock" if shell_rc is not None and (Path(account.pw_dir) / ".bashrc").exists() else "machine")
+                 "stock" if uses_shell_rc(shell_rc, Path(account.pw_dir)) else "machine")

@@ -21,6 +21,7 @@ from tasks.lab.sshd import (
     _wait_ready,
     free_port,
     keygen,
+    restart_sshd,
     sshd_argv,
     sshd_config,
     start_sshd,
@@ -30,7 +31,7 @@ from tasks.lab.sshd import (
 
 __all__ = [
     "HOST", "PRIVSEP_DIR", "SSH_KEYGEN", "SSHD", "SSHD_MISSING", "SshServer", "_wait_ready", "free_port",
-    "keygen", "sshd_argv", "sshd_config", "start_sshd", "stock_shell_rc", "stop_sshd", "sshd",
+    "keygen", "restart_sshd", "sshd_argv", "sshd_config", "start_sshd", "stock_shell_rc", "stop_sshd", "sshd",
 ]
 
 

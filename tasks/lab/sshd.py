@@ -53,6 +53,7 @@ class SshServer:
     folder: Path
     log: Path
     process: subprocess.Popen
+    shell_rc: Path | None = None  # the user's ~/.bashrc in its sessions (sshd_argv), None: as is
 
     def pyinfra_host_data(self) -> dict:
         """Host data for pyinfra 3.10's @ssh connector (pyinfra/connectors/ssh.py `ConnectorData`):
@@ -216,12 +217,23 @@ def stock_shell_rc() -> Path | None:
     return None
 
 
+def uses_shell_rc(shell_rc: Path | None, home: Path) -> bool:
+    """Whether :func:`sshd_argv` gives the sessions ``shell_rc``: it needs root, `unshare`, and a
+    ``home``/.bashrc to mount it over."""
+    return (
+        shell_rc is not None
+        and (home / ".bashrc").exists()
+        and os.geteuid() == 0
+        and bool(shutil.which("unshare"))
+    )
+
+
 def sshd_argv(config: Path, shell_rc: Path | None, home: Path) -> list[str]:
-    """sshd in the foreground with ``config``; with ``shell_rc`` (root and `unshare` only), in a
+    """sshd in the foreground with ``config``; with ``shell_rc`` (see :func:`uses_shell_rc`), in a
     private mount namespace where ``home``/.bashrc is that file."""
     sshd = [str(SSHD), "-D", "-e", "-f", str(config)]
     user_rc = home / ".bashrc"
-    if shell_rc is None or not user_rc.exists() or os.geteuid() != 0 or not shutil.which("unshare"):
+    if not uses_shell_rc(shell_rc, home):
         return sshd
     # The bind mount is seen by this sshd and its sessions only; `exec` keeps sshd's pid the one
     # Popen returned (stop_sshd signals it).
@@ -272,7 +284,9 @@ def start_sshd(folder: Path, shell_rc: Path | None = None) -> SshServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        server = SshServer(HOST, port, user, folder / "client_ed25519", known_hosts, folder, log, process)
+        server = SshServer(
+            HOST, port, user, folder / "client_ed25519", known_hosts, folder, log, process, shell_rc
+        )
         try:
             _wait_ready(server)
             return server
@@ -282,3 +296,18 @@ def start_sshd(folder: Path, shell_rc: Path | None = None) -> SshServer:
             if "Address already in use" not in server.log_text():
                 raise
     raise RuntimeError(f"could not start sshd: {last_error}")
+
+
+def restart_sshd(server: SshServer) -> None:
+    """The same sshd again after :func:`stop_sshd`: its port, host key, config and sessions' shell
+    rc; its log appended to."""
+    home = Path(pwd.getpwnam(server.user).pw_dir)
+    with server.log.open("ab") as log:
+        server.process = subprocess.Popen(
+            sshd_argv(server.folder / "sshd_config", server.shell_rc, home),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _wait_ready(server)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import pwd
 import signal
 import subprocess
 import time
@@ -25,7 +24,7 @@ import pytest
 import yaml
 
 from tests.labkit import GROUP_DATA, REPO, lab_up, write_inventory
-from tests.sshd import SSHD, SSHD_MISSING, _wait_ready, sshd_argv, start_sshd, stock_shell_rc, stop_sshd
+from tests.sshd import SSHD, SSHD_MISSING, restart_sshd, start_sshd, stop_sshd
 
 pytestmark = pytest.mark.lab
 
@@ -377,15 +376,6 @@ def cut(server) -> None:
             pass
 
 
-def restart(server) -> None:
-    """The same sshd again: same port, host key and config."""
-    with server.log.open("ab") as log:
-        server.process = subprocess.Popen(
-            sshd_argv(server.folder / "sshd_config", stock_shell_rc(), Path(pwd.getpwnam(server.user).pw_dir)),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    _wait_ready(server)
-
-
 @pytest.fixture
 def servers(tmp_path_factory):
     if not SSHD.exists():
@@ -454,7 +444,7 @@ def test_one_hosts_sshd_stopped_the_others_still_healed_it_reconnects_with_backo
         # ssh-c's streams kept trying, each waiting longer (the heals may have been quicker than that)
         watch.wait_for(lambda: len(waits()) >= 3 and waits()[-1] >= 8, 120, "ssh-c's stream to back off to 8 s")
         # ssh-c comes back: its streams reconnect
-        restart(c)
+        restart_sshd(c)
         watch.wait_for(lambda: any(r.get("host") == "ssh-c" and r["result"] == "reconnected"
                                    for r in watch.records()), 60, "ssh-c to reconnect")
         (down,) = [r for r in watch.records() if r.get("host") == "ssh-c" and r["result"] == "disconnected"]
