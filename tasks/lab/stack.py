@@ -374,7 +374,9 @@ class Stack:
             )
         status = state.get("Health", {}).get("Status")
         if status == "starting" and healthcheck_shell(container.attrs):
-            code, _ = container.exec_run(["sh", "-c", container.attrs["Config"]["Healthcheck"]["Test"][1]])
+            check = container.attrs["Config"]["Healthcheck"]
+            seconds = max(1, min(int((check.get("Timeout") or 30e9) / 1e9), 10))  # as Docker would stop it
+            code, _ = container.exec_run(["timeout", str(seconds), "sh", "-c", check["Test"][1]])
             return code == 0
         return status == "healthy"
 
