@@ -220,7 +220,14 @@ def _not_oom(session: Session, name: str):
         state = inspect(session, name)["State"]
         kills = None
         if state.get("Status") == "running":
-            ok, out = session.sh(f"docker exec {shlex.quote(name)} sh -c {shlex.quote(OOM_EVENTS_COMMAND)}")
+            for _ in range(3):
+                ok, out = session.sh(
+                    f"docker exec {shlex.quote(name)} sh -c {shlex.quote(OOM_EVENTS_COMMAND)}"
+                )
+                # A read that worked prints the counter's file: nothing means the engine dropped
+                # the exec's output (seen under load, docker-py #2042), so read it again.
+                if not ok or out.strip():
+                    break
             kills = oom_kills(out) if ok else None
         problems = []
         if state.get("OOMKilled"):

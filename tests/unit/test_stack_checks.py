@@ -643,3 +643,43 @@ def test_an_exec_form_healthcheck_is_left_to_docker():
     healthy = _healthy_check(fake, attempts=2)
     assert healthy.status == "fail" and "health starting" in healthy.evidence
     assert not any("docker exec -i" in c for c in fake.commands)
+
+
+class DroppedOutputHost(FakeHost):
+    """The engine drops the output of the first ``dropped`` OOM-counter reads (the exec works and
+    prints nothing), then the counter shows ``kills``."""
+
+    def __init__(self, dropped: int, kills: int):
+        super().__init__()
+        self.dropped, self.kills = dropped, kills
+
+    def run(self, command: str, timeout: int):
+        if "memory.events" in command:
+            self.commands.append(command)
+            if self.dropped:
+                self.dropped -= 1
+                return True, ""
+            return True, f"low 0\nhigh 0\nmax 7\noom 3\noom_kill {self.kills}\n"
+        return super().run(command, timeout)
+
+
+def _oom_check(fake):
+    from tasks.checks.containers import container_checks
+
+    session = Session(Shell(fake.run, fake.put), retry=RetryPolicy(2, 5.0, 0.01), environ=ENV)
+    container_checks(session, "qt-mlflow", 85, 95)
+    return next(r for r in session.results if r.name.endswith("is not OOM-killed"))
+
+
+def test_an_oom_counter_read_whose_output_was_dropped_is_read_again():
+    fake = DroppedOutputHost(dropped=2, kills=3)
+    oom = _oom_check(fake)
+    assert oom.status == "fail" and "the kernel OOM-killed 3 process(es)" in oom.evidence, oom
+    assert len([c for c in fake.commands if "memory.events" in c]) == 3
+
+
+def test_an_oom_counter_that_stays_unreadable_is_said_so_after_three_reads():
+    fake = DroppedOutputHost(dropped=5, kills=0)
+    oom = _oom_check(fake)
+    assert oom.status == "pass" and "cgroup OOM counter unreadable" in oom.evidence, oom
+    assert len([c for c in fake.commands if "memory.events" in c]) == 3
