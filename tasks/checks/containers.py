@@ -105,6 +105,13 @@ def healthcheck_shell(data: dict) -> bool:
     return len(test) == 2 and test[0] == "CMD-SHELL"
 
 
+def healthcheck_seconds(data: dict) -> int:
+    """How long a run of the container's healthcheck may take: its own timeout (Docker's default
+    30 s), at most 10 s, so that one hung run does not eat a check's whole deadline."""
+    timeout = ((data.get("Config") or {}).get("Healthcheck") or {}).get("Timeout") or 30e9
+    return max(1, min(int(timeout / 1e9), 10))
+
+
 def container_state(run: Runner, name: str) -> dict:
     """``docker inspect``'s State of a container, through a ``run(command)`` callable."""
     ok, out = run(f"docker inspect --type container -f '{{{{json .State}}}}' {shlex.quote(name)}")
@@ -206,12 +213,11 @@ def _healthcheck_now(session: Session, name: str, data: dict) -> tuple[bool, str
     """Run a ``CMD-SHELL`` healthcheck in the container as Docker does (``sh -c``, the
     container's user and env). The text goes from ``docker inspect`` to the container's shell on
     a pipe: a credential in it stays off the host's command lines and out of our output."""
-    seconds = int((data["Config"]["Healthcheck"].get("Timeout") or 30e9) / 1e9)
     q_name = shlex.quote(name)
     return session.sh(
         f"docker inspect --type container -f '{{{{index .Config.Healthcheck.Test 1}}}}' {q_name} "
         f"| docker exec -i {q_name} sh",
-        max(1, min(seconds, 10)),
+        healthcheck_seconds(data),
     )
 
 

@@ -31,7 +31,7 @@ from typing import TypedDict
 import docker.errors
 import yaml
 
-from tasks.checks.containers import OOM_EVENTS_COMMAND, healthcheck_shell, oom_kills
+from tasks.checks.containers import OOM_EVENTS_COMMAND, healthcheck_seconds, healthcheck_shell, oom_kills
 from tasks.core.mlflow_server import server_spec
 from tasks.lab import images as lab_images
 from tasks.lab.images import Progress
@@ -374,9 +374,10 @@ class Stack:
             )
         status = state.get("Health", {}).get("Status")
         if status == "starting" and healthcheck_shell(container.attrs):
-            check = container.attrs["Config"]["Healthcheck"]
-            seconds = max(1, min(int((check.get("Timeout") or 30e9) / 1e9), 10))  # as Docker would stop it
-            code, _ = container.exec_run(["timeout", str(seconds), "sh", "-c", check["Test"][1]])
+            test = container.attrs["Config"]["Healthcheck"]["Test"][1]
+            code, _ = container.exec_run(
+                ["timeout", str(healthcheck_seconds(container.attrs)), "sh", "-c", test]
+            )
             return code == 0
         return status == "healthy"
 

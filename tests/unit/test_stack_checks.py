@@ -683,3 +683,11 @@ def test_an_oom_counter_that_stays_unreadable_is_said_so_after_three_reads():
     oom = _oom_check(fake)
     assert oom.status == "pass" and "cgroup OOM counter unreadable" in oom.evidence, oom
     assert len([c for c in fake.commands if "memory.events" in c]) == 3
+
+
+@pytest.mark.parametrize("timeout, seconds", [(None, 10), (3_000_000_000, 3), (500_000_000, 1), (60e9, 10)])
+def test_a_healthcheck_run_now_may_take_its_own_timeout_up_to_10_s(timeout, seconds):
+    from tasks.checks.containers import healthcheck_seconds
+
+    check = {"Test": ["CMD-SHELL", "true"]} | ({"Timeout": timeout} if timeout else {})
+    assert healthcheck_seconds({"Config": {"Healthcheck": check}}) == seconds
