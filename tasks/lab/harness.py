@@ -25,10 +25,13 @@ GROUP_DATA = REPO / "inventories" / "group_data"
 PREFORK = Prefork(PYINFRA.parent / "python", REPO)
 
 
-def free_port_base(start: int, span: int = 10) -> int:
-    """A base port whose next `span` ports on 127.0.0.1 are free right now."""
+def free_port_base(start: int, span: int = 10, avoid: int | None = None) -> int:
+    """A base port whose next `span` ports on 127.0.0.1 are free right now (never `avoid`: a base
+    whose port was just found taken may look free again once its half-made lab is down)."""
     for _ in range(200):
         base = start + random.randrange(0, 200) * span
+        if base == avoid:
+            continue
         sockets = []
         try:
             for port in range(base, base + span):
@@ -87,7 +90,7 @@ class LabHandle:
             if attempt == PORT_ATTEMPTS or not any(text in output for text in PORT_TAKEN):
                 raise AssertionError(f"scripts/lab {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
             self.down()
-            self.port_base = free_port_base(self.port_base - self.port_base % 1000)
+            self.port_base = free_port_base(self.port_base - self.port_base % 1000, avoid=self.port_base)
         raise AssertionError("unreachable")
 
     def down(self):

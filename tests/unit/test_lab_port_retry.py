@@ -51,3 +51,13 @@ def test_a_port_taken_every_time_gives_up_after_the_last_attempt():
     with pytest.raises(AssertionError, match="address already in use"):
         lab.up("healthy", style="compose")
     assert [args[0] for _, args in lab.calls].count("up") == harness.PORT_ATTEMPTS
+
+
+def test_the_retry_never_picks_the_base_whose_port_was_taken(monkeypatch):
+    # The base just found taken looks free again once its half-made lab is down (a suite run
+    # drew it again, 1 in 200): the next draw is taken instead.
+    draws = iter([77, 77, 78])
+    monkeypatch.setattr(harness.random, "randrange", lambda *_: next(draws))
+    lab = ScriptedLab([(1, TAKEN[0]), (0, "")])
+    lab.up("incident")
+    assert [base for base, args in lab.calls if args[0] == "up"] == [39770, 39780]
