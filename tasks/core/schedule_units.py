@@ -1,6 +1,8 @@
 """What scheduling the cleanup installs (pure: no pyinfra): the job script, the crontab line's
 command, the systemd service and timer units, which scheduler a host gets, and a crontab
-without a named entry.
+with or without a named entry (the whole new crontab: it is installed from a private file, never
+through a world-readable copy in /tmp nor on a command line, for the user's other entries may
+hold what they would not show).
 
 The crontab line is only the job script's path: no secret, no environment. The script sets a
 fixed PATH, ``LANG`` and ``HOME`` (cron gives almost nothing), exports the configured non-secret
@@ -21,6 +23,7 @@ as a failure (``systemctl --failed`` lists it; the timer keeps firing).
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import TYPE_CHECKING
 from urllib.parse import quote as url_quote
@@ -250,6 +253,16 @@ def choose_schedulers(setting: str, systemd_running: bool) -> tuple[bool, bool]:
     return (setting in ("cron", "both"), setting in ("systemd", "both"))
 
 
+def _is_entry(text: str) -> bool:
+    """A crontab line that is a job (what a name comment names): not blank, not a comment, not a
+    variable (``MAILTO=root``), as pyinfra's crontab fact reads them."""
+    return bool(text) and not text.startswith("#") and not _ENV_LINE.match(text)
+
+
+# crontab(5)'s variable line, ``name = value``, the name bare or quoted (as pyinfra's fact reads it)
+_ENV_LINE = re.compile(r"""^(?:"[^"]*"|'[^']*'|[A-Za-z_][A-Za-z0-9_]*)\s*=""")
+
+
 def without_named_entry(lines: list[str], name: str) -> list[str] | None:
     """``lines`` without the entry pyinfra named ``name``: its ``# pyinfra-name=`` comment, the
     entry line after it and the blank line pyinfra put before it. None: no such entry."""
@@ -265,8 +278,41 @@ def without_named_entry(lines: list[str], name: str) -> list[str] | None:
                 out.pop()
             skip_entry = True
             continue
-        if skip_entry and text and not text.startswith("#"):
+        if skip_entry and _is_entry(text):
             skip_entry = False
             continue
         out.append(line)
     return out
+
+
+def cron_line(s: ScheduleSettings) -> str:
+    """The crontab entry, fields then command, as pyinfra's crontab operation writes it (an entry
+    that operation installed is taken as is)."""
+    return f"{s.minute} {s.hour} {s.day_of_month} {s.month} {s.day_of_week} {cron_command(s)}"
+
+
+def with_named_entry(lines: list[str], name: str, entry: str) -> list[str] | None:
+    """``lines`` with ``entry`` under its ``# pyinfra-name=`` comment, as pyinfra names entries:
+    the named entry's line replaced in place, or, when there is none, a blank line (when the
+    crontab has lines) then the comment and the entry appended. None: already so."""
+    marker = f"# pyinfra-name={name}"
+    out: list[str] = []
+    found = replace = False
+    for line in lines:
+        text = line.strip()
+        if replace and _is_entry(text):
+            replace = False
+            if text == entry:
+                return None
+            out.append(entry)
+            continue
+        if text == marker:
+            found = replace = True
+        out.append(line)
+    if found:
+        if replace:  # the comment with no entry after it
+            out.append(entry)
+        return out
+    if any(line.strip() for line in out):
+        out.append("")
+    return [*out, marker, entry]

@@ -21,31 +21,74 @@ import shlex
 from pathlib import Path
 
 from pyinfra import host as current_host
-from pyinfra.api import StringCommand
+from pyinfra.api import FileUploadCommand, StringCommand
 from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.server import Which
-from pyinfra.operations import apt, crontab, files, server, systemd
+from pyinfra.operations import apt, files, server, systemd
 
 from tasks import settings as host_settings
 from tasks.core.schedule_units import (
     LOCK_DIR,
     choose_schedulers,
-    cron_command,
+    cron_line,
     home_paths,
     job_script,
     on_calendar,
     service_unit,
     system_paths,
     timer_unit,
+    with_named_entry,
     without_named_entry,
 )
+from tasks.facts.postgres import private_dir, run_and_clean
 from tasks.facts.schedule import CrontabText, InitSystem
+from tasks.operations import runner
 from tasks.operations.recap import say
 from tasks.operations.refusals import deploy, operation
 from tasks.settings import SettingsError
 from tasks.settings.schedule import ScheduleSettings
 
 UNIT_DIR = "/etc/systemd/system"
+
+
+def _install_crontab(lines: list[str], user: str | None):
+    """Commands that make ``lines`` the crontab (``user``'s, else the login's): the text as a
+    0600 file in a fresh 0700 directory made by the login user, ``crontab FILE``, the directory
+    removed by the same command. Never pyinfra's way (``crontab -l`` into a /tmp file made with
+    the login's umask, world-readable and left behind) nor the text on a command line: the
+    user's other entries are theirs, and may hold what they would not show."""
+    workdir = private_dir("cron")
+    path = shlex.quote(f"{workdir}/crontab")
+    user_args = f"-u {shlex.quote(user)} " if user else ""
+    yield StringCommand("mkdir", "-m", "0700", workdir, **runner.AS_LOGIN_USER)
+    yield FileUploadCommand(
+        io.StringIO("".join(f"{line}\n" for line in lines)), f"{workdir}/crontab", **runner.AS_LOGIN_USER
+    )
+    yield StringCommand(run_and_clean(f"chmod 0600 {path} && crontab {user_args}{path}", workdir))
+
+
+@operation()
+def cron_entry(entry: str, line: str, user: str | None = None):
+    """
+    Add or update the crontab entry named ``entry`` (a ``# pyinfra-name=`` comment above it, as
+    pyinfra's crontab operation names entries, so an entry it installed is taken as is).
+
+    + entry: the entry's name
+    + line: the crontab line (schedule fields and command)
+    + user: whose crontab (default: the login user's)
+
+    **Example:**
+
+    .. code:: python
+
+        schedule.cron_entry(name="Cleanup cron entry", entry="quant-db-cleanup", line="17 3 * * * /job.sh")
+    """
+    lines = current_host.get_fact(CrontabText, user=user)
+    new = with_named_entry(lines, entry, line)
+    if new is None:
+        current_host.noop(f"cron entry {entry} is {line}")
+        return
+    yield from _install_crontab(new, user)
 
 
 @operation()
@@ -69,9 +112,7 @@ def cron_entry_absent(entry: str, user: str | None = None):
     if kept is None:
         current_host.noop(f"no cron entry named {entry}")
         return
-    user_args = f" -u {shlex.quote(user)}" if user else ""
-    body = "".join(f"{line}\n" for line in kept)
-    yield StringCommand(f"printf %s {shlex.quote(body)} | crontab{user_args} -")
+    yield from _install_crontab(kept, user)
 
 
 def own_job(s: ScheduleSettings, init: dict) -> ScheduleSettings:
@@ -177,17 +218,7 @@ def schedule_cleanup(settings: ScheduleSettings | None = None):
         create_remote_dir=False,  # made above, root's
     )
     if use_cron:
-        crontab.crontab(
-            name=f"Cron entry {s.name}",
-            command=cron_command(s),
-            cron_name=s.name,
-            user=cron_user,
-            minute=s.minute,
-            hour=s.hour,
-            day_of_month=s.day_of_month,
-            month=s.month,
-            day_of_week=s.day_of_week,
-        )
+        cron_entry(name=f"Cron entry {s.name}", entry=s.name, line=cron_line(s), user=cron_user)
         if not init["cron_running"]:
             say(
                 current_host,

@@ -84,6 +84,23 @@ def test_install_then_no_change(sched):
 
     second = run_pyinfra(sched["inventory"](), DEPLOY)
     assert second.returncode == 0 and second.changed == 0, second.changed_ops()
+    # No copy of the crontab was left in /tmp (pyinfra's crontab operation leaves one, made with
+    # the login's umask): the deploy's private directory went with the command that used it.
+    assert not copies_of_the_crontab(sched["name"])
+
+
+def copies_of_the_crontab(name: str) -> list[str]:
+    """Files in /tmp where pyinfra stages (``pyinfra-*``) or the deploy writes (``quant-cron-*``)
+    holding this entry's name comment."""
+    found = []
+    for top in [*Path("/tmp").glob("pyinfra-*"), *Path("/tmp").glob("quant-cron-*")]:
+        for path in [top, *(top.rglob("*") if top.is_dir() else ())]:
+            try:
+                if path.is_file() and f"pyinfra-name={name}" in path.read_text(errors="ignore"):
+                    found.append(str(path))
+            except OSError:
+                continue
+    return found
 
 
 def test_installed_command_works_from_an_empty_environment(sched, lab):

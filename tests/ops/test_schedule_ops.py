@@ -1,7 +1,7 @@
 """The cleanup schedule's deploy without a host: what it installs on a cron host and on a
 systemd host, what it removes with ``present: False``, and that an installed schedule plans no
-change. Facts: our own as the command output a host prints (``InitSystem``, ``CrontabText``,
-pyinfra's ``Crontab``), pyinfra's file facts as processed values (as pyinfra's own operation
+change. Facts: our own as the command output a host prints (``InitSystem``, ``CrontabText``),
+pyinfra's file facts as processed values (as pyinfra's own operation
 tests give them).
 """
 from __future__ import annotations
@@ -39,7 +39,6 @@ def facts(init=CRON_HOST, crontab="", files=None, sums=None, systemd=None, which
     return {
         "InitSystem": init,
         "CrontabText": {"user=root": Output(crontab)},
-        "Crontab": {"user=root": Output(crontab)},
         "Which": {f"command={k}": v for k, v in (which or {"crontab": "/usr/bin/crontab"}).items()},
         "Directory": {**{f"path={p}": v for p, v in files.items() if v.get("dir")}, "*": None},
         "File": {**{f"path={p}": v for p, v in files.items() if not v.get("dir")}, "*": None},
@@ -50,11 +49,26 @@ def facts(init=CRON_HOST, crontab="", files=None, sums=None, systemd=None, which
     }
 
 
+def private(command):
+    """A command with its fresh private directory's name made stable."""
+    if isinstance(command, list):
+        return [private(part) for part in command]
+    return re.sub(r"/tmp/quant-cron-[0-9a-f]{16}", "/tmp/PRIVATE", command) if isinstance(command, str) else command
+
+
 def plan(s, host_facts):
     result = plan_on_host(lambda: schedule_cleanup(s), host_facts)
-    steps = [(name, [re.sub(r"/tmp/pyinfra-[0-9a-f]+", "/tmp/TEMP", c) if isinstance(c, str) else c
-                     for c in commands]) for name, commands in result.steps]
-    return result, steps
+    assert not any("/tmp/pyinfra-" in str(c) for _, commands in result.steps for c in commands), result.steps
+    return result, [(name, private(commands)) for name, commands in result.steps]
+
+
+def new_crontab(text: str, user_args: str = "-u root ") -> list:
+    """How a crontab is written: as a 0600 file in a fresh 0700 directory the login user makes
+    (never pyinfra's world-readable /tmp copy, never the text on a command line), removed by the
+    same command that installs it."""
+    return ["mkdir -m 0700 /tmp/PRIVATE", ["upload", text, "/tmp/PRIVATE/crontab"],
+            f"chmod 0600 /tmp/PRIVATE/crontab && crontab {user_args}/tmp/PRIVATE/crontab; rc=$?; "
+            "rm -rf /tmp/PRIVATE; exit $rc"]
 
 
 def sha1(text: str) -> str:
@@ -86,9 +100,7 @@ def test_cron_host_gets_the_job_script_and_a_cron_entry():
         # the job script: its user's alone (0700), for it may name what the job reaches
         (f"Job script {SCRIPT}", [["upload", job_script(s), SCRIPT], f"chown root {SCRIPT}",
                                   f"chmod 700 {SCRIPT}"]),
-        ("Cron entry quant-db-cleanup", ["echo '# pyinfra-name=quant-db-cleanup' >> /tmp/TEMP",
-                                         f"echo '17 3 * * * {SCRIPT}' >> /tmp/TEMP",
-                                         "crontab -u root /tmp/TEMP"]),
+        ("Cron entry quant-db-cleanup", new_crontab(f"# pyinfra-name=quant-db-cleanup\n17 3 * * * {SCRIPT}\n")),
     ]
     assert "schedule: systemd is not PID 1 here (PID 1 is 'bash'): no systemd timer, cron entry only" in result.logs
 
@@ -100,7 +112,7 @@ def test_a_lock_file_elsewhere_gets_no_lock_directory_step():
 
 def test_the_lock_directory_belongs_to_the_jobs_user():
     host = facts()
-    host["Crontab"]["user=quant"] = host["Crontab"]["user=root"]
+    host["CrontabText"]["user=quant"] = host["CrontabText"]["user=root"]
     _, steps = plan(settings(user="quant"), host)
     assert dict(steps)[f"Lock directory {LOCK_DIR}"][-1] == f"chown quant {LOCK_DIR}"
     assert dict(steps)[f"Job script {SCRIPT}"][1:] == [f"chown quant {SCRIPT}", f"chmod 700 {SCRIPT}"]
@@ -141,8 +153,7 @@ def test_systemd_host_gets_a_timer_and_no_cron_entry():
     s = settings()
     result, steps = plan(s, facts(init=SYSTEMD_HOST, crontab=INSTALLED_CRONTAB))
     by_name = dict(steps)
-    assert by_name["No cron entry quant-db-cleanup (systemd timer instead)"] == [
-        "printf %s 'MAILTO=root\n' | crontab -u root -"]
+    assert by_name["No cron entry quant-db-cleanup (systemd timer instead)"] == new_crontab("MAILTO=root\n")
     assert by_name["Unit quant-db-cleanup.service"][1] == ["upload", service_unit(s),
                                                             "/etc/systemd/system/quant-db-cleanup.service"]
     assert by_name["Unit quant-db-cleanup.timer"][1] == ["upload", timer_unit(s),
@@ -173,7 +184,7 @@ def test_present_false_removes_entry_and_script_but_not_logs():
     s = settings(present=False)
     result, steps = plan(s, facts(crontab=INSTALLED_CRONTAB, files=installed(s)[0]))
     assert steps == [
-        ("No cron entry quant-db-cleanup", ["printf %s 'MAILTO=root\n' | crontab -u root -"]),
+        ("No cron entry quant-db-cleanup", new_crontab("MAILTO=root\n")),
         (f"No job script {SCRIPT}", [f"rm -f {SCRIPT}"]),
     ]
     assert "schedule: log /var/log/quant-remediation/quant-db-cleanup.log (and rotations) left in place" in result.logs
@@ -208,7 +219,7 @@ def test_a_timer_without_a_calendar_is_a_settings_error_before_any_change():
     assert "set on_calendar" in str(err.value)
     # on a cron host the same fields are fine
     _, steps = plan(settings(minute="*/15"), facts())
-    assert f"echo '*/15 3 * * * {SCRIPT}' >> /tmp/TEMP" in dict(steps)["Cron entry quant-db-cleanup"]
+    assert f"\n*/15 3 * * * {SCRIPT}\n" in dict(steps)["Cron entry quant-db-cleanup"][1][1]
 
 
 def test_cron_entry_absent_keeps_other_entries_and_their_comments():
@@ -216,8 +227,8 @@ def test_cron_entry_absent_keeps_other_entries_and_their_comments():
                      f"17 3 * * * {SCRIPT}\n# keep me\n5 5 * * * /bin/keep")
     result = plan_on_host(lambda: cron_entry_absent(entry="quant-db-cleanup", user="deploy"),
                           {"CrontabText": {"user=deploy": crontab}})
-    assert result.commands() == ["printf %s '# pyinfra-name=other\n1 2 * * * /bin/other\n# keep me\n"
-                                 "5 5 * * * /bin/keep\n' | crontab -u deploy -"]
+    assert private(result.commands()) == new_crontab(
+        "# pyinfra-name=other\n1 2 * * * /bin/other\n# keep me\n5 5 * * * /bin/keep\n", "-u deploy ")
 
 
 # -- installed by the deploy user itself (no root): its own job --------------------------------------
@@ -228,7 +239,7 @@ OWN_SCRIPT = f"{OWN}/quant-db-cleanup.sh"
 
 def own_facts(init=f"systemd=no\npid1=bash\ncron=running\n{AS_DEPLOY}", crontab="", files=None, sums=None):
     host = facts(init=Output(init), files=files, sums=sums)
-    host["CrontabText"] = host["Crontab"] = {"user=None": Output(crontab)}  # its own: `crontab -l`
+    host["CrontabText"] = {"user=None": Output(crontab)}  # its own: `crontab -l`
     return host
 
 
@@ -243,9 +254,8 @@ def test_the_deploy_user_installs_its_own_job_in_its_crontab_and_home():
         # no lock directory step: the job makes its own under its home (none in root's folders)
         (f"Job script {OWN_SCRIPT}", [["upload", job_script(own), OWN_SCRIPT], f"chown deploy {OWN_SCRIPT}",
                                       f"chmod 700 {OWN_SCRIPT}"]),
-        ("Cron entry quant-db-cleanup", ["echo '# pyinfra-name=quant-db-cleanup' >> /tmp/TEMP",
-                                         f"echo '17 3 * * * {OWN_SCRIPT}' >> /tmp/TEMP",
-                                         "crontab /tmp/TEMP"]),  # no -u: only root may name a user
+        # no -u: only root may name a user
+        ("Cron entry quant-db-cleanup", new_crontab(f"# pyinfra-name=quant-db-cleanup\n17 3 * * * {OWN_SCRIPT}\n", "")),
     ]
     assert "LOCK=/home/deploy/.local/state/quant-remediation/quant-db-cleanup.lock" in job_script(own)
     assert ("schedule: commands run as deploy without root: the job is deploy's own, in its crontab, its "
@@ -309,5 +319,5 @@ def test_present_false_by_the_deploy_user_removes_its_own_entry_and_script():
     crontab = f"# pyinfra-name=quant-db-cleanup\n17 3 * * * {OWN_SCRIPT}"
     _, steps = plan(s, own_facts(init=f"systemd=yes\npid1=systemd\ncron=running\n{AS_DEPLOY}",
                                  crontab=crontab, files={OWN_SCRIPT: {"mode": 700}}))
-    assert steps == [("No cron entry quant-db-cleanup", ["printf %s '' | crontab -"]),
+    assert steps == [("No cron entry quant-db-cleanup", new_crontab("", "")),
                      (f"No job script {OWN_SCRIPT}", [f"rm -f {OWN_SCRIPT}"])]  # root's units: not its to remove

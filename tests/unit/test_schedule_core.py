@@ -218,3 +218,30 @@ def test_removing_a_named_entry_takes_its_comment():
     assert sch.without_named_entry(lines, "absent") is None
     # a comment left behind by pyinfra's own removal goes too
     assert sch.without_named_entry(["# pyinfra-name=x"], "x") == []
+    # a variable line after the comment is not the entry: kept
+    assert sch.without_named_entry(["# pyinfra-name=x", "MAILTO=ops", "1 * * * * /x"], "x") == ["MAILTO=ops"]
+
+
+ENTRY = "17 3 * * * /usr/local/lib/x.sh"
+
+
+def test_the_cron_line_is_pyinfras_fields_then_the_script():
+    s = settings(minute="*/15", day_of_week="1-5")
+    assert sch.cron_line(s) == f"*/15 3 * * 1-5 {sch.cron_command(s)}"
+
+
+def test_a_named_entry_is_added_after_a_blank_line_and_kept_when_right():
+    assert sch.with_named_entry([], "q", ENTRY) == ["# pyinfra-name=q", ENTRY]
+    added = sch.with_named_entry(["MAILTO=root", "5 5 * * * /bin/keep"], "q", ENTRY)
+    assert added == ["MAILTO=root", "5 5 * * * /bin/keep", "", "# pyinfra-name=q", ENTRY]
+    assert sch.with_named_entry(added, "q", ENTRY) is None
+
+
+def test_a_named_entry_is_replaced_in_place_and_nothing_else_moves():
+    lines = ["# pyinfra-name=other", "1 2 * * * /bin/other", "", "# pyinfra-name=q", "MAILTO=ops",
+             "17 4 * * * /usr/local/lib/x.sh", "# keep me", "5 5 * * * /bin/keep"]
+    assert sch.with_named_entry(lines, "q", ENTRY) == [
+        "# pyinfra-name=other", "1 2 * * * /bin/other", "", "# pyinfra-name=q", "MAILTO=ops", ENTRY,
+        "# keep me", "5 5 * * * /bin/keep"]
+    # a comment with no entry after it gets one
+    assert sch.with_named_entry(["# pyinfra-name=q"], "q", ENTRY) == ["# pyinfra-name=q", ENTRY]
