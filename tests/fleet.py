@@ -184,7 +184,7 @@ class Fleet:
     """N `sshhost` containers named `<prefix>-host<i>`; see the module docstring."""
 
     def __init__(self, prefix: str, folder: Path, count: int, docker_socket: bool = False,
-                 login: str = "root", port_start: int = 33000, share_apt_archives: bool = False,
+                 login: str = "root", port_start: int = 24000, share_apt_archives: bool = False,
                  client: docker.DockerClient | None = None, host_network: bool = False,
                  mounts: tuple[str, ...] = ()):
         if login not in ("root", "admin"):

@@ -84,7 +84,7 @@ class LabPool:
         pooled = next((lab for lab in self.labs if lab.group == group and lab.scenario == scenario
                        and not lab.changed & needs), None)
         if pooled is None:
-            pooled = _PooledLab(new_lab("qtsh", 38000), scenario, set(), group)
+            pooled = _PooledLab(new_lab("qtsh", 10000), scenario, set(), group)
             self.labs.append(pooled)
             try:
                 pooled.handle.up(scenario)

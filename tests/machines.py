@@ -128,7 +128,7 @@ class Machines:
     """N `machine` containers named `<prefix>-host<i>`; see the module docstring."""
 
     def __init__(self, prefix: str, folder: Path, count: int, project: bool = False,
-                 port_start: int = 34000, client: docker.DockerClient | None = None):
+                 port_start: int = 25000, client: docker.DockerClient | None = None):
         self.prefix, self.folder, self.count, self.project = prefix, Path(folder), count, project
         self.client = client or docker.from_env()
         self.labels = {"quantlab.prefix": prefix, "quantlab.service": SERVICE}

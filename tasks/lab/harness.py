@@ -25,12 +25,25 @@ GROUP_DATA = REPO / "inventories" / "group_data"
 PREFORK = Prefork(PYINFRA.parent / "python", REPO)
 
 
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (Linux: 32768-60999)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
 def free_port_base(start: int, span: int = 10, avoid: int | None = None) -> int:
     """A base port whose next `span` ports on 127.0.0.1 are free right now (never `avoid`: a base
-    whose port was just found taken may look free again once its half-made lab is down)."""
+    whose port was just found taken may look free again once its half-made lab is down).
+
+    Never in the kernel's ephemeral range: there any client connection (the tests make thousands)
+    may take a port between this check and the engine binding it, which no retry can see coming."""
+    low, high = ephemeral_ports()
     for _ in range(200):
         base = start + random.randrange(0, 200) * span
-        if base == avoid:
+        if base == avoid or (base <= high and base + span - 1 >= low):
             continue
         sockets = []
         try:
@@ -44,7 +57,7 @@ def free_port_base(start: int, span: int = 10, avoid: int | None = None) -> int:
         finally:
             for sock in sockets:
                 sock.close()
-    raise RuntimeError("no free port range found")
+    raise RuntimeError(f"no free port range of {span} from {start} outside the ephemeral ports {low}-{high}")
 
 
 # What the engine says when a published port is taken (by a process; by another container).

@@ -27,7 +27,7 @@ A, B = {}, {"timeout": 61}  # the fix, and one gunicorn option off it
 
 @pytest.fixture(scope="module")
 def lab(request):
-    handle = new_lab("qccr", 39500)
+    handle = new_lab("qccr", 18000)
     request.addfinalizer(handle.down)
     handle.up("incident", style="compose")
     return handle

@@ -36,7 +36,7 @@ MANAGED_LINE = re.compile(
 
 @pytest.fixture(scope="module")
 def lab(request):
-    handle = new_lab("qcfx", 39000)
+    handle = new_lab("qcfx", 16000)
     request.addfinalizer(handle.down)
     handle.up("incident", style="compose")
     return handle

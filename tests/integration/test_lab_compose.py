@@ -37,7 +37,7 @@ def client():
 
 @pytest.fixture(scope="module")
 def lab(request, client):
-    handle = new_lab("qtcmp", 42000)
+    handle = new_lab("qtcmp", 20000)
     request.addfinalizer(handle.down)
     return handle
 

@@ -115,7 +115,7 @@ class Sweep:
 
 @pytest.fixture(scope="module")
 def sweep(request, tmp_path_factory):
-    lab = lab_up(request, "qtns", 39000, "incident")
+    lab = lab_up(request, "qtns", 12000, "incident")
     folder = tmp_path_factory.mktemp("no-secrets")
     sweep = Sweep(lab, folder)
 

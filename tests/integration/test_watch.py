@@ -35,7 +35,7 @@ BURST = ('stamp=$(date -u "+%Y-%m-%d %H:%M:%S"); for i in $(seq 1000 1999); do e
 
 @pytest.fixture(scope="module")
 def lab(request):
-    return lab_up(request, "qtwt", 33000, "incident")
+    return lab_up(request, "qtwt", 22000, "incident")
 
 
 WATCHFILES_LINE = ("_rust_notify.WatchfilesRustInternalError: error in underlying watcher: "

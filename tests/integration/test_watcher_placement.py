@@ -42,7 +42,7 @@ SERVICE = "quant-watch.service"
 @pytest.fixture(scope="module")
 def machine(request, tmp_path_factory):
     machines = Machines(f"qtwp{random.randrange(16 ** 4):04x}", tmp_path_factory.mktemp("placement"), 1,
-                        port_start=34600)
+                        port_start=25500)
     request.addfinalizer(machines.remove)
     machines.start()
     host = machines.hosts[0]

@@ -28,7 +28,7 @@ SCRIPT = "/opt/quant-remediation/supervise-quant-watch.sh"
 @pytest.fixture(scope="module")
 def host(request, tmp_path_factory):
     fleet = Fleet(f"qtws{random.randrange(16 ** 4):04x}", tmp_path_factory.mktemp("supervisor"), 1,
-                  port_start=34700)
+                  port_start=25700)
     request.addfinalizer(fleet.remove)
     fleet.start()
     return fleet.hosts[0], fleet

@@ -11,13 +11,13 @@ import pytest
 
 from tasks.lab import harness
 
-TAKEN = ("lab: Error starting userland proxy: listen tcp4 127.0.0.1:39774: bind: address already in use",
-         "lab: Bind for 127.0.0.1:39775 failed: port is already allocated")
+TAKEN = ("lab: Error starting userland proxy: listen tcp4 127.0.0.1:19774: bind: address already in use",
+         "lab: Bind for 127.0.0.1:19775 failed: port is already allocated")
 
 
 class ScriptedLab(harness.LabHandle):
     def __init__(self, answers: list[tuple[int, str]]):
-        super().__init__(prefix="qtunit", port_base=39770)
+        super().__init__(prefix="qtunit", port_base=19770)
         self.answers = answers
         self.calls: list[tuple[int, tuple[str, ...]]] = []
 
@@ -35,7 +35,7 @@ def test_a_taken_port_takes_the_half_made_lab_down_and_retries_on_a_new_base(mes
     lab.up("incident")
     ups = [(base, args) for base, args in lab.calls if args[0] == "up"]
     assert [args[0] for _, args in lab.calls] == ["up", "down", "up"]
-    assert ups[0][0] == 39770 and ups[1][0] != 39770
+    assert ups[0][0] == 19770 and ups[1][0] != 19770
     assert ups[1][1] == ("up", "--scenario", "incident")
 
 
@@ -60,4 +60,12 @@ def test_the_retry_never_picks_the_base_whose_port_was_taken(monkeypatch):
     monkeypatch.setattr(harness.random, "randrange", lambda *_: next(draws))
     lab = ScriptedLab([(1, TAKEN[0]), (0, "")])
     lab.up("incident")
-    assert [base for base, args in lab.calls if args[0] == "up"] == [39770, 39780]
+    assert [base for base, args in lab.calls if args[0] == "up"] == [19770, 19780]
+
+
+def test_a_base_is_never_drawn_in_the_ephemeral_ports(monkeypatch):
+    # A client connection there could take a port between the check and the engine's bind.
+    monkeypatch.setattr(harness, "ephemeral_ports", lambda: (32768, 60999))
+    with pytest.raises(RuntimeError, match="outside the ephemeral ports 32768-60999"):
+        harness.free_port_base(38000)
+    assert all(harness.free_port_base(32000, span=10) + 9 < 32768 for _ in range(20))
