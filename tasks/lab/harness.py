@@ -92,8 +92,9 @@ class LabHandle:
         """`scripts/lab up`; style "compose" for the compose-style lab (None: the lab's own, else docker).
 
         A port found free when the base was picked can be taken before the lab binds it (another
-        lab starting beside this one, or a client's ephemeral port: the bases lie in Linux's
-        ephemeral range): then the half-made lab is taken down and brought up on a new base."""
+        lab, fleet or test server starting beside this one; client connections cannot take it:
+        the bases lie below the ephemeral ports): then the half-made lab is taken down and
+        brought up on a new base."""
         args = ("up", "--scenario", scenario, *(("--style", style) if style else ()))
         for attempt in range(1, PORT_ATTEMPTS + 1):
             proc = self.cli(*args, check=False)

@@ -1,7 +1,8 @@
 """LabHandle.up brings a lab up again on a new port base when a published port was taken between
-picking the base and binding it (seen in a suite run: three workers' labs and the clients'
-ephemeral ports share Linux's ephemeral range); any other failure is raised at once. The
-`scripts/lab` calls are scripted here: what is tested is the decision, not the engine."""
+picking the base and binding it (seen in a suite run, when the bases lay in Linux's ephemeral
+range with the clients' ports; now they lie below it, and another worker's lab can still take
+one); any other failure is raised at once. The `scripts/lab` calls are scripted here: what is
+tested is the decision, not the engine."""
 
 from __future__ import annotations
 
