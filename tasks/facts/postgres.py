@@ -39,11 +39,11 @@ _TMP_ROOT = "/tmp"
 # --- the private transport facts and operations share ---------------------------------------
 
 
-def private_dir(kind: str = "pg") -> str:
-    """A fresh path for secrets on the target (``kind`` names what for, in its name). Named on
-    the controller; ``mkdir -m 0700`` (no -p) fails if the path exists, so nobody can pre-plant
-    it. Files inside are 0600; the command that uses them removes the directory."""
-    return f"{_TMP_ROOT}/quant-{kind}-{secrets.token_hex(8)}"
+def private_dir() -> str:
+    """A fresh path for secrets on the target. Named on the controller; ``mkdir -m 0700`` (no
+    -p) fails if the path exists, so nobody can pre-plant it. Files inside are 0600; the
+    command that uses them removes the directory."""
+    return f"{_TMP_ROOT}/quant-pg-{secrets.token_hex(8)}"
 
 
 def pgpass_content(target: PgTarget) -> str | None:

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import io
 import shlex
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from pyinfra import host as current_host
-from pyinfra.api import FileUploadCommand, StringCommand
+from pyinfra.api import FunctionCommand
 from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, files, server, systemd
@@ -40,7 +42,6 @@ from tasks.core.schedule_units import (
     with_named_entry,
     without_named_entry,
 )
-from tasks.facts.postgres import private_dir, run_and_clean
 from tasks.facts.schedule import CrontabText, InitSystem
 from tasks.operations import runner
 from tasks.operations.recap import say
@@ -51,20 +52,35 @@ from tasks.settings.schedule import ScheduleSettings
 UNIT_DIR = "/etc/systemd/system"
 
 
-def _install_crontab(lines: list[str], user: str | None):
-    """Commands that make ``lines`` the crontab (``user``'s, else the login's): the text as a
-    0600 file in a fresh 0700 directory made by the login user, ``crontab FILE``, the directory
-    removed by the same command. Never pyinfra's way (``crontab -l`` into a /tmp file made with
-    the login's umask, world-readable and left behind) nor the text on a command line: the
-    user's other entries are theirs, and may hold what they would not show."""
-    workdir = private_dir("cron")
-    path = shlex.quote(f"{workdir}/crontab")
+def _rewrite_crontab(state, host, edit: Callable[[list[str]], list[str] | None], user: str | None):
+    """FunctionCommand body: ``user``'s crontab (else the login's) as it is now, ``edit``-ed, and
+    installed again, so that an edit made elsewhere since the plan read it is kept (the window
+    is pyinfra's own: list, edit, install). The new text goes as a 0600 file into a fresh 0700
+    folder of the login user (:func:`tasks.operations.runner.upload_private`), removed after:
+    never pyinfra's way (``crontab -l`` into a /tmp file made with the login's umask,
+    world-readable and left behind) nor on a command line, for the user's other entries are
+    theirs and may hold what they would not show. A crontab that cannot be read is an error,
+    nothing changed: never taken for an empty one."""
     user_args = f"-u {shlex.quote(user)} " if user else ""
-    yield StringCommand("mkdir", "-m", "0700", workdir, **runner.AS_LOGIN_USER)
-    yield FileUploadCommand(
-        io.StringIO("".join(f"{line}\n" for line in lines)), f"{workdir}/crontab", **runner.AS_LOGIN_USER
-    )
-    yield StringCommand(run_and_clean(f"chmod 0600 {path} && crontab {user_args}{path}", workdir))
+    ok, listed = runner.run(host, f"crontab {user_args}-l")
+    errors = " ".join(listed.stderr_lines).strip()
+    if ok:
+        lines = list(listed.stdout_lines)
+    elif errors.startswith("no crontab for"):
+        lines = []
+    else:
+        raise OperationError(f"cannot read the crontab{f' of {user}' if user else ''}: {errors[:200]}")
+    new = edit(lines)
+    if new is None:  # made so meanwhile
+        return
+    folder = runner.upload_private(host, {"crontab": "".join(f"{line}\n" for line in new)}, prefix="quant-cron")
+    try:
+        ok, output = runner.run(host, f"crontab {user_args}{shlex.quote(folder + '/crontab')}")
+    finally:
+        runner.remove_private(host, folder)
+    if not ok:
+        errors = " ".join(output.stderr_lines).strip()
+        raise OperationError(f"installing the crontab{f' of {user}' if user else ''} failed: {errors[:200]}")
 
 
 @operation()
@@ -84,11 +100,10 @@ def cron_entry(entry: str, line: str, user: str | None = None):
         schedule.cron_entry(name="Cleanup cron entry", entry="quant-db-cleanup", line="17 3 * * * /job.sh")
     """
     lines = current_host.get_fact(CrontabText, user=user)
-    new = with_named_entry(lines, entry, line)
-    if new is None:
+    if with_named_entry(lines, entry, line) is None:
         current_host.noop(f"cron entry {entry} is {line}")
         return
-    yield from _install_crontab(new, user)
+    yield FunctionCommand(_rewrite_crontab, (partial(with_named_entry, name=entry, entry=line), user), {})
 
 
 @operation()
@@ -108,11 +123,10 @@ def cron_entry_absent(entry: str, user: str | None = None):
         schedule.cron_entry_absent(name="No cleanup cron entry", entry="quant-db-cleanup")
     """
     lines = current_host.get_fact(CrontabText, user=user)
-    kept = without_named_entry(lines, entry)
-    if kept is None:
+    if without_named_entry(lines, entry) is None:
         current_host.noop(f"no cron entry named {entry}")
         return
-    yield from _install_crontab(kept, user)
+    yield FunctionCommand(_rewrite_crontab, (partial(without_named_entry, name=entry), user), {})
 
 
 def own_job(s: ScheduleSettings, init: dict) -> ScheduleSettings:

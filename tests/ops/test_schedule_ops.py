@@ -7,7 +7,6 @@ tests give them).
 from __future__ import annotations
 
 import hashlib
-import re
 
 import pytest
 from pyinfra.api.exceptions import OperationError
@@ -49,26 +48,29 @@ def facts(init=CRON_HOST, crontab="", files=None, sums=None, systemd=None, which
     }
 
 
-def private(command):
-    """A command with its fresh private directory's name made stable."""
-    if isinstance(command, list):
-        return [private(part) for part in command]
-    return re.sub(r"/tmp/quant-cron-[0-9a-f]{16}", "/tmp/PRIVATE", command) if isinstance(command, str) else command
+def crontab_writes(commands, crontabs):
+    """The crontab step as ``["crontab", user, new text]``: its execution-time callback's edit
+    applied to the crontab the facts hold (``crontabs``: fact key -> text). The callback itself
+    (list at execution, write from a private folder) is tests/unit/test_crontab_rewrite.py's."""
+    rendered = []
+    for command in commands:
+        if isinstance(command, list) and command[0] == "_rewrite_crontab":
+            _, edit, user = command
+            after = edit(str(crontabs[f"user={user}"]).splitlines())
+            command = ["crontab", user, None if after is None else "".join(f"{line}\n" for line in after)]
+        rendered.append(command)
+    return rendered
 
 
 def plan(s, host_facts):
     result = plan_on_host(lambda: schedule_cleanup(s), host_facts)
     assert not any("/tmp/pyinfra-" in str(c) for _, commands in result.steps for c in commands), result.steps
-    return result, [(name, private(commands)) for name, commands in result.steps]
+    return result, [(name, crontab_writes(commands, host_facts["CrontabText"])) for name, commands in result.steps]
 
 
-def new_crontab(text: str, user_args: str = "-u root ") -> list:
-    """How a crontab is written: as a 0600 file in a fresh 0700 directory the login user makes
-    (never pyinfra's world-readable /tmp copy, never the text on a command line), removed by the
-    same command that installs it."""
-    return ["mkdir -m 0700 /tmp/PRIVATE", ["upload", text, "/tmp/PRIVATE/crontab"],
-            f"chmod 0600 /tmp/PRIVATE/crontab && crontab {user_args}/tmp/PRIVATE/crontab; rc=$?; "
-            "rm -rf /tmp/PRIVATE; exit $rc"]
+def new_crontab(text: str, user: str | None = "root") -> list:
+    """How a crontab is written: at execution, by the callback, to ``text``."""
+    return [["crontab", user, text]]
 
 
 def sha1(text: str) -> str:
@@ -219,7 +221,7 @@ def test_a_timer_without_a_calendar_is_a_settings_error_before_any_change():
     assert "set on_calendar" in str(err.value)
     # on a cron host the same fields are fine
     _, steps = plan(settings(minute="*/15"), facts())
-    assert f"\n*/15 3 * * * {SCRIPT}\n" in dict(steps)["Cron entry quant-db-cleanup"][1][1]
+    assert f"\n*/15 3 * * * {SCRIPT}\n" in dict(steps)["Cron entry quant-db-cleanup"][0][2]
 
 
 def test_cron_entry_absent_keeps_other_entries_and_their_comments():
@@ -227,8 +229,8 @@ def test_cron_entry_absent_keeps_other_entries_and_their_comments():
                      f"17 3 * * * {SCRIPT}\n# keep me\n5 5 * * * /bin/keep")
     result = plan_on_host(lambda: cron_entry_absent(entry="quant-db-cleanup", user="deploy"),
                           {"CrontabText": {"user=deploy": crontab}})
-    assert private(result.commands()) == new_crontab(
-        "# pyinfra-name=other\n1 2 * * * /bin/other\n# keep me\n5 5 * * * /bin/keep\n", "-u deploy ")
+    assert crontab_writes(result.commands(), {"user=deploy": crontab}) == new_crontab(
+        "# pyinfra-name=other\n1 2 * * * /bin/other\n# keep me\n5 5 * * * /bin/keep\n", "deploy")
 
 
 # -- installed by the deploy user itself (no root): its own job --------------------------------------
@@ -255,7 +257,7 @@ def test_the_deploy_user_installs_its_own_job_in_its_crontab_and_home():
         (f"Job script {OWN_SCRIPT}", [["upload", job_script(own), OWN_SCRIPT], f"chown deploy {OWN_SCRIPT}",
                                       f"chmod 700 {OWN_SCRIPT}"]),
         # no -u: only root may name a user
-        ("Cron entry quant-db-cleanup", new_crontab(f"# pyinfra-name=quant-db-cleanup\n17 3 * * * {OWN_SCRIPT}\n", "")),
+        ("Cron entry quant-db-cleanup", new_crontab(f"# pyinfra-name=quant-db-cleanup\n17 3 * * * {OWN_SCRIPT}\n", None)),
     ]
     assert "LOCK=/home/deploy/.local/state/quant-remediation/quant-db-cleanup.lock" in job_script(own)
     assert ("schedule: commands run as deploy without root: the job is deploy's own, in its crontab, its "
@@ -319,5 +321,5 @@ def test_present_false_by_the_deploy_user_removes_its_own_entry_and_script():
     crontab = f"# pyinfra-name=quant-db-cleanup\n17 3 * * * {OWN_SCRIPT}"
     _, steps = plan(s, own_facts(init=f"systemd=yes\npid1=systemd\ncron=running\n{AS_DEPLOY}",
                                  crontab=crontab, files={OWN_SCRIPT: {"mode": 700}}))
-    assert steps == [("No cron entry quant-db-cleanup", new_crontab("", "")),
+    assert steps == [("No cron entry quant-db-cleanup", new_crontab("", None)),
                      (f"No job script {OWN_SCRIPT}", [f"rm -f {OWN_SCRIPT}"])]  # root's units: not its to remove
