@@ -66,14 +66,16 @@ def _rewrite_crontab(state, host, edit: Callable[[list[str]], list[str] | None],
     errors = " ".join(listed.stderr_lines).strip()
     if ok:
         lines = list(listed.stdout_lines)
-    elif errors.startswith("no crontab for"):
+    elif "no crontab for" in errors:  # after any warning sudo printed first
         lines = []
     else:
         raise OperationError(f"cannot read the crontab{f' of {user}' if user else ''}: {errors[:200]}")
     new = edit(lines)
     if new is None:  # made so meanwhile
         return
-    folder = runner.upload_private(host, {"crontab": "".join(f"{line}\n" for line in new)}, prefix="quant-cron")
+    folder = runner.upload_private(
+        host, {"crontab": "".join(f"{line}\n" for line in new)}, prefix="quant-cron"
+    )
     try:
         ok, output = runner.run(host, f"crontab {user_args}{shlex.quote(folder + '/crontab')}")
     finally:
