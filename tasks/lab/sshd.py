@@ -275,15 +275,7 @@ def start_sshd(folder: Path, shell_rc: Path | None = None) -> SshServer:
         known_hosts = folder / "known_hosts"
         known_hosts.write_text(f"[{HOST}]:{port} {host_pub[0]} {host_pub[1]}\n")
         log = folder / "sshd.log"
-        with log.open("wb") as log_file:
-            # sshd re-execs itself and requires an absolute path (sshd_argv gives it).
-            process = subprocess.Popen(
-                sshd_argv(config, shell_rc, Path(account.pw_dir)),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = _spawn_sshd(config, shell_rc, Path(account.pw_dir), log, "wb")
         server = SshServer(
             HOST, port, user, folder / "client_ed25519", known_hosts, folder, log, process, shell_rc
         )
@@ -302,12 +294,18 @@ def restart_sshd(server: SshServer) -> None:
     """The same sshd again after :func:`stop_sshd`: its port, host key, config and sessions' shell
     rc; its log appended to."""
     home = Path(pwd.getpwnam(server.user).pw_dir)
-    with server.log.open("ab") as log:
-        server.process = subprocess.Popen(
-            sshd_argv(server.folder / "sshd_config", server.shell_rc, home),
+    server.process = _spawn_sshd(server.folder / "sshd_config", server.shell_rc, home, server.log, "ab")
+    _wait_ready(server)
+
+
+def _spawn_sshd(config: Path, shell_rc: Path | None, home: Path, log: Path, mode: str) -> subprocess.Popen:
+    """sshd (:func:`sshd_argv`) in its own session, its output to ``log`` (``mode`` "wb" or "ab")."""
+    with log.open(mode) as log_file:
+        # sshd re-execs itself and requires an absolute path (sshd_argv gives it).
+        return subprocess.Popen(
+            sshd_argv(config, shell_rc, home),
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    _wait_ready(server)
