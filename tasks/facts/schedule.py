@@ -35,7 +35,9 @@ class InitSystem(FactBase):
 
 
 class CrontabText(FactBase):
-    """The raw lines of ``user``'s crontab (empty when there is none or no ``crontab``)."""
+    """The raw lines of ``user``'s crontab: empty when there is none (or no ``crontab``). A crontab
+    that cannot be read fails the fact, with crontab's own words: never taken for an empty one,
+    so that ``--dry`` does not promise an entry the run would then refuse to write."""
 
     default = list
 
@@ -43,11 +45,27 @@ class CrontabText(FactBase):
         return "crontab"
 
     def command(self, user=None):
+        listing = f"crontab -u {shlex.quote(user)} -l" if user else "crontab -l"
+        # The listing on stdout as it is; its stderr kept aside: "no crontab for" (after any
+        # warning sudo printed first) is an empty crontab, anything else the fact's error.
         return (
-            f"crontab -l -u {shlex.quote(user)} 2>/dev/null || true"
-            if user
-            else "crontab -l 2>/dev/null || true"
+            f"{{ err=$({listing} 2>&1 >&3 3>&-); rc=$?; }} 3>&1; "
+            'if [ $rc -ne 0 ]; then case "$err" in *"no crontab for"*) ;; '
+            "*) printf '%s\\n' \"$err\" >&2; exit $rc ;; esac; fi"
         )
 
     def process(self, output):
         return list(output or [])
+
+
+class PasswdEntry(FactBase):
+    """``user``'s passwd entry as ``{"name", "uid", "home"}``, or None when there is no such user."""
+
+    def command(self, user):
+        return f"getent passwd {shlex.quote(user)} || true"
+
+    def process(self, output):
+        fields = output[0].split(":") if output else []
+        if len(fields) < 7:
+            return None
+        return {"name": fields[0], "uid": fields[2], "home": fields[5]}

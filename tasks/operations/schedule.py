@@ -42,7 +42,7 @@ from tasks.core.schedule_units import (
     with_named_entry,
     without_named_entry,
 )
-from tasks.facts.schedule import CrontabText, InitSystem
+from tasks.facts.schedule import CrontabText, InitSystem, PasswdEntry
 from tasks.operations import runner
 from tasks.operations.recap import say
 from tasks.operations.refusals import deploy, operation
@@ -190,9 +190,20 @@ def schedule_cleanup(settings: ScheduleSettings | None = None):
     unit_dir = UNIT_DIR
     # Root names the crontab's user; a user's own crontab takes no -u (only root may give one).
     cron_user = None if own else s.user
+    # Read before any change (an operation's facts are read only when it runs, under -y): a job
+    # for a user this host does not have, or a crontab that cannot be read, stops the host here.
+    known_user = own or current_host.get_fact(PasswdEntry, user=s.user) is not None
+    if s.present and not known_user:
+        raise SettingsError(current_host.name, [f"cleanup_schedule.user: no user {s.user!r} on this host"])
+    has_crontab = current_host.get_fact(Which, command="crontab")
+    if known_user and has_crontab:
+        current_host.get_fact(CrontabText, user=cron_user)
 
     if not s.present:
-        cron_entry_absent(name=f"No cron entry {s.name}", entry=s.name, user=cron_user)
+        if known_user:
+            cron_entry_absent(name=f"No cron entry {s.name}", entry=s.name, user=cron_user)
+        else:
+            say(current_host, f"schedule: no user {s.user!r} on this host, so no crontab of theirs to clean")
         if init["systemd"] and not own:
             timer = systemd.service(
                 name=f"Timer {s.name} stopped", service=f"{s.name}.timer", running=False, enabled=False
@@ -208,7 +219,7 @@ def schedule_cleanup(settings: ScheduleSettings | None = None):
         say(current_host, f"schedule: log {s.log_file} (and rotations) left in place")
         return
 
-    if use_cron and s.install_cron and not current_host.get_fact(Which, command="crontab"):
+    if use_cron and s.install_cron and not has_crontab:
         if own:
             raise OperationError(
                 f"cleanup_schedule: cron is not installed and {init['user']} cannot install it "

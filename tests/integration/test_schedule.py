@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.labkit import REPO, ROWS, run_pyinfra, shared_lab
+from tests.labkit import REPO, ROWS, pyinfra_process, run_pyinfra, shared_lab
 
 pytestmark = pytest.mark.lab
 
@@ -161,6 +161,20 @@ def test_failure_is_a_non_zero_exit(sched):
         assert Path(sched["settings"]["log_file"]).read_text().rstrip().endswith(f"exit {proc.returncode}")
     finally:
         run_pyinfra(sched["inventory"](), DEPLOY)
+
+
+def test_a_job_for_a_user_this_host_lacks_is_refused_in_one_line_before_any_change(sched):
+    """Before, --dry promised the job (the crontab read `|| true` looked empty) and the real run
+    wrote the job script, then failed on its chown."""
+    script = sched["folder"] / "nouser" / "job.sh"
+    inventory = sched["inventory"](user="quantnosuchuser", script_path=str(script))
+    refusal = "cleanup_schedule.user: no user 'quantnosuchuser' on this host"
+    dry = pyinfra_process("--dry", str(inventory), str(DEPLOY))
+    real = run_pyinfra(inventory, DEPLOY)
+    for run in (dry, real):
+        assert run.returncode != 0 and refusal in run.stdout + run.stderr, (run.stdout + run.stderr)[-2000:]
+    assert "stopped while planning: nothing was executed" in real.stdout + real.stderr
+    assert not script.parent.exists()
 
 
 def test_removal(sched):
