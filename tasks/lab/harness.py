@@ -208,9 +208,11 @@ def run_pyinfra(
     timeout: int = 900,
     forked: bool = True,
 ) -> PyinfraRun:
-    """`pyinfra -y --json`, as a user would run it; results parsed from the JSON on stdout."""
+    """`pyinfra -y --json`, as a user would run it; results parsed from the JSON on stdout. With
+    ``--dry``, no ``-y``: as a user's `pyinfra --dry`, the plan is evaluated and its changes shown
+    (``-y`` skips pyinfra's change detection, so a dry run would show no plan at all)."""
     proc = pyinfra_process(
-        "-y",
+        *(() if "--dry" in args else ("-y",)),
         "--json",
         "--group-data",
         str(GROUP_DATA),
