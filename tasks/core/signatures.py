@@ -409,7 +409,13 @@ def parse_diagnosis_output(output: Iterable[str]) -> dict:
             sections[current] = []
         elif current is not None:
             sections[current].append(line)
-    result: dict[str, Any] = {"now": None, "record": None, "record_error": None, "containers": {}}
+    result: dict[str, Any] = {
+        "now": None,
+        "record": None,
+        "record_error": None,
+        "record_unreadable": False,
+        "containers": {},
+    }
     for key, lines in sections.items():
         kind, _, name = key.partition(" ")
         if kind == "state":
@@ -434,6 +440,8 @@ def parse_diagnosis_output(output: Iterable[str]) -> dict:
                     result["record"] = json.loads(text)
                 except json.JSONDecodeError as exc:
                     result["record_error"] = f"unreadable ({exc.msg}); treated as empty"
+        elif kind == "record-unreadable":
+            result["record_unreadable"] = True
         elif kind == "now":
             result["now"] = lines[0].strip() if lines else None
     return result

@@ -7,6 +7,7 @@ the last-run record and the host's clock. Matching and decisions are pure
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 
 from pyinfra.api import FactBase
@@ -28,6 +29,7 @@ class HostDiagnosis(FactBase):
     + record_path: the last-run record on the host
 
     Returns ``{"now": str, "record": dict | None, "record_error": str | None,
+    "record_unreadable": bool,
     "containers": {name: {"exists": bool, "state": dict, "restart_count": int, "lines": [str]}}}``.
     """
 
@@ -49,7 +51,14 @@ class HostDiagnosis(FactBase):
                 f"--since {shlex.quote(since)} --tail {int(tail)} -- {q} 2>&1 || true; }} "
                 f"| LC_ALL=C awk {shlex.quote(MASK_LINES_AWK)}"
             )
-        parts.append(f"echo '{SECTION}record'; cat {shlex.quote(record_path)} 2>/dev/null || true")
+        # A record that is there but cannot be read (its file, or a folder on its way) is not a
+        # missing one: its own section, so that the throttle it holds is never silently lost.
+        q_record, q_folder = shlex.quote(record_path), shlex.quote(posixpath.dirname(record_path) or ".")
+        parts.append(
+            f"echo '{SECTION}record'; cat {q_record} 2>/dev/null || "
+            f"{{ if [ -e {q_record} ] || {{ [ -d {q_folder} ] && [ ! -x {q_folder} ]; }}; "
+            f"then echo '{SECTION}record-unreadable'; fi; }}"
+        )
         parts.append(f"echo '{SECTION}now'; date -u +%Y-%m-%dT%H:%M:%S.%NZ")
         return "; ".join(parts)
 

@@ -326,6 +326,12 @@ def remediate():
     )
     if facts is None:
         raise OperationError("docker is not installed on this host: nothing to diagnose")
+    if facts.get("record_unreadable"):
+        # Its throttle and breaker would be lost: remediations could repeat, then fail to record.
+        raise OperationError(
+            f"cannot read the last-run record {settings.record_path} (its throttle and breaker): "
+            "nothing changed; make it readable to the user the commands run as"
+        )
     findings: list[signatures.Finding] = []
     missing = []
     for role, name in sorted(wanted.items()):

@@ -119,7 +119,7 @@ def test_the_fact_reads_each_container_the_record_and_the_clock_read_only():
     for name in (BACKEND, MLFLOW):
         assert f"docker inspect --type container -f '{{{{json .State}}}} {{{{.RestartCount}}}}' -- {name}" in command
         assert f"docker logs --timestamps --since 2h --tail 2000 -- {name} 2>&1 || true" in command
-    assert f"cat {RECORD_PATH} 2>/dev/null || true" in command
+    assert f"cat {RECORD_PATH} 2>/dev/null || {{ if [ -e {RECORD_PATH} ]" in command
     assert command.endswith("date -u +%Y-%m-%dT%H:%M:%S.%NZ")
     for writes in ("docker rm", "docker restart", "docker update", "docker run", " > ", "tee "):
         assert writes not in command
@@ -263,6 +263,17 @@ def test_an_unreadable_record_is_said_and_treated_as_empty():
     result = plan(mlflow="sigkill", record='{"version": 1, "runs": {\n')
     assert names(result) == [f"MLflow container {MLFLOW}", RECORD_STEP]
     assert any(line.startswith(f"last-run record {RECORD_PATH}: unreadable") for line in result.logs)
+
+
+def test_a_record_that_cannot_be_read_refuses_before_any_change():
+    """Its throttle and breaker would be lost: the remediations would run again, then fail to
+    write it. Unlike a corrupt one (its owner can be replaced), nothing runs."""
+    facts = remediation_facts(mlflow="sigkill")
+    facts["HostDiagnosis"] = Output(facts["HostDiagnosis"].replace(f"{SECTION}now", f"{SECTION}record-unreadable\n{SECTION}now"))
+    with pytest.raises(OperationError) as err:
+        plan_on_host(lambda: runpy.run_path(str(DEPLOY)), facts, host_data=HOST_DATA)
+    assert str(err.value) == (f"cannot read the last-run record {RECORD_PATH} (its throttle and breaker): "
+                              "nothing changed; make it readable to the user the commands run as")
 
 
 def test_a_missing_container_is_said_and_the_others_still_diagnosed():

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -277,6 +282,48 @@ def test_fact_output_is_parsed():
     assert parsed["now"] == "2026-01-02T04:00:00.000000000Z"
     broken = diagnose.parse_diagnosis_output([f"{s}record", "{not json", f"{s}now", T0])
     assert broken["record"] is None and "unreadable" in broken["record_error"]
+
+
+def run_record_read(record_path: str, as_nobody: bool = False) -> dict:
+    """The fact's command for no container (its record and clock parts) run by /bin/sh, parsed."""
+    command = HostDiagnosis().command((), "2h", 10, record_path)
+    argv = ["/bin/sh", "-c", command]
+    if as_nobody:
+        argv = ["runuser", "-u", "nobody", "--", *argv] if os.geteuid() == 0 else argv
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+    return diagnose.parse_diagnosis_output(done.stdout.splitlines())
+
+
+def test_a_missing_record_is_no_record_and_one_there_is_read(tmp_path):
+    for missing in (tmp_path / "none.json", tmp_path / "no-folder" / "none.json"):
+        parsed = run_record_read(str(missing))
+        assert parsed["record"] is None and not parsed["record_unreadable"]
+    (tmp_path / "r.json").write_text('{"version": 1, "runs": {}}\n')
+    parsed = run_record_read(str(tmp_path / "r.json"))
+    assert parsed["record"] == {"version": 1, "runs": {}} and not parsed["record_unreadable"]
+    assert parsed["now"]
+
+
+def test_a_record_that_is_there_but_cannot_be_read_is_said_so_never_taken_for_none(tmp_path):
+    (tmp_path / "a-folder.json").mkdir()  # cat cannot read it, yet it is there
+    assert run_record_read(str(tmp_path / "a-folder.json"))["record_unreadable"]
+    if os.geteuid() == 0 and not shutil.which("runuser"):
+        pytest.skip("root without runuser: a permission cannot be denied here")
+    top = Path(tempfile.mkdtemp(prefix="quant-record-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        (top / "r.json").write_text("{}")
+        (top / "r.json").chmod(0o000)  # the file: no read
+        (top / "closed").mkdir(mode=0o700)
+        (top / "closed" / "r.json").write_text("{}")
+        (top / "closed").chmod(0o600)  # a folder on its way: no search
+        for path in (top / "r.json", top / "closed" / "r.json"):
+            parsed = run_record_read(str(path), as_nobody=True)
+            assert parsed["record_unreadable"] and parsed["record"] is None, path
+    finally:
+        (top / "closed").chmod(0o700)
+        shutil.rmtree(top)
 
 
 def test_times():
