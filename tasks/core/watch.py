@@ -23,6 +23,8 @@ reported and never created). The watcher keeps, per (host, key):
 - a failed run is retried ``retry_delay`` seconds after its end (without a new line), until
   ``breaker_failures`` failures in a row open the breaker: reported once, never tried again while
   the watcher runs. A verified run resets the count.
+- a watcher restarted on its audit file takes those windows, counts and breakers over from the
+  records of the last day (:meth:`Watcher.resume`).
 
 A host whose connection failed is audited once as "disconnected" (:meth:`Watcher.host_down`) and
 once as "reconnected" with how long it was away (:meth:`Watcher.host_up`).
@@ -41,12 +43,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.core import remediation
-from tasks.core.signatures import Finding, Signature, match_lines
+from tasks.core.signatures import DEFAULT_THROTTLE, Finding, Signature, match_lines
 
 # docker events the watcher follows (docker events --filter event=...)
 EVENTS = ("die", "oom", "health_status", "restart")
 
 IDLE, PENDING, RUNNING, COOLING, RETRY, OPEN = "idle", "pending", "running", "cooling", "retry", "open"
+RESUME_HORIZON = 86400.0  # audit records older than this (seconds) carry nothing over
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,15 @@ class Settings:
 
 def _iso(seconds: float) -> str:
     return _dt.datetime.fromtimestamp(seconds, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _seconds(text: Any) -> float | None:
+    """An audit record's time (as :func:`_iso` writes it) in seconds, else None."""
+    try:
+        stamp = _dt.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        return None
+    return stamp.replace(tzinfo=_dt.UTC).timestamp()
 
 
 @dataclass
@@ -170,6 +182,62 @@ class Watcher:
             sig.id, sig.severity, sig.remediation, role, container, stamp, evidence, source="event"
         )
         return self._finding(host, finding)
+
+    def resume(self, records: Iterable[Any], horizon: float = RESUME_HORIZON) -> int:
+        """Carry an earlier watcher's guards over from its audit records (oldest first), so that
+        a watcher restarted during an incident (by its supervisor, say) neither runs a fix again
+        inside the throttle window of a verified run (forced runs skip the host record's
+        throttle: this one is the guard) nor closes a breaker. Failed and interrupted runs count
+        toward the breaker, and so does a run started or queued and never finished (the watcher
+        died during it, or before it); dry runs count for nothing. Records older than ``horizon`` seconds and
+        anything that is not such a record are skipped. Each target still held back is audited
+        once ("resumed"). Returns how many targets were carried over."""
+        now = self.clock()
+        unfinished: dict[tuple[str, str], float] = {}
+        carried: dict[tuple[str, str], tuple[_Target, str]] = {}
+        for r in records:
+            if not isinstance(r, Mapping) or r.get("kind") not in ("finding", "action", "breaker"):
+                continue
+            host, name, target = (str(r.get(k) or "") for k in ("host", "remediation", "target"))
+            at = _seconds(r.get("time"))
+            if not (host and name and target) or at is None or now - at > horizon:
+                continue
+            signature = str(r.get("signature") or "")
+            throttle = next(
+                (s.throttle for s in self.catalog_of(host) if s.id == signature), DEFAULT_THROTTLE
+            )
+            t = self._target(host, f"{name}:{target}", name, target, throttle, target)
+            carried[(host, t.key)] = (t, signature)
+            kind, result = r["kind"], r.get("result")
+            if kind == "finding" and result in ("started", "queued"):  # a retry or a queued run: "queued"
+                unfinished[(host, t.key)] = at
+            elif kind == "action" and result in ("verified", "failed", "interrupted"):
+                unfinished.pop((host, t.key), None)
+                t.ended = at
+                if result == "verified":
+                    t.failures, t.state, t.until = 0, COOLING, at + t.throttle
+                else:
+                    t.failures, t.state = t.failures + 1, IDLE
+            elif kind == "breaker" and result == "open":
+                t.state = OPEN
+        for key, at in unfinished.items():
+            t = carried[key][0]
+            t.failures, t.ended = t.failures + 1, at
+            if t.state != OPEN:
+                t.state = IDLE
+        for t, signature in carried.values():
+            if t.failures >= self.settings.breaker_failures:
+                t.state = OPEN
+            if t.state == OPEN:
+                said = "breaker open: not tried again (a watcher with a new --audit file starts afresh)"
+            elif t.state == COOLING and t.until > now:
+                said = f"throttled until {_iso(t.until)}"
+            elif t.failures:
+                said = f"{t.failures} failed run(s) in a row of {self.settings.breaker_failures}"
+            else:
+                continue
+            self._record(t, "resume", said, "resumed", signature, "from the audit of an earlier watcher")
+        return len(carried)
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -322,17 +390,9 @@ class Watcher:
                 reason=action.reason,
             )
             return None
-        t = self.targets.get((host, action.key))
-        if t is None:
-            containers = (
-                (finding.container, f"{finding.container}-previous")
-                if action.remediation != "db_users"
-                else ()
-            )
-            t = _Target(
-                host, action.key, action.remediation, action.target, action.throttle, containers=containers
-            )
-            self.targets[(host, action.key)] = t
+        t = self._target(
+            host, action.key, action.remediation, action.target, action.throttle, finding.container
+        )
         if t.state == OPEN:
             t.collapsed += 1
             return None
@@ -367,6 +427,17 @@ class Watcher:
         self._record(t, "finding", t.decision.describe(), started, finding.signature, finding.evidence)
         self._start(t, now)
         return t.decision
+
+    def _target(
+        self, host: str, key: str, remediation_name: str, target: str, throttle: float, container: str
+    ) -> _Target:
+        """The (host, key) target, made on first use; a db_users run touches no container."""
+        t = self.targets.get((host, key))
+        if t is None:
+            containers = (container, f"{container}-previous") if remediation_name != "db_users" else ()
+            t = _Target(host, key, remediation_name, target, throttle, containers=containers)
+            self.targets[(host, key)] = t
+        return t
 
     def _start(self, t: _Target, now: float) -> None:
         t.state = RUNNING

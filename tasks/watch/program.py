@@ -14,7 +14,9 @@ record, and exits non-zero when it could not: that is the result).
 A host whose SSH connection fails is audited "disconnected" once, its streams reconnect with
 backoff, and it is audited "reconnected" when one opens again; the other hosts carry on.
 Every finding and action is a JSON line in the audit file and a one-line summary on the console;
-each run's full output is kept beside the audit (``<audit>.runs/``, 0600).
+each run's full output is kept beside the audit (``<audit>.runs/``, 0600). A watcher started on
+an audit file an earlier one wrote (its supervisor restarted it) carries that one's throttle
+windows and breakers over from it (:meth:`tasks.core.watch.Watcher.resume`).
 ``--dry`` runs nothing and audits each decision as "dry-run". SIGTERM/SIGINT stop every stream and
 every remediation child (its process group: TERM, then KILL after 20 s), then exit.
 """
@@ -31,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,32 @@ def remediation_command(inventory: str, decision: Decision, group_data: list[str
 def remediation_env(decision: Decision, environ=None) -> dict[str, str]:
     """The run's environment: the watcher's own, with ``QUANT_REMEDIATE_ONLY`` naming the finding."""
     return {**(os.environ if environ is None else environ), ONLY_ENV: decision.key}
+
+
+def read_audit(path: str) -> Iterator[dict]:
+    """The audit file's records, oldest first; nothing when there is no file yet. A line that is
+    not a JSON object (one cut short by a crash) is skipped."""
+    try:
+        handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+    except FileNotFoundError:
+        return
+    with handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def _ends_a_line(path: str) -> bool:
+    """Whether the file is empty or ends with a newline."""
+    with open(path, "rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return True
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
 
 
 class Program:
@@ -88,7 +117,11 @@ class Program:
             configured_roles={h.name: h.db_roles for h in hosts},
             catalogs={h.name: by_path[h.catalog_path] for h in hosts},
         )
+        if audit_path:  # an earlier watcher's throttle and breakers (this one restarts mid-incident)
+            self.watcher.resume(read_audit(audit_path))
         self.audit = open(audit_path, "a", encoding="utf-8") if audit_path else None  # noqa: SIM115
+        if self.audit and audit_path and not _ends_a_line(audit_path):
+            self.audit.write("\n")  # the line a dead watcher cut short stays alone, never joined to ours
         # each remediation's full pyinfra output, beside the audit: <audit>.runs/<time>-<host>-<key>.log
         self.runs_dir = Path(f"{audit_path}.runs") if audit_path else None
         self.inbox: queue.Queue = queue.Queue()

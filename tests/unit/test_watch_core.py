@@ -238,3 +238,78 @@ def test_each_host_reads_its_own_catalog(clock):
     assert w.feed_log("h2", "backend", "quant-backend", WATCHFILES).key == "backend_reload:quant-backend"
     assert w.feed_log("h1", "postgres", "quant-postgres", AUTH.format("quant_user")).key == "db_users:quant_user"
     assert w.feed_event("h2", "mlflow", {"Action": "oom", "Actor": {"Attributes": {"name": "quant-mlflow"}}}) is None
+
+
+# -- a watcher restarted on its audit file (Watcher.resume) ---------------------------------------
+
+def earlier_watcher_audit(clock, outcomes, **settings) -> list[dict]:
+    """The audit an earlier watcher wrote: one SIGKILL incident on h1 per outcome ("verified",
+    "failed", or None: the watcher died during the run), runs 40 s apart, as JSON lines read back."""
+    w = watcher(clock, grace=0, retry_delay=1, **settings)
+    for n, outcome in enumerate(outcomes):
+        decision = sigkill(w, pid=n)
+        if decision is None:  # a retry is due: handed out by ready()
+            clock.advance(1)
+            (decision,) = w.ready()
+        clock.advance(30)
+        if outcome is not None:
+            w.finished(decision, ok=outcome == "verified")
+        clock.advance(10)
+    return [json.loads(audit_line(r)) for r in w.drain_audit()]
+
+
+def test_a_restarted_watcher_keeps_a_verified_runs_throttle(clock):
+    records = earlier_watcher_audit(clock, ["verified"])
+    clock.advance(60)  # the supervisor restarted it a minute later; the incident's lines go on
+    w = watcher(clock, grace=0)
+    assert w.resume(records) == 1
+    (said,) = w.drain_audit()
+    assert said["kind"] == "resume" and said["result"] == "resumed"
+    assert said["action"].startswith("throttled until ") and said["target"] == "quant-mlflow"
+    assert sigkill(w, pid=99) is None
+    assert [r["result"] for r in w.drain_audit()] == ["throttled"]
+    clock.advance(1800)  # the catalog's window, from the run's end
+    assert sigkill(w, pid=100) is not None
+
+
+def test_without_the_audit_the_same_lines_run_the_fix_again(clock):
+    """What resume guards against: forced runs skip the host record's throttle."""
+    earlier_watcher_audit(clock, ["verified"])
+    clock.advance(60)
+    assert sigkill(watcher(clock, grace=0), pid=99) is not None
+
+
+def test_a_breaker_stays_open_across_a_restart_for_a_day(clock):
+    records = earlier_watcher_audit(clock, ["failed", "failed", "failed"], breaker_failures=3)
+    assert [r["result"] for r in records if r["kind"] == "breaker"] == ["open"]
+    w = watcher(clock, breaker_failures=3)
+    w.resume(records)
+    assert "breaker open" in w.drain_audit()[0]["action"]
+    assert sigkill(w, pid=99) is None and w.status()["h1/fix_mlflow:quant-mlflow"]["state"] == "open"
+    clock.advance(86400)
+    fresh = watcher(clock, breaker_failures=3)
+    assert fresh.resume(records) == 0 and sigkill(fresh, pid=100) is not None
+
+
+def test_a_run_the_watcher_died_in_counts_as_a_failure_toward_the_breaker(clock):
+    records = earlier_watcher_audit(clock, ["failed", None], breaker_failures=3)
+    assert [r["kind"] for r in records].count("action") == 1  # the second run never ended
+    w = watcher(clock, breaker_failures=3, grace=0)
+    w.resume(records)
+    assert w.drain_audit()[0]["action"] == "2 failed run(s) in a row of 3"
+    decision = sigkill(w, pid=99)  # not held back: tried again, its last chance
+    assert decision is not None
+    w.finished(decision, ok=False)
+    assert [r["result"] for r in w.drain_audit() if r["kind"] == "breaker"] == ["open"]
+
+
+def test_dry_runs_and_other_lines_carry_nothing_over(clock):
+    w = watcher(clock, grace=0, dry=True)
+    decision = sigkill(w)
+    w.finished(decision, ok=True, result="dry-run")
+    records = [json.loads(audit_line(r)) for r in w.drain_audit()]
+    records += [{"kind": "action", "host": "h1", "time": "yesterday"}, ["not", "a", "record"],
+                {"kind": "connection", "host": "h1", "result": "disconnected"}]
+    fresh = watcher(clock, grace=0)
+    fresh.resume(records)
+    assert fresh.drain_audit() == [] and sigkill(fresh, pid=5) is not None

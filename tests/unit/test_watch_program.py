@@ -216,3 +216,29 @@ def test_the_program_gives_each_host_its_own_catalog(tmp_path):
     program = Program("inv.py", hosts, None, dry=True, out=io.StringIO())
     assert [s.id for s in program.watcher.catalog_of("h2")] == ["backend-watchfiles-io-error"]
     assert program.watcher.catalog_of("h1")[0].id == "mlflow-worker-sigkill"
+
+
+def test_a_watcher_restarted_on_its_audit_keeps_the_earlier_ones_throttle(tmp_path, monkeypatch):
+    """Its supervisor restarted it during the incident: the fix the earlier watcher verified a
+    minute ago is not run again for the same lines (forced runs skip the host record's
+    throttle). The earlier watcher's last line was cut short by its death: skipped."""
+    audit = tmp_path / "audit.jsonl"
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(now - 60))
+    common = {"host": "h1", "remediation": "fix_mlflow", "target": "q-mlflow", "signature": "mlflow-worker-sigkill",
+              "evidence": "e", "duration": None, "time": stamp}
+    audit.write_text(json.dumps({**common, "kind": "finding", "action": "remediate", "result": "started"}) + "\n"
+                     + json.dumps({**common, "kind": "action", "action": "remediate", "result": "verified"}) + "\n"
+                     + '{"kind": "finding", "host": "h1", "resu')
+    ran: list = []
+    monkeypatch.setattr(Program, "start", lambda self, decision: ran.append(decision))
+    out = io.StringIO()
+    program = Program("inv.py", [WatchHost("h1", True, {"mlflow": "q-mlflow"})], str(audit), out=out,
+                      settings=Settings(grace=0))
+    program.handle_line("h1", "log", "q-mlflow", SIGKILL.format(1))
+    program.write_audit()
+    program.audit.close()
+    assert ran == []
+    records = [json.loads(line) for line in audit.read_text().splitlines()[3:]]
+    assert [(r["kind"], r["result"]) for r in records] == [("resume", "resumed"), ("finding", "throttled")]
+    assert "fix_mlflow:q-mlflow" not in out.getvalue() and "-> throttled" in out.getvalue()
