@@ -230,6 +230,26 @@ def test_onboarding_ran_for_real_then_changed_nothing(sweep):
     assert "checks passed" in sweep.outputs["onboard_host.py -y again"]  # its verification ran
 
 
+def planned_and_changed(sweep, deploy: str) -> tuple[list[str], list[str]]:
+    """The operations the deploy's --dry planned as a change, and those its real run changed,
+    from their run documents (QUANT_REPORT)."""
+    def ops(label: str, status: str) -> list[str]:
+        document = json.loads(sweep.reports[label].read_text())
+        (host,) = document["hosts"].values()
+        return [op["name"] for op in host["operations"] if op["status"] == status]
+    return ops(f"{deploy} --dry", "planned"), ops(f"{deploy} -y", "changed")
+
+
+@pytest.mark.parametrize("deploy", ["fix_mlflow.py", "db_users.py", "cleanup_database.py",
+                                    "fix_backend_reload.py", "schedule_cleanup.py", "onboard_host.py"])
+def test_each_dry_run_named_the_changes_its_real_run_made(sweep, deploy):
+    """--dry tells the truth: planned on the incident, run for real after the deploys before it
+    fixed their own parts (none of which this one's plan reads)."""
+    planned, changed = planned_and_changed(sweep, deploy)
+    assert changed, sweep.outputs[f"{deploy} -y"][-3000:]
+    assert planned == changed, (planned, changed)
+
+
 def test_no_output_shows_a_secret(sweep):
     hits = [hit for label, text in sweep.outputs.items() for hit in sweep.hits(label, text)]
     assert not hits, hits
