@@ -52,37 +52,64 @@ from tasks.settings.schedule import ScheduleSettings
 UNIT_DIR = "/etc/systemd/system"
 
 
+CRONTAB_TRIES = 3
+CHANGED_MEANWHILE = "quant-crontab-changed-meanwhile"  # the install says so, installing nothing
+
+
 def _rewrite_crontab(state, host, edit: Callable[[list[str]], list[str] | None], user: str | None):
     """FunctionCommand body: ``user``'s crontab (else the login's) as it is now, ``edit``-ed, and
-    installed again, so that an edit made elsewhere since the plan read it is kept (the window
-    is pyinfra's own: list, edit, install). The new text goes as a 0600 file into a fresh 0700
-    folder of the login user (:func:`tasks.operations.runner.upload_private`), removed after:
-    never pyinfra's way (``crontab -l`` into a /tmp file made with the login's umask,
-    world-readable and left behind) nor on a command line, for the user's other entries are
-    theirs and may hold what they would not show. A crontab that cannot be read is an error,
-    nothing changed: never taken for an empty one."""
+    installed again, so that an edit made elsewhere since the plan read it is kept. The install
+    first compares the crontab with the text listed (one remote command): changed meanwhile,
+    nothing is installed and the edit starts again from the new text (``CRONTAB_TRIES`` times),
+    so another editor's change is not lost in the round trips between listing and installing.
+    Both texts go as 0600 files into a fresh 0700 folder of the login user
+    (:func:`tasks.operations.runner.upload_private`), removed after: never pyinfra's way
+    (``crontab -l`` into a /tmp file made with the login's umask, world-readable and left
+    behind) nor on a command line, for the user's other entries are theirs and may hold what they
+    would not show. A crontab that cannot be read is an error, nothing changed: never taken for
+    an empty one."""
     user_args = f"-u {shlex.quote(user)} " if user else ""
-    ok, listed = runner.run(host, f"crontab {user_args}-l")
-    errors = " ".join(listed.stderr_lines).strip()
-    if ok:
-        lines = list(listed.stdout_lines)
-    elif "no crontab for" in errors:  # after any warning sudo printed first
-        lines = []
-    else:
-        raise OperationError(f"cannot read the crontab{f' of {user}' if user else ''}: {errors[:200]}")
-    new = edit(lines)
-    if new is None:  # made so meanwhile
-        return
-    folder = runner.upload_private(
-        host, {"crontab": "".join(f"{line}\n" for line in new)}, prefix="quant-cron"
+    whose = f" of {user}" if user else ""
+    for _ in range(CRONTAB_TRIES):
+        ok, listed = runner.run(host, f"crontab {user_args}-l")
+        errors = " ".join(listed.stderr_lines).strip()
+        if ok:
+            lines = list(listed.stdout_lines)
+        elif "no crontab for" in errors:  # after any warning sudo printed first
+            lines = []
+        else:
+            raise OperationError(f"cannot read the crontab{whose}: {errors[:200]}")
+        new = edit(lines)
+        if new is None:  # made so meanwhile
+            return
+        folder = runner.upload_private(
+            host,
+            {
+                "listed": "".join(f"{line}\n" for line in lines),
+                "crontab": "".join(f"{line}\n" for line in new),
+            },
+            prefix="quant-cron",
+        )
+        q_folder = shlex.quote(folder)
+        try:
+            ok, output = runner.run(
+                host,
+                # the shell's own comparison: cmp (diffutils) is not on every host
+                f'[ "$(crontab {user_args}-l 2>/dev/null)" = "$(cat {q_folder}/listed)" ] '
+                f"|| {{ echo {CHANGED_MEANWHILE}; exit 1; }}; "
+                f"crontab {user_args}{q_folder}/crontab",
+            )
+        finally:
+            runner.remove_private(host, folder)
+        if ok:
+            return
+        if CHANGED_MEANWHILE not in output.stdout_lines:
+            errors = " ".join(output.stderr_lines).strip()
+            raise OperationError(f"installing the crontab{whose} failed: {errors[:200]}")
+    raise OperationError(
+        f"the crontab{whose} changed each time between listing and installing ({CRONTAB_TRIES} tries): "
+        "nothing installed; run again once its other editor is done"
     )
-    try:
-        ok, output = runner.run(host, f"crontab {user_args}{shlex.quote(folder + '/crontab')}")
-    finally:
-        runner.remove_private(host, folder)
-    if not ok:
-        errors = " ".join(output.stderr_lines).strip()
-        raise OperationError(f"installing the crontab{f' of {user}' if user else ''} failed: {errors[:200]}")
 
 
 @operation()
