@@ -20,8 +20,8 @@ Secrets, end to end:
 - The catalog fact returns a digest of each stored verifier, never the verifier (see
   :mod:`tasks.facts.postgres`).
 - SQL that carries a verifier is uploaded into a fresh 0700 directory on the target (0600 file)
-  and fed to psql on stdin; the same shell command removes the directory. psql runs with
-  ``VERBOSITY terse`` so an error never echoes the statement.
+  and fed to psql on stdin; the psql command removes the files (:func:`sql_commands`). psql runs
+  with ``VERBOSITY terse`` so an error never echoes the statement.
 - In ``psql`` mode the connecting password travels the same way, as a libpq password file.
 - Verification logs in as each role over TCP with a password file, never ``PGPASSWORD``.
 
@@ -91,11 +91,13 @@ def _script(statements: Iterable[Statement]) -> str:
 
 
 def sql_commands(target: PgTarget, statements: Iterable[Statement]):
-    """Commands that run ``statements`` through psql: SQL and password file uploaded as 0600
-    files into a fresh 0700 directory, SQL on stdin, the directory removed by the same command."""
+    """Commands that run ``statements`` through psql: SQL and password file as 0600 files in a
+    fresh 0700 directory of the login user (never sudo's world-readable staging copy), SQL on
+    stdin, the directory removed by the psql command. Run as another user than root
+    (``_sudo_user: postgres``: psql over the socket, peer authentication), psql gets in by ACL
+    and removes the files; the login user then removes the folder (left empty if psql failed)."""
     workdir = private_dir()
-    # Made and filled as the login user (never through sudo's world-readable staging copy);
-    # the psql command runs with the operation's arguments and reads them.
+    q_dir = shlex.quote(workdir)
     yield StringCommand("mkdir", "-m", "0700", workdir, **runner.AS_LOGIN_USER)
     yield FileUploadCommand(io.StringIO(_script(statements)), f"{workdir}/script.sql", **runner.AS_LOGIN_USER)
     passfile = None
@@ -104,7 +106,19 @@ def sql_commands(target: PgTarget, statements: Iterable[Statement]):
         passfile = f"{workdir}/pgpass"
         yield FileUploadCommand(io.StringIO(pgpass), passfile, **runner.AS_LOGIN_USER)
     run = shell_command(psql_argv(target, passfile=passfile), f"{workdir}/script.sql")
-    yield StringCommand(run_and_clean(f"chmod 0600 {shlex.quote(workdir)}/* && {run}", workdir))
+    other = runner.escalated_user(runner.connector_arguments(current_host))
+    if not other or other == "root":
+        yield StringCommand(run_and_clean(f"chmod 0600 {q_dir}/* && {run}", workdir))
+        return
+    user = shlex.quote(other)
+    yield StringCommand(
+        f"{{ chmod 0600 {q_dir}/* && setfacl -m u:{user}:rwx {q_dir} && setfacl -m u:{user}:r {q_dir}/*; }} "
+        f"|| {{ rc=$?; rm -rf {q_dir}; "
+        f"echo {shlex.quote(f'cannot let {other} read the SQL: setfacl (the acl package)')} >&2; exit $rc; }}",
+        **runner.AS_LOGIN_USER,
+    )
+    yield StringCommand(f"{run}; rc=$?; rm -f {q_dir}/*; exit $rc")
+    yield StringCommand("rmdir", workdir, **runner.AS_LOGIN_USER)
 
 
 def run_script(host, target: PgTarget, script: str) -> tuple[bool, list[str], list[str]]:
