@@ -16,6 +16,7 @@ Each open that succeeds is told (kind "opened"), so the program can say when a h
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -227,6 +228,11 @@ class Stream(threading.Thread):
                 start_new_session=True,
             )
             assert self._proc.stdout is not None
+            # stop() sets the halt, then ends the process it sees: one made while it ran is ended
+            # here, else a quiet stream (`docker logs -f`) would hold its thread and live on.
+            if self._halt.is_set():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._proc.pid, signal.SIGTERM)
             self.emit(self.host.name, "opened", self.container, self.kind)
             try:
                 for raw in self._proc.stdout:
@@ -242,6 +248,8 @@ class Stream(threading.Thread):
                 self._proc.wait(timeout=10)
             return
         chan = self._chan = self.ssh.channel(self.host, command)
+        if self._halt.is_set():  # stopped while it opened (as above)
+            chan.close()
         self.emit(self.host.name, "opened", self.container, self.kind)
         try:
             for raw in chan.makefile("rb"):

@@ -242,3 +242,30 @@ def test_a_watcher_restarted_on_its_audit_keeps_the_earlier_ones_throttle(tmp_pa
     records = [json.loads(line) for line in audit.read_text().splitlines()[3:]]
     assert [(r["kind"], r["result"]) for r in records] == [("resume", "resumed"), ("finding", "throttled")]
     assert "fix_mlflow:q-mlflow" not in out.getvalue() and "-> throttled" in out.getvalue()
+
+
+def test_a_stream_stopped_while_its_process_starts_ends_it(tmp_path, monkeypatch):
+    """stop() between the process's start and the stream holding it (seen in a suite run: the
+    pid file was written before Popen returned) saw no process to end; a quiet command then held
+    the stream's thread and lived on. Here stop() runs exactly there."""
+    import tasks.watch.streams as streams
+
+    real_popen = subprocess.Popen
+    holder: dict = {}
+
+    def popen_then_stop(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        holder["pid"] = proc.pid
+        holder["stream"].stop()
+        return proc
+
+    monkeypatch.setattr(streams.subprocess, "Popen", popen_then_stop)
+    stream = Stream(WatchHost("h1", True, {}), "log", "c", "exec sleep 600", lambda *a: None,
+                    ssh=None)  # type: ignore[arg-type]
+    holder["stream"] = stream
+    stream.start()
+    stream.join(5)
+    assert not stream.is_alive()
+    time.sleep(0.2)
+    pid = holder["pid"]
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
