@@ -189,9 +189,9 @@ class Watcher:
         inside the throttle window of a verified run (forced runs skip the host record's
         throttle: this one is the guard) nor closes a breaker. Failed and interrupted runs count
         toward the breaker, and so does a run started or queued and never finished (the watcher
-        died during it, or before it); dry runs count for nothing. Records older than ``horizon`` seconds and
-        anything that is not such a record are skipped. Each target still held back is audited
-        once ("resumed"). Returns how many targets were carried over."""
+        died during it, or before it); dry runs count for nothing. Records older than
+        ``horizon`` seconds and anything that is not such a record are skipped. Each target still
+        held back is audited once ("resumed"). Returns how many targets were carried over."""
         now = self.clock()
         unfinished: dict[tuple[str, str], float] = {}
         carried: dict[tuple[str, str], tuple[_Target, str]] = {}
@@ -209,7 +209,8 @@ class Watcher:
             t = self._target(host, f"{name}:{target}", name, target, throttle, target)
             carried[(host, t.key)] = (t, signature)
             kind, result = r["kind"], r.get("result")
-            if kind == "finding" and result in ("started", "queued"):  # a retry or a queued run: "queued"
+            # "queued": a retry, or a run waiting for a slot
+            if kind == "finding" and result in ("started", "queued"):
                 unfinished[(host, t.key)] = at
             elif kind == "action" and result in ("verified", "failed", "interrupted"):
                 unfinished.pop((host, t.key), None)
