@@ -11,16 +11,24 @@ from pyinfra.api import FactBase
 class InitSystem(FactBase):
     """Whether systemd runs as PID 1 (``/run/systemd/system`` exists, as ``sd_booted()``
     checks), PID 1's name, whether a cron daemon runs, and who the deploy's commands run as
-    (``uid``, ``user`` and that user's ``home``: root with sudo, else the login user)."""
+    (``uid``, ``user`` and that user's ``home``: root with sudo, else the login user). Given a
+    ``job_user``, also whether the host has that user (``job_user_known``; None when not asked):
+    in the same round trip."""
 
-    def command(self):
-        return (
+    def command(self, job_user=None):
+        command = (
             "if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi; "
             "echo pid1=$(cat /proc/1/comm 2>/dev/null || echo unknown); "
             "if pgrep -x cron >/dev/null 2>&1 || pgrep -x crond >/dev/null 2>&1; "
             "then echo cron=running; else echo cron=stopped; fi; "
             'echo uid=$(id -u); echo user=$(id -un); echo home=$(getent passwd "$(id -un)" | cut -d: -f6)'
         )
+        if job_user:
+            command += (
+                f"; if getent passwd {shlex.quote(job_user)} >/dev/null; "
+                "then echo job_user=known; else echo job_user=unknown; fi"
+            )
+        return command
 
     def process(self, output):
         values = dict(line.split("=", 1) for line in output if "=" in line)
@@ -31,6 +39,7 @@ class InitSystem(FactBase):
             "uid": values.get("uid", "").strip(),
             "user": values.get("user", "").strip(),
             "home": values.get("home", "").strip(),
+            "job_user_known": {"known": True, "unknown": False}.get(values.get("job_user", "").strip()),
         }
 
 
@@ -56,16 +65,3 @@ class CrontabText(FactBase):
 
     def process(self, output):
         return list(output or [])
-
-
-class PasswdEntry(FactBase):
-    """``user``'s passwd entry as ``{"name", "uid", "home"}``, or None when there is no such user."""
-
-    def command(self, user):
-        return f"getent passwd {shlex.quote(user)} || true"
-
-    def process(self, output):
-        fields = output[0].split(":") if output else []
-        if len(fields) < 7:
-            return None
-        return {"name": fields[0], "uid": fields[2], "home": fields[5]}

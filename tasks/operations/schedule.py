@@ -42,7 +42,7 @@ from tasks.core.schedule_units import (
     with_named_entry,
     without_named_entry,
 )
-from tasks.facts.schedule import CrontabText, InitSystem, PasswdEntry
+from tasks.facts.schedule import CrontabText, InitSystem
 from tasks.operations import runner
 from tasks.operations.recap import say
 from tasks.operations.refusals import deploy, operation
@@ -71,14 +71,11 @@ def _rewrite_crontab(state, host, edit: Callable[[list[str]], list[str] | None],
     user_args = f"-u {shlex.quote(user)} " if user else ""
     whose = f" of {user}" if user else ""
     for _ in range(CRONTAB_TRIES):
-        ok, listed = runner.run(host, f"crontab {user_args}-l")
-        errors = " ".join(listed.stderr_lines).strip()
-        if ok:
-            lines = list(listed.stdout_lines)
-        elif "no crontab for" in errors:  # after any warning sudo printed first
-            lines = []
-        else:
+        ok, listed = runner.run(host, CrontabText().command(user))  # no crontab: empty, said once there
+        if not ok:
+            errors = " ".join(listed.stderr_lines).strip()
             raise OperationError(f"cannot read the crontab{whose}: {errors[:200]}")
+        lines = list(listed.stdout_lines)
         new = edit(lines)
         if new is None:  # made so meanwhile
             return
@@ -188,7 +185,7 @@ def own_job(s: ScheduleSettings, init: dict) -> ScheduleSettings:
 def schedule_cleanup(settings: ScheduleSettings | None = None):
     """The host's `cleanup_schedule` block, or ``settings`` when given."""
     s = settings or host_settings.of_host(current_host, "cleanup_schedule")
-    init = current_host.get_fact(InitSystem)
+    init = current_host.get_fact(InitSystem, job_user=s.user)
     own = init["uid"] != "0"  # no root: the login user installs a job of its own
     if own:
         s = own_job(s, init)
@@ -219,7 +216,7 @@ def schedule_cleanup(settings: ScheduleSettings | None = None):
     cron_user = None if own else s.user
     # Read before any change (an operation's facts are read only when it runs, under -y): a job
     # for a user this host does not have, or a crontab that cannot be read, stops the host here.
-    known_user = own or current_host.get_fact(PasswdEntry, user=s.user) is not None
+    known_user = own or bool(init["job_user_known"])
     if s.present and not known_user:
         raise SettingsError(current_host.name, [f"cleanup_schedule.user: no user {s.user!r} on this host"])
     has_crontab = current_host.get_fact(Which, command="crontab")

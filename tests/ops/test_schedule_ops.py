@@ -18,13 +18,14 @@ from tests.ops.recorded_plan import Output, plan_on_host
 
 SCRIPT = "/usr/local/lib/quant-remediation/quant-db-cleanup.sh"
 LOCK_DIR = "/var/lib/quant-remediation"
-AS_ROOT = "uid=0\nuser=root\nhome=/root"  # who the commands run as: root (a root login, or sudo)
-AS_DEPLOY = "uid=1000\nuser=deploy\nhome=/home/deploy"  # the onboarded deploy user, no sudo
+# who the commands run as: root (a root login, or sudo); the host has the job's user
+AS_ROOT = "uid=0\nuser=root\nhome=/root\njob_user=known"
+AS_DEPLOY = "uid=1000\nuser=deploy\nhome=/home/deploy\njob_user=known"  # the onboarded deploy user, no sudo
 CRON_HOST = Output(f"systemd=no\npid1=bash\ncron=running\n{AS_ROOT}")  # a container: PID 1 is a shell
 SYSTEMD_HOST = Output(f"systemd=yes\npid1=systemd\ncron=running\n{AS_ROOT}")
+NO_JOB_USER = Output(CRON_HOST.replace("job_user=known", "job_user=unknown"))  # a cron host without it
 INSTALLED_CRONTAB = Output("MAILTO=root\n\n# pyinfra-name=quant-db-cleanup\n17 3 * * * " + SCRIPT)
 DIRECTORY = {"mode": 755, "user": "root", "group": "root"}
-USERS = [("root", 0, "/root"), ("quant", 1001, "/home/quant"), ("deploy", 1000, "/home/deploy")]  # the host's
 TIMER = "quant-db-cleanup.timer"
 
 
@@ -39,8 +40,6 @@ def facts(init=CRON_HOST, crontab="", files=None, sums=None, systemd=None, which
     return {
         "InitSystem": init,
         "CrontabText": {"user=root": Output(crontab)},
-        "PasswdEntry": {f"user={name}": Output(f"{name}:x:{uid}:{uid}::{home}:/bin/sh")
-                        for name, uid, home in USERS} | {"*": Output("")},
         "Which": {f"command={k}": v for k, v in (which or {"crontab": "/usr/bin/crontab"}).items()},
         "Directory": {**{f"path={p}": v for p, v in files.items() if v.get("dir")}, "*": None},
         "File": {**{f"path={p}": v for p, v in files.items() if not v.get("dir")}, "*": None},
@@ -229,13 +228,13 @@ def test_a_timer_without_a_calendar_is_a_settings_error_before_any_change():
 
 def test_a_job_for_a_user_the_host_lacks_is_a_settings_error_before_any_change():
     with pytest.raises(host_settings.SettingsError) as err:
-        plan(settings(user="nobody2"), facts())
+        plan(settings(user="nobody2"), facts(init=NO_JOB_USER))
     assert str(err.value) == "host 'h1': cleanup_schedule.user: no user 'nobody2' on this host"
 
 
 def test_removing_a_job_for_a_user_the_host_lacks_reads_no_crontab_and_removes_the_rest():
     s = settings(user="nobody2", present=False)
-    result, steps = plan(s, facts(files=installed(s)[0]))
+    result, steps = plan(s, facts(init=NO_JOB_USER, files=installed(s)[0]))
     assert steps == [(f"No job script {SCRIPT}", [f"rm -f {SCRIPT}"])]
     assert not any(asked.startswith("CrontabText") for asked in result.asked)
     assert "schedule: no user 'nobody2' on this host, so no crontab of theirs to clean" in result.logs
@@ -245,7 +244,7 @@ def test_the_crontab_is_read_before_any_change():
     """Under -y an operation reads its facts only when it runs: read in the deploy's body, a
     crontab that cannot be read fails the host before the job script is written."""
     result, _ = plan(settings(), facts())
-    asked = [a for a in result.asked if not a.startswith(("InitSystem", "PasswdEntry", "Which"))]
+    asked = [a for a in result.asked if not a.startswith(("InitSystem", "Which"))]
     assert asked[0] == "CrontabText(user=root)", result.asked
 
 

@@ -18,9 +18,11 @@ from pyinfra.api.exceptions import OperationError
 from pyinfra.connectors.util import CommandOutput, OutputLine
 
 from tasks.core.schedule_units import with_named_entry, without_named_entry
+from tasks.facts.schedule import CrontabText
 from tasks.operations.schedule import CRONTAB_TRIES, _rewrite_crontab
 
 ENTRY = "17 3 * * * /usr/local/lib/quant-remediation/quant-db-cleanup.sh"
+LIST_ROOT = CrontabText().command("root")  # root's crontab listed as the plan's fact lists it
 
 # The scripted crontab: `-l` lists $STATE (none: "no crontab for"), FILE installs it; every `-l`
 # is counted, and the ones named in $OTHER_EDITS are followed by another editor's line.
@@ -101,7 +103,7 @@ def test_the_crontab_as_it_is_at_execution_is_edited_and_installed_from_a_privat
     assert folder.startswith("/tmp/quant-cron.")
     assert host.uploads == {f"{folder}/listed": "MAILTO=root\n5 5 * * * /bin/added-meanwhile\n",
                             f"{folder}/crontab": host.crontab}
-    assert host.commands[0] == "crontab -u root -l" and host.commands[-1] == f"rm -rf {folder}"
+    assert host.commands[0] == LIST_ROOT and host.commands[-1] == f"rm -rf {folder}"
     assert not Path(folder).exists()  # the folder went, and the texts with it
     assert not any("/bin/added-meanwhile" in command for command in host.commands)
     assert host.calls == ["-u root -l", "-u root -l", f"-u root {folder}/crontab"]
@@ -117,7 +119,7 @@ def test_no_crontab_yet_is_an_empty_one_and_the_login_users_own_has_no_u(tmp_pat
 def test_made_so_meanwhile_installs_nothing(tmp_path):
     host = ShellHost(tmp_path, "MAILTO=root\n")
     rewrite(host, partial(without_named_entry, name="q"))
-    assert host.commands == ["crontab -u root -l"] and not host.uploads and host.crontab == "MAILTO=root\n"
+    assert host.commands == [LIST_ROOT] and not host.uploads and host.crontab == "MAILTO=root\n"
 
 
 def test_a_crontab_changed_between_listing_and_installing_is_edited_again_from_the_new_text(tmp_path):
@@ -144,7 +146,7 @@ def test_a_crontab_that_cannot_be_read_is_an_error_and_nothing_is_written(tmp_pa
     host = ShellHost(tmp_path, "MAILTO=root\n", DENY="1")
     with pytest.raises(OperationError, match="cannot read the crontab of root: crontab: Permission denied"):
         rewrite(host, add())
-    assert host.commands == ["crontab -u root -l"] and not host.uploads and host.crontab == "MAILTO=root\n"
+    assert host.commands == [LIST_ROOT] and not host.uploads and host.crontab == "MAILTO=root\n"
 
 
 def test_a_failed_install_says_why_and_the_private_folder_still_goes(tmp_path):

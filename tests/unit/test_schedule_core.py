@@ -89,7 +89,9 @@ def test_init_system_fact_parses():
     assert fact.process(["systemd=no", "pid1=process_api", "cron=stopped", "uid=1000", "user=deploy",
                          "home=/home/deploy"]) == \
         {"systemd": False, "pid1": "process_api", "cron_running": False, "uid": "1000", "user": "deploy",
-         "home": "/home/deploy"}
+         "home": "/home/deploy", "job_user_known": None}
+    assert fact.process(["uid=0", "job_user=unknown"])["job_user_known"] is False
+    assert "getent passwd 'a b' >/dev/null" in fact.command(job_user="a b")
 
 
 # --- the job script, run for real ------------------------------------------------------------
